@@ -1,0 +1,408 @@
+//! The plain domain vocabulary shared by every layer: what the Stripe adapter
+//! reports (facts), what the license table holds (licenses), and the names of
+//! the statuses and sources of the licensing rules. Nothing here knows about
+//! Stripe's wire types or about diesel.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+pub type Timestamp = DateTime<Utc>;
+
+/// Where a grant comes from; `(source_kind, source_id)` is a license's natural key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SourceKind {
+    /// `si_...`
+    SubscriptionItem,
+    /// `cs_.../li_...`
+    CheckoutLine,
+    /// `in_.../il_...`
+    InvoiceLine,
+}
+
+impl SourceKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SourceKind::SubscriptionItem => "subscription_item",
+            SourceKind::CheckoutLine => "checkout_line",
+            SourceKind::InvoiceLine => "invoice_line",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "subscription_item" => Some(SourceKind::SubscriptionItem),
+            "checkout_line" => Some(SourceKind::CheckoutLine),
+            "invoice_line" => Some(SourceKind::InvoiceLine),
+            _ => None,
+        }
+    }
+}
+
+/// The natural key of a grant and of the license it yields.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct GrantKey {
+    pub source_kind: SourceKind,
+    pub source_id: String,
+}
+
+impl GrantKey {
+    pub fn subscription_item(item_id: &str) -> Self {
+        GrantKey { source_kind: SourceKind::SubscriptionItem, source_id: item_id.to_owned() }
+    }
+    pub fn checkout_line(session_id: &str, line_id: &str) -> Self {
+        GrantKey { source_kind: SourceKind::CheckoutLine, source_id: format!("{session_id}/{line_id}") }
+    }
+    pub fn invoice_line(invoice_id: &str, line_id: &str) -> Self {
+        GrantKey { source_kind: SourceKind::InvoiceLine, source_id: format!("{invoice_id}/{line_id}") }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LicenseStatus {
+    Active,
+    Suspended,
+    Expired,
+    Revoked,
+}
+
+impl LicenseStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LicenseStatus::Active => "active",
+            LicenseStatus::Suspended => "suspended",
+            LicenseStatus::Expired => "expired",
+            LicenseStatus::Revoked => "revoked",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "active" => Some(LicenseStatus::Active),
+            "suspended" => Some(LicenseStatus::Suspended),
+            "expired" => Some(LicenseStatus::Expired),
+            "revoked" => Some(LicenseStatus::Revoked),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ExpirationStart {
+    Creation,
+    Activation,
+}
+
+impl ExpirationStart {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExpirationStart::Creation => "CREATION",
+            ExpirationStart::Activation => "ACTIVATION",
+        }
+    }
+
+    /// Case-insensitive, as the metadata rules allow.
+    pub fn parse(s: &str) -> Option<Self> {
+        if s.eq_ignore_ascii_case("creation") {
+            Some(ExpirationStart::Creation)
+        } else if s.eq_ignore_ascii_case("activation") {
+            Some(ExpirationStart::Activation)
+        } else {
+            None
+        }
+    }
+}
+
+/// What a licensed price grants, after price metadata has overridden product
+/// metadata key by key (licensing-rules §2). Limits are per unit; the planner
+/// multiplies `hwid_limit` by the quantity.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct LicenseTerms {
+    pub product_ids: Vec<String>,
+    pub ip_limit: Option<i32>,
+    pub hwid_limit: Option<i32>,
+    pub expiration_days: Option<i32>,
+    pub expiration_start: Option<ExpirationStart>,
+}
+
+/// A product (or price) whose metadata cannot be trusted: its grants are
+/// skipped and its existing licenses left exactly as they are.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Misconfiguration {
+    /// `prod_...` (or `price_...` when the bad key is on the price).
+    pub stripe_object: String,
+    /// The product the grant's price belongs to.
+    pub product: String,
+    pub key: String,
+    pub why: String,
+}
+
+impl std::fmt::Display for Misconfiguration {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} metadata `{}`: {}", self.stripe_object, self.key, self.why)
+    }
+}
+
+/// How the catalog classifies a price.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Licensing {
+    /// The product has no `product_id`: not a licensed product, ignored silently.
+    NotLicensed,
+    Licensed {
+        terms: LicenseTerms,
+        /// Warnings to log (e.g. expiration metadata on a recurring price).
+        warnings: Vec<String>,
+    },
+    Misconfigured(Misconfiguration),
+}
+
+/// The customer behind a purchase.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct CustomerInfo {
+    pub id: Option<String>,
+    /// Already resolved per §5: customer email, else session `customer_details`,
+    /// else invoice `customer_email`.
+    pub email: Option<String>,
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SubscriptionStatus {
+    Incomplete,
+    IncompleteExpired,
+    Trialing,
+    Active,
+    PastDue,
+    Canceled,
+    Unpaid,
+    Paused,
+}
+
+impl SubscriptionStatus {
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "incomplete" => SubscriptionStatus::Incomplete,
+            "incomplete_expired" => SubscriptionStatus::IncompleteExpired,
+            "trialing" => SubscriptionStatus::Trialing,
+            "active" => SubscriptionStatus::Active,
+            "past_due" => SubscriptionStatus::PastDue,
+            "canceled" => SubscriptionStatus::Canceled,
+            "unpaid" => SubscriptionStatus::Unpaid,
+            "paused" => SubscriptionStatus::Paused,
+            _ => return None,
+        })
+    }
+}
+
+/// One item of one subscription, with the subscription-level state that
+/// decides its license (licensing-rules §3).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubscriptionItemFact {
+    pub item_id: String,
+    pub subscription_id: String,
+    pub status: SubscriptionStatus,
+    pub customer: CustomerInfo,
+    pub price_id: String,
+    pub product_id: String,
+    pub quantity: i64,
+    pub current_period_start: Timestamp,
+    pub current_period_end: Timestamp,
+    pub trial_end: Option<Timestamp>,
+    pub cancel_at_period_end: bool,
+    pub cancel_at: Option<Timestamp>,
+    pub ended_at: Option<Timestamp>,
+    /// `period.end` of the item's newest paid invoice line; when the latest
+    /// invoice is unpaid, the item's `current_period_start`.
+    pub paid_through: Option<Timestamp>,
+    pub created: Timestamp,
+    pub livemode: bool,
+}
+
+/// One line of a one-time purchase: a paid `payment`-mode Checkout Session or
+/// a paid invoice that belongs to no subscription and no session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OneTimeLineFact {
+    /// `CheckoutLine` or `InvoiceLine`.
+    pub key: GrantKey,
+    /// `cs_...` or `in_...`: the object shown as the cause of actions.
+    pub purchase_id: String,
+    pub customer: CustomerInfo,
+    pub price_id: String,
+    pub product_id: String,
+    pub quantity: i64,
+    /// Session/invoice `created`: the start of `CREATION` expiry.
+    pub purchased_at: Timestamp,
+    /// Whether the purchase grants now (session complete and paid or
+    /// no_payment_required; invoice paid). Unpaid sessions are reported so a
+    /// later run can grant them; the planner issues nothing for them.
+    pub paid: bool,
+    /// `pi_...`: how refunds and disputes find this license.
+    pub payment_intent: Option<String>,
+    pub livemode: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum GrantFact {
+    Subscription(SubscriptionItemFact),
+    OneTime(OneTimeLineFact),
+}
+
+impl GrantFact {
+    pub fn key(&self) -> GrantKey {
+        match self {
+            GrantFact::Subscription(s) => GrantKey::subscription_item(&s.item_id),
+            GrantFact::OneTime(o) => o.key.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReversalKind {
+    /// The charge is refunded in full: the license is revoked.
+    FullRefund,
+    /// Part of the charge was refunded: nothing changes, it is logged.
+    PartialRefund,
+    /// A dispute on the charge was lost: the license is revoked.
+    DisputeLost,
+}
+
+/// Money taken back from a one-time payment, found by its payment intent
+/// (never by customer: one customer can hold many licenses).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PaymentReversal {
+    pub payment_intent: String,
+    pub kind: ReversalKind,
+    /// `re_...` or `dp_...`: the cause shown in the ledger.
+    pub stripe_object: String,
+}
+
+/// One license as stored (licensing-rules §5).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct License {
+    pub id: i64,
+    pub key: String,
+    pub status: LicenseStatus,
+    pub product_ids: Vec<String>,
+    pub source_kind: SourceKind,
+    pub source_id: String,
+    pub stripe_customer_id: Option<String>,
+    pub stripe_subscription_id: Option<String>,
+    pub stripe_payment_intent: Option<String>,
+    pub customer_email: Option<String>,
+    pub customer_name: Option<String>,
+    pub quantity: i32,
+    pub ip_limit: Option<i32>,
+    pub hwid_limit: Option<i32>,
+    pub expiration_days: Option<i32>,
+    pub expiration_start: Option<ExpirationStart>,
+    pub expires_at: Option<Timestamp>,
+    pub livemode: bool,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+}
+
+impl License {
+    pub fn grant_key(&self) -> GrantKey {
+        GrantKey { source_kind: self.source_kind, source_id: self.source_id.clone() }
+    }
+}
+
+/// The mutable part of a license: what the planner computes from Stripe and
+/// the applier writes. A license row is `LicenseState` plus identity (id,
+/// key, source) and timestamps.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LicenseState {
+    pub status: LicenseStatus,
+    pub product_ids: Vec<String>,
+    pub stripe_customer_id: Option<String>,
+    pub stripe_subscription_id: Option<String>,
+    pub stripe_payment_intent: Option<String>,
+    pub customer_email: Option<String>,
+    pub customer_name: Option<String>,
+    pub quantity: i32,
+    pub ip_limit: Option<i32>,
+    pub hwid_limit: Option<i32>,
+    pub expiration_days: Option<i32>,
+    pub expiration_start: Option<ExpirationStart>,
+    pub expires_at: Option<Timestamp>,
+    pub livemode: bool,
+}
+
+impl License {
+    pub fn state(&self) -> LicenseState {
+        LicenseState {
+            status: self.status,
+            product_ids: self.product_ids.clone(),
+            stripe_customer_id: self.stripe_customer_id.clone(),
+            stripe_subscription_id: self.stripe_subscription_id.clone(),
+            stripe_payment_intent: self.stripe_payment_intent.clone(),
+            customer_email: self.customer_email.clone(),
+            customer_name: self.customer_name.clone(),
+            quantity: self.quantity,
+            ip_limit: self.ip_limit,
+            hwid_limit: self.hwid_limit,
+            expiration_days: self.expiration_days,
+            expiration_start: self.expiration_start,
+            expires_at: self.expires_at,
+            livemode: self.livemode,
+        }
+    }
+}
+
+/// The kinds of change a plan can make (cli.md "A plan").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ActionKind {
+    Issue,
+    Extend,
+    Shorten,
+    Suspend,
+    Reinstate,
+    Expire,
+    Revoke,
+    Update,
+}
+
+impl ActionKind {
+    pub const ALL: [ActionKind; 8] = [
+        ActionKind::Issue,
+        ActionKind::Extend,
+        ActionKind::Shorten,
+        ActionKind::Suspend,
+        ActionKind::Reinstate,
+        ActionKind::Expire,
+        ActionKind::Revoke,
+        ActionKind::Update,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ActionKind::Issue => "issue",
+            ActionKind::Extend => "extend",
+            ActionKind::Shorten => "shorten",
+            ActionKind::Suspend => "suspend",
+            ActionKind::Reinstate => "reinstate",
+            ActionKind::Expire => "expire",
+            ActionKind::Revoke => "revoke",
+            ActionKind::Update => "update",
+        }
+    }
+
+    /// The key of this action in the report's `counts` object.
+    pub fn count_key(self) -> &'static str {
+        match self {
+            ActionKind::Issue => "issued",
+            ActionKind::Extend => "extended",
+            ActionKind::Shorten => "shortened",
+            ActionKind::Suspend => "suspended",
+            ActionKind::Reinstate => "reinstated",
+            ActionKind::Expire => "expired",
+            ActionKind::Revoke => "revoked",
+            ActionKind::Update => "updated",
+        }
+    }
+}
