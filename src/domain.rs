@@ -48,13 +48,22 @@ pub struct GrantKey {
 
 impl GrantKey {
     pub fn subscription_item(item_id: &str) -> Self {
-        GrantKey { source_kind: SourceKind::SubscriptionItem, source_id: item_id.to_owned() }
+        GrantKey {
+            source_kind: SourceKind::SubscriptionItem,
+            source_id: item_id.to_owned(),
+        }
     }
     pub fn checkout_line(session_id: &str, line_id: &str) -> Self {
-        GrantKey { source_kind: SourceKind::CheckoutLine, source_id: format!("{session_id}/{line_id}") }
+        GrantKey {
+            source_kind: SourceKind::CheckoutLine,
+            source_id: format!("{session_id}/{line_id}"),
+        }
     }
     pub fn invoice_line(invoice_id: &str, line_id: &str) -> Self {
-        GrantKey { source_kind: SourceKind::InvoiceLine, source_id: format!("{invoice_id}/{line_id}") }
+        GrantKey {
+            source_kind: SourceKind::InvoiceLine,
+            source_id: format!("{invoice_id}/{line_id}"),
+        }
     }
 }
 
@@ -307,7 +316,10 @@ pub struct License {
 
 impl License {
     pub fn grant_key(&self) -> GrantKey {
-        GrantKey { source_kind: self.source_kind, source_id: self.source_id.clone() }
+        GrantKey {
+            source_kind: self.source_kind,
+            source_id: self.source_id.clone(),
+        }
     }
 }
 

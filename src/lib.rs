@@ -1,9 +1,17 @@
 //! licensync: turns Stripe purchases into software licenses without webhooks.
 //!
-//! The layers, outside in: `cli` parses configuration; `reconcile` runs one
-//! job; `stripe` pages Stripe into plain `domain` facts; `plan` decides
-//! (pure); `apply` writes a plan through `store`; `mail` delivers keys.
+//! The layers, outside in: `cli` and `config` read the settings; `app` runs
+//! a command; `stripe` pages Stripe into plain `domain` facts; `plan`
+//! decides (pure); `apply` writes a plan through `store`; `mail` delivers
+//! keys. `pg` runs the embedded database.
 
-pub mod catalog;
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod db;
 pub mod domain;
-pub mod plan;
+pub mod error;
+pub mod logging;
+pub mod pg;
+pub mod secret;
+pub mod store;

@@ -1,0 +1,213 @@
+//! Runs one command of the CLI against an open database: the glue between
+//! configuration, the store, the reconcile engine and the output formats.
+//! Text goes to stdout for people; JSON shapes follow cli.md.
+
+use std::io::Write;
+
+use anyhow::{Context, Result};
+use chrono::Utc;
+use serde_json::json;
+
+use crate::cli::{Cli, Command, LicensesCommand, Output};
+use crate::config::Config;
+use crate::db::OpenDatabase;
+use crate::domain::{License, LicenseStatus};
+use crate::error::usage;
+use crate::store::{LicenseFilter, Store};
+
+/// The name of the Events API cursor in `sync_state`.
+pub const EVENTS_CURSOR: &str = "events";
+
+pub async fn run(cli: Cli, config: Config) -> Result<()> {
+    match cli.command {
+        Command::Migrate => {
+            let db = OpenDatabase::open(&config.database)?;
+            let applied = db.store.migrate()?;
+            if applied.is_empty() {
+                println!("database is up to date");
+            } else {
+                println!("applied {} migration(s): {}", applied.len(), applied.join(", "));
+            }
+            Ok(())
+        }
+        Command::Status { output } => {
+            let db = open_migrated(&config)?;
+            status(&db.store, output)
+        }
+        Command::Licenses(LicensesCommand::List {
+            status,
+            customer,
+            output,
+        }) => {
+            let status = status
+                .map(|s| {
+                    LicenseStatus::parse(&s.to_ascii_lowercase()).ok_or_else(|| {
+                        usage(anyhow::anyhow!(
+                            "--status must be one of active, suspended, expired, revoked, not `{s}`"
+                        ))
+                    })
+                })
+                .transpose()?;
+            let db = open_migrated(&config)?;
+            let licenses = db.store.list_licenses(&LicenseFilter {
+                status,
+                customer_email: customer,
+            })?;
+            print_licenses(&licenses, output)
+        }
+        Command::Licenses(LicensesCommand::Show { key_or_id, output }) => {
+            let db = open_migrated(&config)?;
+            show_license(&db.store, &key_or_id, output)
+        }
+        Command::Reconcile(_) | Command::Daemon(_) | Command::Mail(_) => {
+            anyhow::bail!("this command is not available in this build")
+        }
+    }
+}
+
+/// Opens the database and applies pending migrations, so that read
+/// commands work on a fresh embedded database too.
+pub fn open_migrated(config: &Config) -> Result<OpenDatabase> {
+    let db = OpenDatabase::open(&config.database)?;
+    db.store.migrate()?;
+    Ok(db)
+}
+
+fn status(store: &Store, output: Output) -> Result<()> {
+    let runs = store.recent_runs(5)?;
+    let cursor = store.cursor(EVENTS_CURSOR)?;
+    let licenses = store.license_counts()?;
+    let emails = store.outbox_counts()?;
+    let now = Utc::now();
+    let cursor_json = cursor.as_ref().map(|(value, updated_at)| {
+        json!({"value": value, "updated_at": updated_at, "age_seconds": (now - *updated_at).num_seconds()})
+    });
+    match output {
+        Output::Json => {
+            let report = json!({
+                "runs": runs,
+                "cursor": cursor_json,
+                "licenses": licenses,
+                "emails": emails,
+            });
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        }
+        Output::Text => {
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "Last runs:")?;
+            if runs.is_empty() {
+                writeln!(out, "  none yet")?;
+            }
+            for r in &runs {
+                let duration = r
+                    .finished_at
+                    .map(|f| format!("{:.1}s", (f - r.started_at).num_milliseconds() as f64 / 1000.0))
+                    .unwrap_or_else(|| "still running".into());
+                writeln!(
+                    out,
+                    "  #{:<5} {:<11} {:<9} started {}  {}  {} Stripe requests{}",
+                    r.id,
+                    r.mode,
+                    r.outcome,
+                    r.started_at.format("%Y-%m-%d %H:%M:%S UTC"),
+                    duration,
+                    r.stripe_requests,
+                    r.error.as_deref().map(|e| format!("  error: {e}")).unwrap_or_default()
+                )?;
+            }
+            match &cursor {
+                Some((value, at)) => writeln!(
+                    out,
+                    "Event cursor: {value} (stored {} ago)",
+                    humantime::format_duration(std::time::Duration::from_secs((now - *at).num_seconds().max(0) as u64))
+                )?,
+                None => writeln!(out, "Event cursor: none (the next reconcile is a full scan)")?,
+            }
+            let counts: Vec<String> = licenses.iter().map(|(k, v)| format!("{k} {v}")).collect();
+            writeln!(out, "Licenses: {}", counts.join(", "))?;
+            writeln!(
+                out,
+                "Emails: {} pending, {} sent, {} failed, {} without recipient",
+                emails.pending, emails.sent, emails.failed, emails.no_recipient
+            )?;
+        }
+    }
+    Ok(())
+}
+
+fn print_licenses(licenses: &[License], output: Output) -> Result<()> {
+    match output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(licenses)?),
+        Output::Text => {
+            let mut out = std::io::stdout().lock();
+            if licenses.is_empty() {
+                writeln!(out, "no licenses")?;
+            }
+            for l in licenses {
+                writeln!(
+                    out,
+                    "{:<6} {}  {:<9} {:<24} {:<32} expires {}  {}:{}",
+                    l.id,
+                    l.key,
+                    l.status.as_str(),
+                    l.product_ids.join(","),
+                    l.customer_email.as_deref().unwrap_or("-"),
+                    l.expires_at
+                        .map(|t| t.format("%Y-%m-%d %H:%M UTC").to_string())
+                        .unwrap_or_else(|| "never".into()),
+                    l.source_kind.as_str(),
+                    l.source_id
+                )?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn show_license(store: &Store, key_or_id: &str, output: Output) -> Result<()> {
+    let license = store
+        .find_license(key_or_id)?
+        .ok_or_else(|| usage(anyhow::anyhow!("no license with key or id `{key_or_id}`")))?;
+    let ledger = store.ledger(license.id)?;
+    let emails = store.outbox_for_license(license.id)?;
+    match output {
+        Output::Json => {
+            let mut value = serde_json::to_value(&license).context("serializing the license")?;
+            value["ledger"] = serde_json::to_value(&ledger)?;
+            value["emails"] = serde_json::to_value(&emails)?;
+            println!("{}", serde_json::to_string_pretty(&value)?);
+        }
+        Output::Text => {
+            let mut out = std::io::stdout().lock();
+            let pretty = serde_json::to_string_pretty(&license)?;
+            writeln!(out, "{pretty}")?;
+            writeln!(out, "Ledger:")?;
+            for e in &ledger {
+                writeln!(
+                    out,
+                    "  {}  {:<9} run {:<5} because of {}",
+                    e.created_at.format("%Y-%m-%d %H:%M:%S UTC"),
+                    e.action,
+                    e.run_id.map(|r| r.to_string()).unwrap_or_else(|| "-".into()),
+                    e.stripe_object
+                )?;
+            }
+            writeln!(out, "Emails:")?;
+            for m in &emails {
+                writeln!(
+                    out,
+                    "  {:<12} {:<12} to {}  attempts {}{}",
+                    m.kind,
+                    m.status,
+                    m.recipient.as_deref().unwrap_or("-"),
+                    m.attempts,
+                    m.last_error
+                        .as_deref()
+                        .map(|e| format!("  last error: {e}"))
+                        .unwrap_or_default()
+                )?;
+            }
+        }
+    }
+    Ok(())
+}

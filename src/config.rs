@@ -1,0 +1,234 @@
+//! Validated configuration: the raw strings of `cli::Settings` turned into
+//! typed values before any IO. Every error names the flag, the environment
+//! variable and the fix, and is a usage error (exit 2). Secrets stay wrapped.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use chrono::{DateTime, NaiveDate, Utc};
+
+use crate::cli::Settings;
+use crate::secret::{Secret, redact};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Where the license database is.
+#[derive(Debug, Clone)]
+pub enum Database {
+    /// `DATABASE_URL`.
+    Url(Secret),
+    /// The private server under `<data-dir>/pg`.
+    Embedded { dir: PathBuf },
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub stripe_api_key: Option<Secret>,
+    /// Normalised without a trailing `/`.
+    pub stripe_api_base: String,
+    pub stripe_rps: Option<u32>,
+    pub database: Database,
+    pub data_dir: PathBuf,
+    /// The mail URL as given (validated by the mail module), or the file outbox default.
+    pub mail_url: Secret,
+    pub mail_from: String,
+    pub mail_support: Option<String>,
+    pub mail_templates: Option<PathBuf>,
+    pub mail_max_attempts: u32,
+    pub grace: Duration,
+    pub past_due_grace: Duration,
+    pub log_format: LogFormat,
+}
+
+impl Config {
+    pub fn from_settings(s: &Settings, stderr_is_terminal: bool) -> Result<Config> {
+        let stripe_api_key = match s.stripe_api_key.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(key) => {
+                let valid = ["sk_live_", "sk_test_", "rk_live_", "rk_test_"]
+                    .iter()
+                    .any(|p| key.starts_with(p));
+                if !valid {
+                    bail!(
+                        "--stripe-api-key / STRIPE_API_KEY must be a Stripe secret or restricted key \
+                         starting with sk_live_, sk_test_, rk_live_ or rk_test_ (the given value, redacted: {})",
+                        redact(&format!("{}…", key.chars().take(3).collect::<String>()))
+                    );
+                }
+                Some(Secret::new(key))
+            }
+        };
+        let stripe_api_base = parse_http_url(&s.stripe_api_base, "--stripe-api-base / STRIPE_API_BASE")?;
+        let stripe_rps = s
+            .stripe_rps
+            .as_deref()
+            .map(|v| parse_positive(v, "--stripe-rps / LICENSYNC_STRIPE_RPS"))
+            .transpose()?;
+        let database = match s.database_url.as_deref().map(str::trim) {
+            None | Some("") => Database::Embedded {
+                dir: s.data_dir.join("pg"),
+            },
+            Some(url) => {
+                check_database_url(url)?;
+                Database::Url(Secret::new(url))
+            }
+        };
+        let mail_url = match s.mail_url.as_deref().map(str::trim) {
+            None | Some("") => {
+                let dir = absolute(&s.data_dir.join("outbox"))?;
+                Secret::new(format!("file://{}", dir.display()))
+            }
+            Some(url) => Secret::new(url),
+        };
+        let log_format = match s.log_format.as_deref().map(str::to_ascii_lowercase).as_deref() {
+            None | Some("") => {
+                if stderr_is_terminal {
+                    LogFormat::Text
+                } else {
+                    LogFormat::Json
+                }
+            }
+            Some("text") => LogFormat::Text,
+            Some("json") => LogFormat::Json,
+            Some(other) => bail!("--log-format / LICENSYNC_LOG_FORMAT must be `text` or `json`, not `{other}`"),
+        };
+        Ok(Config {
+            stripe_api_key,
+            stripe_api_base,
+            stripe_rps,
+            database,
+            data_dir: s.data_dir.clone(),
+            mail_url,
+            mail_from: s.mail_from.clone(),
+            mail_support: s.mail_support.clone().filter(|v| !v.trim().is_empty()),
+            mail_templates: s.mail_templates.clone(),
+            mail_max_attempts: parse_positive(
+                &s.mail_max_attempts,
+                "--mail-max-attempts / LICENSYNC_MAIL_MAX_ATTEMPTS",
+            )?,
+            grace: parse_duration(&s.grace, "--grace / LICENSYNC_GRACE")?,
+            past_due_grace: parse_duration(&s.past_due_grace, "--past-due-grace / LICENSYNC_PAST_DUE_GRACE")?,
+            log_format,
+        })
+    }
+
+    /// The Stripe key, or the usage error for commands that read Stripe.
+    pub fn require_stripe_key(&self) -> Result<&Secret> {
+        self.stripe_api_key.as_ref().ok_or_else(|| {
+            anyhow!("this command reads Stripe: set STRIPE_API_KEY (or --stripe-api-key) to a restricted rk_ or secret sk_ key")
+        })
+    }
+}
+
+fn absolute(path: &std::path::Path) -> Result<PathBuf> {
+    if path.is_absolute() {
+        return Ok(path.to_path_buf());
+    }
+    Ok(std::env::current_dir()
+        .context("reading the current directory")?
+        .join(path))
+}
+
+/// `30s`, `15m`, `24h`, `7d` (and the other forms humantime reads).
+pub fn parse_duration(value: &str, setting: &str) -> Result<Duration> {
+    humantime::parse_duration(value.trim())
+        .map_err(|e| anyhow!("{setting}: `{value}` is not a duration ({e}); write it like `30s`, `15m`, `24h` or `7d`"))
+}
+
+/// RFC 3339, or `YYYY-MM-DD` meaning midnight UTC.
+pub fn parse_timestamp(value: &str, setting: &str) -> Result<DateTime<Utc>> {
+    let value = value.trim();
+    if let Ok(t) = DateTime::parse_from_rfc3339(value) {
+        return Ok(t.with_timezone(&Utc));
+    }
+    if let Ok(d) = NaiveDate::parse_from_str(value, "%Y-%m-%d") {
+        return Ok(d.and_hms_opt(0, 0, 0).expect("midnight exists").and_utc());
+    }
+    bail!(
+        "{setting}: `{value}` is not a time; write RFC 3339 (2026-11-01T00:00:00Z) or a date (2026-11-01, midnight UTC)"
+    )
+}
+
+fn parse_positive(value: &str, setting: &str) -> Result<u32> {
+    match value.trim().parse::<u32>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => bail!("{setting}: `{value}` is not a whole number above 0"),
+    }
+}
+
+fn parse_http_url(value: &str, setting: &str) -> Result<String> {
+    let parsed = url::Url::parse(value.trim()).map_err(|e| {
+        anyhow!(
+            "{setting}: `{}` is not a URL ({e}); e.g. https://api.stripe.com",
+            redact(value)
+        )
+    })?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        bail!("{setting}: `{}` must be an http:// or https:// URL", redact(value));
+    }
+    Ok(value.trim().trim_end_matches('/').to_owned())
+}
+
+fn check_database_url(value: &str) -> Result<()> {
+    let fix = "expected postgres://USER@HOST:5432/DATABASE with the password in the URL or in ~/.pgpass (or unset it to use the embedded database)";
+    let parsed =
+        url::Url::parse(value).map_err(|e| anyhow!("--database-url / DATABASE_URL is not a valid URL ({e}); {fix}"))?;
+    if !matches!(parsed.scheme(), "postgres" | "postgresql") {
+        bail!(
+            "--database-url / DATABASE_URL must use the postgres:// or postgresql:// scheme, not `{}:`; {fix}",
+            parsed.scheme()
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_of_the_contract_parse() {
+        for (text, secs) in [("30s", 30), ("15m", 900), ("24h", 86_400), ("7d", 604_800)] {
+            assert_eq!(parse_duration(text, "--grace").unwrap(), Duration::from_secs(secs));
+        }
+    }
+
+    #[test]
+    fn a_malformed_duration_names_the_setting_and_the_fix() {
+        let err = parse_duration("soon", "--grace / LICENSYNC_GRACE")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("--grace / LICENSYNC_GRACE") && err.contains("24h"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn timestamps_accept_rfc3339_and_dates_at_midnight_utc() {
+        assert_eq!(
+            parse_timestamp("2026-11-01", "--since").unwrap().to_rfc3339(),
+            "2026-11-01T00:00:00+00:00"
+        );
+        assert_eq!(
+            parse_timestamp("2026-11-01T10:00:00+02:00", "--since")
+                .unwrap()
+                .to_rfc3339(),
+            "2026-11-01T08:00:00+00:00"
+        );
+        assert!(parse_timestamp("yesterday", "--since").is_err());
+    }
+
+    #[test]
+    fn database_url_errors_name_the_setting_without_the_password() {
+        let err = check_database_url("mysql://u:hunter2@h/db").unwrap_err().to_string();
+        assert!(err.contains("DATABASE_URL") && !err.contains("hunter2"), "{err}");
+        let err = check_database_url("not a url").unwrap_err().to_string();
+        assert!(err.contains("DATABASE_URL"), "{err}");
+    }
+}

@@ -1,0 +1,38 @@
+//! The failures whose kind decides the exit code (cli.md "Exit codes").
+//! Everything else is an `anyhow::Error` and means "the run failed" (1).
+
+use std::process::ExitCode;
+
+/// A failure the caller branches on to pick the exit code.
+#[derive(Debug, thiserror::Error)]
+pub enum Failure {
+    /// Usage or configuration error: bad flag, missing key, malformed cron
+    /// expression, mode mismatch, no PostgreSQL binaries (exit 2).
+    #[error(transparent)]
+    Usage(anyhow::Error),
+    /// Another run holds the lock; nothing was done (exit 75, EX_TEMPFAIL).
+    #[error("{0}")]
+    Locked(String),
+}
+
+pub const EXIT_FAILED: u8 = 1;
+pub const EXIT_USAGE: u8 = 2;
+pub const EXIT_LOCKED: u8 = 75;
+
+/// The exit code of an error chain: the first `Failure` in it decides.
+pub fn exit_code(error: &anyhow::Error) -> ExitCode {
+    let code = error
+        .chain()
+        .find_map(|e| e.downcast_ref::<Failure>())
+        .map(|f| match f {
+            Failure::Usage(_) => EXIT_USAGE,
+            Failure::Locked(_) => EXIT_LOCKED,
+        })
+        .unwrap_or(EXIT_FAILED);
+    ExitCode::from(code)
+}
+
+/// Marks an error as a usage/configuration error (exit 2).
+pub fn usage(error: impl Into<anyhow::Error>) -> anyhow::Error {
+    Failure::Usage(error.into()).into()
+}

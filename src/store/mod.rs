@@ -1,0 +1,572 @@
+//! The license store on PostgreSQL: embedded migrations, the connection
+//! pool, the run lock, and every query licensync makes. The rest of the code
+//! calls the typed functions here and never writes SQL or touches `schema`.
+
+pub mod models;
+#[rustfmt::skip]
+pub mod schema;
+
+use std::collections::BTreeMap;
+
+use anyhow::{Context, Result, anyhow};
+use chrono::{DateTime, Utc};
+use diesel::connection::SimpleConnection;
+use diesel::pg::PgConnection;
+use diesel::prelude::*;
+use diesel::r2d2::{ConnectionManager, Pool, PooledConnection};
+use diesel::upsert::excluded;
+use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
+
+use crate::domain::{ActionKind, GrantKey, License, LicenseStatus, SourceKind};
+use crate::secret::redact;
+use models::{LedgerRow, LicenseRow, NewLedgerRow, NewLicenseRow, NewOutboxRow, OutboxRow, RunRow};
+use schema::{email_outbox, license_ledger, licenses, runs, sync_state};
+
+pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
+
+/// The advisory lock key of "a run is in progress" (one run per database).
+const RUN_LOCK_KEY: i64 = 0x6c69_6365_6e73_796e; // "licensyn"
+
+type PgPool = Pool<ConnectionManager<PgConnection>>;
+
+/// A pool of connections to the license database.
+#[derive(Clone)]
+pub struct Store {
+    pool: PgPool,
+    url: crate::secret::Secret,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").finish_non_exhaustive()
+    }
+}
+
+/// Held while a run is in progress; dropping it closes the session that
+/// holds the advisory lock, which releases it.
+pub struct RunLock {
+    _conn: PgConnection,
+}
+
+/// A filter for `licenses list`.
+#[derive(Debug, Default, Clone)]
+pub struct LicenseFilter {
+    pub status: Option<LicenseStatus>,
+    pub customer_email: Option<String>,
+}
+
+/// One write of the applier: a license row (new or existing, by natural
+/// key), its ledger entry and, for new licenses, its outbox row.
+#[derive(Debug, Clone)]
+pub struct LicenseWrite {
+    pub license: NewLicenseRow,
+    pub action: ActionKind,
+    pub before: Option<serde_json::Value>,
+    pub after: serde_json::Value,
+    pub stripe_object: String,
+    /// `Some((kind, message_id))` queues an email about this license.
+    pub email: Option<(String, String)>,
+}
+
+/// What a write produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Written {
+    pub license_id: i64,
+    pub key: String,
+    pub grant: GrantKey,
+}
+
+/// One email to send, claimed for this sender.
+#[derive(Debug, Clone)]
+pub struct OutboxJob {
+    pub outbox: OutboxRow,
+    pub license: License,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct OutboxCounts {
+    pub pending: i64,
+    pub sent: i64,
+    pub failed: i64,
+    pub no_recipient: i64,
+}
+
+impl Store {
+    /// Connects, checking one connection first so that a bad or unreachable
+    /// database fails at once with libpq's own message (the pool would only
+    /// say it timed out).
+    pub fn connect(url: &crate::secret::Secret) -> Result<Store> {
+        PgConnection::establish(url.expose())
+            .map_err(|e| anyhow!("connecting to the license database: {}", redact(&e.to_string())))?;
+        let manager = ConnectionManager::<PgConnection>::new(url.expose());
+        let pool = Pool::builder()
+            .max_size(4)
+            .min_idle(Some(0))
+            .connection_timeout(std::time::Duration::from_secs(30))
+            .build_unchecked(manager);
+        Ok(Store { pool, url: url.clone() })
+    }
+
+    fn conn(&self) -> Result<PooledConnection<ConnectionManager<PgConnection>>> {
+        self.pool
+            .get()
+            .map_err(|e| anyhow!("connecting to the license database: {}", redact(&e.to_string())))
+    }
+
+    /// Applies pending migrations; returns the versions applied.
+    pub fn migrate(&self) -> Result<Vec<String>> {
+        let mut conn = self.conn()?;
+        let applied = conn
+            .run_pending_migrations(MIGRATIONS)
+            .map_err(|e| anyhow!("applying database migrations: {e}"))?;
+        Ok(applied.iter().map(|v| v.to_string()).collect())
+    }
+
+    /// Rolls every migration back (tests of the `down.sql` files).
+    pub fn revert_all_migrations(&self) -> Result<()> {
+        let mut conn = self.conn()?;
+        conn.revert_all_migrations(MIGRATIONS)
+            .map_err(|e| anyhow!("reverting migrations: {e}"))?;
+        Ok(())
+    }
+
+    /// Takes the one-run-per-database lock, or `None` when another run has it.
+    pub fn try_lock_run(&self) -> Result<Option<RunLock>> {
+        let mut conn = PgConnection::establish(self.url.expose())
+            .map_err(|e| anyhow!("connecting to the license database: {}", redact(&e.to_string())))?;
+        let locked: bool = diesel::select(diesel::dsl::sql::<diesel::sql_types::Bool>(&format!(
+            "pg_try_advisory_lock({RUN_LOCK_KEY})"
+        )))
+        .get_result(&mut conn)
+        .context("taking the run lock")?;
+        Ok(locked.then_some(RunLock { _conn: conn }))
+    }
+
+    // ---- licenses ----------------------------------------------------------
+
+    pub fn list_licenses(&self, filter: &LicenseFilter) -> Result<Vec<License>> {
+        let mut conn = self.conn()?;
+        let mut query = licenses::table.select(LicenseRow::as_select()).into_boxed();
+        if let Some(status) = filter.status {
+            query = query.filter(licenses::status.eq(status.as_str()));
+        }
+        if let Some(email) = &filter.customer_email {
+            query = query.filter(
+                diesel::dsl::sql::<diesel::sql_types::Bool>("lower(customer_email) = ")
+                    .bind::<diesel::sql_types::Text, _>(email.to_lowercase()),
+            );
+        }
+        let rows = query
+            .order(licenses::id.desc())
+            .load(&mut conn)
+            .context("listing licenses")?;
+        rows.into_iter().map(LicenseRow::into_domain).collect()
+    }
+
+    /// A license by key, or by numeric id.
+    pub fn find_license(&self, key_or_id: &str) -> Result<Option<License>> {
+        let mut conn = self.conn()?;
+        let key_or_id = key_or_id.trim();
+        let mut query = licenses::table.select(LicenseRow::as_select()).into_boxed();
+        query = match key_or_id.parse::<i64>() {
+            Ok(id) => query.filter(licenses::id.eq(id)),
+            Err(_) => query.filter(licenses::key.eq(key_or_id.to_ascii_uppercase())),
+        };
+        let row = query.first(&mut conn).optional().context("looking up a license")?;
+        row.map(LicenseRow::into_domain).transpose()
+    }
+
+    pub fn ledger(&self, license_id: i64) -> Result<Vec<LedgerRow>> {
+        let mut conn = self.conn()?;
+        license_ledger::table
+            .filter(license_ledger::license_id.eq(license_id))
+            .order(license_ledger::id.asc())
+            .select(LedgerRow::as_select())
+            .load(&mut conn)
+            .context("reading the license ledger")
+    }
+
+    /// The licenses a slice of facts can touch, in one query: by natural
+    /// key, by subscription (items removed from it) and by payment intent
+    /// (refunds and disputes).
+    pub fn licenses_for(
+        &self,
+        source_ids: &[String],
+        subscription_ids: &[String],
+        payment_intents: &[String],
+    ) -> Result<Vec<License>> {
+        if source_ids.is_empty() && subscription_ids.is_empty() && payment_intents.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut conn = self.conn()?;
+        let rows = licenses::table
+            .filter(
+                licenses::source_id
+                    .eq_any(source_ids)
+                    .or(licenses::stripe_subscription_id.eq_any(subscription_ids))
+                    .or(licenses::stripe_payment_intent.eq_any(payment_intents)),
+            )
+            .order(licenses::id.asc())
+            .select(LicenseRow::as_select())
+            .load(&mut conn)
+            .context("loading the licenses of a page")?;
+        rows.into_iter().map(LicenseRow::into_domain).collect()
+    }
+
+    /// Active licenses whose time ran out (the clock sweep), oldest first.
+    pub fn licenses_expired_by_clock(&self, now: DateTime<Utc>, limit: i64) -> Result<Vec<License>> {
+        let mut conn = self.conn()?;
+        let rows = licenses::table
+            .filter(licenses::status.eq(LicenseStatus::Active.as_str()))
+            .filter(licenses::expires_at.le(now))
+            .order(licenses::id.asc())
+            .limit(limit)
+            .select(LicenseRow::as_select())
+            .load(&mut conn)
+            .context("finding licenses whose time ran out")?;
+        rows.into_iter().map(LicenseRow::into_domain).collect()
+    }
+
+    /// The modes (test/live) of the stored licenses.
+    pub fn stored_modes(&self) -> Result<Vec<bool>> {
+        let mut conn = self.conn()?;
+        licenses::table
+            .select(licenses::livemode)
+            .distinct()
+            .load(&mut conn)
+            .context("reading the mode of stored licenses")
+    }
+
+    pub fn license_counts(&self) -> Result<BTreeMap<String, i64>> {
+        let mut conn = self.conn()?;
+        let rows: Vec<(String, i64)> = licenses::table
+            .group_by(licenses::status)
+            .select((licenses::status, diesel::dsl::count_star()))
+            .load(&mut conn)
+            .context("counting licenses")?;
+        let mut counts: BTreeMap<String, i64> = ["active", "suspended", "expired", "revoked"]
+            .iter()
+            .map(|s| (s.to_string(), 0))
+            .collect();
+        counts.extend(rows);
+        Ok(counts)
+    }
+
+    /// Writes one page of a plan in one transaction: one multi-row upsert of
+    /// the licenses on their natural key, one multi-row insert into the
+    /// ledger and one into the outbox. A page either lands whole or not at all.
+    pub fn write_page(&self, run_id: Option<i64>, writes: &[LicenseWrite]) -> Result<Vec<Written>> {
+        if writes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut conn = self.conn()?;
+        conn.transaction(|conn| {
+            let rows: Vec<&NewLicenseRow> = writes.iter().map(|w| &w.license).collect();
+            // The key is never in the update set: a key never changes once issued.
+            let saved: Vec<(i64, String, String, String)> = diesel::insert_into(licenses::table)
+                .values(rows)
+                .on_conflict((licenses::source_kind, licenses::source_id))
+                .do_update()
+                .set((
+                    licenses::status.eq(excluded(licenses::status)),
+                    licenses::product_ids.eq(excluded(licenses::product_ids)),
+                    licenses::stripe_customer_id.eq(excluded(licenses::stripe_customer_id)),
+                    licenses::stripe_subscription_id.eq(excluded(licenses::stripe_subscription_id)),
+                    licenses::stripe_payment_intent.eq(excluded(licenses::stripe_payment_intent)),
+                    licenses::customer_email.eq(excluded(licenses::customer_email)),
+                    licenses::customer_name.eq(excluded(licenses::customer_name)),
+                    licenses::quantity.eq(excluded(licenses::quantity)),
+                    licenses::ip_limit.eq(excluded(licenses::ip_limit)),
+                    licenses::hwid_limit.eq(excluded(licenses::hwid_limit)),
+                    licenses::expiration_days.eq(excluded(licenses::expiration_days)),
+                    licenses::expiration_start.eq(excluded(licenses::expiration_start)),
+                    licenses::expires_at.eq(excluded(licenses::expires_at)),
+                    licenses::livemode.eq(excluded(licenses::livemode)),
+                    licenses::updated_at.eq(diesel::dsl::now),
+                ))
+                .returning((licenses::id, licenses::key, licenses::source_kind, licenses::source_id))
+                .get_results(conn)?;
+            let by_grant: BTreeMap<(String, String), (i64, String)> = saved
+                .into_iter()
+                .map(|(id, key, kind, sid)| ((kind, sid), (id, key)))
+                .collect();
+            let mut written = Vec::with_capacity(writes.len());
+            let mut ledger = Vec::with_capacity(writes.len());
+            let mut outbox = Vec::new();
+            for w in writes {
+                let grant = (w.license.source_kind.clone(), w.license.source_id.clone());
+                let (license_id, key) = by_grant.get(&grant).cloned().ok_or_else(|| {
+                    diesel::result::Error::QueryBuilderError(
+                        format!("no row returned for {}/{}", grant.0, grant.1).into(),
+                    )
+                })?;
+                let mut after = w.after.clone();
+                if let Some(obj) = after.as_object_mut() {
+                    obj.insert("key".into(), serde_json::Value::String(key.clone()));
+                }
+                ledger.push(NewLedgerRow {
+                    license_id,
+                    run_id,
+                    action: w.action.as_str().to_owned(),
+                    before: w.before.clone(),
+                    after,
+                    stripe_object: w.stripe_object.clone(),
+                });
+                if let Some((kind, message_id)) = &w.email {
+                    let recipient = w.license.customer_email.clone();
+                    outbox.push(NewOutboxRow {
+                        license_id,
+                        kind: kind.clone(),
+                        status: if recipient.is_some() { "pending" } else { "no_recipient" }.to_owned(),
+                        recipient,
+                        message_id: message_id.clone(),
+                    });
+                }
+                let source_kind = SourceKind::parse(&grant.0).expect("written source kinds are valid");
+                written.push(Written {
+                    license_id,
+                    key,
+                    grant: GrantKey {
+                        source_kind,
+                        source_id: grant.1,
+                    },
+                });
+            }
+            diesel::insert_into(license_ledger::table)
+                .values(&ledger)
+                .execute(conn)?;
+            if !outbox.is_empty() {
+                diesel::insert_into(email_outbox::table)
+                    .values(&outbox)
+                    .on_conflict((email_outbox::license_id, email_outbox::kind))
+                    .do_nothing()
+                    .execute(conn)?;
+            }
+            Ok::<_, diesel::result::Error>(written)
+        })
+        .context("writing a page of license changes")
+    }
+
+    // ---- runs and cursors --------------------------------------------------
+
+    pub fn start_run(&self, mode: &str, livemode: Option<bool>) -> Result<i64> {
+        let mut conn = self.conn()?;
+        diesel::insert_into(runs::table)
+            .values((runs::mode.eq(mode), runs::livemode.eq(livemode)))
+            .returning(runs::id)
+            .get_result(&mut conn)
+            .context("recording the start of the run")
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn finish_run(
+        &self,
+        run_id: i64,
+        succeeded: bool,
+        counts: &serde_json::Value,
+        stripe_requests: u64,
+        emails_sent: i32,
+        note: Option<&str>,
+        error: Option<&str>,
+    ) -> Result<()> {
+        let mut conn = self.conn()?;
+        diesel::update(runs::table.find(run_id))
+            .set((
+                runs::finished_at.eq(diesel::dsl::now),
+                runs::outcome.eq(if succeeded { "succeeded" } else { "failed" }),
+                runs::counts.eq(counts),
+                runs::stripe_requests.eq(i64::try_from(stripe_requests).unwrap_or(i64::MAX)),
+                runs::emails_sent.eq(emails_sent),
+                runs::note.eq(note),
+                runs::error.eq(error.map(redact)),
+            ))
+            .execute(&mut conn)
+            .context("recording the end of the run")?;
+        Ok(())
+    }
+
+    pub fn recent_runs(&self, limit: i64) -> Result<Vec<RunRow>> {
+        let mut conn = self.conn()?;
+        runs::table
+            .order(runs::id.desc())
+            .limit(limit)
+            .select(RunRow::as_select())
+            .load(&mut conn)
+            .context("reading recent runs")
+    }
+
+    pub fn cursor(&self, name: &str) -> Result<Option<(String, DateTime<Utc>)>> {
+        let mut conn = self.conn()?;
+        sync_state::table
+            .find(name)
+            .select((sync_state::value, sync_state::updated_at))
+            .first(&mut conn)
+            .optional()
+            .context("reading the sync cursor")
+    }
+
+    pub fn set_cursor(&self, name: &str, value: &str) -> Result<()> {
+        let mut conn = self.conn()?;
+        diesel::insert_into(sync_state::table)
+            .values((sync_state::name.eq(name), sync_state::value.eq(value)))
+            .on_conflict(sync_state::name)
+            .do_update()
+            .set((sync_state::value.eq(value), sync_state::updated_at.eq(diesel::dsl::now)))
+            .execute(&mut conn)
+            .context("storing the sync cursor")?;
+        Ok(())
+    }
+
+    // ---- email outbox ------------------------------------------------------
+
+    /// Claims up to `limit` due emails for this sender. The claim is a lease:
+    /// it counts the attempt and pushes `next_attempt_at` past `lease_until`,
+    /// so a sender that dies after the server accepted a message but before
+    /// it was marked sent gets it retried once, with the same Message-ID.
+    /// `SKIP LOCKED` keeps two concurrent senders off the same row.
+    pub fn claim_due_emails(
+        &self,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+        limit: i64,
+    ) -> Result<Vec<OutboxJob>> {
+        let mut conn = self.conn()?;
+        conn.transaction(|conn| {
+            let ids: Vec<i64> = email_outbox::table
+                .filter(email_outbox::status.eq("pending"))
+                .filter(email_outbox::next_attempt_at.le(now))
+                .order(email_outbox::id.asc())
+                .limit(limit)
+                .select(email_outbox::id)
+                .for_update()
+                .skip_locked()
+                .load(conn)?;
+            let claimed: Vec<OutboxRow> = diesel::update(email_outbox::table.filter(email_outbox::id.eq_any(&ids)))
+                .set((
+                    email_outbox::attempts.eq(email_outbox::attempts + 1),
+                    email_outbox::next_attempt_at.eq(lease_until),
+                ))
+                .returning(OutboxRow::as_returning())
+                .get_results(conn)?;
+            let license_ids: Vec<i64> = claimed.iter().map(|o| o.license_id).collect();
+            let rows: Vec<LicenseRow> = licenses::table
+                .filter(licenses::id.eq_any(&license_ids))
+                .select(LicenseRow::as_select())
+                .load(conn)?;
+            Ok::<_, diesel::result::Error>((claimed, rows))
+        })
+        .context("claiming due emails")
+        .and_then(|(claimed, rows)| {
+            let mut by_id = BTreeMap::new();
+            for row in rows {
+                let license = row.into_domain()?;
+                by_id.insert(license.id, license);
+            }
+            let mut jobs: Vec<OutboxJob> = claimed
+                .into_iter()
+                .filter_map(|outbox| {
+                    by_id
+                        .get(&outbox.license_id)
+                        .cloned()
+                        .map(|license| OutboxJob { outbox, license })
+                })
+                .collect();
+            jobs.sort_by_key(|j| j.outbox.id);
+            Ok(jobs)
+        })
+    }
+
+    pub fn mark_email_sent(&self, outbox_id: i64) -> Result<()> {
+        let mut conn = self.conn()?;
+        diesel::update(email_outbox::table.find(outbox_id))
+            .set((
+                email_outbox::status.eq("sent"),
+                email_outbox::sent_at.eq(diesel::dsl::now),
+                email_outbox::last_error.eq(None::<String>),
+            ))
+            .execute(&mut conn)
+            .context("marking an email sent")?;
+        Ok(())
+    }
+
+    /// Records a failed attempt: retried at `retry_at`, or `failed` for good.
+    pub fn mark_email_failed(&self, outbox_id: i64, error: &str, retry_at: Option<DateTime<Utc>>) -> Result<()> {
+        let mut conn = self.conn()?;
+        let error = redact(error);
+        match retry_at {
+            Some(at) => diesel::update(email_outbox::table.find(outbox_id))
+                .set((email_outbox::last_error.eq(error), email_outbox::next_attempt_at.eq(at)))
+                .execute(&mut conn),
+            None => diesel::update(email_outbox::table.find(outbox_id))
+                .set((email_outbox::last_error.eq(error), email_outbox::status.eq("failed")))
+                .execute(&mut conn),
+        }
+        .context("recording a failed email")?;
+        Ok(())
+    }
+
+    /// Queues another copy of a license's email (support's resend); the kind
+    /// `resend:<n>` keeps the one-per-kind rule while allowing many resends.
+    pub fn queue_resend(&self, license: &License, message_id: &str) -> Result<i64> {
+        let mut conn = self.conn()?;
+        conn.transaction(|conn| {
+            let previous: i64 = email_outbox::table
+                .filter(email_outbox::license_id.eq(license.id))
+                .filter(email_outbox::kind.like("resend:%"))
+                .count()
+                .get_result(conn)?;
+            diesel::insert_into(email_outbox::table)
+                .values(NewOutboxRow {
+                    license_id: license.id,
+                    kind: format!("resend:{}", previous + 1),
+                    status: if license.customer_email.is_some() {
+                        "pending"
+                    } else {
+                        "no_recipient"
+                    }
+                    .to_owned(),
+                    recipient: license.customer_email.clone(),
+                    message_id: message_id.to_owned(),
+                })
+                .returning(email_outbox::id)
+                .get_result(conn)
+        })
+        .context("queueing a resend")
+    }
+
+    pub fn outbox_counts(&self) -> Result<OutboxCounts> {
+        let mut conn = self.conn()?;
+        let rows: Vec<(String, i64)> = email_outbox::table
+            .group_by(email_outbox::status)
+            .select((email_outbox::status, diesel::dsl::count_star()))
+            .load(&mut conn)
+            .context("counting emails")?;
+        let mut counts = OutboxCounts::default();
+        for (status, n) in rows {
+            match status.as_str() {
+                "pending" => counts.pending = n,
+                "sent" => counts.sent = n,
+                "failed" => counts.failed = n,
+                "no_recipient" => counts.no_recipient = n,
+                _ => {}
+            }
+        }
+        Ok(counts)
+    }
+
+    pub fn outbox_for_license(&self, license_id: i64) -> Result<Vec<OutboxRow>> {
+        let mut conn = self.conn()?;
+        email_outbox::table
+            .filter(email_outbox::license_id.eq(license_id))
+            .order(email_outbox::id.asc())
+            .select(OutboxRow::as_select())
+            .load(&mut conn)
+            .context("reading a license's emails")
+    }
+
+    /// Raw SQL for test setup and benchmarks that count statements.
+    pub fn batch_execute(&self, sql: &str) -> Result<()> {
+        let mut conn = self.conn()?;
+        conn.batch_execute(sql).context("executing SQL")
+    }
+}

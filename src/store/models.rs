@@ -1,0 +1,183 @@
+//! Row types of the license database and their conversion to the domain.
+//! Text columns hold the enum names the migrations constrain them to.
+
+use anyhow::{Result, anyhow};
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use serde::Serialize;
+
+use super::schema::{email_outbox, license_ledger, licenses, runs};
+use crate::domain::{ExpirationStart, GrantKey, License, LicenseState, LicenseStatus, SourceKind};
+
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = licenses)]
+#[diesel(check_for_backend(diesel::pg::Pg))]
+pub struct LicenseRow {
+    pub id: i64,
+    pub key: String,
+    pub status: String,
+    pub product_ids: Vec<Option<String>>,
+    pub source_kind: String,
+    pub source_id: String,
+    pub stripe_customer_id: Option<String>,
+    pub stripe_subscription_id: Option<String>,
+    pub stripe_payment_intent: Option<String>,
+    pub customer_email: Option<String>,
+    pub customer_name: Option<String>,
+    pub quantity: i32,
+    pub ip_limit: Option<i32>,
+    pub hwid_limit: Option<i32>,
+    pub expiration_days: Option<i32>,
+    pub expiration_start: Option<String>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub livemode: bool,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl LicenseRow {
+    pub fn into_domain(self) -> Result<License> {
+        let bad = |column: &str, value: &str| anyhow!("license {} has an unknown {column} `{value}`", self.id);
+        Ok(License {
+            id: self.id,
+            status: LicenseStatus::parse(&self.status).ok_or_else(|| bad("status", &self.status))?,
+            source_kind: SourceKind::parse(&self.source_kind).ok_or_else(|| bad("source_kind", &self.source_kind))?,
+            expiration_start: match &self.expiration_start {
+                None => None,
+                Some(s) => Some(ExpirationStart::parse(s).ok_or_else(|| bad("expiration_start", s))?),
+            },
+            product_ids: self.product_ids.into_iter().flatten().collect(),
+            key: self.key,
+            source_id: self.source_id,
+            stripe_customer_id: self.stripe_customer_id,
+            stripe_subscription_id: self.stripe_subscription_id,
+            stripe_payment_intent: self.stripe_payment_intent,
+            customer_email: self.customer_email,
+            customer_name: self.customer_name,
+            quantity: self.quantity,
+            ip_limit: self.ip_limit,
+            hwid_limit: self.hwid_limit,
+            expiration_days: self.expiration_days,
+            expires_at: self.expires_at,
+            livemode: self.livemode,
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+        })
+    }
+}
+
+/// A license row to upsert on its natural key.
+#[derive(Debug, Clone, Insertable)]
+#[diesel(table_name = licenses)]
+pub struct NewLicenseRow {
+    pub key: String,
+    pub status: String,
+    pub product_ids: Vec<Option<String>>,
+    pub source_kind: String,
+    pub source_id: String,
+    pub stripe_customer_id: Option<String>,
+    pub stripe_subscription_id: Option<String>,
+    pub stripe_payment_intent: Option<String>,
+    pub customer_email: Option<String>,
+    pub customer_name: Option<String>,
+    pub quantity: i32,
+    pub ip_limit: Option<i32>,
+    pub hwid_limit: Option<i32>,
+    pub expiration_days: Option<i32>,
+    pub expiration_start: Option<String>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub livemode: bool,
+}
+
+impl NewLicenseRow {
+    pub fn new(key: String, grant: &GrantKey, state: &LicenseState) -> NewLicenseRow {
+        NewLicenseRow {
+            key,
+            status: state.status.as_str().to_owned(),
+            product_ids: state.product_ids.iter().cloned().map(Some).collect(),
+            source_kind: grant.source_kind.as_str().to_owned(),
+            source_id: grant.source_id.clone(),
+            stripe_customer_id: state.stripe_customer_id.clone(),
+            stripe_subscription_id: state.stripe_subscription_id.clone(),
+            stripe_payment_intent: state.stripe_payment_intent.clone(),
+            customer_email: state.customer_email.clone(),
+            customer_name: state.customer_name.clone(),
+            quantity: state.quantity,
+            ip_limit: state.ip_limit,
+            hwid_limit: state.hwid_limit,
+            expiration_days: state.expiration_days,
+            expiration_start: state.expiration_start.map(|s| s.as_str().to_owned()),
+            expires_at: state.expires_at,
+            livemode: state.livemode,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Queryable, Selectable, Serialize)]
+#[diesel(table_name = license_ledger)]
+#[diesel(check_for_backend(diesel::pg::Pg))]
+pub struct LedgerRow {
+    pub id: i64,
+    pub license_id: i64,
+    pub run_id: Option<i64>,
+    pub action: String,
+    pub before: Option<serde_json::Value>,
+    pub after: serde_json::Value,
+    pub stripe_object: String,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Insertable)]
+#[diesel(table_name = license_ledger)]
+pub struct NewLedgerRow {
+    pub license_id: i64,
+    pub run_id: Option<i64>,
+    pub action: String,
+    pub before: Option<serde_json::Value>,
+    pub after: serde_json::Value,
+    pub stripe_object: String,
+}
+
+#[derive(Debug, Clone, Queryable, Selectable, Serialize)]
+#[diesel(table_name = email_outbox)]
+#[diesel(check_for_backend(diesel::pg::Pg))]
+pub struct OutboxRow {
+    pub id: i64,
+    pub license_id: i64,
+    pub kind: String,
+    pub recipient: Option<String>,
+    pub status: String,
+    pub attempts: i32,
+    pub last_error: Option<String>,
+    pub next_attempt_at: DateTime<Utc>,
+    pub sent_at: Option<DateTime<Utc>>,
+    pub message_id: String,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Insertable)]
+#[diesel(table_name = email_outbox)]
+pub struct NewOutboxRow {
+    pub license_id: i64,
+    pub kind: String,
+    pub recipient: Option<String>,
+    pub status: String,
+    pub message_id: String,
+}
+
+#[derive(Debug, Clone, Queryable, Selectable, Serialize)]
+#[diesel(table_name = runs)]
+#[diesel(check_for_backend(diesel::pg::Pg))]
+pub struct RunRow {
+    pub id: i64,
+    pub mode: String,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub outcome: String,
+    pub counts: serde_json::Value,
+    pub stripe_requests: i64,
+    pub emails_sent: i32,
+    pub livemode: Option<bool>,
+    pub note: Option<String>,
+    pub error: Option<String>,
+}

@@ -1,0 +1,91 @@
+// @generated automatically by Diesel CLI.
+
+diesel::table! {
+    email_outbox (id) {
+        id -> Int8,
+        license_id -> Int8,
+        kind -> Text,
+        recipient -> Nullable<Text>,
+        status -> Text,
+        attempts -> Int4,
+        last_error -> Nullable<Text>,
+        next_attempt_at -> Timestamptz,
+        sent_at -> Nullable<Timestamptz>,
+        message_id -> Text,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    license_ledger (id) {
+        id -> Int8,
+        license_id -> Int8,
+        run_id -> Nullable<Int8>,
+        action -> Text,
+        before -> Nullable<Jsonb>,
+        after -> Jsonb,
+        stripe_object -> Text,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    licenses (id) {
+        id -> Int8,
+        key -> Text,
+        status -> Text,
+        product_ids -> Array<Nullable<Text>>,
+        source_kind -> Text,
+        source_id -> Text,
+        stripe_customer_id -> Nullable<Text>,
+        stripe_subscription_id -> Nullable<Text>,
+        stripe_payment_intent -> Nullable<Text>,
+        customer_email -> Nullable<Text>,
+        customer_name -> Nullable<Text>,
+        quantity -> Int4,
+        ip_limit -> Nullable<Int4>,
+        hwid_limit -> Nullable<Int4>,
+        expiration_days -> Nullable<Int4>,
+        expiration_start -> Nullable<Text>,
+        expires_at -> Nullable<Timestamptz>,
+        livemode -> Bool,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    runs (id) {
+        id -> Int8,
+        mode -> Text,
+        started_at -> Timestamptz,
+        finished_at -> Nullable<Timestamptz>,
+        outcome -> Text,
+        counts -> Jsonb,
+        stripe_requests -> Int8,
+        emails_sent -> Int4,
+        livemode -> Nullable<Bool>,
+        note -> Nullable<Text>,
+        error -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
+    sync_state (name) {
+        name -> Text,
+        value -> Text,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::joinable!(email_outbox -> licenses (license_id));
+diesel::joinable!(license_ledger -> licenses (license_id));
+diesel::joinable!(license_ledger -> runs (run_id));
+
+diesel::allow_tables_to_appear_in_same_query!(
+    email_outbox,
+    license_ledger,
+    licenses,
+    runs,
+    sync_state,
+);

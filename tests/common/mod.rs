@@ -1,0 +1,137 @@
+//! The test world's database (testing.md): one throwaway PostgreSQL cluster
+//! per test process (temporary directory, Unix socket, fsync off), a
+//! migrated template database made once, and a fresh database per test
+//! created from it and dropped afterwards. `TEST_DATABASE_URL` points the
+//! harness at an existing server instead.
+#![allow(dead_code)]
+
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use diesel::prelude::*;
+use licensync::pg::{Binaries, Cluster, Tuning};
+use licensync::secret::Secret;
+use licensync::store::Store;
+
+struct Server {
+    template: String,
+    /// A URL with the database name to replace (`{db}`).
+    url_pattern: String,
+}
+
+static SERVER: OnceLock<Server> = OnceLock::new();
+static CLUSTER: OnceLock<(Cluster, tempfile::TempDir)> = OnceLock::new();
+static NEXT_DB: AtomicUsize = AtomicUsize::new(0);
+
+extern "C" fn stop_cluster_at_exit() {
+    if let Some((cluster, dir)) = CLUSTER.get() {
+        let _ = cluster.stop(true);
+        // Statics are never dropped, so the TempDir cannot clean up after itself.
+        let _ = std::fs::remove_dir_all(dir.path());
+    }
+}
+
+fn server() -> &'static Server {
+    SERVER.get_or_init(|| {
+        let url_pattern = match std::env::var("TEST_DATABASE_URL") {
+            Ok(url) if !url.is_empty() => {
+                let mut parsed = url::Url::parse(&url).expect("TEST_DATABASE_URL is a URL");
+                parsed.set_path("/{db}");
+                parsed.to_string().replace("%7Bdb%7D", "{db}")
+            }
+            _ => {
+                let binaries = Binaries::discover().expect("PostgreSQL server binaries (see README)");
+                // /tmp, not the target dir: the postgres user must be able to reach it.
+                let dir = tempfile::Builder::new()
+                    .prefix("licensync-test-pg-")
+                    .tempdir_in("/tmp")
+                    .unwrap();
+                let cluster = Cluster::new(binaries, dir.path()).unwrap();
+                cluster
+                    .ensure_running(Tuning { unsafe_fast: true })
+                    .expect("starting the test cluster");
+                let pattern = cluster.url("{db}");
+                CLUSTER.set((cluster, dir)).expect("cluster set once");
+                // libtest ends the process with exit(), which runs atexit handlers.
+                unsafe { libc::atexit(stop_cluster_at_exit) };
+                pattern
+            }
+        };
+        // Per process, so test binaries sharing a TEST_DATABASE_URL server do not collide.
+        let template = format!("licensync_template_{}", std::process::id());
+        let admin = url_pattern.replace("{db}", "postgres");
+        let mut conn = PgConnection::establish(&admin).expect("connecting to the test server");
+        diesel::sql_query(format!("DROP DATABASE IF EXISTS {template}"))
+            .execute(&mut conn)
+            .unwrap();
+        diesel::sql_query(format!("CREATE DATABASE {template}"))
+            .execute(&mut conn)
+            .unwrap();
+        let store = Store::connect(&Secret::new(url_pattern.replace("{db}", &template))).unwrap();
+        store.migrate().expect("migrating the template database");
+        drop(store);
+        Server { template, url_pattern }
+    })
+}
+
+/// A fresh, migrated database of its own for one test; dropped with it.
+pub struct TestDb {
+    pub name: String,
+    pub url: String,
+    pub store: Store,
+}
+
+impl TestDb {
+    pub fn new() -> TestDb {
+        Self::create(true)
+    }
+
+    /// An empty database with no migrations applied.
+    pub fn empty() -> TestDb {
+        Self::create(false)
+    }
+
+    fn create(migrated: bool) -> TestDb {
+        let server = server();
+        let name = format!("t_{}_{}", std::process::id(), NEXT_DB.fetch_add(1, Ordering::SeqCst));
+        let mut admin = PgConnection::establish(&server.url_pattern.replace("{db}", "postgres")).unwrap();
+        let template = if migrated {
+            format!(" TEMPLATE {}", server.template)
+        } else {
+            String::new()
+        };
+        diesel::sql_query(format!("CREATE DATABASE {name}{template}"))
+            .execute(&mut admin)
+            .unwrap();
+        let url = server.url_pattern.replace("{db}", &name);
+        let store = Store::connect(&Secret::new(url.clone())).unwrap();
+        TestDb { name, url, store }
+    }
+
+    pub fn conn(&self) -> PgConnection {
+        PgConnection::establish(&self.url).unwrap()
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let Some(server) = SERVER.get() else { return };
+        if let Ok(mut admin) = PgConnection::establish(&server.url_pattern.replace("{db}", "postgres")) {
+            let _ =
+                diesel::sql_query(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name)).execute(&mut admin);
+        }
+    }
+}
+
+/// The `licensync` binary of this build.
+pub fn licensync() -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_licensync"));
+    // Tests never inherit the developer's settings.
+    for (key, _) in std::env::vars() {
+        if key.starts_with("LICENSYNC_") || key.starts_with("STRIPE_") || key == "DATABASE_URL" {
+            cmd.env_remove(key);
+        }
+    }
+    cmd.env("LICENSYNC_LOG_FORMAT", "text");
+    cmd
+}

@@ -1,0 +1,194 @@
+//! The license store on a real PostgreSQL server: migrations, the
+//! constraints the rules rely on, and the transactional page write.
+
+mod common;
+
+use chrono::{TimeZone, Utc};
+use common::TestDb;
+use diesel::prelude::*;
+use licensync::domain::{ActionKind, GrantKey, LicenseState, LicenseStatus};
+use licensync::store::models::NewLicenseRow;
+use licensync::store::{LicenseFilter, LicenseWrite};
+
+fn state(email: Option<&str>) -> LicenseState {
+    LicenseState {
+        status: LicenseStatus::Active,
+        product_ids: vec!["pro".into(), "addon".into()],
+        stripe_customer_id: Some("cus_1".into()),
+        stripe_subscription_id: Some("sub_1".into()),
+        stripe_payment_intent: None,
+        customer_email: email.map(str::to_owned),
+        customer_name: Some("Ada".into()),
+        quantity: 2,
+        ip_limit: Some(3),
+        hwid_limit: Some(4),
+        expiration_days: None,
+        expiration_start: None,
+        expires_at: Some(Utc.with_ymd_and_hms(2026, 12, 1, 0, 0, 0).unwrap()),
+        livemode: false,
+    }
+}
+
+fn write(key: &str, item: &str, email: Option<&str>) -> LicenseWrite {
+    let grant = GrantKey::subscription_item(item);
+    let state = state(email);
+    LicenseWrite {
+        license: NewLicenseRow::new(key.into(), &grant, &state),
+        action: ActionKind::Issue,
+        before: None,
+        after: serde_json::to_value(&state).unwrap(),
+        stripe_object: "sub_1".into(),
+        email: Some(("license_issued".into(), format!("<{key}@test>"))),
+    }
+}
+
+fn table_names(db: &TestDb) -> Vec<String> {
+    #[derive(QueryableByName)]
+    struct Name {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        tablename: String,
+    }
+    let mut conn = db.conn();
+    let mut names: Vec<String> = diesel::sql_query(
+        "SELECT tablename FROM pg_tables WHERE schemaname = 'public' AND tablename <> '__diesel_schema_migrations'",
+    )
+    .load::<Name>(&mut conn)
+    .unwrap()
+    .into_iter()
+    .map(|n| n.tablename)
+    .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn migrations_apply_and_roll_back_on_a_real_server() {
+    let db = TestDb::empty();
+    assert!(table_names(&db).is_empty());
+    assert_eq!(db.store.migrate().unwrap().len(), 1);
+    assert_eq!(
+        table_names(&db),
+        ["email_outbox", "license_ledger", "licenses", "runs", "sync_state"]
+    );
+    db.store.revert_all_migrations().unwrap();
+    assert!(table_names(&db).is_empty(), "down.sql leaves nothing behind");
+    assert_eq!(
+        db.store.migrate().unwrap().len(),
+        1,
+        "and the migration applies again after a rollback"
+    );
+    assert!(
+        db.store.migrate().unwrap().is_empty(),
+        "a second migrate has nothing to do"
+    );
+}
+
+#[test]
+fn the_database_refuses_two_licenses_with_one_key() {
+    let db = TestDb::new();
+    db.store
+        .write_page(None, &[write("AAAAA-AAAAA-AAAAA-AAAAA-AAAAA", "si_1", None)])
+        .unwrap();
+    let err = db
+        .store
+        .write_page(None, &[write("AAAAA-AAAAA-AAAAA-AAAAA-AAAAA", "si_2", None)])
+        .unwrap_err();
+    assert!(format!("{err:#}").contains("licenses_key_key"), "{err:#}");
+}
+
+#[test]
+fn the_database_refuses_two_licenses_for_one_grant() {
+    let db = TestDb::new();
+    db.store
+        .write_page(None, &[write("AAAAA-AAAAA-AAAAA-AAAAA-AAAAA", "si_1", None)])
+        .unwrap();
+    let mut conn = db.conn();
+    let err = diesel::sql_query(
+        "INSERT INTO licenses (key, status, product_ids, source_kind, source_id, livemode) \
+         VALUES ('BBBBB-BBBBB-BBBBB-BBBBB-BBBBB', 'active', '{pro}', 'subscription_item', 'si_1', false)",
+    )
+    .execute(&mut conn)
+    .unwrap_err();
+    assert!(err.to_string().contains("licenses_grant_key"), "{err}");
+}
+
+#[test]
+fn an_upsert_on_the_natural_key_keeps_the_issued_key() {
+    let db = TestDb::new();
+    let first = db
+        .store
+        .write_page(
+            None,
+            &[write("AAAAA-AAAAA-AAAAA-AAAAA-AAAAA", "si_1", Some("a@x.test"))],
+        )
+        .unwrap();
+    let mut again = write("ZZZZZ-ZZZZZ-ZZZZZ-ZZZZZ-ZZZZZ", "si_1", Some("a@x.test"));
+    again.action = ActionKind::Extend;
+    again.license.status = "expired".into();
+    let second = db.store.write_page(None, &[again]).unwrap();
+    assert_eq!(first[0].license_id, second[0].license_id);
+    assert_eq!(second[0].key, "AAAAA-AAAAA-AAAAA-AAAAA-AAAAA");
+    let all = db.store.list_licenses(&LicenseFilter::default()).unwrap();
+    assert_eq!(all.len(), 1);
+    assert_eq!(all[0].status, LicenseStatus::Expired);
+    let ledger = db.store.ledger(all[0].id).unwrap();
+    assert_eq!(
+        ledger.iter().map(|l| l.action.as_str()).collect::<Vec<_>>(),
+        ["issue", "extend"]
+    );
+    assert_eq!(ledger[0].after["key"], "AAAAA-AAAAA-AAAAA-AAAAA-AAAAA");
+    let emails = db.store.outbox_for_license(all[0].id).unwrap();
+    assert_eq!(emails.len(), 1, "one email per license and kind, even when asked twice");
+}
+
+#[test]
+fn the_ledger_is_append_only() {
+    let db = TestDb::new();
+    db.store
+        .write_page(None, &[write("AAAAA-AAAAA-AAAAA-AAAAA-AAAAA", "si_1", None)])
+        .unwrap();
+    let mut conn = db.conn();
+    let err = diesel::sql_query("UPDATE license_ledger SET action = 'forged'")
+        .execute(&mut conn)
+        .unwrap_err();
+    assert!(err.to_string().contains("append-only"), "{err}");
+    let err = diesel::sql_query("DELETE FROM license_ledger")
+        .execute(&mut conn)
+        .unwrap_err();
+    assert!(err.to_string().contains("append-only"), "{err}");
+}
+
+#[test]
+fn a_license_without_recipient_gets_an_outbox_row_marked_no_recipient() {
+    let db = TestDb::new();
+    let written = db
+        .store
+        .write_page(None, &[write("AAAAA-AAAAA-AAAAA-AAAAA-AAAAA", "si_1", None)])
+        .unwrap();
+    let emails = db.store.outbox_for_license(written[0].license_id).unwrap();
+    assert_eq!(emails[0].status, "no_recipient");
+    assert_eq!(db.store.outbox_counts().unwrap().no_recipient, 1);
+}
+
+#[test]
+fn a_page_that_fails_writes_nothing() {
+    let db = TestDb::new();
+    let good = write("AAAAA-AAAAA-AAAAA-AAAAA-AAAAA", "si_1", None);
+    let mut bad = write("BBBBB-BBBBB-BBBBB-BBBBB-BBBBB", "si_2", None);
+    bad.license.status = "sold".into(); // violates the status constraint
+    assert!(db.store.write_page(None, &[good, bad]).is_err());
+    assert!(db.store.list_licenses(&LicenseFilter::default()).unwrap().is_empty());
+}
+
+#[test]
+fn only_one_run_holds_the_lock() {
+    let db = TestDb::new();
+    let first = db.store.try_lock_run().unwrap();
+    assert!(first.is_some());
+    assert!(db.store.try_lock_run().unwrap().is_none());
+    drop(first);
+    assert!(
+        db.store.try_lock_run().unwrap().is_some(),
+        "released when the holder goes away"
+    );
+}
