@@ -7,3 +7,6 @@
 pub mod catalog;
 pub mod domain;
 pub mod plan;
+
+#[cfg(test)]
+pub mod fixtures;
