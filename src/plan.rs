@@ -521,7 +521,7 @@ impl Planner<'_> {
 
 /// The main kind of a change: status first, then the move of `expires_at`
 /// (no expiry counts as the latest one), then anything else.
-fn kind_of_change(before: &LicenseState, after: &LicenseState) -> ActionKind {
+pub(crate) fn kind_of_change(before: &LicenseState, after: &LicenseState) -> ActionKind {
     if before.status != after.status {
         return match after.status {
             LicenseStatus::Active => ActionKind::Reinstate,
