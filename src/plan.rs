@@ -98,6 +98,46 @@ pub struct Action {
     pub cause: String,
 }
 
+/// One field of a license that an action sets, as JSON values (`null` for
+/// none), for the plan's `old -> new` output and the ledger.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FieldChange {
+    pub field: String,
+    /// `None` for a field of a new license.
+    pub before: Option<serde_json::Value>,
+    pub after: serde_json::Value,
+}
+
+impl Action {
+    /// The fields whose value differs between `before` and `after` (every
+    /// field for an `issue`), sorted by field name.
+    pub fn changes(&self) -> Vec<FieldChange> {
+        let fields = |state: &LicenseState| match serde_json::to_value(state) {
+            Ok(serde_json::Value::Object(map)) => map,
+            // A struct of plain fields always serializes to an object.
+            _ => serde_json::Map::new(),
+        };
+        let after = fields(&self.after);
+        let before = self.before.as_ref().map(fields);
+        let mut changes: Vec<FieldChange> = after
+            .into_iter()
+            .filter_map(|(field, new)| {
+                let old = before
+                    .as_ref()
+                    .map(|b| b.get(&field).cloned().unwrap_or(serde_json::Value::Null));
+                (old.as_ref() != Some(&new)).then_some(FieldChange {
+                    field,
+                    before: old,
+                    after: new,
+                })
+            })
+            .collect();
+        // serde_json's map order depends on a crate feature; the output must not.
+        changes.sort_by(|a, b| a.field.cmp(&b.field));
+        changes
+    }
+}
+
 /// A grant that was not acted on, with the reason (misconfigured product,
 /// partial refund, ...).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -936,7 +936,10 @@ fn a_purchase_refunded_before_its_first_run_issues_nothing_and_says_so() {
 
 #[test]
 fn refunds_of_subscription_payments_do_not_revoke() {
-    let licenses = issued_subscription();
+    let mut licenses = issued_subscription();
+    // Even a subscription license that remembers a payment (an import, an
+    // older version) is not one-time: the subscription decides it.
+    licenses[0].stripe_payment_intent = Some("pi_1".to_owned());
     let mut world = World::new(vec![]);
     world.reversals = vec![reversal("pi_1", R::FullRefund, "re_1")];
     assert_converged(&world, &licenses, day(2));
@@ -1021,6 +1024,47 @@ fn an_absurd_grace_saturates_instead_of_panicking() {
     };
     let plan = plan(&world.facts(), &[], &config, day(1));
     assert_eq!(only(&plan).after.expires_at, Some(DateTime::<Utc>::MAX_UTC));
+}
+
+#[test]
+fn an_action_lists_exactly_the_fields_it_changes() {
+    let world = World::new(vec![sub_item().quantity(2).cancel_at_period_end().fact()]);
+    let plan = world.plan(&issued_subscription(), day(3));
+    let changes: Vec<(String, Option<serde_json::Value>, serde_json::Value)> = only(&plan)
+        .changes()
+        .into_iter()
+        .map(|c| (c.field, c.before, c.after))
+        .collect();
+    assert_eq!(
+        changes,
+        vec![
+            (
+                "expires_at".to_owned(),
+                Some(serde_json::json!("2025-02-01T00:00:00Z")),
+                serde_json::json!("2025-01-31T00:00:00Z")
+            ),
+            (
+                "hwid_limit".to_owned(),
+                Some(serde_json::json!(2)),
+                serde_json::json!(4)
+            ),
+            (
+                "quantity".to_owned(),
+                Some(serde_json::json!(1)),
+                serde_json::json!(2)
+            ),
+        ]
+    );
+}
+
+#[test]
+fn an_issue_lists_every_field_as_new() {
+    let plan = World::new(vec![one_time().fact()]).plan(&[], day(1));
+    let changes = only(&plan).changes();
+    assert_eq!(changes.len(), 14);
+    assert!(changes.iter().all(|c| c.before.is_none()));
+    let status = changes.iter().find(|c| c.field == "status").unwrap();
+    assert_eq!(status.after, serde_json::json!("active"));
 }
 
 mod properties;
