@@ -153,6 +153,13 @@ fn every_subscription_status_row_gives_the_status_and_expiry_of_the_table() {
 }
 
 #[test]
+fn a_trial_without_trial_end_runs_to_the_period_end_plus_grace() {
+    let world = World::new(vec![sub_item().status(S::Trialing).fact()]);
+    let plan = world.plan(&[], day(1));
+    assert_eq!(only(&plan).after.expires_at, Some(day(30) + hours(24)));
+}
+
+#[test]
 fn new_subscriptions_in_good_standing_are_issued_an_active_license() {
     let now = day(10);
     for (row, fact) in [
@@ -767,6 +774,30 @@ fn licenses_of_a_product_that_becomes_misconfigured_are_left_exactly_as_they_are
         plan.skipped[0].reason,
         "prod_pro (prod_pro name) `hwid_limit`: `two` is not a whole number >= 0 (at most 2147483647); set it to e.g. `3` or remove the key"
     );
+}
+
+#[test]
+fn a_license_of_a_misconfigured_product_still_follows_the_clock() {
+    let mut world = World::new(vec![one_time().price("price_tool_30d", "prod_tool").fact()]);
+    let licenses = issued(&world, day(0));
+    world.catalog = Catalog::new(
+        [crate::fixtures::product(
+            "prod_tool",
+            &[("product_id", "tool")],
+        )],
+        [one_time_price(
+            "price_tool_30d",
+            "prod_tool",
+            &[("expiration_days", "soon")],
+        )],
+    );
+    let plan = world.plan(&licenses, day(31));
+    let action = only(&plan);
+    assert_eq!(
+        (action.kind, action.after.expires_at),
+        (K::Expire, Some(day(30)))
+    );
+    assert_eq!(plan.skipped[0].stripe_object, "price_tool_30d");
 }
 
 #[test]
