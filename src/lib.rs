@@ -6,12 +6,16 @@
 //! keys. `pg` runs the embedded database.
 
 pub mod app;
+pub mod catalog;
 pub mod cli;
 pub mod config;
 pub mod db;
 pub mod domain;
 pub mod error;
+#[cfg(test)]
+pub mod fixtures;
 pub mod logging;
 pub mod pg;
+pub mod plan;
 pub mod secret;
 pub mod store;

@@ -2,13 +2,52 @@
 //! It owns every rule of licensing-rules §1–5 that turns Stripe state into a
 //! desired license, and the diff against what the table holds. No IO, no
 //! clock, no randomness: the same input always gives the same plan.
+//!
+//! Choices where the rules are silent (each one has a test):
+//! - **No dead keys**: a grant whose license would be born `suspended`,
+//!   `expired` or `revoked` (a subscription first seen `paused`, `unpaid` or
+//!   `canceled`, a 30-day purchase first seen on day 31, a purchase refunded
+//!   before the first run) issues nothing: issuing would mail a key that
+//!   cannot be used. An existing license of such a grant does follow Stripe.
+//!   A refunded purchase that issues nothing is reported as skipped.
+//! - Grants that cannot issue and have no license (see above, plus
+//!   `incomplete` subscriptions and unpaid sessions) are not looked up in the
+//!   catalog, so old canceled subscriptions of an archived, misconfigured
+//!   product do not flood every report with skips.
+//! - **Untouched is not frozen**: a license that is "left as it is"
+//!   (misconfigured or no-longer-licensed product, `incomplete` subscription,
+//!   unpaid session, a bad quantity, or no fact in this slice) still follows
+//!   the clock (§3 "status also follows time") and reversals (§4): both
+//!   depend on the stored row, not on the metadata.
+//! - A product that loses its `product_id` keeps its existing licenses as
+//!   they are: removing the key is not a way to revoke customers' keys.
+//! - The cause of a pure clock expiry is the license's own Stripe object
+//!   (`sub_...` for a subscription item, else the `cs_...`/`in_...` before
+//!   the `/` of its source id), so every ledger row names a Stripe object.
+//! - `canceled`/`incomplete_expired` without `ended_at` expire at `now`, but
+//!   an already-stored expiry that has passed is kept, so re-running later
+//!   does not move it (idempotence).
+//! - `trialing` without `trial_end` uses `current_period_end` (Stripe sets
+//!   both to the trial's end).
+//! - A quantity below 1 (Stripe allows `quantity=0` items) grants no seats:
+//!   the grant is skipped with a reason and its license left as it is.
+//! - `expiration_days` with `CREATION` stores `expiration_days` and
+//!   `expiration_start` next to the computed `expires_at`, so the row shows
+//!   where the expiry came from; `ACTIVATION` stores them with no expiry.
+//! - `unchanged` counts licenses of `current` that get no action.
 
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::catalog::Catalog;
-use crate::domain::{ActionKind, GrantFact, GrantKey, License, LicenseState, PaymentReversal, Timestamp};
+use crate::domain::{
+    ActionKind, ExpirationStart, GrantFact, GrantKey, License, LicenseState, LicenseStatus,
+    LicenseTerms, Licensing, OneTimeLineFact, PaymentReversal, ReversalKind, SourceKind,
+    SubscriptionItemFact, SubscriptionStatus, Timestamp,
+};
 
 /// The settings the rules depend on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -17,6 +56,16 @@ pub struct PlanConfig {
     pub grace: Duration,
     /// Grace after `paid_through` while Stripe retries a failed payment (default 7 d).
     pub past_due_grace: Duration,
+}
+
+impl Default for PlanConfig {
+    /// The defaults of cli.md: `--grace 24h`, `--past-due-grace 7d`.
+    fn default() -> Self {
+        PlanConfig {
+            grace: Duration::from_secs(24 * 3600),
+            past_due_grace: Duration::from_secs(7 * 24 * 3600),
+        }
+    }
 }
 
 /// What one slice of Stripe says (a page, an incremental batch, or nothing
@@ -43,8 +92,50 @@ pub struct Action {
     pub license_key: Option<String>,
     pub before: Option<LicenseState>,
     pub after: LicenseState,
-    /// The Stripe object behind the change (`sub_...`, `cs_...`, `in_...`, `re_...`, `dp_...`, or `clock` for pure time expiry).
+    /// The Stripe object behind the change (`sub_...`, `cs_...`, `in_...`,
+    /// `re_...`, `dp_...`); for a pure time expiry, the license's own
+    /// subscription or purchase.
     pub cause: String,
+}
+
+/// One field of a license that an action sets, as JSON values (`null` for
+/// none), for the plan's `old -> new` output and the ledger.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FieldChange {
+    pub field: String,
+    /// `None` for a field of a new license.
+    pub before: Option<serde_json::Value>,
+    pub after: serde_json::Value,
+}
+
+impl Action {
+    /// The fields whose value differs between `before` and `after` (every
+    /// field for an `issue`), sorted by field name.
+    pub fn changes(&self) -> Vec<FieldChange> {
+        let fields = |state: &LicenseState| match serde_json::to_value(state) {
+            Ok(serde_json::Value::Object(map)) => map,
+            // A struct of plain fields always serializes to an object.
+            _ => serde_json::Map::new(),
+        };
+        let after = fields(&self.after);
+        let before = self.before.as_ref().map(fields);
+        let mut changes: Vec<FieldChange> = after
+            .into_iter()
+            .filter_map(|(field, new)| {
+                let old = before
+                    .as_ref()
+                    .map(|b| b.get(&field).cloned().unwrap_or(serde_json::Value::Null));
+                (old.as_ref() != Some(&new)).then_some(FieldChange {
+                    field,
+                    before: old,
+                    after: new,
+                })
+            })
+            .collect();
+        // serde_json's map order depends on a crate feature; the output must not.
+        changes.sort_by(|a, b| a.field.cmp(&b.field));
+        changes
+    }
 }
 
 /// A grant that was not acted on, with the reason (misconfigured product,
@@ -62,4 +153,458 @@ pub struct Plan {
     pub skipped: Vec<Skipped>,
     /// Licenses looked at that need no change.
     pub unchanged: usize,
+    /// Catalog warnings to log once each (e.g. expiration metadata on a
+    /// recurring price), in the order first met.
+    pub warnings: Vec<String>,
 }
+
+impl Plan {
+    /// The report's `counts` object (cli.md): every key present, zeros included.
+    pub fn counts(&self) -> BTreeMap<&'static str, usize> {
+        let mut counts: BTreeMap<&'static str, usize> = ActionKind::ALL
+            .iter()
+            .map(|kind| (kind.count_key(), 0))
+            .collect();
+        for action in &self.actions {
+            *counts.entry(action.kind.count_key()).or_default() += 1;
+        }
+        counts.insert("unchanged", self.unchanged);
+        counts.insert("skipped", self.skipped.len());
+        counts
+    }
+
+    /// No license would change (skips and warnings may remain: they are
+    /// reported again on every run that sees their grant).
+    pub fn is_empty(&self) -> bool {
+        self.actions.is_empty()
+    }
+}
+
+/// Decides what `current` must become so the table says what `facts` say at
+/// `now`. Licenses of `current` that no grant of this slice names get only the
+/// rules that need no grant: removed subscription items, reversals, the clock.
+pub fn plan(facts: &Facts, current: &[License], config: &PlanConfig, now: Timestamp) -> Plan {
+    Planner {
+        facts,
+        config,
+        now,
+        plan: Plan::default(),
+    }
+    .run(current)
+}
+
+/// What a grant (or the absence of one) asks of its license.
+enum Target {
+    /// Stripe says nothing new: the stored license stays as it is, save for
+    /// reversals and the clock.
+    Keep { cause: String },
+    /// The license Stripe describes.
+    Want { state: LicenseState, cause: String },
+}
+
+struct Planner<'a> {
+    facts: &'a Facts<'a>,
+    config: &'a PlanConfig,
+    now: Timestamp,
+    plan: Plan,
+}
+
+impl Planner<'_> {
+    fn run(mut self, current: &[License]) -> Plan {
+        // A grant listed twice (overlapping pages, an event and a scan) is one
+        // grant: the last fact wins, the first position orders the output.
+        let mut order: Vec<GrantKey> = Vec::new();
+        let mut latest: HashMap<GrantKey, &GrantFact> = HashMap::new();
+        for grant in self.facts.grants {
+            let key = grant.key();
+            if latest.insert(key.clone(), grant).is_none() {
+                order.push(key);
+            }
+        }
+
+        let mut licenses: Vec<&License> = current.iter().collect();
+        licenses.sort_by_key(|l| l.id);
+        let mut by_grant: HashMap<GrantKey, &License> = HashMap::new();
+        for license in &licenses {
+            by_grant.entry(license.grant_key()).or_insert(license);
+        }
+
+        let mut handled: HashSet<i64> = HashSet::new();
+        for key in &order {
+            let existing = by_grant.get(key).copied();
+            if let Some(license) = existing {
+                handled.insert(license.id);
+            }
+            let target = match latest[key] {
+                GrantFact::Subscription(item) => self.subscription_target(key, item, existing),
+                GrantFact::OneTime(line) => self.one_time_target(key, line),
+            };
+            self.settle(key, existing, target);
+        }
+        for license in licenses {
+            if !handled.contains(&license.id) {
+                let target = self.target_without_grant(license);
+                self.settle(&license.grant_key(), Some(license), target);
+            }
+        }
+        self.plan
+    }
+
+    fn subscription_target(
+        &mut self,
+        key: &GrantKey,
+        item: &SubscriptionItemFact,
+        existing: Option<&License>,
+    ) -> Target {
+        use SubscriptionStatus as S;
+        let keep = Target::Keep {
+            cause: item.subscription_id.clone(),
+        };
+        let can_issue = matches!(item.status, S::Trialing | S::Active | S::PastDue);
+        if item.status == S::Incomplete || (existing.is_none() && !can_issue) {
+            return keep;
+        }
+        let Some(terms) = self.terms(key, &item.price_id, &item.product_id) else {
+            return keep;
+        };
+        let Some((quantity, hwid_limit)) =
+            self.seats(key, &item.item_id, item.quantity, terms.hwid_limit)
+        else {
+            return keep;
+        };
+
+        let grace = |t| add(t, self.config.grace);
+        let (status, expires_at) = match item.status {
+            S::Trialing => (
+                LicenseStatus::Active,
+                grace(item.trial_end.unwrap_or(item.current_period_end)),
+            ),
+            S::Active => {
+                let period_end = item.current_period_end;
+                let ends =
+                    item.cancel_at_period_end || item.cancel_at.is_some_and(|at| at < period_end);
+                if ends {
+                    // It will not renew: no grace past the end it was sold for.
+                    (
+                        LicenseStatus::Active,
+                        item.cancel_at.map_or(period_end, |at| at.min(period_end)),
+                    )
+                } else {
+                    (LicenseStatus::Active, grace(period_end))
+                }
+            }
+            S::PastDue => (
+                LicenseStatus::Active,
+                add(
+                    item.paid_through.unwrap_or(item.current_period_start),
+                    self.config.past_due_grace,
+                ),
+            ),
+            S::Paused => (
+                LicenseStatus::Suspended,
+                item.paid_through.unwrap_or(item.current_period_start),
+            ),
+            S::Unpaid => (
+                LicenseStatus::Expired,
+                item.paid_through.unwrap_or(item.current_period_start),
+            ),
+            S::Canceled | S::IncompleteExpired => (
+                LicenseStatus::Expired,
+                item.ended_at.unwrap_or_else(|| self.ended_now(existing)),
+            ),
+            S::Incomplete => return keep,
+        };
+
+        Target::Want {
+            state: LicenseState {
+                status,
+                product_ids: terms.product_ids,
+                stripe_customer_id: item.customer.id.clone(),
+                stripe_subscription_id: Some(item.subscription_id.clone()),
+                stripe_payment_intent: None,
+                customer_email: item.customer.email.clone(),
+                customer_name: item.customer.name.clone(),
+                quantity,
+                ip_limit: terms.ip_limit,
+                hwid_limit,
+                // The subscription decides expiry (the catalog drops these
+                // for recurring prices already).
+                expiration_days: None,
+                expiration_start: None,
+                expires_at: Some(expires_at),
+                livemode: item.livemode,
+            },
+            cause: item.subscription_id.clone(),
+        }
+    }
+
+    fn one_time_target(&mut self, key: &GrantKey, line: &OneTimeLineFact) -> Target {
+        let keep = Target::Keep {
+            cause: line.purchase_id.clone(),
+        };
+        if !line.paid {
+            return keep;
+        }
+        let Some(terms) = self.terms(key, &line.price_id, &line.product_id) else {
+            return keep;
+        };
+        let Some((quantity, hwid_limit)) =
+            self.seats(key, &line.purchase_id, line.quantity, terms.hwid_limit)
+        else {
+            return keep;
+        };
+        let (expires_at, expiration_days, expiration_start) =
+            match (terms.expiration_days, terms.expiration_start) {
+                (None, _) => (None, None, None),
+                (Some(days), Some(ExpirationStart::Activation)) => {
+                    (None, Some(days), Some(ExpirationStart::Activation))
+                }
+                (Some(days), _) => (
+                    Some(add_days(line.purchased_at, days)),
+                    Some(days),
+                    Some(ExpirationStart::Creation),
+                ),
+            };
+        Target::Want {
+            state: LicenseState {
+                status: LicenseStatus::Active,
+                product_ids: terms.product_ids,
+                stripe_customer_id: line.customer.id.clone(),
+                stripe_subscription_id: None,
+                stripe_payment_intent: line.payment_intent.clone(),
+                customer_email: line.customer.email.clone(),
+                customer_name: line.customer.name.clone(),
+                quantity,
+                ip_limit: terms.ip_limit,
+                hwid_limit,
+                expiration_days,
+                expiration_start,
+                expires_at,
+                livemode: line.livemode,
+            },
+            cause: line.purchase_id.clone(),
+        }
+    }
+
+    /// A license no grant of this slice names: only a removed subscription
+    /// item changes it here (reversals and the clock follow in `settle`).
+    fn target_without_grant(&self, license: &License) -> Target {
+        if license.source_kind == SourceKind::SubscriptionItem
+            && let Some(subscription) = &license.stripe_subscription_id
+            && self.facts.complete_subscriptions.contains(subscription)
+        {
+            let mut state = license.state();
+            state.status = LicenseStatus::Expired;
+            state.expires_at = Some(license.expires_at.map_or(self.now, |at| at.min(self.now)));
+            return Target::Want {
+                state,
+                cause: subscription.clone(),
+            };
+        }
+        Target::Keep {
+            cause: source_object(license),
+        }
+    }
+
+    /// The catalog's terms for a grant; records a skip when the product is
+    /// misconfigured and a warning when the catalog has one.
+    fn terms(&mut self, key: &GrantKey, price_id: &str, product_id: &str) -> Option<LicenseTerms> {
+        match self.facts.catalog.resolve(price_id, product_id) {
+            Licensing::NotLicensed => None,
+            Licensing::Misconfigured(bad) => {
+                let product = match self.facts.catalog.product_name(&bad.product) {
+                    Some(name) => format!("{} ({name})", bad.product),
+                    None => bad.product.clone(),
+                };
+                self.plan.skipped.push(Skipped {
+                    stripe_object: bad.stripe_object.clone(),
+                    grant: Some(key.clone()),
+                    reason: format!("{product} `{}`: {}", bad.key, bad.why),
+                });
+                None
+            }
+            Licensing::Licensed { terms, warnings } => {
+                for warning in warnings {
+                    if !self.plan.warnings.contains(&warning) {
+                        self.plan.warnings.push(warning);
+                    }
+                }
+                Some(terms)
+            }
+        }
+    }
+
+    /// `(quantity, hwid_limit × quantity)`, or a skip when the quantity grants
+    /// no seats or does not fit the table.
+    fn seats(
+        &mut self,
+        key: &GrantKey,
+        object: &str,
+        quantity: i64,
+        hwid_limit: Option<i32>,
+    ) -> Option<(i32, Option<i32>)> {
+        let why = match i32::try_from(quantity) {
+            Ok(q) if q >= 1 => match hwid_limit.map(|h| h.checked_mul(q)) {
+                None => return Some((q, None)),
+                Some(Some(seats)) => return Some((q, Some(seats))),
+                Some(None) => format!(
+                    "quantity {quantity} x `hwid_limit` {} exceeds {}; lower `hwid_limit`",
+                    hwid_limit.unwrap_or_default(),
+                    i32::MAX
+                ),
+            },
+            Ok(_) => format!("quantity {quantity} grants no seats"),
+            Err(_) => format!("quantity {quantity} exceeds {}", i32::MAX),
+        };
+        self.plan.skipped.push(Skipped {
+            stripe_object: object.to_owned(),
+            grant: Some(key.clone()),
+            reason: format!("{why}; the license is left as it is"),
+        });
+        None
+    }
+
+    /// The end of a subscription that Stripe gave no `ended_at`: now, unless
+    /// the stored license already ended earlier (so a re-run keeps it).
+    fn ended_now(&self, existing: Option<&License>) -> Timestamp {
+        existing
+            .and_then(|l| l.expires_at)
+            .filter(|at| *at <= self.now)
+            .unwrap_or(self.now)
+    }
+
+    /// Applies reversals and the clock to a target and diffs it against the
+    /// stored license.
+    fn settle(&mut self, key: &GrantKey, existing: Option<&License>, target: Target) {
+        if existing.is_some_and(|l| l.status == LicenseStatus::Revoked) {
+            // Revoked is final: no later fact brings a refunded key back.
+            self.plan.unchanged += 1;
+            return;
+        }
+        let (mut state, mut cause) = match (target, existing) {
+            (Target::Want { state, cause }, _) => (state, cause),
+            (Target::Keep { cause }, Some(license)) => (license.state(), cause),
+            (Target::Keep { .. }, None) => return,
+        };
+
+        let mut partial_refunds = Vec::new();
+        if key.source_kind != SourceKind::SubscriptionItem
+            && let Some(payment_intent) = &state.stripe_payment_intent
+        {
+            let reversals = self
+                .facts
+                .reversals
+                .iter()
+                .filter(|r| &r.payment_intent == payment_intent);
+            let (taken_back, partial): (Vec<&PaymentReversal>, Vec<&PaymentReversal>) =
+                reversals.partition(|r| r.kind != ReversalKind::PartialRefund);
+            if let Some(reversal) = taken_back.first() {
+                state.status = LicenseStatus::Revoked;
+                cause = reversal.stripe_object.clone();
+            } else {
+                partial_refunds = partial;
+            }
+        }
+
+        if state.status == LicenseStatus::Active
+            && state.expires_at.is_some_and(|at| at <= self.now)
+        {
+            state.status = LicenseStatus::Expired;
+        }
+
+        match existing {
+            None if state.status == LicenseStatus::Active => self.plan.actions.push(Action {
+                kind: ActionKind::Issue,
+                grant: key.clone(),
+                license_id: None,
+                license_key: None,
+                before: None,
+                after: state,
+                cause,
+            }),
+            None => {
+                if state.status == LicenseStatus::Revoked {
+                    self.plan.skipped.push(Skipped {
+                        stripe_object: cause.clone(),
+                        grant: Some(key.clone()),
+                        reason: format!("{cause} took the payment back before a license was issued: no license issued"),
+                    });
+                }
+                return;
+            }
+            Some(license) => {
+                let before = license.state();
+                if before == state {
+                    self.plan.unchanged += 1;
+                } else {
+                    self.plan.actions.push(Action {
+                        kind: kind_of_change(&before, &state),
+                        grant: key.clone(),
+                        license_id: Some(license.id),
+                        license_key: Some(license.key.clone()),
+                        before: Some(before),
+                        after: state,
+                        cause,
+                    });
+                }
+            }
+        }
+        for refund in partial_refunds {
+            self.plan.skipped.push(Skipped {
+                stripe_object: refund.stripe_object.clone(),
+                grant: Some(key.clone()),
+                reason: format!("partial refund {}: license unchanged", refund.stripe_object),
+            });
+        }
+    }
+}
+
+/// The main kind of a change: status first, then the move of `expires_at`
+/// (no expiry counts as the latest one), then anything else.
+pub(crate) fn kind_of_change(before: &LicenseState, after: &LicenseState) -> ActionKind {
+    if before.status != after.status {
+        return match after.status {
+            LicenseStatus::Active => ActionKind::Reinstate,
+            LicenseStatus::Suspended => ActionKind::Suspend,
+            LicenseStatus::Expired => ActionKind::Expire,
+            LicenseStatus::Revoked => ActionKind::Revoke,
+        };
+    }
+    match (before.expires_at, after.expires_at) {
+        (Some(old), Some(new)) if new > old => ActionKind::Extend,
+        (Some(old), Some(new)) if new < old => ActionKind::Shorten,
+        (Some(_), None) => ActionKind::Extend,
+        (None, Some(_)) => ActionKind::Shorten,
+        _ => ActionKind::Update,
+    }
+}
+
+/// The Stripe object a license comes from: its subscription, or the session
+/// or invoice before the `/` of its source id.
+fn source_object(license: &License) -> String {
+    match (&license.source_kind, &license.stripe_subscription_id) {
+        (SourceKind::SubscriptionItem, Some(subscription)) => subscription.clone(),
+        _ => license
+            .source_id
+            .split('/')
+            .next()
+            .unwrap_or(&license.source_id)
+            .to_owned(),
+    }
+}
+
+/// `t + d`, saturating: a configured grace can be absurd, never a panic.
+fn add(t: Timestamp, d: Duration) -> Timestamp {
+    chrono::Duration::from_std(d)
+        .ok()
+        .and_then(|d| t.checked_add_signed(d))
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
+}
+
+fn add_days(t: Timestamp, days: i32) -> Timestamp {
+    t.checked_add_signed(chrono::Duration::days(i64::from(days)))
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
+}
+
+#[cfg(test)]
+mod tests;
