@@ -121,7 +121,7 @@ async fn created_filters_bound_the_list_on_both_sides() {
         [made[2].clone(), made[1].clone()]
     );
     let exact = get(&fake, &format!("/v1/customers?created={}", created[3])).await;
-    assert_eq!(ids(&exact), [made[3].clone()]);
+    assert_eq!(ids(&exact), [made[3].as_str()]);
 }
 
 async fn subscriptions_in_every_status() -> (FakeStripe, Vec<(String, &'static str)>) {
@@ -184,11 +184,11 @@ async fn products_prices_invoices_and_sessions_filter_by_their_parameters() {
     let other_price = fake.create_price(&archived, None, 800, &[]);
     assert_eq!(
         ids(&get(&fake, "/v1/products?active=true").await),
-        [kept.clone()]
+        [kept.as_str()]
     );
     assert_eq!(
         ids(&get(&fake, "/v1/products?active=false").await),
-        [archived.clone()]
+        [archived.as_str()]
     );
     assert_eq!(
         try_get(&fake, "/v1/products?active=maybe").await.status,
@@ -196,7 +196,7 @@ async fn products_prices_invoices_and_sessions_filter_by_their_parameters() {
     );
     assert_eq!(
         ids(&get(&fake, &format!("/v1/prices?product={kept}")).await),
-        [price.clone()]
+        [price.as_str()]
     );
 
     let paid = fake.create_invoice(InvoiceSpec {
@@ -212,11 +212,11 @@ async fn products_prices_invoices_and_sessions_filter_by_their_parameters() {
     });
     assert_eq!(
         ids(&get(&fake, "/v1/invoices?status=paid").await),
-        [paid.id.clone()]
+        [paid.id.as_str()]
     );
     assert_eq!(
         ids(&get(&fake, "/v1/invoices?status=open").await),
-        [open.id.clone()]
+        [open.id.as_str()]
     );
 
     let complete = fake.create_checkout_session(CheckoutSpec {
@@ -233,17 +233,17 @@ async fn products_prices_invoices_and_sessions_filter_by_their_parameters() {
     });
     assert_eq!(
         ids(&get(&fake, "/v1/checkout/sessions?status=complete").await),
-        [complete.id.clone()]
+        [complete.id.as_str()]
     );
     assert_eq!(
         ids(&get(&fake, "/v1/checkout/sessions?status=open").await),
-        [pending.id.clone()]
+        [pending.id.as_str()]
     );
     let by_pi = format!(
         "/v1/checkout/sessions?payment_intent={}",
         complete.payment_intent.clone().unwrap()
     );
-    assert_eq!(ids(&get(&fake, &by_pi).await), [complete.id.clone()]);
+    assert_eq!(ids(&get(&fake, &by_pi).await), [complete.id.as_str()]);
 }
 
 #[tokio::test]

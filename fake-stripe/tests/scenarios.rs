@@ -410,7 +410,7 @@ async fn a_dispute_moves_through_its_statuses_on_one_object() {
     let lost = s.fake.dispute(&pi, "lost");
     assert_eq!(opened, lost, "a charge has one dispute");
     let disputes = get(&s.fake, &format!("/v1/disputes?payment_intent={pi}")).await;
-    assert_eq!(ids(&disputes), [lost.clone()]);
+    assert_eq!(ids(&disputes), [lost.as_str()]);
     assert_eq!(disputes["data"][0]["status"], "lost");
     let charge = s
         .fake
