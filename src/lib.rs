@@ -6,4 +6,5 @@
 
 pub mod catalog;
 pub mod domain;
+pub mod mail;
 pub mod plan;
