@@ -242,7 +242,7 @@ impl MailService {
         );
         if auth_problem {
             message.push_str(" (check the user and password in LICENSYNC_MAIL_URL)");
-        } else if e.is_tls() {
+        } else if e.is_tls() || e.to_string().contains("certificate") {
             message.push_str(
                 " (TLS: check the host name, or add ?tls_ca=/path/ca.pem for a private CA)",
             );
