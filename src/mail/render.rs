@@ -219,8 +219,10 @@ fn english_list(items: &[String]) -> String {
     }
 }
 
-/// Control characters (CR, LF, ...) have no place in a display name; dropping
-/// them keeps a hostile name a harmless string even before lettre encodes it.
+/// Control characters (CR, LF, ...) have no place in a display name. lettre
+/// would never emit them as a header break, but it panics while formatting a
+/// name that holds CR or LF, so one hostile Stripe customer name would crash
+/// the sender: they become spaces here.
 fn clean_name(name: &str) -> Option<String> {
     let cleaned: String = name
         .chars()

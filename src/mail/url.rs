@@ -150,9 +150,9 @@ fn parse_smtp(s: &str) -> Result<MailUrl, MailUrlError> {
         Some(url::Host::Ipv4(ip)) => ip.to_string(),
         Some(url::Host::Ipv6(ip)) => ip.to_string(),
         _ => {
-            return Err(invalid(format!(
-                "the SMTP URL has no host, e.g. smtp://user:pass@mail.example.com:587"
-            )));
+            return Err(invalid(
+                "the SMTP URL has no host, e.g. smtp://user:pass@mail.example.com:587",
+            ));
         }
     };
     if !matches!(url.path(), "" | "/") {
