@@ -193,6 +193,7 @@ async fn a_relay_without_starttls_is_refused_unless_the_url_says_tls_none() {
         .await
         .expect_err("STARTTLS is required");
     assert!(!err.permanent, "{err}");
+    assert!(err.message.contains("?tls=none for a local relay"), "{err}");
     assert!(sink.received().is_empty(), "nothing was sent in clear");
 
     let plain_url: MailUrl = format!("smtp://127.0.0.1:{}?tls=none", sink.port)

@@ -214,10 +214,10 @@ impl MailService {
             }
             Mailer::File(transport) => {
                 transport.send(message).await.map_err(|e| {
-                    SendError::transient(self.redact(format!(
-                        "outbox row {}: writing the .eml file failed: {e}",
-                        email.outbox_id
-                    )))
+                    SendError::transient(format!(
+                        "outbox row {}: writing the .eml file to {} failed: {e}",
+                        email.outbox_id, self.settings.url
+                    ))
                 })?;
                 Ok(Delivery::Sent)
             }
@@ -236,31 +236,38 @@ impl MailService {
         let code = e.status().map(|c| c.to_string());
         let auth_problem = code.as_deref().is_some_and(|c| AUTH_CODES.contains(&c));
         let permanent = e.is_permanent() && !auth_problem;
-        let mut message = format!(
-            "outbox row {}: SMTP delivery to {} failed: {e}",
-            email.outbox_id, self.settings.url
-        );
-        if auth_problem {
-            message.push_str(" (check the user and password in LICENSYNC_MAIL_URL)");
-        } else if e.is_tls() || e.to_string().contains("certificate") {
-            message.push_str(
-                " (TLS: check the host name, or add ?tls_ca=/path/ca.pem for a private CA)",
-            );
-        }
+        let detail = self.redact(e.to_string());
+        let hint = if auth_problem {
+            " (check the user and password in LICENSYNC_MAIL_URL)"
+        } else if detail.contains("STARTTLS") {
+            " (the relay offers no STARTTLS: use smtps:// if it speaks implicit TLS, or ?tls=none for a local relay)"
+        } else if detail.contains("corrupt message") {
+            " (no TLS answer on this port: smtps:// is usually port 465, smtp:// with STARTTLS 587)"
+        } else if e.is_tls() || detail.contains("certificate") {
+            " (TLS: check the host name, or add ?tls_ca=/path/ca.pem for a private CA)"
+        } else {
+            ""
+        };
         SendError {
-            message: self.redact(message),
+            message: format!(
+                "outbox row {}: SMTP delivery to {} failed: {detail}{hint}",
+                email.outbox_id, self.settings.url
+            ),
             permanent,
         }
     }
 
-    /// Belt and braces: a server could echo what it was sent.
-    fn redact(&self, message: String) -> String {
+    /// Belt and braces over lettre's and the server's text (the URL part is
+    /// already redacted by `MailUrl`'s `Display`): a server could echo what
+    /// it was sent. Passwords under 4 characters are left alone, since
+    /// replacing every `p` of a message helps nobody read it.
+    fn redact(&self, text: String) -> String {
         match &self.settings.url {
             MailUrl::Smtp {
                 credentials: Some((_, secret)),
                 ..
-            } if !secret.expose().is_empty() => message.replace(secret.expose(), "***"),
-            _ => message,
+            } if secret.expose().len() >= 4 => text.replace(secret.expose(), "***"),
+            _ => text,
         }
     }
 }
