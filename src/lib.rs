@@ -15,6 +15,7 @@ pub mod error;
 #[cfg(test)]
 pub mod fixtures;
 pub mod logging;
+pub mod mail;
 pub mod pg;
 pub mod plan;
 pub mod secret;

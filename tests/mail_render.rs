@@ -1,0 +1,341 @@
+//! What the license email says: expiry variants, limits, escaping, the
+//! support footer, the sender setting, and template overrides.
+
+mod mail_support;
+
+use chrono::{TimeZone, Utc};
+use licensync::domain::ExpirationStart;
+use licensync::mail::{
+    LicenseEmail, MailService, MailSettings, MailUrl, message_id, parse_from, parse_mailbox,
+};
+use mail_support::*;
+
+struct Rendered {
+    subject: String,
+    text: String,
+    html: String,
+    raw: Vec<u8>,
+}
+
+fn render_with(settings: MailSettings, email: &LicenseEmail) -> Rendered {
+    let mail = MailService::in_memory(settings).unwrap();
+    let raw = mail.render(email).unwrap().formatted();
+    let message = parse(&raw);
+    Rendered {
+        subject: message.subject().unwrap().to_owned(),
+        text: message.body_text(0).unwrap().into_owned(),
+        html: message.body_html(0).unwrap().into_owned(),
+        raw: raw.clone(),
+    }
+}
+
+fn render(email: &LicenseEmail) -> Rendered {
+    render_with(settings(MailUrl::None), email)
+}
+
+#[test]
+fn a_license_with_an_expiry_date_shows_the_date_in_both_parts() {
+    let email = LicenseEmail {
+        expires_at: Some(Utc.with_ymd_and_hms(2026, 11, 22, 23, 59, 0).unwrap()),
+        ..sample_email(1)
+    };
+    let r = render(&email);
+    assert!(
+        r.text.contains("Valid until: 22 November 2026 (UTC)"),
+        "{}",
+        r.text
+    );
+    assert!(r.html.contains("22 November 2026 (UTC)"), "{}", r.html);
+    assert!(!r.text.contains("does not expire"));
+}
+
+#[test]
+fn a_perpetual_license_says_it_does_not_expire() {
+    let email = LicenseEmail {
+        expires_at: None,
+        expiration_days: None,
+        expiration_start: None,
+        ..sample_email(1)
+    };
+    let r = render(&email);
+    assert!(r.text.contains("Validity: does not expire"), "{}", r.text);
+    assert!(r.html.contains("does not expire"), "{}", r.html);
+    assert!(!r.text.contains("Valid until"));
+}
+
+#[test]
+fn an_activation_license_says_its_days_start_at_first_activation() {
+    let email = LicenseEmail {
+        expires_at: None,
+        expiration_days: Some(30),
+        expiration_start: Some(ExpirationStart::Activation),
+        ..sample_email(1)
+    };
+    let r = render(&email);
+    let expected = "starts at first activation: valid for 30 days from then";
+    assert!(r.text.contains(expected), "{}", r.text);
+    assert!(r.html.contains(expected), "{}", r.html);
+}
+
+#[test]
+fn days_from_creation_without_an_expiry_date_are_refused_rather_than_misstated() {
+    let mail = MailService::in_memory(settings(MailUrl::None)).unwrap();
+    let email = LicenseEmail {
+        expires_at: None,
+        expiration_days: Some(30),
+        expiration_start: Some(ExpirationStart::Creation),
+        ..sample_email(12)
+    };
+    let err = mail
+        .render(&email)
+        .expect_err("inconsistent expiry")
+        .to_string();
+    assert!(
+        err.contains("outbox row 12") && err.contains("expires_at"),
+        "{err}"
+    );
+}
+
+#[test]
+fn the_subject_names_the_products_and_the_body_their_ids_and_limits() {
+    let one = LicenseEmail {
+        product_ids: vec!["acme-pro".to_owned()],
+        product_names: vec!["Acme Pro".to_owned()],
+        ..sample_email(1)
+    };
+    let r = render(&one);
+    assert_eq!(r.subject, "Your license key for Acme Pro");
+    assert!(
+        r.text.contains("Product: Acme Pro (acme-pro)"),
+        "{}",
+        r.text
+    );
+    assert!(r.text.contains("Devices (seats): 6"), "{}", r.text);
+    assert!(r.text.contains("IP addresses: 5"), "{}", r.text);
+    assert!(r.text.contains("Quantity: 3"), "{}", r.text);
+
+    let three = LicenseEmail {
+        product_ids: vec!["a".to_owned(), "b".to_owned(), "c".to_owned()],
+        product_names: vec!["Alpha".to_owned(), "Beta".to_owned(), "Gamma".to_owned()],
+        ..sample_email(1)
+    };
+    assert_eq!(
+        render(&three).subject,
+        "Your license key for Alpha, Beta and Gamma"
+    );
+
+    // Names that do not line up with the ids are not trusted to describe them.
+    let unnamed = LicenseEmail {
+        product_ids: vec!["acme-pro".to_owned()],
+        product_names: vec![],
+        ..sample_email(1)
+    };
+    assert_eq!(render(&unnamed).subject, "Your license key for acme-pro");
+}
+
+#[test]
+fn limits_that_are_not_set_are_left_out() {
+    let email = LicenseEmail {
+        ip_limit: None,
+        hwid_limit: None,
+        quantity: 1,
+        ..sample_email(1)
+    };
+    let r = render(&email);
+    for absent in ["Devices", "IP addresses", "Quantity"] {
+        assert!(!r.text.contains(absent), "{absent} in {}", r.text);
+        assert!(!r.html.contains(absent), "{absent} in {}", r.html);
+    }
+    assert!(r.text.contains(KEY));
+}
+
+#[test]
+fn a_resend_says_it_was_requested() {
+    let r = render(&LicenseEmail {
+        resend: true,
+        ..sample_email(1)
+    });
+    assert!(
+        r.text.contains("As requested, here is your license key"),
+        "{}",
+        r.text
+    );
+    assert!(!render(&sample_email(1)).text.contains("As requested"));
+}
+
+#[test]
+fn the_customer_name_is_html_escaped_in_the_html_part_and_kept_verbatim_in_the_text() {
+    let email = LicenseEmail {
+        to_name: Some("<script>alert(1)</script> & Co".to_owned()),
+        ..sample_email(1)
+    };
+    let r = render(&email);
+    assert!(
+        r.html
+            .contains("Hello &lt;script&gt;alert(1)&lt;&#x2f;script&gt; &amp; Co,"),
+        "{}",
+        r.html
+    );
+    assert!(!r.html.contains("<script>"), "{}", r.html);
+    assert!(
+        r.text.contains("Hello <script>alert(1)</script> & Co,"),
+        "{}",
+        r.text
+    );
+}
+
+#[test]
+fn the_support_address_is_the_reply_to_and_appears_in_the_footer() {
+    let mut with_support = settings(MailUrl::None);
+    with_support.support =
+        Some(parse_mailbox("LICENSYNC_MAIL_SUPPORT", "Acme Support <help@acme.test>").unwrap());
+    let r = render_with(with_support, &sample_email(1));
+    let message = parse(&r.raw);
+    let reply_to = message
+        .reply_to()
+        .and_then(|a| a.first())
+        .expect("a Reply-To header");
+    assert_eq!(reply_to.address(), Some("help@acme.test"));
+    assert!(
+        r.text
+            .contains("Questions? Write to Acme Support <help@acme.test>"),
+        "{}",
+        r.text
+    );
+    assert!(r.html.contains("mailto:help@acme.test"), "{}", r.html);
+    assert!(
+        r.text.contains("Acme Licenses"),
+        "the sender name signs the email: {}",
+        r.text
+    );
+
+    let without = render(&sample_email(1));
+    assert!(parse(&without.raw).reply_to().is_none());
+    assert!(!without.text.contains("Questions?"), "{}", without.text);
+}
+
+#[test]
+fn the_from_setting_accepts_a_named_mailbox_and_a_bad_one_names_the_setting() {
+    let from = parse_from("Acme Licenses <licenses@acme.test>").unwrap();
+    assert_eq!(from.name.as_deref(), Some("Acme Licenses"));
+    assert_eq!(from.email.to_string(), "licenses@acme.test");
+    assert_eq!(
+        parse_from("licenses@localhost").unwrap().email.domain(),
+        "localhost"
+    );
+
+    let err = parse_from("Acme Licenses").unwrap_err().to_string();
+    assert!(err.contains("LICENSYNC_MAIL_FROM / --mail-from"), "{err}");
+    assert!(err.contains("Name <address@example.com>"), "{err}");
+}
+
+#[test]
+fn the_message_id_depends_only_on_the_outbox_row_and_the_sender_domain() {
+    assert_eq!(
+        message_id(42, "acme.test"),
+        "<licensync-outbox-42@acme.test>"
+    );
+    let mail = MailService::in_memory(settings(MailUrl::None)).unwrap();
+    let first = mail.render(&sample_email(42)).unwrap();
+    let again = mail
+        .render(&LicenseEmail {
+            resend: true,
+            ..sample_email(42)
+        })
+        .unwrap();
+    let id = |m: &lettre::Message| parse(&m.formatted()).message_id().map(str::to_owned);
+    assert_eq!(id(&first).as_deref(), Some("licensync-outbox-42@acme.test"));
+    assert_eq!(id(&first), id(&again));
+    assert_ne!(id(&first), id(&mail.render(&sample_email(43)).unwrap()));
+}
+
+#[test]
+fn templates_in_the_override_directory_replace_the_defaults_of_the_same_name() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("license.subject.j2"),
+        "[{{ products_display }}] key for {{ customer_email }}",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("license.txt.j2"),
+        "KEY={{ license_key }} / {{ expiry.kind }}\n",
+    )
+    .unwrap();
+    let mut overridden = settings(MailUrl::None);
+    overridden.templates_dir = Some(dir.path().to_owned());
+
+    let r = render_with(overridden, &sample_email(1));
+
+    assert_eq!(
+        r.subject,
+        "[Acme Pro and Acme Cloud] key for ada@customer.test"
+    );
+    assert_eq!(r.text.trim_end(), format!("KEY={KEY} / date"));
+    // No license.html.j2 in the directory: the built-in one is used.
+    assert!(
+        r.html.contains("<code") && r.html.contains(KEY),
+        "{}",
+        r.html
+    );
+}
+
+#[test]
+fn an_override_template_that_fails_to_render_is_an_error_naming_its_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("license.html.j2");
+    std::fs::write(&file, "<p>{{ licence_key }}</p>").unwrap(); // misspelt
+    let mut overridden = settings(MailUrl::None);
+    overridden.templates_dir = Some(dir.path().to_owned());
+    let mail = MailService::in_memory(overridden).unwrap();
+
+    let err = mail
+        .render(&sample_email(1))
+        .expect_err("undefined variable")
+        .to_string();
+    assert!(err.contains(&file.display().to_string()), "{err}");
+    assert!(err.contains("failed to render"), "{err}");
+}
+
+#[test]
+fn an_override_template_that_does_not_parse_is_refused_at_startup_naming_its_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("license.txt.j2");
+    std::fs::write(&file, "{% if license_key %}unclosed").unwrap();
+    let mut overridden = settings(MailUrl::None);
+    overridden.templates_dir = Some(dir.path().to_owned());
+
+    let err = format!(
+        "{:#}",
+        MailService::new(overridden).err().expect("a syntax error")
+    );
+    assert!(err.contains(&file.display().to_string()), "{err}");
+}
+
+#[test]
+fn a_templates_directory_that_does_not_exist_is_refused_at_startup() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut overridden = settings(MailUrl::None);
+    overridden.templates_dir = Some(dir.path().join("missing"));
+
+    let err = format!(
+        "{:#}",
+        MailService::new(overridden)
+            .err()
+            .expect("missing directory")
+    );
+    assert!(
+        err.contains("mail templates directory") && err.contains("missing"),
+        "{err}"
+    );
+}
+
+#[test]
+fn the_default_sender_parses() {
+    let from = parse_from(licensync::mail::DEFAULT_FROM).unwrap();
+    let email = render_with(MailSettings::new(MailUrl::None, from), &sample_email(3));
+    assert_eq!(
+        parse(&email.raw).message_id(),
+        Some("licensync-outbox-3@localhost")
+    );
+}

@@ -1,0 +1,197 @@
+//! Shared helpers of the `mail_*` tests: a sample license email, settings,
+//! parsing a delivered message back, and a real SMTP server on loopback
+//! (aiosmtpd, started from `smtp_sink.py` beside this file).
+#![allow(dead_code)] // each test file uses its own subset
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+
+use chrono::{TimeZone, Utc};
+use licensync::mail::{LicenseEmail, MailSettings, MailUrl, parse_from};
+
+pub const FROM: &str = "Acme Licenses <licenses@acme.test>";
+pub const KEY: &str = "ABCDE-FGHJK-MNPQR-STUVW-XYZ23";
+
+/// A two-product license with limits and a date, as the outbox would hand it over.
+pub fn sample_email(outbox_id: i64) -> LicenseEmail {
+    LicenseEmail {
+        outbox_id,
+        to_email: "ada@customer.test".to_owned(),
+        to_name: Some("Ada Lovelace".to_owned()),
+        license_key: KEY.to_owned(),
+        product_ids: vec!["acme-pro".to_owned(), "acme-cloud".to_owned()],
+        product_names: vec!["Acme Pro".to_owned(), "Acme Cloud".to_owned()],
+        quantity: 3,
+        ip_limit: Some(5),
+        hwid_limit: Some(6),
+        expires_at: Some(Utc.with_ymd_and_hms(2026, 11, 22, 14, 5, 0).unwrap()),
+        expiration_days: None,
+        expiration_start: None,
+        resend: false,
+    }
+}
+
+pub fn settings(url: MailUrl) -> MailSettings {
+    MailSettings::new(url, parse_from(FROM).unwrap())
+}
+
+/// Parses a whole RFC 5322 message with an independent parser.
+pub fn parse(raw: &[u8]) -> mail_parser::Message<'_> {
+    mail_parser::MessageParser::default()
+        .parse(raw)
+        .expect("a parseable RFC 5322 message")
+}
+
+/// The header lines of a raw message (up to the first empty line), unfolded.
+pub fn header_lines(raw: &[u8]) -> Vec<String> {
+    let text = String::from_utf8_lossy(raw);
+    let head = text.split("\r\n\r\n").next().unwrap_or_default();
+    let mut lines: Vec<String> = Vec::new();
+    for line in head.split("\r\n") {
+        match lines.last_mut() {
+            Some(last) if line.starts_with([' ', '\t']) => last.push_str(line),
+            _ => lines.push(line.to_owned()),
+        }
+    }
+    lines
+}
+
+/// One message as the SMTP server received it.
+#[derive(Debug, serde::Deserialize)]
+pub struct Received {
+    pub mail_from: String,
+    pub rcpt_tos: Vec<String>,
+    /// The AUTH user name, when the client authenticated.
+    pub login: Option<String>,
+    /// Whether the session was encrypted (STARTTLS) when the message came.
+    pub tls: bool,
+    #[serde(skip)]
+    pub raw: Vec<u8>,
+}
+
+pub struct SinkTls {
+    /// PEM of the server's self-signed certificate, to pass as `tls_ca`.
+    pub ca_file: PathBuf,
+}
+
+/// A real SMTP server (aiosmtpd) on a free loopback port, stopped on drop.
+pub struct SmtpSink {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    pub port: u16,
+    pub tls: Option<SinkTls>,
+    dir: tempfile::TempDir,
+}
+
+pub const SINK_USER: &str = "licensync";
+/// Characters that must be percent-encoded in the URL, to prove decoding.
+pub const SINK_PASSWORD: &str = "p@ss w:rd/42";
+pub const SINK_PASSWORD_ENCODED: &str = "p%40ss%20w%3Ard%2F42";
+
+impl SmtpSink {
+    /// STARTTLS required (self-signed certificate for 127.0.0.1) and AUTH
+    /// required as [`SINK_USER`] / [`SINK_PASSWORD`].
+    pub fn start_tls_with_auth() -> Self {
+        Self::start(true)
+    }
+
+    /// No TLS and no AUTH: a local relay.
+    pub fn start_plain() -> Self {
+        Self::start(false)
+    }
+
+    fn start(tls: bool) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = dir.path().join("spool");
+        std::fs::create_dir(&spool).unwrap();
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/mail_support/smtp_sink.py");
+        let python =
+            std::env::var("LICENSYNC_TEST_PYTHON").unwrap_or_else(|_| "python3".to_owned());
+
+        let mut cmd = Command::new(&python);
+        cmd.arg(&script).arg("--spool").arg(&spool);
+        let mut sink_tls = None;
+        if tls {
+            let rcgen::CertifiedKey { cert, signing_key } =
+                rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
+            let cert_file = dir.path().join("cert.pem");
+            let key_file = dir.path().join("key.pem");
+            std::fs::write(&cert_file, cert.pem()).unwrap();
+            std::fs::write(&key_file, signing_key.serialize_pem()).unwrap();
+            cmd.arg("--cert")
+                .arg(&cert_file)
+                .arg("--key")
+                .arg(&key_file);
+            cmd.arg("--user")
+                .arg(SINK_USER)
+                .arg("--password")
+                .arg(SINK_PASSWORD);
+            sink_tls = Some(SinkTls { ca_file: cert_file });
+        }
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run `{python}` for the SMTP test server ({e}); install Python 3 or set LICENSYNC_TEST_PYTHON"));
+
+        let mut first_line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut first_line)
+            .unwrap();
+        let Ok(port) = first_line.trim().parse::<u16>() else {
+            let mut stderr = String::new();
+            child
+                .stderr
+                .take()
+                .unwrap()
+                .read_to_string(&mut stderr)
+                .unwrap();
+            let _ = child.wait();
+            let hint = if stderr.contains("No module named 'aiosmtpd'") {
+                format!("\nThe mail tests need aiosmtpd: run `{python} -m pip install aiosmtpd`.")
+            } else {
+                String::new()
+            };
+            panic!("the SMTP test server did not start:\n{stderr}{hint}");
+        };
+        let stdin = child.stdin.take();
+        SmtpSink {
+            child,
+            stdin,
+            port,
+            tls: sink_tls,
+            dir,
+        }
+    }
+
+    /// The messages the server accepted, in order of arrival.
+    pub fn received(&self) -> Vec<Received> {
+        let spool = self.dir.path().join("spool");
+        let mut metas: Vec<PathBuf> = std::fs::read_dir(&spool)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "json"))
+            .collect();
+        metas.sort();
+        metas
+            .into_iter()
+            .map(|meta| {
+                let mut received: Received =
+                    serde_json::from_slice(&std::fs::read(&meta).unwrap()).unwrap();
+                received.raw = std::fs::read(meta.with_extension("eml")).unwrap();
+                received
+            })
+            .collect()
+    }
+}
+
+impl Drop for SmtpSink {
+    fn drop(&mut self) {
+        // Closing stdin asks the server to stop; kill covers a stuck one.
+        drop(self.stdin.take());
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,111 @@
+"""SMTP sink for licensync's mail tests.
+
+A real SMTP server (aiosmtpd, from PyPI: `python3 -m pip install aiosmtpd`)
+on a free loopback port. With --cert/--key it requires STARTTLS, and with
+--user/--password it requires AUTH (offered only after STARTTLS when TLS is
+on). It prints the port on the first line of stdout, stores every accepted
+message as NNNN.eml plus NNNN.json (envelope, login, whether TLS was used)
+in --spool before answering 250, and exits when its stdin closes, so a test
+process that dies takes it along.
+
+Recipients steer refusals: a local part starting with `reject-` gets
+550 5.1.1, one starting with `defer-` gets 451 4.3.0.
+"""
+
+import argparse
+import asyncio
+import json
+import os
+import ssl
+import sys
+
+from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
+
+
+class Spool:
+    def __init__(self, directory):
+        self.directory = directory
+        self.count = 0
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        local = address.split("@", 1)[0]
+        if local.startswith("reject-"):
+            return "550 5.1.1 <%s>: mailbox unavailable" % address
+        if local.startswith("defer-"):
+            return "451 4.3.0 mailbox busy, try again later"
+        envelope.rcpt_tos.append(address)
+        return "250 2.1.5 OK"
+
+    async def handle_DATA(self, server, session, envelope):
+        self.count += 1
+        base = os.path.join(self.directory, "%04d" % self.count)
+        with open(base + ".eml", "wb") as f:
+            f.write(envelope.original_content)
+        login = None
+        if session.authenticated and isinstance(session.auth_data, LoginPassword):
+            login = session.auth_data.login.decode()
+        meta = {
+            "mail_from": envelope.mail_from,
+            "rcpt_tos": envelope.rcpt_tos,
+            "login": login,
+            "tls": session.ssl is not None,
+        }
+        # The .json appears last and whole: a reader that sees it sees the .eml.
+        with open(base + ".json.tmp", "w") as f:
+            json.dump(meta, f)
+        os.replace(base + ".json.tmp", base + ".json")
+        return "250 2.0.0 queued as %04d" % self.count
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--spool", required=True)
+    parser.add_argument("--cert")
+    parser.add_argument("--key")
+    parser.add_argument("--user")
+    parser.add_argument("--password")
+    args = parser.parse_args()
+
+    tls_context = None
+    if args.cert:
+        tls_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        tls_context.load_cert_chain(args.cert, args.key)
+
+    def authenticator(server, session, envelope, mechanism, auth_data):
+        ok = (
+            isinstance(auth_data, LoginPassword)
+            and auth_data.login == args.user.encode()
+            and auth_data.password == args.password.encode()
+        )
+        return AuthResult(success=ok, handled=False, auth_data=auth_data)
+
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    handler = Spool(args.spool)
+
+    def factory():
+        return SMTP(
+            handler,
+            hostname="licensync-test-sink",
+            tls_context=tls_context,
+            require_starttls=tls_context is not None,
+            authenticator=authenticator if args.user else None,
+            auth_required=bool(args.user),
+            auth_require_tls=tls_context is not None,
+            loop=loop,
+        )
+
+    server = loop.run_until_complete(loop.create_server(factory, host="127.0.0.1", port=0))
+    print(server.sockets[0].getsockname()[1], flush=True)
+
+    def on_stdin():
+        if not sys.stdin.buffer.read1(4096):
+            loop.stop()
+
+    loop.add_reader(sys.stdin.fileno(), on_stdin)
+    loop.run_forever()
+    server.close()
+
+
+if __name__ == "__main__":
+    main()
