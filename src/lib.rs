@@ -7,3 +7,4 @@
 pub mod catalog;
 pub mod domain;
 pub mod plan;
+pub mod stripe;
