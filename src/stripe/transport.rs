@@ -210,7 +210,7 @@ struct Envelope {
 
 fn parse_envelope(body: &[u8]) -> Envelope {
     let value: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
-    let field = |name: &str| value["error"][name].as_str().map(|s| redact(s));
+    let field = |name: &str| value["error"][name].as_str().map(redact);
     Envelope {
         error_type: field("type"),
         code: field("code"),
