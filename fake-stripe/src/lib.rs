@@ -1,1 +1,324 @@
+//! A stateful fake of the Stripe HTTP API for licensync's tests and quick start.
+//!
+//! The crate owns the public handle [`FakeStripe`]: a server on loopback that
+//! speaks Stripe's wire protocol (Bearer keys, form-style query strings with
+//! `expand[]`, cursor pagination, Stripe's error envelope, `Request-Id`) over an
+//! in-memory account that scenario steps change between runs. Every object is
+//! cloned from Stripe's own example of its type in `fixtures3.json`, so it has
+//! exactly the fields the real API sends.
+//!
+//! Choices worth knowing (the real API leaves them to the account's history):
+//! - the clock starts at [`DEFAULT_NOW`] and moves only through [`FakeStripe::set_now`]
+//!   and [`FakeStripe::advance`], so runs are reproducible;
+//! - ids are a prefix plus a zero-padded global counter (`prod_00000000000001`),
+//!   so id order is creation order;
+//! - a renewal moves a period by its price's interval with month = 30 days and
+//!   year = 365 days;
+//! - the top-level `subscription` fields of invoices and invoice lines, which the
+//!   current API no longer fills, are null: the subscription is under `parent`;
+//! - invoices also accept `expand[]=payments` (Stripe's includable list of
+//!   `invoice_payment`s), the current API's only link from an invoice to its payment.
 
+// Large json! literals (Stripe objects have many fields) need a deeper macro recursion.
+#![recursion_limit = "256"]
+
+mod api;
+mod sample;
+mod server;
+mod state;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub use state::DEFAULT_NOW;
+use state::State;
+
+/// The API key accepted by [`FakeStripe::start`].
+pub const DEFAULT_API_KEY: &str = "sk_test_fake_0123456789";
+
+/// A running fake Stripe. Clones share the server and the account; the server
+/// stops when the last clone is dropped.
+#[derive(Clone)]
+pub struct FakeStripe {
+    state: Arc<Mutex<State>>,
+    server: Arc<server::ServerTask>,
+}
+
+/// How to start a [`FakeStripe`].
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The one key the server accepts; `sk_live_`/`rk_live_` keys make a live-mode account.
+    pub api_key: String,
+    /// Seed the sample catalog of [`FakeStripe::seed_sample`] before serving.
+    pub seed_sample: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            api_key: DEFAULT_API_KEY.to_owned(),
+            seed_sample: false,
+        }
+    }
+}
+
+/// A subscription to create; unset fields take the defaults documented per field.
+#[derive(Debug, Clone, Default)]
+pub struct SubscriptionSpec {
+    pub customer: String,
+    /// `(price id, quantity)`, one subscription item each.
+    pub items: Vec<(String, i64)>,
+    /// Default `"active"`.
+    pub status: Option<String>,
+    /// Default now.
+    pub current_period_start: Option<i64>,
+    /// Default start + 30 days.
+    pub current_period_end: Option<i64>,
+    /// Default: the period end when the status is `trialing`, else none.
+    pub trial_end: Option<i64>,
+    /// Also sets `cancel_at` to the period end, as Stripe does.
+    pub cancel_at_period_end: bool,
+    pub cancel_at: Option<i64>,
+    /// Default true; false leaves the latest invoice `open` (a failed payment).
+    pub latest_invoice_paid: Option<bool>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CreatedSubscription {
+    pub id: String,
+    pub item_ids: Vec<String>,
+    pub latest_invoice: String,
+}
+
+/// A Checkout Session to create.
+#[derive(Debug, Clone, Default)]
+pub struct CheckoutSpec {
+    pub customer: Option<String>,
+    pub customer_email: Option<String>,
+    /// Default `"payment"`.
+    pub mode: Option<String>,
+    /// `(price id, quantity)`; in subscription mode, empty means the subscription's items.
+    pub lines: Vec<(String, i64)>,
+    /// Default `"complete"`.
+    pub status: Option<String>,
+    /// Default `"paid"`.
+    pub payment_status: Option<String>,
+    /// Required in subscription mode; the session's `invoice` is then its latest invoice.
+    pub subscription: Option<String>,
+    /// Payment mode: the session gets an invoice paid by the same payment.
+    pub create_invoice: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CreatedSession {
+    pub id: String,
+    pub line_ids: Vec<String>,
+    pub payment_intent: Option<String>,
+    pub invoice: Option<String>,
+}
+
+/// An invoice to create (one-off unless `subscription` is set).
+#[derive(Debug, Clone, Default)]
+pub struct InvoiceSpec {
+    pub customer: String,
+    pub lines: Vec<(String, i64)>,
+    /// Default `"paid"`; also `draft`, `open`, `void`, `uncollectible`.
+    pub status: Option<String>,
+    pub subscription: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CreatedInvoice {
+    pub id: String,
+    pub line_ids: Vec<String>,
+    /// The payment of a paid invoice.
+    pub payment_intent: Option<String>,
+}
+
+/// One request the server received. `status` is 0 when a fault dropped the connection.
+#[derive(Debug, Clone)]
+pub struct LoggedRequest {
+    pub method: String,
+    pub path: String,
+    pub query: String,
+    pub status: u16,
+    pub at: Instant,
+}
+
+/// A fault applied to the next `times` requests whose path starts with `path_prefix`.
+/// Faults are consumed in the order they were injected.
+#[derive(Debug, Clone)]
+pub struct Fault {
+    pub path_prefix: String,
+    pub kind: FaultKind,
+    pub times: usize,
+}
+
+#[derive(Debug, Clone)]
+pub enum FaultKind {
+    /// 429 with `Retry-After` and `Stripe-Should-Retry: true`.
+    TooManyRequests { retry_after_secs: u64 },
+    /// The given 5xx status with Stripe's `api_error` envelope.
+    ServerError(u16),
+    /// Close the connection without answering.
+    DropConnection,
+    /// Wait, then answer normally.
+    Latency(Duration),
+}
+
+impl FakeStripe {
+    /// Serves a test-mode account with [`DEFAULT_API_KEY`] on 127.0.0.1, any free port.
+    pub async fn start() -> FakeStripe {
+        FakeStripe::start_with(Options::default()).await
+    }
+
+    pub async fn start_with(opts: Options) -> FakeStripe {
+        let addr = SocketAddr::from(([127, 0, 0, 1], 0));
+        FakeStripe::start_on(addr, opts)
+            .await
+            .expect("fake-stripe: bind 127.0.0.1:0")
+    }
+
+    /// Serves on a given address (the binary's `--addr`).
+    pub async fn start_on(addr: SocketAddr, opts: Options) -> std::io::Result<FakeStripe> {
+        let state = Arc::new(Mutex::new(State::new(opts.api_key)));
+        let server = server::ServerTask::spawn(addr, state.clone()).await?;
+        let fake = FakeStripe {
+            state,
+            server: Arc::new(server),
+        };
+        if opts.seed_sample {
+            fake.seed_sample();
+        }
+        Ok(fake)
+    }
+
+    fn st(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock (a failed assertion in a scenario step)
+        // must not hide the account from the rest of the test.
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// `http://127.0.0.1:PORT`, without a trailing slash.
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.server.addr)
+    }
+
+    pub fn api_key(&self) -> String {
+        self.st().api_key.clone()
+    }
+
+    pub fn livemode(&self) -> bool {
+        self.st().livemode
+    }
+
+    /// The account clock (unix seconds) used for `created` and event times.
+    pub fn now(&self) -> i64 {
+        self.st().now
+    }
+
+    pub fn set_now(&self, unix: i64) {
+        self.st().now = unix;
+    }
+
+    pub fn advance(&self, secs: i64) {
+        self.st().now += secs;
+    }
+
+    pub fn create_customer(&self, email: Option<&str>, name: Option<&str>) -> String {
+        self.st().create_customer(email, name)
+    }
+
+    pub fn create_product(&self, name: &str, metadata: &[(&str, &str)]) -> String {
+        self.st().create_product(name, metadata)
+    }
+
+    /// `recurring_interval`: `day`, `week`, `month`, `year`, or `None` for a one-time price.
+    pub fn create_price(
+        &self,
+        product: &str,
+        recurring_interval: Option<&str>,
+        unit_amount: i64,
+        metadata: &[(&str, &str)],
+    ) -> String {
+        self.st()
+            .create_price(product, recurring_interval, unit_amount, metadata)
+    }
+
+    pub fn create_subscription(&self, spec: SubscriptionSpec) -> CreatedSubscription {
+        self.st().create_subscription(spec)
+    }
+
+    pub fn create_checkout_session(&self, spec: CheckoutSpec) -> CreatedSession {
+        self.st().create_checkout_session(spec)
+    }
+
+    pub fn create_invoice(&self, spec: InvoiceSpec) -> CreatedInvoice {
+        self.st().create_invoice(spec)
+    }
+
+    /// Refunds a payment intent's charge (`None` = what is left of it); returns the `re_` id.
+    pub fn refund(&self, payment_intent: &str, amount: Option<i64>) -> String {
+        self.st().refund(payment_intent, amount)
+    }
+
+    /// Opens the dispute of a payment intent's charge, or moves it to `status`
+    /// (`needs_response`, `under_review`, `won`, `lost`, ...); returns the `dp_` id.
+    pub fn dispute(&self, payment_intent: &str, status: &str) -> String {
+        self.st().dispute(payment_intent, status)
+    }
+
+    /// Changes any stored object by id through its served JSON, then records
+    /// `<object>.updated` plus the events Stripe sends for the transition
+    /// (`customer.subscription.deleted`, `checkout.session.async_payment_succeeded`,
+    /// `invoice.paid`, ...). Changing an embedded item or line records its parent's event.
+    pub fn update(&self, id: &str, f: impl FnOnce(&mut Value)) {
+        self.st().update(id, f)
+    }
+
+    /// Starts the next period of every item (old end to old end + interval) with a
+    /// new latest invoice, paid (status `active`) or open (status `past_due`).
+    pub fn renew_subscription(&self, sub: &str, paid: bool) {
+        self.st().renew_subscription(sub, paid)
+    }
+
+    /// `canceled` (and `incomplete_expired`) also set `ended_at` to now.
+    pub fn set_subscription_status(&self, sub: &str, status: &str) {
+        self.st().set_subscription_status(sub, status)
+    }
+
+    /// The object as the API serves it unexpanded.
+    pub fn get(&self, id: &str) -> Option<Value> {
+        self.st().get(id)
+    }
+
+    pub fn requests(&self) -> Vec<LoggedRequest> {
+        self.st().requests.clone()
+    }
+
+    pub fn clear_requests(&self) {
+        self.st().requests.clear();
+    }
+
+    pub fn inject_fault(&self, fault: Fault) {
+        self.st().faults.push(fault);
+    }
+
+    /// Every recorded event, oldest first.
+    pub fn events(&self) -> Vec<Value> {
+        self.st().events()
+    }
+
+    /// Seeds a small but complete catalog for the quick start and for tests:
+    /// licensed and unlicensed products, customers, subscriptions in several
+    /// statuses, paid one-time checkouts (one with two lines and quantity 3) and
+    /// a one-off paid invoice.
+    pub fn seed_sample(&self) {
+        self.st().seed_sample()
+    }
+}

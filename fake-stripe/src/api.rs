@@ -1,0 +1,546 @@
+//! The read API over the account: query-string parsing in Stripe's bracket syntax,
+//! list filters, cursor pagination, expansion, and Stripe's error envelope.
+//! Everything here is a pure function of the [`State`] and the request.
+
+use std::collections::HashMap;
+
+use serde_json::{Value, json};
+
+use crate::state::State;
+
+/// A Stripe error response: HTTP status and the `{"error": {...}}` body.
+#[derive(Debug)]
+pub(crate) struct ApiError {
+    pub status: u16,
+    pub body: Value,
+}
+
+impl ApiError {
+    pub fn new(
+        status: u16,
+        kind: &str,
+        code: Option<&str>,
+        message: String,
+        param: Option<&str>,
+    ) -> Self {
+        let mut error = json!({"type": kind, "message": message});
+        if let Some(code) = code {
+            error["code"] = code.into();
+            error["doc_url"] = format!(
+                "https://stripe.com/docs/error-codes/{}",
+                code.replace('_', "-")
+            )
+            .into();
+        }
+        if let Some(param) = param {
+            error["param"] = param.into();
+        }
+        ApiError {
+            status,
+            body: json!({ "error": error }),
+        }
+    }
+
+    fn invalid(message: String, param: Option<&str>) -> Self {
+        ApiError::new(400, "invalid_request_error", None, message, param)
+    }
+
+    pub fn no_such(status: u16, ty: &str, id: &str, param: &str) -> Self {
+        let message = format!("No such {ty}: '{id}'");
+        ApiError::new(
+            status,
+            "invalid_request_error",
+            Some("resource_missing"),
+            message,
+            Some(param),
+        )
+    }
+}
+
+/// A parsed query string: `a=1`, `a[]=1&a[]=2` or `a[0]=1` (arrays), `created[gte]=1`.
+#[derive(Default)]
+struct Query {
+    scalars: HashMap<String, String>,
+    arrays: HashMap<String, Vec<String>>,
+    created: Vec<(String, i64)>,
+}
+
+impl Query {
+    fn parse(raw: Option<&str>, allowed: &[&str]) -> Result<Query, ApiError> {
+        let mut q = Query::default();
+        for (key, value) in form_urlencoded::parse(raw.unwrap_or_default().as_bytes()) {
+            let (name, sub) = match key.split_once('[') {
+                Some((name, rest)) => {
+                    let sub = rest.strip_suffix(']').ok_or_else(|| {
+                        ApiError::invalid(format!("Invalid parameter name: {key}"), Some(&key))
+                    })?;
+                    (name, Some(sub))
+                }
+                None => (&*key, None),
+            };
+            if !allowed.contains(&name) {
+                return Err(ApiError::invalid(
+                    format!("Received unknown parameter: {name}"),
+                    Some(name),
+                ));
+            }
+            match sub {
+                None if name == "created" => q.created.push(("eq".into(), int(name, &value)?)),
+                None => {
+                    q.scalars.insert(name.to_owned(), value.into_owned());
+                }
+                Some(sub) if sub.is_empty() || sub.bytes().all(|b| b.is_ascii_digit()) => {
+                    q.arrays
+                        .entry(name.to_owned())
+                        .or_default()
+                        .push(value.into_owned());
+                }
+                Some(op) if name == "created" && matches!(op, "gt" | "gte" | "lt" | "lte") => {
+                    q.created.push((op.to_owned(), int(&key, &value)?));
+                }
+                Some(_) => {
+                    return Err(ApiError::invalid(
+                        format!("Received unknown parameter: {key}"),
+                        Some(&key),
+                    ));
+                }
+            }
+        }
+        Ok(q)
+    }
+
+    fn get(&self, name: &str) -> Option<&str> {
+        self.scalars.get(name).map(String::as_str)
+    }
+
+    fn expand(&self) -> &[String] {
+        self.arrays.get("expand").map_or(&[], Vec::as_slice)
+    }
+
+    fn limit(&self) -> Result<usize, ApiError> {
+        let Some(raw) = self.get("limit") else {
+            return Ok(10);
+        };
+        let n = int("limit", raw)?;
+        if !(1..=100).contains(&n) {
+            let bound = if n < 1 {
+                "greater than or equal to 1"
+            } else {
+                "less than or equal to 100"
+            };
+            return Err(ApiError::invalid(
+                format!("This value must be {bound}."),
+                Some("limit"),
+            ));
+        }
+        Ok(n as usize)
+    }
+}
+
+fn int(param: &str, raw: &str) -> Result<i64, ApiError> {
+    raw.parse()
+        .map_err(|_| ApiError::invalid(format!("Invalid integer: {raw}"), Some(param)))
+}
+
+// ---- filters -------------------------------------------------------------------
+
+enum Filter {
+    /// The string at a JSON pointer equals the parameter.
+    Eq(&'static str),
+    /// The boolean at a JSON pointer equals the parameter (`true`/`false`).
+    Bool(&'static str),
+    Custom(fn(&State, &Value, &str) -> bool),
+}
+
+/// The filters each list endpoint accepts besides the common parameters.
+fn filters(ty: &str) -> Vec<(&'static str, Filter)> {
+    use Filter::*;
+    match ty {
+        "product" => vec![("active", Bool("/active"))],
+        "price" => vec![
+            ("active", Bool("/active")),
+            ("product", Eq("/product")),
+            ("type", Eq("/type")),
+            ("currency", Eq("/currency")),
+        ],
+        "customer" => vec![("email", Eq("/email"))],
+        "subscription" => vec![
+            ("customer", Eq("/customer")),
+            ("status", Custom(subscription_status)),
+            ("price", Custom(subscription_has_price)),
+        ],
+        "subscription_item" => vec![("subscription", Eq("/subscription"))],
+        "checkout.session" => vec![
+            ("status", Eq("/status")),
+            ("customer", Eq("/customer")),
+            ("payment_intent", Eq("/payment_intent")),
+            ("subscription", Eq("/subscription")),
+        ],
+        "invoice" => vec![
+            ("status", Eq("/status")),
+            ("customer", Eq("/customer")),
+            (
+                "subscription",
+                Eq("/parent/subscription_details/subscription"),
+            ),
+        ],
+        "refund" | "dispute" => vec![
+            ("payment_intent", Eq("/payment_intent")),
+            ("charge", Eq("/charge")),
+        ],
+        "charge" => vec![
+            ("customer", Eq("/customer")),
+            ("payment_intent", Eq("/payment_intent")),
+        ],
+        "payment_intent" => vec![("customer", Eq("/customer"))],
+        "event" => vec![
+            ("type", Custom(event_type_matches)),
+            ("types", Custom(event_type_matches)),
+        ],
+        _ => vec![],
+    }
+}
+
+fn subscription_status(_: &State, sub: &Value, status: &str) -> bool {
+    match status {
+        "all" => true,
+        "ended" => sub["status"] == "canceled" || sub["status"] == "incomplete_expired",
+        status => sub["status"] == status,
+    }
+}
+
+fn subscription_has_price(st: &State, sub: &Value, price: &str) -> bool {
+    let id = sub["id"].as_str().unwrap_or_default();
+    st.children_of(id, "subscription_item")
+        .iter()
+        .any(|item| item["price"] == price || item["price"]["id"] == price)
+}
+
+/// `type=customer.subscription.*` matches by prefix, as Stripe's wildcard does.
+fn event_type_matches(_: &State, event: &Value, pattern: &str) -> bool {
+    let ty = event["type"].as_str().unwrap_or_default();
+    match pattern.strip_suffix('*') {
+        Some(prefix) => ty.starts_with(prefix),
+        None => ty == pattern,
+    }
+}
+
+fn matches(
+    st: &State,
+    obj: &Value,
+    param: &str,
+    filter: &Filter,
+    value: &str,
+) -> Result<bool, ApiError> {
+    Ok(match filter {
+        Filter::Eq(ptr) => obj.pointer(ptr).and_then(Value::as_str) == Some(value),
+        Filter::Bool(ptr) => {
+            let want = match value {
+                "true" => true,
+                "false" => false,
+                other => {
+                    return Err(ApiError::invalid(
+                        format!("Invalid boolean: {other}"),
+                        Some(param),
+                    ));
+                }
+            };
+            obj.pointer(ptr).and_then(Value::as_bool) == Some(want)
+        }
+        Filter::Custom(f) => f(st, obj, value),
+    })
+}
+
+fn created_ok(obj: &Value, created: &[(String, i64)]) -> bool {
+    let at = obj["created"].as_i64().unwrap_or_default();
+    created.iter().all(|(op, bound)| match op.as_str() {
+        "gt" => at > *bound,
+        "gte" => at >= *bound,
+        "lt" => at < *bound,
+        "lte" => at <= *bound,
+        _ => at == *bound,
+    })
+}
+
+// ---- endpoints ------------------------------------------------------------------
+
+const COMMON: [&str; 5] = [
+    "limit",
+    "starting_after",
+    "ending_before",
+    "expand",
+    "created",
+];
+
+/// `GET /v1/<collection>`: newest first (created, then id, descending).
+pub(crate) fn list(st: &State, ty: &str, url: &str, raw: Option<&str>) -> Result<Value, ApiError> {
+    let filters = filters(ty);
+    let allowed: Vec<&str> = COMMON
+        .iter()
+        .copied()
+        .chain(filters.iter().map(|(p, _)| *p))
+        .collect();
+    let q = Query::parse(raw, &allowed)?;
+    if ty == "subscription_item" && q.get("subscription").is_none() {
+        return Err(ApiError::invalid(
+            "Missing required param: subscription.".into(),
+            Some("subscription"),
+        ));
+    }
+    let expand = validate_expansions(ty, q.expand(), true)?;
+    let mut items = Vec::new();
+    for obj in st.all(ty) {
+        if !created_ok(obj, &q.created) {
+            continue;
+        }
+        let mut keep = true;
+        for (param, filter) in &filters {
+            if let Some(value) = q.get(param) {
+                keep &= matches(st, obj, param, filter, value)?;
+            }
+            if let Some(values) = q.arrays.get(*param) {
+                let mut any = false;
+                for value in values {
+                    any |= matches(st, obj, param, filter, value)?;
+                }
+                keep &= any;
+            }
+        }
+        if ty == "subscription" && q.get("status").is_none() {
+            keep &= !subscription_status(st, obj, "ended");
+        }
+        if keep {
+            items.push(obj);
+        }
+    }
+    let key = |v: &Value| {
+        (
+            v["created"].as_i64().unwrap_or_default(),
+            v["id"].as_str().unwrap_or_default().to_owned(),
+        )
+    };
+    items.sort_by_key(|v| std::cmp::Reverse(key(v)));
+    // A cursor keeps its place in the order even when it no longer passes the filters.
+    let cursor = |id: &str, param: &str| {
+        let c = st
+            .raw(ty, id)
+            .ok_or_else(|| ApiError::no_such(400, ty, id, param))?;
+        let k = key(c);
+        let lo = items.partition_point(|v| key(v) > k);
+        let hi = items.partition_point(|v| key(v) >= k);
+        Ok((lo, hi))
+    };
+    page(st, &items, &q, cursor, &expand, url)
+}
+
+/// `GET /v1/checkout/sessions/{id}/line_items` and `GET /v1/invoices/{id}/lines`,
+/// in the parent's order.
+pub(crate) fn list_children(
+    st: &State,
+    parent_ty: &str,
+    parent: &str,
+    child_ty: &str,
+    url: &str,
+    raw: Option<&str>,
+) -> Result<Value, ApiError> {
+    let q = Query::parse(raw, &["limit", "starting_after", "ending_before", "expand"])?;
+    if st.raw(parent_ty, parent).is_none() {
+        return Err(ApiError::no_such(404, parent_ty, parent, "id"));
+    }
+    let expand = validate_expansions(child_ty, q.expand(), true)?;
+    let items = st.children_of(parent, child_ty);
+    let cursor = |id: &str, param: &str| {
+        items
+            .iter()
+            .position(|v| v["id"] == id)
+            .map(|i| (i, i + 1))
+            .ok_or_else(|| ApiError::no_such(400, child_ty, id, param))
+    };
+    page(st, &items, &q, cursor, &expand, url)
+}
+
+/// One page of an ordered list. `cursor(id)` is `(lo, hi)`: the items before the
+/// cursor are `..lo`, the items after it `hi..`.
+fn page(
+    st: &State,
+    items: &[&Value],
+    q: &Query,
+    cursor: impl Fn(&str, &str) -> Result<(usize, usize), ApiError>,
+    expand: &[Vec<String>],
+    url: &str,
+) -> Result<Value, ApiError> {
+    let limit = q.limit()?;
+    let (slice, has_more) = match (q.get("starting_after"), q.get("ending_before")) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::invalid(
+                "You may only specify one of these parameters: ending_before, starting_after."
+                    .into(),
+                Some("ending_before"),
+            ));
+        }
+        (Some(after), None) => {
+            let rest = &items[cursor(after, "starting_after")?.1..];
+            (&rest[..rest.len().min(limit)], rest.len() > limit)
+        }
+        (None, Some(before)) => {
+            let head = &items[..cursor(before, "ending_before")?.0];
+            (
+                &head[head.len().saturating_sub(limit)..],
+                head.len() > limit,
+            )
+        }
+        (None, None) => (&items[..items.len().min(limit)], items.len() > limit),
+    };
+    let data: Vec<Value> = slice
+        .iter()
+        .map(|obj| {
+            let mut v = st.render(obj);
+            for path in expand {
+                apply_expansion(st, &mut v, &path[1..]);
+            }
+            v
+        })
+        .collect();
+    Ok(json!({"object": "list", "data": data, "has_more": has_more, "url": url}))
+}
+
+/// `GET /v1/<collection>/{id}`.
+pub(crate) fn retrieve(
+    st: &State,
+    ty: &str,
+    id: &str,
+    raw: Option<&str>,
+) -> Result<Value, ApiError> {
+    let q = Query::parse(raw, &["expand"])?;
+    let expand = validate_expansions(ty, q.expand(), false)?;
+    let obj = st
+        .raw(ty, id)
+        .ok_or_else(|| ApiError::no_such(404, ty, id, "id"))?;
+    let mut v = st.render(obj);
+    for path in &expand {
+        apply_expansion(st, &mut v, path);
+    }
+    Ok(v)
+}
+
+// ---- expansion -----------------------------------------------------------------
+
+/// What a field of an object type leads to, for `expand[]`.
+enum Link {
+    /// An id that expands into the object.
+    Id(&'static str),
+    /// A list that is only present when expanded (`line_items`, `payments`).
+    Includable(&'static str),
+    /// An embedded object that can be walked into.
+    Embedded(&'static str),
+    /// An embedded list that can be walked into through `data`.
+    EmbeddedList(&'static str),
+}
+
+fn link(ty: &str, field: &str) -> Option<Link> {
+    use Link::*;
+    Some(match (ty, field) {
+        (
+            "subscription" | "invoice" | "checkout.session" | "charge" | "payment_intent",
+            "customer",
+        ) => Id("customer"),
+        ("subscription", "latest_invoice") | ("checkout.session", "invoice") => Id("invoice"),
+        ("subscription", "items") => EmbeddedList("subscription_item"),
+        ("subscription_item" | "item", "price") => Embedded("price"),
+        ("price", "product") => Id("product"),
+        ("product", "default_price") => Id("price"),
+        ("invoice", "lines") => EmbeddedList("line_item"),
+        ("invoice", "payments") => Includable("invoice_payment"),
+        ("checkout.session", "line_items") => Includable("item"),
+        ("checkout.session", "subscription") => Id("subscription"),
+        ("checkout.session" | "charge" | "refund" | "dispute", "payment_intent") => {
+            Id("payment_intent")
+        }
+        ("refund" | "dispute", "charge") | ("payment_intent", "latest_charge") => Id("charge"),
+        ("charge", "refunds") => EmbeddedList("refund"),
+        _ => return None,
+    })
+}
+
+/// Checks every `expand[]` path against the object types, as Stripe does before
+/// reading anything; list paths must start with `data.`.
+fn validate_expansions(
+    ty: &str,
+    paths: &[String],
+    in_list: bool,
+) -> Result<Vec<Vec<String>>, ApiError> {
+    paths
+        .iter()
+        .map(|path| {
+            let segs: Vec<String> = path.split('.').map(str::to_owned).collect();
+            let fields = if in_list {
+                segs.strip_prefix(&["data".to_owned()]).unwrap_or(&[])
+            } else {
+                &segs[..]
+            };
+            if fields.is_empty() || !path_ok(ty, fields) {
+                let message = format!("This property cannot be expanded ({path}).");
+                return Err(ApiError::invalid(message, Some("expand")));
+            }
+            Ok(segs)
+        })
+        .collect()
+}
+
+fn path_ok(ty: &str, segs: &[String]) -> bool {
+    let Some((field, rest)) = segs.split_first() else {
+        return false;
+    };
+    let through_data = |t: &str| match rest.split_first() {
+        Some((data, more)) if data == "data" => path_ok(t, more),
+        _ => false,
+    };
+    match link(ty, field) {
+        Some(Link::Id(t)) => rest.is_empty() || path_ok(t, rest),
+        Some(Link::Includable(t)) => rest.is_empty() || through_data(t),
+        Some(Link::Embedded(t)) => path_ok(t, rest),
+        Some(Link::EmbeddedList(t)) => through_data(t),
+        None => false,
+    }
+}
+
+/// Expands one validated path (without the list's `data.`) in a served object.
+fn apply_expansion(st: &State, v: &mut Value, segs: &[String]) {
+    let Some((field, rest)) = segs.split_first() else {
+        return;
+    };
+    let ty = v["object"].as_str().unwrap_or_default().to_owned();
+    let walk_list = |list: &mut Value, rest: &[String]| {
+        if let Some(items) = list["data"].as_array_mut() {
+            for item in items {
+                apply_expansion(st, item, rest.get(1..).unwrap_or(&[]));
+            }
+        }
+    };
+    match link(&ty, field) {
+        Some(Link::Id(target)) => {
+            if let Some(obj) = v[field.as_str()].as_str().and_then(|id| st.raw(target, id)) {
+                v[field.as_str()] = st.render(obj);
+            }
+            if v[field.as_str()].is_object() {
+                apply_expansion(st, &mut v[field.as_str()], rest);
+            }
+        }
+        Some(Link::Includable(_)) => {
+            let id = v["id"].as_str().unwrap_or_default().to_owned();
+            let mut list = match field.as_str() {
+                "line_items" => st.lines_list(
+                    &id,
+                    "item",
+                    format!("/v1/checkout/sessions/{id}/line_items"),
+                ),
+                _ => st.invoice_payments_list(&id),
+            };
+            walk_list(&mut list, rest);
+            v[field.as_str()] = list;
+        }
+        Some(Link::Embedded(_)) => apply_expansion(st, &mut v[field.as_str()], rest),
+        Some(Link::EmbeddedList(_)) => walk_list(&mut v[field.as_str()], rest),
+        None => {}
+    }
+}
