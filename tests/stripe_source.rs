@@ -954,3 +954,55 @@ async fn an_invoice_with_more_lines_than_stripe_embeds_pages_its_lines_and_a_sin
     assert_eq!(single.grants.len(), 12);
     assert!(single.session_invoices.is_empty());
 }
+
+#[tokio::test]
+async fn a_deleted_customer_does_not_stop_the_scan_and_the_others_keep_their_email() {
+    let fake = FakeStripe::start().await;
+    let (_, monthly, _) = catalog(&fake);
+    let gone = fake.create_customer(Some("gone@example.com"), None);
+    let kept = fake.create_customer(Some("kept@example.com"), None);
+    for customer in [&gone, &kept] {
+        fake.create_subscription(SubscriptionSpec {
+            customer: customer.clone(),
+            items: vec![(monthly.clone(), 1)],
+            status: Some("canceled".into()),
+            ..Default::default()
+        });
+    }
+    // What Stripe serves for a deleted customer, expanded or retrieved.
+    let stub = serde_json::json!({"id": gone, "object": "customer", "deleted": true});
+    fake.update(&gone, |c| *c = stub);
+    let source = source(&fake);
+    fake.clear_requests();
+    let page = source
+        .subscriptions_page(None, &CreatedRange::default())
+        .await
+        .unwrap();
+    let facts = subscription_facts(&page);
+    assert_eq!(facts.len(), 2);
+    let email_of = |id: &str| {
+        facts
+            .iter()
+            .find(|f| f.customer.id.as_deref() == Some(id))
+            .unwrap()
+            .customer
+            .email
+            .clone()
+    };
+    assert_eq!(email_of(&gone), None);
+    assert_eq!(email_of(&kept).as_deref(), Some("kept@example.com"));
+    let paths: Vec<String> = fake.requests().into_iter().map(|r| r.path).collect();
+    assert_eq!(
+        paths.iter().filter(|p| *p == "/v1/subscriptions").count(),
+        2,
+        "{paths:?}"
+    );
+    assert_eq!(
+        paths
+            .iter()
+            .filter(|p| p.starts_with("/v1/customers/"))
+            .count(),
+        2,
+        "{paths:?}"
+    );
+}

@@ -21,6 +21,7 @@ use stripe_checkout::checkout_session::{
     ListCheckoutSession, ListLineItemsCheckoutSession, RetrieveCheckoutSession,
 };
 use stripe_client_core::StripeRequest;
+use stripe_core::customer::{RetrieveCustomer, RetrieveCustomerReturned};
 use stripe_core::dispute::ListDispute;
 use stripe_core::event::ListEvent;
 use stripe_core::refund::ListRefund;
@@ -149,9 +150,14 @@ fn non_empty(text: Option<&String>) -> Option<String> {
         .map(str::to_owned)
 }
 
-/// §5: the expanded customer's email, else the purchase's own email.
+/// Customers looked up one by one, by id, when a page had to be read
+/// without the customer expansion (see `fetch_with_customers`).
+type Customers = HashMap<String, CustomerInfo>;
+
+/// §5: the expanded (or looked-up) customer's email, else the purchase's own email.
 fn customer_info(
     customer: Option<&Expandable<Customer>>,
+    looked_up: &Customers,
     email_fallback: Option<&String>,
     name_fallback: Option<&String>,
 ) -> CustomerInfo {
@@ -161,7 +167,14 @@ fn customer_info(
             non_empty(c.email.as_ref()),
             non_empty(c.name.as_ref()),
         ),
-        Some(Expandable::Id(id)) => (Some(id.as_str().to_owned()), None, None),
+        Some(Expandable::Id(id)) => match looked_up.get(id.as_str()) {
+            Some(info) => (
+                Some(id.as_str().to_owned()),
+                info.email.clone(),
+                info.name.clone(),
+            ),
+            None => (Some(id.as_str().to_owned()), None, None),
+        },
         None => (None, None, None),
     };
     CustomerInfo {
@@ -211,6 +224,51 @@ impl StripeSource {
             .send(&self.transport)
             .await
             .map_err(|e| e.on_path(&path, std::any::type_name::<R::Output>()))
+    }
+
+    /// Fetches `with_customer` (customer expanded). A deleted customer
+    /// expands to a stub (`{"id","object","deleted":true}`) that async-stripe's
+    /// `Customer` cannot hold, which fails the whole answer; then the same
+    /// request is sent `without_customer` and the customers it names are
+    /// looked up one by one (`RetrieveCustomer` knows deleted customers),
+    /// so one deleted customer cannot stop a full scan.
+    async fn fetch_with_customers<R>(
+        &self,
+        with_customer: &R,
+        without_customer: &R,
+        customer_ids: impl Fn(&R::Output) -> Vec<String>,
+    ) -> Result<(R::Output, Customers), StripeError>
+    where
+        R: StripeRequest,
+        R::Output: miniserde::Deserialize,
+    {
+        let first = match self.fetch(with_customer).await {
+            Err(StripeError::Decode { path, message }) => {
+                tracing::warn!(%path, %message, "answer with expanded customers did not decode (a deleted customer?); reading it again without that expansion");
+                self.fetch(without_customer).await?
+            }
+            other => return other.map(|answer| (answer, Customers::new())),
+        };
+        let mut ids = customer_ids(&first);
+        ids.sort();
+        ids.dedup();
+        let mut customers = Customers::new();
+        for id in ids {
+            let info = match self.fetch(&RetrieveCustomer::new(id.as_str())).await? {
+                RetrieveCustomerReturned::Customer(c) => CustomerInfo {
+                    id: Some(id.clone()),
+                    email: non_empty(c.email.as_ref()),
+                    name: non_empty(c.name.as_ref()),
+                },
+                RetrieveCustomerReturned::DeletedCustomer(_) => CustomerInfo {
+                    id: Some(id.clone()),
+                    email: None,
+                    name: None,
+                },
+            };
+            customers.insert(id, info);
+        }
+        Ok((first, customers))
     }
 
     /// Every product and price, archived ones included (old subscriptions
@@ -266,47 +324,69 @@ impl StripeSource {
         after: Option<&str>,
         created: &CreatedRange,
     ) -> Result<GrantPage, StripeError> {
-        let mut request = ListSubscription::new()
-            .status(ListSubscriptionStatus::All)
-            .limit(PAGE)
-            .expand(vec![
-                "data.customer".to_owned(),
-                "data.latest_invoice".to_owned(),
-            ]);
-        if let Some(cursor) = after {
-            request = request.starting_after(cursor);
-        }
-        if let Some(range) = created.query() {
-            request = request.created(range);
-        }
-        let list = self.fetch(&request).await?;
+        let request = |expand: &[&str]| {
+            let mut request = ListSubscription::new()
+                .status(ListSubscriptionStatus::All)
+                .limit(PAGE)
+                .expand(expand.iter().map(|e| (*e).to_owned()).collect::<Vec<_>>());
+            if let Some(cursor) = after {
+                request = request.starting_after(cursor);
+            }
+            if let Some(range) = created.query() {
+                request = request.created(range);
+            }
+            request
+        };
+        let (list, customers) = self
+            .fetch_with_customers(
+                &request(&["data.customer", "data.latest_invoice"]),
+                &request(&["data.latest_invoice"]),
+                |list| {
+                    list.data
+                        .iter()
+                        .map(|s| s.customer.id().as_str().to_owned())
+                        .collect()
+                },
+            )
+            .await?;
         let mut page = GrantPage {
             next: next_cursor(&list, |s| s.id.as_str().to_owned()),
-            objects: list.data.len(),
+            objects: list.data.len() + customers.len(),
             ..GrantPage::default()
         };
         for subscription in list.data {
-            self.add_subscription(subscription, &mut page).await?;
+            self.add_subscription(subscription, &customers, &mut page)
+                .await?;
         }
         Ok(page)
     }
 
     /// One subscription, re-fetched with the same expansions (incremental runs).
     pub async fn subscription(&self, id: &str) -> Result<GrantPage, StripeError> {
-        let request = RetrieveSubscription::new(id)
-            .expand(vec!["customer".to_owned(), "latest_invoice".to_owned()]);
-        let subscription = self.fetch(&request).await?;
+        let request = |expand: &[&str]| {
+            RetrieveSubscription::new(id)
+                .expand(expand.iter().map(|e| (*e).to_owned()).collect::<Vec<_>>())
+        };
+        let (subscription, customers) = self
+            .fetch_with_customers(
+                &request(&["customer", "latest_invoice"]),
+                &request(&["latest_invoice"]),
+                |s| vec![s.customer.id().as_str().to_owned()],
+            )
+            .await?;
         let mut page = GrantPage {
-            objects: 1,
+            objects: 1 + customers.len(),
             ..GrantPage::default()
         };
-        self.add_subscription(subscription, &mut page).await?;
+        self.add_subscription(subscription, &customers, &mut page)
+            .await?;
         Ok(page)
     }
 
     async fn add_subscription(
         &self,
         subscription: Subscription,
+        customers: &Customers,
         page: &mut GrantPage,
     ) -> Result<(), StripeError> {
         let sub_id = subscription.id.as_str().to_owned();
@@ -342,7 +422,7 @@ impl StripeSource {
             }
             _ => None,
         };
-        let customer = customer_info(Some(&subscription.customer), None, None);
+        let customer = customer_info(Some(&subscription.customer), customers, None, None);
         let where_ = format!("subscription {sub_id}");
         for item in items {
             let current_period_start =
@@ -443,47 +523,62 @@ impl StripeSource {
         after: Option<&str>,
         created: &CreatedRange,
     ) -> Result<GrantPage, StripeError> {
-        let mut request = ListCheckoutSession::new()
-            .status(CheckoutSessionStatus::Complete)
-            .limit(PAGE)
-            .expand(vec![
-                "data.line_items".to_owned(),
-                "data.customer".to_owned(),
-            ]);
-        if let Some(cursor) = after {
-            request = request.starting_after(cursor);
-        }
-        if let Some(range) = created.query() {
-            request = request.created(range);
-        }
-        let list = self.fetch(&request).await?;
+        let request = |expand: &[&str]| {
+            let mut request = ListCheckoutSession::new()
+                .status(CheckoutSessionStatus::Complete)
+                .limit(PAGE)
+                .expand(expand.iter().map(|e| (*e).to_owned()).collect::<Vec<_>>());
+            if let Some(cursor) = after {
+                request = request.starting_after(cursor);
+            }
+            if let Some(range) = created.query() {
+                request = request.created(range);
+            }
+            request
+        };
+        let (list, customers) = self
+            .fetch_with_customers(
+                &request(&["data.line_items", "data.customer"]),
+                &request(&["data.line_items"]),
+                |list| list.data.iter().filter_map(session_customer).collect(),
+            )
+            .await?;
         let mut page = GrantPage {
             next: next_cursor(&list, |s| s.id.as_str().to_owned()),
-            objects: list.data.len(),
+            objects: list.data.len() + customers.len(),
             ..GrantPage::default()
         };
         for session in list.data {
-            self.add_session(session, &mut page).await?;
+            self.add_session(session, &customers, &mut page).await?;
         }
         Ok(page)
     }
 
     /// One Checkout Session, re-fetched with the same expansions.
     pub async fn checkout_session(&self, id: &str) -> Result<GrantPage, StripeError> {
-        let request = RetrieveCheckoutSession::new(id)
-            .expand(vec!["line_items".to_owned(), "customer".to_owned()]);
-        let session = self.fetch(&request).await?;
+        let request = |expand: &[&str]| {
+            RetrieveCheckoutSession::new(id)
+                .expand(expand.iter().map(|e| (*e).to_owned()).collect::<Vec<_>>())
+        };
+        let (session, customers) = self
+            .fetch_with_customers(
+                &request(&["line_items", "customer"]),
+                &request(&["line_items"]),
+                |s| session_customer(s).into_iter().collect(),
+            )
+            .await?;
         let mut page = GrantPage {
-            objects: 1,
+            objects: 1 + customers.len(),
             ..GrantPage::default()
         };
-        self.add_session(session, &mut page).await?;
+        self.add_session(session, &customers, &mut page).await?;
         Ok(page)
     }
 
     async fn add_session(
         &self,
         session: CheckoutSession,
+        customers: &Customers,
         page: &mut GrantPage,
     ) -> Result<(), StripeError> {
         if let Some(invoice) = session.invoice.as_ref().and_then(|i| i.id().as_ref()) {
@@ -505,6 +600,7 @@ impl StripeSource {
         let details = session.customer_details.as_ref();
         let customer = customer_info(
             session.customer.as_ref(),
+            customers,
             details
                 .and_then(|d| d.email.as_ref())
                 .or(session.customer_email.as_ref()),
@@ -585,28 +681,37 @@ impl StripeSource {
         after: Option<&str>,
         created: &CreatedRange,
     ) -> Result<GrantPage, StripeError> {
-        let mut request = ListInvoice::new()
-            .status(InvoiceStatus::Paid)
-            .limit(PAGE)
-            .expand(vec!["data.customer".to_owned(), "data.payments".to_owned()]);
-        if let Some(cursor) = after {
-            request = request.starting_after(cursor);
-        }
-        if let Some(range) = created.query() {
-            request = request.created(range);
-        }
-        let list = self.fetch(&request).await?;
+        let request = |expand: &[&str]| {
+            let mut request = ListInvoice::new()
+                .status(InvoiceStatus::Paid)
+                .limit(PAGE)
+                .expand(expand.iter().map(|e| (*e).to_owned()).collect::<Vec<_>>());
+            if let Some(cursor) = after {
+                request = request.starting_after(cursor);
+            }
+            if let Some(range) = created.query() {
+                request = request.created(range);
+            }
+            request
+        };
+        let (list, customers) = self
+            .fetch_with_customers(
+                &request(&["data.customer", "data.payments"]),
+                &request(&["data.payments"]),
+                |list| list.data.iter().filter_map(invoice_customer).collect(),
+            )
+            .await?;
         let mut page = GrantPage {
             next: next_cursor(&list, |i| {
                 i.id.as_ref()
                     .map(|id| id.as_str().to_owned())
                     .unwrap_or_default()
             }),
-            objects: list.data.len(),
+            objects: list.data.len() + customers.len(),
             ..GrantPage::default()
         };
         for invoice in list.data {
-            self.add_invoice(invoice, &mut page).await?;
+            self.add_invoice(invoice, &customers, &mut page).await?;
         }
         Ok(page)
     }
@@ -616,11 +721,19 @@ impl StripeSource {
     /// the same payment intent whose `invoice` is this one): then it yields
     /// no grant and lists the invoice in `session_invoices`.
     pub async fn invoice(&self, id: &str) -> Result<GrantPage, StripeError> {
-        let request =
-            RetrieveInvoice::new(id).expand(vec!["customer".to_owned(), "payments".to_owned()]);
-        let invoice = self.fetch(&request).await?;
+        let request = |expand: &[&str]| {
+            RetrieveInvoice::new(id)
+                .expand(expand.iter().map(|e| (*e).to_owned()).collect::<Vec<_>>())
+        };
+        let (invoice, customers) = self
+            .fetch_with_customers(
+                &request(&["customer", "payments"]),
+                &request(&["payments"]),
+                |i| invoice_customer(i).into_iter().collect(),
+            )
+            .await?;
         let mut page = GrantPage {
-            objects: 1,
+            objects: 1 + customers.len(),
             ..GrantPage::default()
         };
         if let Some(pi) = invoice_payment_intent(&invoice) {
@@ -639,11 +752,16 @@ impl StripeSource {
                 return Ok(page);
             }
         }
-        self.add_invoice(invoice, &mut page).await?;
+        self.add_invoice(invoice, &customers, &mut page).await?;
         Ok(page)
     }
 
-    async fn add_invoice(&self, invoice: Invoice, page: &mut GrantPage) -> Result<(), StripeError> {
+    async fn add_invoice(
+        &self,
+        invoice: Invoice,
+        customers: &Customers,
+        page: &mut GrantPage,
+    ) -> Result<(), StripeError> {
         let Some(invoice_id) = invoice.id.as_ref().map(|id| id.as_str().to_owned()) else {
             return Ok(());
         };
@@ -658,6 +776,7 @@ impl StripeSource {
         let paid = invoice.status == Some(InvoiceStatus::Paid);
         let customer = customer_info(
             invoice.customer.as_ref(),
+            customers,
             invoice.customer_email.as_ref(),
             invoice.customer_name.as_ref(),
         );
@@ -819,6 +938,20 @@ impl StripeSource {
     }
 }
 
+fn session_customer(session: &CheckoutSession) -> Option<String> {
+    session
+        .customer
+        .as_ref()
+        .map(|c| c.id().as_str().to_owned())
+}
+
+fn invoice_customer(invoice: &Invoice) -> Option<String> {
+    invoice
+        .customer
+        .as_ref()
+        .map(|c| c.id().as_str().to_owned())
+}
+
 fn string_field(value: Option<&Value>) -> Option<String> {
     match value {
         Some(Value::String(s)) => Some(s.clone()),
@@ -902,11 +1035,12 @@ mod tests {
     fn the_customer_email_wins_over_the_purchase_email_and_blanks_do_not_count() {
         let fallback = "buyer@example.com".to_owned();
         let blank = "  ".to_owned();
-        let info = customer_info(None, Some(&fallback), None);
+        let info = customer_info(None, &Customers::new(), Some(&fallback), None);
         assert_eq!(info.email.as_deref(), Some("buyer@example.com"));
         assert_eq!(info.id, None);
         let info = customer_info(
             Some(&Expandable::Id("cus_1".parse().unwrap())),
+            &Customers::new(),
             Some(&blank),
             None,
         );
