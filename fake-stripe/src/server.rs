@@ -319,3 +319,16 @@ async fn unrecognized(method: Method, uri: Uri) -> Response<Body> {
         None,
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::mask_key;
+
+    #[test]
+    fn masking_keeps_the_kind_and_last_four_of_long_keys_only() {
+        assert_eq!(mask_key("sk_test_abcdefgh1234"), "sk_test_********1234");
+        assert_eq!(mask_key("rk_live_abc"), "rk_live_***");
+        assert_eq!(mask_key("nonsense"), "****ense");
+        assert_eq!(mask_key("short"), "*****");
+    }
+}

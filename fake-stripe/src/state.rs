@@ -1015,7 +1015,7 @@ impl State {
                 "shipping_address_collection": null, "shipping_cost": null, "shipping_options": [],
                 "status": status, "submit_type": null, "subscription": spec.subscription,
                 "total_details": {"amount_discount": 0, "amount_shipping": 0, "amount_tax": 0},
-                "ui_mode": "hosted",
+                "ui_mode": "hosted_page",
                 "url": if done { Value::Null } else { Value::from(format!("https://checkout.stripe.com/c/pay/{id}")) },
                 "adaptive_pricing": {"enabled": false}, "discounts": [], "collected_information": null,
                 "permissions": null, "wallet_options": null, "origin_context": null,

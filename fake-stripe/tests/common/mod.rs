@@ -1,0 +1,69 @@
+//! A minimal HTTP client for the tests: real requests over loopback, as
+//! licensync's Stripe client would send them.
+
+#![allow(dead_code)] // each test binary uses a different part
+
+use fake_stripe::FakeStripe;
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Bytes;
+use hyper::header::HeaderMap;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde_json::Value;
+
+pub struct Reply {
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub text: String,
+    pub body: Value,
+}
+
+/// GET with an explicit `Authorization` header value (or none).
+pub async fn get_with_auth(
+    base: &str,
+    auth: Option<&str>,
+    path: &str,
+) -> Result<Reply, hyper_util::client::legacy::Error> {
+    let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
+    let mut req = hyper::Request::get(format!("{base}{path}"));
+    if let Some(auth) = auth {
+        req = req.header("authorization", auth);
+    }
+    let resp = client.request(req.body(Empty::new()).unwrap()).await?;
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    let text = String::from_utf8(bytes.to_vec()).unwrap();
+    let body = serde_json::from_str(&text).unwrap_or(Value::Null);
+    Ok(Reply {
+        status,
+        headers,
+        text,
+        body,
+    })
+}
+
+/// GET with the fake's key; panics on transport errors.
+pub async fn try_get(fake: &FakeStripe, path: &str) -> Reply {
+    let auth = format!("Bearer {}", fake.api_key());
+    get_with_auth(&fake.base_url(), Some(&auth), path)
+        .await
+        .expect("request reaches the fake")
+}
+
+/// GET with the fake's key, expecting 200; returns the JSON body.
+pub async fn get(fake: &FakeStripe, path: &str) -> Value {
+    let reply = try_get(fake, path).await;
+    assert_eq!(reply.status, 200, "GET {path}: {}", reply.text);
+    reply.body
+}
+
+/// The ids of a list response's `data`, in order.
+pub fn ids(list: &Value) -> Vec<String> {
+    list["data"]
+        .as_array()
+        .expect("a list")
+        .iter()
+        .map(|o| o["id"].as_str().unwrap().to_owned())
+        .collect()
+}
