@@ -20,3 +20,4 @@ pub mod pg;
 pub mod plan;
 pub mod secret;
 pub mod store;
+pub mod stripe;

@@ -1,0 +1,624 @@
+//! The HTTP transport under async-stripe's request builders, owned here
+//! because async-stripe's own client never retries, ignores `Retry-After`
+//! and opens a connection per request. This module owns the wire policy:
+//! one pooled keep-alive client (https via rustls/webpki roots, plain http
+//! for loopback fakes), retries with exponential backoff and jitter that
+//! honour `Retry-After` and `Stripe-Should-Retry`, a client-side rate
+//! ceiling (governor), a per-attempt timeout, and a counter of every HTTP
+//! attempt made.
+
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
+use http_body_util::{BodyExt, Full};
+use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, USER_AGENT};
+use hyper::{Method, Request};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use rand::Rng;
+use stripe_client_core::{
+    CustomizedStripeRequest, IdempotencyKey, RequestBuilder, StripeClient, StripeMethod,
+};
+
+use super::error::StripeError;
+use super::key::{ApiKey, redact};
+
+pub const DEFAULT_API_BASE: &str = "https://api.stripe.com";
+
+/// Stripe's documented limits: live mode 100 requests/s overall and lower
+/// limits on some endpoints (25/s is the safe figure), test mode 25/s.
+const LIVE_GLOBAL_RPS: u32 = 100;
+const LIVE_PER_ENDPOINT_RPS: u32 = 25;
+const TEST_GLOBAL_RPS: u32 = 25;
+
+/// A `Retry-After` longer than this is a misbehaving server, not a plan.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
+
+/// How to reach Stripe and how hard to push it.
+#[derive(Debug, Clone)]
+pub struct StripeConfig {
+    pub api_key: ApiKey,
+    /// `STRIPE_API_BASE`, with or without a trailing `/` (or `/v1`).
+    pub base_url: String,
+    /// `LICENSYNC_STRIPE_RPS`: overrides the global request ceiling (the
+    /// per-endpoint ceiling of live mode never exceeds it).
+    pub rps: Option<u32>,
+    /// Per HTTP attempt, connection and body included.
+    pub timeout: Duration,
+    /// Retries after the first attempt.
+    pub max_retries: u32,
+    /// The first backoff; each retry doubles it, with jitter, up to `max_backoff`.
+    pub initial_backoff: Duration,
+    /// Caps the computed backoff (a server's `Retry-After` is honoured as given).
+    pub max_backoff: Duration,
+}
+
+impl StripeConfig {
+    /// Production defaults: api.stripe.com, the ceiling of the key's mode,
+    /// 30 s per attempt, 5 retries, backoff 0.5 s doubling up to 20 s.
+    pub fn new(api_key: ApiKey) -> StripeConfig {
+        StripeConfig {
+            api_key,
+            base_url: DEFAULT_API_BASE.to_owned(),
+            rps: None,
+            timeout: Duration::from_secs(30),
+            max_retries: 5,
+            initial_backoff: Duration::from_millis(500),
+            max_backoff: Duration::from_secs(20),
+        }
+    }
+}
+
+/// The rate ceiling actually applied, derived from the key's mode and the override.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateCeiling {
+    pub global_rps: u32,
+    /// Per endpoint (`/v1/<first segment>`), live mode only.
+    pub per_endpoint_rps: Option<u32>,
+}
+
+impl RateCeiling {
+    pub fn for_mode(livemode: bool, rps: Option<u32>) -> RateCeiling {
+        match (livemode, rps) {
+            (true, None) => RateCeiling {
+                global_rps: LIVE_GLOBAL_RPS,
+                per_endpoint_rps: Some(LIVE_PER_ENDPOINT_RPS),
+            },
+            (true, Some(r)) => RateCeiling {
+                global_rps: r,
+                per_endpoint_rps: Some(r.min(LIVE_PER_ENDPOINT_RPS)),
+            },
+            (false, r) => RateCeiling {
+                global_rps: r.unwrap_or(TEST_GLOBAL_RPS),
+                per_endpoint_rps: None,
+            },
+        }
+    }
+
+    /// Requests allowed back to back before the steady rate applies. Kept
+    /// small so that no one-second window sees more than `rps + burst`.
+    pub fn burst(rps: u32) -> u32 {
+        (rps / 10).max(1)
+    }
+}
+
+fn quota(rps: u32) -> Quota {
+    let rate = NonZeroU32::new(rps.max(1)).expect("max(1) is non-zero");
+    let burst = NonZeroU32::new(RateCeiling::burst(rps)).expect("burst is at least 1");
+    Quota::per_second(rate).allow_burst(burst)
+}
+
+/// A Stripe HTTP client with licensync's wire policy; usable directly by
+/// async-stripe requests (`.customize().send(&transport)`).
+pub struct Transport {
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    /// Scheme and authority (plus any path prefix), no trailing slash.
+    base: String,
+    auth: HeaderValue,
+    masked_key: String,
+    ceiling: RateCeiling,
+    global: DefaultDirectRateLimiter,
+    per_endpoint: Option<DefaultKeyedRateLimiter<String>>,
+    timeout: Duration,
+    max_retries: u32,
+    initial_backoff: Duration,
+    max_backoff: Duration,
+    requests: AtomicU64,
+}
+
+impl std::fmt::Debug for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Transport")
+            .field("base", &self.base)
+            .field("key", &self.masked_key)
+            .field("ceiling", &self.ceiling)
+            .field("requests", &self.requests())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Accepts `https://api.stripe.com`, `http://127.0.0.1:1234/`,
+/// `http://127.0.0.1:1234/v1`; refuses anything else with the reason.
+/// A URL password never reaches the error.
+fn normalise_base(raw: &str) -> Result<String, StripeError> {
+    let parsed = url::Url::parse(raw.trim()).map_err(|e| {
+        StripeError::Config(format!(
+            "STRIPE_API_BASE is not a URL ({e}): use e.g. https://api.stripe.com"
+        ))
+    })?;
+    if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
+        return Err(StripeError::Config(format!(
+            "STRIPE_API_BASE must be an http:// or https:// URL with a host, got scheme `{}`",
+            parsed.scheme()
+        )));
+    }
+    if parsed.query().is_some() || parsed.fragment().is_some() {
+        return Err(StripeError::Config(
+            "STRIPE_API_BASE must not carry a query or fragment: use e.g. https://api.stripe.com"
+                .into(),
+        ));
+    }
+    let mut base = parsed.as_str().trim_end_matches('/').to_owned();
+    if let Some(stripped) = base.strip_suffix("/v1") {
+        base = stripped.to_owned();
+    }
+    Ok(base)
+}
+
+/// `/v1/checkout` for `/checkout/sessions/cs_1/line_items`: the endpoint
+/// family Stripe's per-endpoint limits apply to.
+fn endpoint_of(path: &str) -> String {
+    let first = path.trim_start_matches('/').split('/').next().unwrap_or("");
+    format!("/v1/{first}")
+}
+
+fn method_of(method: StripeMethod) -> Method {
+    match method {
+        StripeMethod::Get => Method::GET,
+        StripeMethod::Post => Method::POST,
+        StripeMethod::Delete => Method::DELETE,
+    }
+}
+
+/// The whole cause chain of a transport error, e.g. "client error
+/// (SendRequest): connection closed before message completed".
+fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.ends_with(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    redact(&text)
+}
+
+/// Stripe's error envelope `{"error":{"type","code","message"}}`.
+struct Envelope {
+    error_type: Option<String>,
+    code: Option<String>,
+    message: Option<String>,
+}
+
+fn parse_envelope(body: &[u8]) -> Envelope {
+    let value: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+    let field = |name: &str| value["error"][name].as_str().map(redact);
+    Envelope {
+        error_type: field("type"),
+        code: field("code"),
+        message: field("message"),
+    }
+}
+
+fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let secs: f64 = header_str(headers, "retry-after")?.trim().parse().ok()?;
+    if !secs.is_finite() || secs < 0.0 {
+        return None;
+    }
+    Some(Duration::from_secs_f64(secs).min(MAX_RETRY_AFTER))
+}
+
+enum Attempt {
+    Answered {
+        status: u16,
+        headers: HeaderMap,
+        body: Bytes,
+    },
+    Failed(String),
+}
+
+impl Transport {
+    pub fn new(config: &StripeConfig) -> Result<Transport, StripeError> {
+        let base = normalise_base(&config.base_url)?;
+        if config.rps == Some(0) {
+            return Err(StripeError::Config(
+                "LICENSYNC_STRIPE_RPS must be at least 1 (requests per second)".into(),
+            ));
+        }
+        let mut auth = HeaderValue::try_from(format!("Bearer {}", config.api_key.expose()))
+            .map_err(|_| {
+                StripeError::Config("STRIPE_API_KEY is not a valid header value".into())
+            })?;
+        auth.set_sensitive(true);
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_webpki_roots()
+            .https_or_http()
+            .enable_http1()
+            .build();
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(50))
+            .pool_max_idle_per_host(16)
+            .build(connector);
+        let ceiling = RateCeiling::for_mode(config.api_key.livemode(), config.rps);
+        Ok(Transport {
+            client,
+            base,
+            auth,
+            masked_key: config.api_key.masked(),
+            ceiling,
+            global: RateLimiter::direct(quota(ceiling.global_rps)),
+            per_endpoint: ceiling
+                .per_endpoint_rps
+                .map(|r| RateLimiter::keyed(quota(r))),
+            timeout: config.timeout,
+            max_retries: config.max_retries,
+            initial_backoff: config.initial_backoff,
+            max_backoff: config.max_backoff,
+            requests: AtomicU64::new(0),
+        })
+    }
+
+    /// Every HTTP attempt made so far, retries included.
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+
+    pub fn ceiling(&self) -> RateCeiling {
+        self.ceiling
+    }
+
+    /// The computed wait before retry number `retry` (0-based): full
+    /// exponential growth, capped, with jitter in its upper half so that
+    /// parallel clients do not retry in lockstep.
+    fn backoff(&self, retry: u32) -> Duration {
+        let factor = 2u32.saturating_pow(retry.min(31));
+        let ceiling = self
+            .initial_backoff
+            .saturating_mul(factor)
+            .min(self.max_backoff);
+        let ms = u64::try_from(ceiling.as_millis()).unwrap_or(u64::MAX);
+        Duration::from_millis(rand::rng().random_range(ms / 2..=ms))
+    }
+
+    /// Sends one Stripe request with the retry and rate policy; the body of
+    /// a 2xx answer, or the reason there is none.
+    pub async fn send(
+        &self,
+        request: &RequestBuilder,
+        timeout: Option<Duration>,
+        account: Option<&str>,
+    ) -> Result<Bytes, StripeError> {
+        let method = method_of(request.method);
+        let path = format!("/v1{}", request.path);
+        let mut uri = format!("{}{path}", self.base);
+        if let Some(query) = request.query.as_deref().filter(|q| !q.is_empty()) {
+            uri.push('?');
+            uri.push_str(query);
+        }
+        // One key for every attempt, so a retried POST cannot apply twice.
+        let idempotency_key =
+            (method == Method::POST).then(|| IdempotencyKey::new_uuid_v4().into_inner());
+        let endpoint = endpoint_of(&request.path);
+        let timeout = timeout.unwrap_or(self.timeout);
+        let mut attempts: u32 = 0;
+        loop {
+            self.global.until_ready().await;
+            if let Some(limiter) = &self.per_endpoint {
+                limiter.until_key_ready(&endpoint).await;
+            }
+            self.requests.fetch_add(1, Ordering::Relaxed);
+            attempts += 1;
+            let may_retry = attempts <= self.max_retries;
+            let outcome = match tokio::time::timeout(
+                timeout,
+                self.attempt(
+                    &method,
+                    &uri,
+                    request.body.as_deref(),
+                    idempotency_key.as_deref(),
+                    account,
+                ),
+            )
+            .await
+            {
+                Ok(outcome) => outcome,
+                Err(_) => Attempt::Failed(format!("no complete response within {timeout:?}")),
+            };
+            let (status, headers, body) = match outcome {
+                Attempt::Answered {
+                    status,
+                    headers,
+                    body,
+                } => (status, headers, body),
+                Attempt::Failed(reason) => {
+                    if may_retry {
+                        let wait = self.backoff(attempts - 1);
+                        tracing::warn!(%method, %path, attempts, ?wait, %reason, "Stripe request failed; retrying");
+                        tokio::time::sleep(wait).await;
+                        continue;
+                    }
+                    return Err(StripeError::Transport {
+                        method: method.to_string(),
+                        path,
+                        attempts,
+                        reason,
+                    });
+                }
+            };
+            if (200..300).contains(&status) {
+                return Ok(body);
+            }
+            let request_id = header_str(&headers, "request-id").map(str::to_owned);
+            let envelope = parse_envelope(&body);
+            let message = envelope.message.clone().unwrap_or_else(|| {
+                let text = String::from_utf8_lossy(&body);
+                let text: String = text.chars().take(200).collect();
+                if text.trim().is_empty() {
+                    "(empty body)".into()
+                } else {
+                    redact(&text)
+                }
+            });
+            if status == 401 || status == 403 {
+                return Err(StripeError::Auth {
+                    key: self.masked_key.clone(),
+                    method: method.to_string(),
+                    path,
+                    status,
+                    request_id,
+                    message,
+                });
+            }
+            let retryable = match header_str(&headers, "stripe-should-retry") {
+                Some("true") => true,
+                Some("false") => false,
+                _ => {
+                    status == 429
+                        || status >= 500
+                        || (status == 409 && envelope.code.as_deref() == Some("lock_timeout"))
+                }
+            };
+            if retryable && may_retry {
+                let wait = retry_after(&headers).unwrap_or_else(|| self.backoff(attempts - 1));
+                tracing::warn!(%method, %path, status, attempts, ?wait, request_id = request_id.as_deref().unwrap_or("-"), "Stripe answered with a retryable error; retrying");
+                tokio::time::sleep(wait).await;
+                continue;
+            }
+            return Err(StripeError::Api {
+                method: method.to_string(),
+                path,
+                status,
+                request_id,
+                error_type: envelope.error_type,
+                message,
+                attempts,
+            });
+        }
+    }
+
+    async fn attempt(
+        &self,
+        method: &Method,
+        uri: &str,
+        body: Option<&str>,
+        idempotency_key: Option<&str>,
+        account: Option<&str>,
+    ) -> Attempt {
+        let mut builder = Request::builder()
+            .method(method.clone())
+            .uri(uri)
+            .header(AUTHORIZATION, self.auth.clone())
+            .header(USER_AGENT, concat!("licensync/", env!("CARGO_PKG_VERSION")))
+            .header(
+                HeaderName::from_static("stripe-version"),
+                stripe_client_core::VERSION.as_str(),
+            );
+        if let Some(key) = idempotency_key {
+            builder = builder.header(HeaderName::from_static("idempotency-key"), key);
+        }
+        if let Some(account) = account {
+            builder = builder.header(HeaderName::from_static("stripe-account"), account);
+        }
+        if body.is_some() {
+            builder = builder.header(CONTENT_TYPE, "application/x-www-form-urlencoded");
+        }
+        let request = match builder.body(Full::new(
+            body.map(|b| Bytes::copy_from_slice(b.as_bytes()))
+                .unwrap_or_default(),
+        )) {
+            Ok(request) => request,
+            Err(e) => return Attempt::Failed(format!("could not build the request: {e}")),
+        };
+        let response = match self.client.request(request).await {
+            Ok(response) => response,
+            Err(e) => return Attempt::Failed(error_chain(&e)),
+        };
+        let (parts, body) = response.into_parts();
+        match body.collect().await {
+            Ok(collected) => Attempt::Answered {
+                status: parts.status.as_u16(),
+                headers: parts.headers,
+                body: collected.to_bytes(),
+            },
+            Err(e) => Attempt::Failed(error_chain(&e)),
+        }
+    }
+}
+
+impl StripeClient for Transport {
+    type Err = StripeError;
+
+    /// async-stripe's per-request timeout and account overrides are honoured;
+    /// its request strategy is not: retries are this transport's policy.
+    fn execute(
+        &self,
+        req: CustomizedStripeRequest,
+    ) -> impl std::future::Future<Output = Result<Bytes, StripeError>> + Send {
+        let (request, overrides) = req.into_pieces();
+        async move {
+            let account = overrides.account_id.as_ref().map(|a| a.as_str().to_owned());
+            self.send(&request, overrides.timeout, account.as_deref())
+                .await
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn transport(max_retries: u32) -> Transport {
+        let mut config = StripeConfig::new(ApiKey::parse("sk_test_0123456789abcdefghij").unwrap());
+        config.max_retries = max_retries;
+        config.initial_backoff = Duration::from_millis(100);
+        config.max_backoff = Duration::from_millis(800);
+        Transport::new(&config).unwrap()
+    }
+
+    #[test]
+    fn base_urls_are_normalised_with_or_without_slash_or_v1() {
+        for raw in [
+            "http://127.0.0.1:9/",
+            "http://127.0.0.1:9",
+            "http://127.0.0.1:9/v1",
+            "http://127.0.0.1:9/v1/",
+        ] {
+            assert_eq!(normalise_base(raw).unwrap(), "http://127.0.0.1:9", "{raw}");
+        }
+        assert_eq!(
+            normalise_base(DEFAULT_API_BASE).unwrap(),
+            "https://api.stripe.com"
+        );
+        assert_eq!(
+            normalise_base("https://proxy.example/stripe/").unwrap(),
+            "https://proxy.example/stripe"
+        );
+    }
+
+    #[test]
+    fn bad_base_urls_are_refused_without_echoing_a_password() {
+        for raw in ["ftp://x", "not a url", "https://x/?a=1"] {
+            assert!(
+                matches!(normalise_base(raw), Err(StripeError::Config(_))),
+                "{raw}"
+            );
+        }
+        let err = normalise_base("ftp://user:hunter2@x")
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains("hunter2"), "{err}");
+    }
+
+    #[test]
+    fn the_ceiling_follows_the_key_mode_and_the_override() {
+        assert_eq!(
+            RateCeiling::for_mode(true, None),
+            RateCeiling {
+                global_rps: 100,
+                per_endpoint_rps: Some(25)
+            }
+        );
+        assert_eq!(
+            RateCeiling::for_mode(false, None),
+            RateCeiling {
+                global_rps: 25,
+                per_endpoint_rps: None
+            }
+        );
+        assert_eq!(
+            RateCeiling::for_mode(false, Some(5)),
+            RateCeiling {
+                global_rps: 5,
+                per_endpoint_rps: None
+            }
+        );
+        assert_eq!(
+            RateCeiling::for_mode(true, Some(10)),
+            RateCeiling {
+                global_rps: 10,
+                per_endpoint_rps: Some(10)
+            }
+        );
+    }
+
+    #[test]
+    fn zero_requests_per_second_is_a_configuration_error() {
+        let mut config = StripeConfig::new(ApiKey::parse("sk_test_0123456789abcdefghij").unwrap());
+        config.rps = Some(0);
+        let err = Transport::new(&config).unwrap_err().to_string();
+        assert!(err.contains("LICENSYNC_STRIPE_RPS"), "{err}");
+    }
+
+    #[test]
+    fn endpoints_are_grouped_by_their_first_path_segment() {
+        assert_eq!(endpoint_of("/subscriptions"), "/v1/subscriptions");
+        assert_eq!(endpoint_of("/subscriptions/sub_1"), "/v1/subscriptions");
+        assert_eq!(
+            endpoint_of("/checkout/sessions/cs_1/line_items"),
+            "/v1/checkout"
+        );
+    }
+
+    #[test]
+    fn backoff_doubles_with_jitter_and_stays_under_the_cap() {
+        let t = transport(5);
+        for _ in 0..50 {
+            let first = t.backoff(0);
+            assert!(
+                first >= Duration::from_millis(50) && first <= Duration::from_millis(100),
+                "{first:?}"
+            );
+            let third = t.backoff(2);
+            assert!(
+                third >= Duration::from_millis(200) && third <= Duration::from_millis(400),
+                "{third:?}"
+            );
+            assert!(t.backoff(30) <= Duration::from_millis(800));
+        }
+    }
+
+    #[test]
+    fn retry_after_is_read_in_seconds_and_bounded() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(retry_after(&headers), None);
+        headers.insert("retry-after", HeaderValue::from_static("2"));
+        assert_eq!(retry_after(&headers), Some(Duration::from_secs(2)));
+        headers.insert("retry-after", HeaderValue::from_static("3600"));
+        assert_eq!(retry_after(&headers), Some(MAX_RETRY_AFTER));
+        headers.insert("retry-after", HeaderValue::from_static("soon"));
+        assert_eq!(retry_after(&headers), None);
+    }
+
+    #[test]
+    fn the_error_envelope_is_read_and_any_key_in_it_masked() {
+        let env = parse_envelope(
+            br#"{"error":{"type":"invalid_request_error","code":"resource_missing","message":"No such key: sk_live_0123456789abcdefWXYZ"}}"#,
+        );
+        assert_eq!(env.error_type.as_deref(), Some("invalid_request_error"));
+        assert_eq!(env.code.as_deref(), Some("resource_missing"));
+        let message = env.message.unwrap();
+        assert!(!message.contains("0123456789abcdef"), "{message}");
+    }
+}
