@@ -8,12 +8,17 @@ use anyhow::{Context, Result};
 use chrono::Utc;
 use serde_json::json;
 
-use crate::cli::{Cli, Command, LicensesCommand, Output};
+use crate::cli::{Cli, Command, LicensesCommand, MailCommand, Output, ReconcileArgs};
 use crate::config::Config;
 use crate::db::OpenDatabase;
+use crate::delivery::deliver_due;
 use crate::domain::{License, LicenseStatus};
 use crate::error::usage;
+use crate::mail::MailService;
+use crate::plan::PlanConfig;
+use crate::reconcile::{Report, RunOptions, Scope, reconcile, render_json, render_text};
 use crate::store::{LicenseFilter, Store};
+use crate::stripe::{StripeConfig, StripeSource};
 
 /// The name of the Events API cursor in `sync_state`.
 pub const EVENTS_CURSOR: &str = "events";
@@ -59,10 +64,96 @@ pub async fn run(cli: Cli, config: Config) -> Result<()> {
             let db = open_migrated(&config)?;
             show_license(&db.store, &key_or_id, output)
         }
-        Command::Reconcile(_) | Command::Daemon(_) | Command::Mail(_) => {
-            anyhow::bail!("this command is not available in this build")
+        Command::Reconcile(args) => {
+            let (report, outcome) = reconcile_once(&config, &args).await?;
+            match args.output {
+                Output::Json => println!("{}", render_json(&report)?),
+                Output::Text => print!("{}", render_text(&report)),
+            }
+            outcome
         }
+        Command::Mail(MailCommand::Resend { key_or_id }) => {
+            let mail = MailService::new(config.mail.clone())?;
+            let db = open_migrated(&config)?;
+            let license = db
+                .store
+                .find_license(&key_or_id)?
+                .ok_or_else(|| usage(anyhow::anyhow!("no license with key or id `{key_or_id}`")))?;
+            if license.customer_email.is_none() {
+                return Err(usage(anyhow::anyhow!(
+                    "license {} has no customer email (Stripe had none); nothing to send",
+                    license.key
+                )));
+            }
+            let outbox_id = db.store.queue_resend(&license)?;
+            let counts = deliver_due(&db.store, &mail, config.mail_max_attempts, Utc::now()).await?;
+            let row = db
+                .store
+                .outbox_for_license(license.id)?
+                .into_iter()
+                .find(|o| o.id == outbox_id);
+            match row {
+                Some(row) if row.status == "sent" => {
+                    println!(
+                        "sent the license email for {} to {}",
+                        license.key,
+                        row.recipient.unwrap_or_default()
+                    );
+                    Ok(())
+                }
+                Some(_) if counts.queued > 0 => {
+                    println!(
+                        "queued the license email for {} (mail transport `none`: not sent)",
+                        license.key
+                    );
+                    Ok(())
+                }
+                Some(row) => Err(anyhow::anyhow!(
+                    "the license email for {} was queued but not delivered yet ({}): the next reconcile retries it",
+                    license.key,
+                    row.last_error.unwrap_or_else(|| row.status.clone())
+                )),
+                None => Err(anyhow::anyhow!("the queued email for {} disappeared", license.key)),
+            }
+        }
+        Command::Daemon(_) => anyhow::bail!("daemon: not built yet"),
     }
+}
+
+/// One reconcile as the `reconcile` command and each daemon tick run it.
+pub async fn reconcile_once(config: &Config, args: &ReconcileArgs) -> Result<(Report, Result<()>)> {
+    let key = config.require_stripe_key().map_err(usage)?.clone();
+    let mail = if args.dry_run {
+        None
+    } else {
+        Some(MailService::new(config.mail.clone())?)
+    };
+    let db = OpenDatabase::open(&config.database)?;
+    if args.dry_run {
+        if db.store.has_pending_migrations()? {
+            return Err(usage(anyhow::anyhow!(
+                "the database has pending migrations and a dry run writes nothing: run `licensync migrate` first"
+            )));
+        }
+    } else {
+        db.store.migrate()?;
+    }
+    let source = StripeSource::new(StripeConfig {
+        base_url: config.stripe_api_base.clone(),
+        rps: config.stripe_rps,
+        ..StripeConfig::new(key)
+    })?;
+    let options = RunOptions {
+        scope: Scope::Full,
+        dry_run: args.dry_run,
+        allow_mode_mismatch: args.allow_mode_mismatch,
+        plan: PlanConfig {
+            grace: config.grace,
+            past_due_grace: config.past_due_grace,
+        },
+        mail_max_attempts: config.mail_max_attempts,
+    };
+    reconcile(&db.store, source, mail.as_ref(), options).await
 }
 
 /// Opens the database and applies pending migrations, so that read

@@ -78,10 +78,8 @@ impl Catalog {
         products: impl IntoIterator<Item = ProductRecord>,
         prices: impl IntoIterator<Item = PriceRecord>,
     ) {
-        self.products
-            .extend(products.into_iter().map(|p| (p.id.clone(), p)));
-        self.prices
-            .extend(prices.into_iter().map(|p| (p.id.clone(), p)));
+        self.products.extend(products.into_iter().map(|p| (p.id.clone(), p)));
+        self.prices.extend(prices.into_iter().map(|p| (p.id.clone(), p)));
     }
 
     /// No product and no price.
@@ -157,12 +155,8 @@ struct Value<'a> {
 
 impl<'a> Merged<'a> {
     fn get(&self, key: &str) -> Option<Value<'a>> {
-        let present = |metadata: &'a BTreeMap<String, String>| {
-            metadata
-                .get(key)
-                .map(|v| v.trim())
-                .filter(|v| !v.is_empty())
-        };
+        let present =
+            |metadata: &'a BTreeMap<String, String>| metadata.get(key).map(|v| v.trim()).filter(|v| !v.is_empty());
         if let Some(text) = present(&self.price.metadata) {
             return Some(Value {
                 text,
@@ -189,8 +183,7 @@ fn resolve_terms(m: &Merged<'_>) -> Result<Licensing, Misconfiguration> {
     let Some(ids) = m.get(PRODUCT_ID) else {
         return Ok(Licensing::NotLicensed);
     };
-    let product_ids =
-        parse_product_ids(ids.text).map_err(|why| m.misconfigured(&ids, PRODUCT_ID, why))?;
+    let product_ids = parse_product_ids(ids.text).map_err(|why| m.misconfigured(&ids, PRODUCT_ID, why))?;
     let ip_limit = parse_limit(m, IP_LIMIT)?;
     let hwid_limit = parse_limit(m, HWID_LIMIT)?;
 
@@ -211,9 +204,7 @@ fn resolve_terms(m: &Merged<'_>) -> Result<Licensing, Misconfiguration> {
     } else {
         let expiration_days = match &days {
             None => None,
-            Some(v) => {
-                Some(parse_days(v.text).map_err(|why| m.misconfigured(v, EXPIRATION_DAYS, why))?)
-            }
+            Some(v) => Some(parse_days(v.text).map_err(|why| m.misconfigured(v, EXPIRATION_DAYS, why))?),
         };
         let expiration_start = match (&start, expiration_days) {
             (None, None) => None,
@@ -223,7 +214,10 @@ fn resolve_terms(m: &Merged<'_>) -> Result<Licensing, Misconfiguration> {
                     m.misconfigured(
                         v,
                         EXPIRATION_START,
-                        format!("`{}` is neither `CREATION` nor `ACTIVATION`; set one of them or remove the key", v.text),
+                        format!(
+                            "`{}` is neither `CREATION` nor `ACTIVATION`; set one of them or remove the key",
+                            v.text
+                        ),
                     )
                 })?;
                 if days.is_none() {

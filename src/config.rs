@@ -9,7 +9,9 @@ use anyhow::{Context, Result, anyhow, bail};
 use chrono::{DateTime, NaiveDate, Utc};
 
 use crate::cli::Settings;
+use crate::mail::{MailSettings, MailUrl, parse_from, parse_mailbox};
 use crate::secret::{Secret, redact};
+use crate::stripe::ApiKey;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
@@ -28,17 +30,13 @@ pub enum Database {
 
 #[derive(Debug, Clone)]
 pub struct Config {
-    pub stripe_api_key: Option<Secret>,
+    pub stripe_api_key: Option<ApiKey>,
     /// Normalised without a trailing `/`.
     pub stripe_api_base: String,
     pub stripe_rps: Option<u32>,
     pub database: Database,
     pub data_dir: PathBuf,
-    /// The mail URL as given (validated by the mail module), or the file outbox default.
-    pub mail_url: Secret,
-    pub mail_from: String,
-    pub mail_support: Option<String>,
-    pub mail_templates: Option<PathBuf>,
+    pub mail: MailSettings,
     pub mail_max_attempts: u32,
     pub grace: Duration,
     pub past_due_grace: Duration,
@@ -49,19 +47,7 @@ impl Config {
     pub fn from_settings(s: &Settings, stderr_is_terminal: bool) -> Result<Config> {
         let stripe_api_key = match s.stripe_api_key.as_deref().map(str::trim) {
             None | Some("") => None,
-            Some(key) => {
-                let valid = ["sk_live_", "sk_test_", "rk_live_", "rk_test_"]
-                    .iter()
-                    .any(|p| key.starts_with(p));
-                if !valid {
-                    bail!(
-                        "--stripe-api-key / STRIPE_API_KEY must be a Stripe secret or restricted key \
-                         starting with sk_live_, sk_test_, rk_live_ or rk_test_ (the given value, redacted: {})",
-                        redact(&format!("{}…", key.chars().take(3).collect::<String>()))
-                    );
-                }
-                Some(Secret::new(key))
-            }
+            Some(key) => Some(ApiKey::parse(key).map_err(|e| anyhow!("--stripe-api-key / {e}"))?),
         };
         let stripe_api_base = parse_http_url(&s.stripe_api_base, "--stripe-api-base / STRIPE_API_BASE")?;
         let stripe_rps = s
@@ -79,12 +65,17 @@ impl Config {
             }
         };
         let mail_url = match s.mail_url.as_deref().map(str::trim) {
-            None | Some("") => {
-                let dir = absolute(&s.data_dir.join("outbox"))?;
-                Secret::new(format!("file://{}", dir.display()))
-            }
-            Some(url) => Secret::new(url),
+            None | Some("") => MailUrl::File(absolute(&s.data_dir.join("outbox"))?),
+            Some(url) => url.parse::<MailUrl>()?,
         };
+        let mut mail = MailSettings::new(mail_url, parse_from(&s.mail_from)?);
+        mail.support = s
+            .mail_support
+            .as_deref()
+            .filter(|v| !v.trim().is_empty())
+            .map(|v| parse_mailbox("--mail-support / LICENSYNC_MAIL_SUPPORT", v))
+            .transpose()?;
+        mail.templates_dir = s.mail_templates.clone();
         let log_format = match s.log_format.as_deref().map(str::to_ascii_lowercase).as_deref() {
             None | Some("") => {
                 if stderr_is_terminal {
@@ -103,10 +94,7 @@ impl Config {
             stripe_rps,
             database,
             data_dir: s.data_dir.clone(),
-            mail_url,
-            mail_from: s.mail_from.clone(),
-            mail_support: s.mail_support.clone().filter(|v| !v.trim().is_empty()),
-            mail_templates: s.mail_templates.clone(),
+            mail,
             mail_max_attempts: parse_positive(
                 &s.mail_max_attempts,
                 "--mail-max-attempts / LICENSYNC_MAIL_MAX_ATTEMPTS",
@@ -118,7 +106,7 @@ impl Config {
     }
 
     /// The Stripe key, or the usage error for commands that read Stripe.
-    pub fn require_stripe_key(&self) -> Result<&Secret> {
+    pub fn require_stripe_key(&self) -> Result<&ApiKey> {
         self.stripe_api_key.as_ref().ok_or_else(|| {
             anyhow!("this command reads Stripe: set STRIPE_API_KEY (or --stripe-api-key) to a restricted rk_ or secret sk_ key")
         })

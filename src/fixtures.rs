@@ -8,8 +8,8 @@ use chrono::{Duration, TimeZone, Utc};
 
 use crate::catalog::{Catalog, PriceRecord, ProductRecord};
 use crate::domain::{
-    CustomerInfo, GrantFact, GrantKey, License, LicenseState, OneTimeLineFact, PaymentReversal,
-    ReversalKind, SubscriptionItemFact, SubscriptionStatus, Timestamp,
+    CustomerInfo, GrantFact, GrantKey, License, LicenseState, OneTimeLineFact, PaymentReversal, ReversalKind,
+    SubscriptionItemFact, SubscriptionStatus, Timestamp,
 };
 use crate::plan::{Action, Facts, Plan, PlanConfig};
 
@@ -28,10 +28,7 @@ pub fn config() -> PlanConfig {
 }
 
 pub fn metadata(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-    pairs
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-        .collect()
+    pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
 }
 
 pub fn product(id: &str, pairs: &[(&str, &str)]) -> ProductRecord {
@@ -74,21 +71,11 @@ pub fn catalog() -> Catalog {
         [
             product(
                 "prod_pro",
-                &[
-                    ("product_id", "pro"),
-                    ("hwid_limit", "2"),
-                    ("ip_limit", "5"),
-                ],
+                &[("product_id", "pro"), ("hwid_limit", "2"), ("ip_limit", "5")],
             ),
-            product(
-                "prod_team",
-                &[("product_id", "pro,team"), ("hwid_limit", "1")],
-            ),
+            product("prod_team", &[("product_id", "pro,team"), ("hwid_limit", "1")]),
             product("prod_tool", &[("product_id", "tool")]),
-            product(
-                "prod_broken",
-                &[("product_id", "broken"), ("ip_limit", "abc")],
-            ),
+            product("prod_broken", &[("product_id", "broken"), ("ip_limit", "abc")]),
             product("prod_shirt", &[("size", "xl")]),
         ],
         [
@@ -100,10 +87,7 @@ pub fn catalog() -> Catalog {
             one_time_price(
                 "price_tool_activation",
                 "prod_tool",
-                &[
-                    ("expiration_days", "30"),
-                    ("expiration_start", "activation"),
-                ],
+                &[("expiration_days", "30"), ("expiration_start", "activation")],
             ),
             recurring_price("price_broken", "prod_broken", &[]),
             one_time_price("price_shirt", "prod_shirt", &[]),
@@ -320,10 +304,7 @@ pub fn apply(current: &[License], plan: &Plan, now: Timestamp) -> Vec<License> {
     for action in &plan.actions {
         match action.license_id {
             None => {
-                assert!(
-                    action.before.is_none(),
-                    "an issue has no before: {action:?}"
-                );
+                assert!(action.before.is_none(), "an issue has no before: {action:?}");
                 assert!(
                     licenses.iter().all(|l| l.grant_key() != action.grant),
                     "issued twice for one grant: {action:?}"
@@ -333,10 +314,7 @@ pub fn apply(current: &[License], plan: &Plan, now: Timestamp) -> Vec<License> {
                 next_id += 1;
             }
             Some(id) => {
-                assert!(
-                    !touched.contains(&id),
-                    "license {id} changed twice in one plan"
-                );
+                assert!(!touched.contains(&id), "license {id} changed twice in one plan");
                 touched.push(id);
                 let license = licenses
                     .iter_mut()

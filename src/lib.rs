@@ -6,18 +6,22 @@
 //! keys. `pg` runs the embedded database.
 
 pub mod app;
+pub mod apply;
 pub mod catalog;
 pub mod cli;
 pub mod config;
 pub mod db;
+pub mod delivery;
 pub mod domain;
 pub mod error;
 #[cfg(test)]
 pub mod fixtures;
+pub mod keys;
 pub mod logging;
 pub mod mail;
 pub mod pg;
 pub mod plan;
+pub mod reconcile;
 pub mod secret;
 pub mod store;
 pub mod stripe;

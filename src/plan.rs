@@ -44,9 +44,8 @@ use serde::Serialize;
 
 use crate::catalog::Catalog;
 use crate::domain::{
-    ActionKind, ExpirationStart, GrantFact, GrantKey, License, LicenseState, LicenseStatus,
-    LicenseTerms, Licensing, OneTimeLineFact, PaymentReversal, ReversalKind, SourceKind,
-    SubscriptionItemFact, SubscriptionStatus, Timestamp,
+    ActionKind, ExpirationStart, GrantFact, GrantKey, License, LicenseState, LicenseStatus, LicenseTerms, Licensing,
+    OneTimeLineFact, PaymentReversal, ReversalKind, SourceKind, SubscriptionItemFact, SubscriptionStatus, Timestamp,
 };
 
 /// The settings the rules depend on.
@@ -161,10 +160,8 @@ pub struct Plan {
 impl Plan {
     /// The report's `counts` object (cli.md): every key present, zeros included.
     pub fn counts(&self) -> BTreeMap<&'static str, usize> {
-        let mut counts: BTreeMap<&'static str, usize> = ActionKind::ALL
-            .iter()
-            .map(|kind| (kind.count_key(), 0))
-            .collect();
+        let mut counts: BTreeMap<&'static str, usize> =
+            ActionKind::ALL.iter().map(|kind| (kind.count_key(), 0)).collect();
         for action in &self.actions {
             *counts.entry(action.kind.count_key()).or_default() += 1;
         }
@@ -267,9 +264,7 @@ impl Planner<'_> {
         let Some(terms) = self.terms(key, &item.price_id, &item.product_id) else {
             return keep;
         };
-        let Some((quantity, hwid_limit)) =
-            self.seats(key, &item.item_id, item.quantity, terms.hwid_limit)
-        else {
+        let Some((quantity, hwid_limit)) = self.seats(key, &item.item_id, item.quantity, terms.hwid_limit) else {
             return keep;
         };
 
@@ -281,8 +276,7 @@ impl Planner<'_> {
             ),
             S::Active => {
                 let period_end = item.current_period_end;
-                let ends =
-                    item.cancel_at_period_end || item.cancel_at.is_some_and(|at| at < period_end);
+                let ends = item.cancel_at_period_end || item.cancel_at.is_some_and(|at| at < period_end);
                 if ends {
                     // It will not renew: no grace past the end it was sold for.
                     (
@@ -348,23 +342,18 @@ impl Planner<'_> {
         let Some(terms) = self.terms(key, &line.price_id, &line.product_id) else {
             return keep;
         };
-        let Some((quantity, hwid_limit)) =
-            self.seats(key, &line.purchase_id, line.quantity, terms.hwid_limit)
-        else {
+        let Some((quantity, hwid_limit)) = self.seats(key, &line.purchase_id, line.quantity, terms.hwid_limit) else {
             return keep;
         };
-        let (expires_at, expiration_days, expiration_start) =
-            match (terms.expiration_days, terms.expiration_start) {
-                (None, _) => (None, None, None),
-                (Some(days), Some(ExpirationStart::Activation)) => {
-                    (None, Some(days), Some(ExpirationStart::Activation))
-                }
-                (Some(days), _) => (
-                    Some(add_days(line.purchased_at, days)),
-                    Some(days),
-                    Some(ExpirationStart::Creation),
-                ),
-            };
+        let (expires_at, expiration_days, expiration_start) = match (terms.expiration_days, terms.expiration_start) {
+            (None, _) => (None, None, None),
+            (Some(days), Some(ExpirationStart::Activation)) => (None, Some(days), Some(ExpirationStart::Activation)),
+            (Some(days), _) => (
+                Some(add_days(line.purchased_at, days)),
+                Some(days),
+                Some(ExpirationStart::Creation),
+            ),
+        };
         Target::Want {
             state: LicenseState {
                 status: LicenseStatus::Active,
@@ -506,9 +495,7 @@ impl Planner<'_> {
             }
         }
 
-        if state.status == LicenseStatus::Active
-            && state.expires_at.is_some_and(|at| at <= self.now)
-        {
+        if state.status == LicenseStatus::Active && state.expires_at.is_some_and(|at| at <= self.now) {
             state.status = LicenseStatus::Expired;
         }
 

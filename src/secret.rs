@@ -33,37 +33,7 @@ impl fmt::Display for Secret {
 
 /// Masks every `sk_…`/`rk_…` token and every password in a `scheme://user:password@host` URL.
 pub fn redact(text: &str) -> String {
-    let masked = mask_stripe_keys(text);
-    mask_url_passwords(&masked)
-}
-
-fn mask_stripe_keys(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(pos) = find_key_start(rest) {
-        out.push_str(&rest[..pos]);
-        let token_len = rest[pos..]
-            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-            .unwrap_or(rest.len() - pos);
-        let token = &rest[pos..pos + token_len];
-        // Keep the mode prefix (`sk_live_`), which tells an operator which key is meant.
-        let prefix_len = token.match_indices('_').nth(1).map(|(i, _)| i + 1).unwrap_or(3);
-        out.push_str(&token[..prefix_len]);
-        out.push_str("[redacted]");
-        rest = &rest[pos + token_len..];
-    }
-    out.push_str(rest);
-    out
-}
-
-fn find_key_start(text: &str) -> Option<usize> {
-    let bytes = text.as_bytes();
-    (0..bytes.len().saturating_sub(3)).find(|&i| {
-        let at_boundary = i == 0 || !(bytes[i - 1].is_ascii_alphanumeric() || bytes[i - 1] == b'_');
-        at_boundary
-            && (bytes[i..].starts_with(b"sk_") || bytes[i..].starts_with(b"rk_"))
-            && bytes.get(i + 3).is_some_and(|b| b.is_ascii_alphanumeric())
-    })
+    mask_url_passwords(&crate::stripe::redact(text))
 }
 
 fn mask_url_passwords(text: &str) -> String {
@@ -100,7 +70,7 @@ mod tests {
         let text = "key sk_live_51Habc123 and rk_test_XyZ, not risk_management";
         assert_eq!(
             redact(text),
-            "key sk_live_[redacted] and rk_test_[redacted], not risk_management"
+            "key sk_live_… and rk_test_…, not risk_management"
         );
     }
 

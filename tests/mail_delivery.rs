@@ -18,10 +18,7 @@ async fn a_closed_port_is_a_transient_failure() {
     let url: MailUrl = format!("smtp://127.0.0.1:{port}?tls=none").parse().unwrap();
     let mail = MailService::new(settings(url)).unwrap();
 
-    let err = mail
-        .send(&sample_email(1))
-        .await
-        .expect_err("nobody listens");
+    let err = mail.send(&sample_email(1)).await.expect_err("nobody listens");
     assert!(!err.permanent, "{err}");
     assert!(err.message.contains("outbox row 1"), "{err}");
     assert!(err.message.contains(&format!("127.0.0.1:{port}")), "{err}");
@@ -37,24 +34,15 @@ async fn the_file_transport_creates_its_directory_and_writes_an_eml_that_parses_
 
     assert_eq!(mail.send(&sample_email(31)).await.unwrap(), Delivery::Sent);
 
-    let files: Vec<_> = std::fs::read_dir(&outbox)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
+    let files: Vec<_> = std::fs::read_dir(&outbox).unwrap().map(|e| e.unwrap().path()).collect();
     assert_eq!(files.len(), 1, "{files:?}");
     assert_eq!(files[0].extension().and_then(|e| e.to_str()), Some("eml"));
     let raw = std::fs::read(&files[0]).unwrap();
     let message = parse(&raw);
     assert_eq!(message.message_id(), Some("licensync-outbox-31@acme.test"));
+    assert_eq!(message.subject(), Some("Your license key for Acme Pro and Acme Cloud"));
     assert_eq!(
-        message.subject(),
-        Some("Your license key for Acme Pro and Acme Cloud")
-    );
-    assert_eq!(
-        message
-            .to()
-            .and_then(|t| t.first())
-            .and_then(|a| a.address()),
+        message.to().and_then(|t| t.first()).and_then(|a| a.address()),
         Some("ada@customer.test")
     );
     assert!(
@@ -80,12 +68,7 @@ async fn the_none_backend_queues_the_message_instead_of_sending_it() {
         to_email: "not an address".to_owned(),
         ..sample_email(2)
     };
-    assert!(
-        mail.send(&bad)
-            .await
-            .expect_err("invalid address")
-            .permanent
-    );
+    assert!(mail.send(&bad).await.expect_err("invalid address").permanent);
 }
 
 #[tokio::test]
@@ -100,28 +83,17 @@ async fn a_crlf_in_the_customer_name_cannot_add_a_bcc_header() {
 
     let sent = mail.sent();
     assert_eq!(sent.len(), 1);
-    let envelope_to: Vec<String> = sent[0]
-        .envelope()
-        .to()
-        .iter()
-        .map(ToString::to_string)
-        .collect();
+    let envelope_to: Vec<String> = sent[0].envelope().to().iter().map(ToString::to_string).collect();
     assert_eq!(envelope_to, ["ada@customer.test"]);
     let raw = sent[0].formatted();
     let headers = header_lines(&raw);
     assert!(
-        !headers
-            .iter()
-            .any(|h| h.to_ascii_lowercase().starts_with("bcc:")),
+        !headers.iter().any(|h| h.to_ascii_lowercase().starts_with("bcc:")),
         "{headers:#?}"
     );
     let to_headers: Vec<&String> = headers.iter().filter(|h| h.starts_with("To:")).collect();
     assert_eq!(to_headers.len(), 1, "{headers:#?}");
-    assert!(
-        to_headers[0].ends_with("<ada@customer.test>"),
-        "{}",
-        to_headers[0]
-    );
+    assert!(to_headers[0].ends_with("<ada@customer.test>"), "{}", to_headers[0]);
 }
 
 #[tokio::test]
@@ -162,9 +134,7 @@ async fn a_crlf_in_a_product_name_stays_inside_the_subject() {
     let raw = message.formatted();
     let headers = header_lines(&raw);
     assert!(
-        !headers
-            .iter()
-            .any(|h| h.to_ascii_lowercase().starts_with("bcc:")),
+        !headers.iter().any(|h| h.to_ascii_lowercase().starts_with("bcc:")),
         "{headers:#?}"
     );
     assert_eq!(
@@ -182,8 +152,5 @@ fn a_recipient_without_an_address_is_a_permanent_error() {
         ..sample_email(4)
     };
     let err = mail.render(&email).expect_err("no recipient").to_string();
-    assert!(
-        err.contains("outbox row 4 has no recipient address"),
-        "{err}"
-    );
+    assert!(err.contains("outbox row 4 has no recipient address"), "{err}");
 }

@@ -5,9 +5,7 @@ mod mail_support;
 
 use chrono::{TimeZone, Utc};
 use licensync::domain::ExpirationStart;
-use licensync::mail::{
-    LicenseEmail, MailService, MailSettings, MailUrl, message_id, parse_from, parse_mailbox,
-};
+use licensync::mail::{LicenseEmail, MailService, MailSettings, MailUrl, message_id, parse_from, parse_mailbox};
 use mail_support::*;
 
 struct Rendered {
@@ -40,11 +38,7 @@ fn a_license_with_an_expiry_date_shows_the_date_in_both_parts() {
         ..sample_email(1)
     };
     let r = render(&email);
-    assert!(
-        r.text.contains("Valid until: 22 November 2026 (UTC)"),
-        "{}",
-        r.text
-    );
+    assert!(r.text.contains("Valid until: 22 November 2026 (UTC)"), "{}", r.text);
     assert!(r.html.contains("22 November 2026 (UTC)"), "{}", r.html);
     assert!(!r.text.contains("does not expire"));
 }
@@ -86,14 +80,8 @@ fn days_from_creation_without_an_expiry_date_are_refused_rather_than_misstated()
         expiration_start: Some(ExpirationStart::Creation),
         ..sample_email(12)
     };
-    let err = mail
-        .render(&email)
-        .expect_err("inconsistent expiry")
-        .to_string();
-    assert!(
-        err.contains("outbox row 12") && err.contains("expires_at"),
-        "{err}"
-    );
+    let err = mail.render(&email).expect_err("inconsistent expiry").to_string();
+    assert!(err.contains("outbox row 12") && err.contains("expires_at"), "{err}");
 }
 
 #[test]
@@ -105,11 +93,7 @@ fn the_subject_names_the_products_and_the_body_their_ids_and_limits() {
     };
     let r = render(&one);
     assert_eq!(r.subject, "Your license key for Acme Pro");
-    assert!(
-        r.text.contains("Product: Acme Pro (acme-pro)"),
-        "{}",
-        r.text
-    );
+    assert!(r.text.contains("Product: Acme Pro (acme-pro)"), "{}", r.text);
     assert!(r.text.contains("Devices (seats): 6"), "{}", r.text);
     assert!(r.text.contains("IP addresses: 5"), "{}", r.text);
     assert!(r.text.contains("Quantity: 3"), "{}", r.text);
@@ -119,10 +103,7 @@ fn the_subject_names_the_products_and_the_body_their_ids_and_limits() {
         product_names: vec!["Alpha".to_owned(), "Beta".to_owned(), "Gamma".to_owned()],
         ..sample_email(1)
     };
-    assert_eq!(
-        render(&three).subject,
-        "Your license key for Alpha, Beta and Gamma"
-    );
+    assert_eq!(render(&three).subject, "Your license key for Alpha, Beta and Gamma");
 
     // Names that do not line up with the ids are not trusted to describe them.
     let unnamed = LicenseEmail {
@@ -155,11 +136,7 @@ fn a_resend_says_it_was_requested() {
         resend: true,
         ..sample_email(1)
     });
-    assert!(
-        r.text.contains("As requested, here is your license key"),
-        "{}",
-        r.text
-    );
+    assert!(r.text.contains("As requested, here is your license key"), "{}", r.text);
     assert!(!render(&sample_email(1)).text.contains("As requested"));
 }
 
@@ -177,28 +154,19 @@ fn the_customer_name_is_html_escaped_in_the_html_part_and_kept_verbatim_in_the_t
         r.html
     );
     assert!(!r.html.contains("<script>"), "{}", r.html);
-    assert!(
-        r.text.contains("Hello <script>alert(1)</script> & Co,"),
-        "{}",
-        r.text
-    );
+    assert!(r.text.contains("Hello <script>alert(1)</script> & Co,"), "{}", r.text);
 }
 
 #[test]
 fn the_support_address_is_the_reply_to_and_appears_in_the_footer() {
     let mut with_support = settings(MailUrl::None);
-    with_support.support =
-        Some(parse_mailbox("LICENSYNC_MAIL_SUPPORT", "Acme Support <help@acme.test>").unwrap());
+    with_support.support = Some(parse_mailbox("LICENSYNC_MAIL_SUPPORT", "Acme Support <help@acme.test>").unwrap());
     let r = render_with(with_support, &sample_email(1));
     let message = parse(&r.raw);
-    let reply_to = message
-        .reply_to()
-        .and_then(|a| a.first())
-        .expect("a Reply-To header");
+    let reply_to = message.reply_to().and_then(|a| a.first()).expect("a Reply-To header");
     assert_eq!(reply_to.address(), Some("help@acme.test"));
     assert!(
-        r.text
-            .contains("Questions? Write to Acme Support <help@acme.test>"),
+        r.text.contains("Questions? Write to Acme Support <help@acme.test>"),
         "{}",
         r.text
     );
@@ -219,10 +187,7 @@ fn the_from_setting_accepts_a_named_mailbox_and_a_bad_one_names_the_setting() {
     let from = parse_from("Acme Licenses <licenses@acme.test>").unwrap();
     assert_eq!(from.name.as_deref(), Some("Acme Licenses"));
     assert_eq!(from.email.to_string(), "licenses@acme.test");
-    assert_eq!(
-        parse_from("licenses@localhost").unwrap().email.domain(),
-        "localhost"
-    );
+    assert_eq!(parse_from("licenses@localhost").unwrap().email.domain(), "localhost");
 
     let err = parse_from("Acme Licenses").unwrap_err().to_string();
     assert!(err.contains("LICENSYNC_MAIL_FROM / --mail-from"), "{err}");
@@ -231,10 +196,7 @@ fn the_from_setting_accepts_a_named_mailbox_and_a_bad_one_names_the_setting() {
 
 #[test]
 fn the_message_id_depends_only_on_the_outbox_row_and_the_sender_domain() {
-    assert_eq!(
-        message_id(42, "acme.test"),
-        "<licensync-outbox-42@acme.test>"
-    );
+    assert_eq!(message_id(42, "acme.test"), "<licensync-outbox-42@acme.test>");
     let mail = MailService::in_memory(settings(MailUrl::None)).unwrap();
     let first = mail.render(&sample_email(42)).unwrap();
     let again = mail
@@ -267,17 +229,10 @@ fn templates_in_the_override_directory_replace_the_defaults_of_the_same_name() {
 
     let r = render_with(overridden, &sample_email(1));
 
-    assert_eq!(
-        r.subject,
-        "[Acme Pro and Acme Cloud] key for ada@customer.test"
-    );
+    assert_eq!(r.subject, "[Acme Pro and Acme Cloud] key for ada@customer.test");
     assert_eq!(r.text.trim_end(), format!("KEY={KEY} / date"));
     // No license.html.j2 in the directory: the built-in one is used.
-    assert!(
-        r.html.contains("<code") && r.html.contains(KEY),
-        "{}",
-        r.html
-    );
+    assert!(r.html.contains("<code") && r.html.contains(KEY), "{}", r.html);
 }
 
 #[test]
@@ -305,10 +260,7 @@ fn an_override_template_that_does_not_parse_is_refused_at_startup_naming_its_fil
     let mut overridden = settings(MailUrl::None);
     overridden.templates_dir = Some(dir.path().to_owned());
 
-    let err = format!(
-        "{:#}",
-        MailService::new(overridden).err().expect("a syntax error")
-    );
+    let err = format!("{:#}", MailService::new(overridden).err().expect("a syntax error"));
     assert!(err.contains(&file.display().to_string()), "{err}");
 }
 
@@ -318,12 +270,7 @@ fn a_templates_directory_that_does_not_exist_is_refused_at_startup() {
     let mut overridden = settings(MailUrl::None);
     overridden.templates_dir = Some(dir.path().join("missing"));
 
-    let err = format!(
-        "{:#}",
-        MailService::new(overridden)
-            .err()
-            .expect("missing directory")
-    );
+    let err = format!("{:#}", MailService::new(overridden).err().expect("missing directory"));
     assert!(
         err.contains("mail templates directory") && err.contains("missing"),
         "{err}"
@@ -334,8 +281,5 @@ fn a_templates_directory_that_does_not_exist_is_refused_at_startup() {
 fn the_default_sender_parses() {
     let from = parse_from(licensync::mail::DEFAULT_FROM).unwrap();
     let email = render_with(MailSettings::new(MailUrl::None, from), &sample_email(3));
-    assert_eq!(
-        parse(&email.raw).message_id(),
-        Some("licensync-outbox-3@localhost")
-    );
+    assert_eq!(parse(&email.raw).message_id(), Some("licensync-outbox-3@localhost"));
 }

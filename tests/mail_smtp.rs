@@ -44,18 +44,12 @@ async fn a_license_email_goes_through_starttls_and_auth_to_a_real_server_and_rea
     assert!(got.tls, "the message travelled over STARTTLS");
 
     let message = parse(&got.raw);
-    assert_eq!(
-        message.subject(),
-        Some("Your license key for Acme Pro and Acme Cloud")
-    );
+    assert_eq!(message.subject(), Some("Your license key for Acme Pro and Acme Cloud"));
     assert_eq!(message.message_id(), Some("licensync-outbox-42@acme.test"));
     let to = message.to().and_then(|to| to.first()).expect("a To header");
     assert_eq!(to.address(), Some("ada@customer.test"));
     assert_eq!(to.name(), Some("Ada Lovelace"));
-    let from = message
-        .from()
-        .and_then(|f| f.first())
-        .expect("a From header");
+    let from = message.from().and_then(|f| f.first()).expect("a From header");
     assert_eq!(
         (from.name(), from.address()),
         (Some("Acme Licenses"), Some("licenses@acme.test"))
@@ -70,16 +64,10 @@ async fn a_license_email_goes_through_starttls_and_auth_to_a_real_server_and_rea
     let html = message.body_html(0).expect("an HTML part");
     assert_eq!(message.text_body.len(), 1);
     assert_eq!(message.html_body.len(), 1);
-    assert_ne!(
-        message.text_body, message.html_body,
-        "text and HTML are distinct parts"
-    );
+    assert_ne!(message.text_body, message.html_body, "text and HTML are distinct parts");
     for part in [&text, &html] {
         assert!(part.contains(KEY), "{part}");
-        assert!(
-            part.contains("acme-pro") && part.contains("acme-cloud"),
-            "{part}"
-        );
+        assert!(part.contains("acme-pro") && part.contains("acme-cloud"), "{part}");
     }
     assert!(html.contains("<code"), "{html}");
     assert!(!text.contains("<code"), "{text}");
@@ -146,14 +134,8 @@ async fn a_wrong_password_is_a_transient_failure_that_points_at_the_setting_with
     let wrong = "not-the-Password-9";
     let mail = service(tls_url(&sink, wrong));
 
-    let err = mail
-        .send(&sample_email(3))
-        .await
-        .expect_err("authentication fails");
-    assert!(
-        !err.permanent,
-        "a bad password is not the message's fault: {err}"
-    );
+    let err = mail.send(&sample_email(3)).await.expect_err("authentication fails");
+    assert!(!err.permanent, "a bad password is not the message's fault: {err}");
     assert!(err.message.contains("535"), "{err}");
     assert!(err.message.contains("LICENSYNC_MAIL_URL"), "{err}");
     assert!(!err.message.contains(wrong), "{err}");
@@ -165,18 +147,12 @@ async fn a_wrong_password_is_a_transient_failure_that_points_at_the_setting_with
 async fn a_certificate_the_transport_does_not_trust_stops_the_session_before_anything_is_sent() {
     let sink = SmtpSink::start_tls_with_auth();
     // The same server, without tls_ca: its self-signed certificate is unknown.
-    let url: MailUrl = format!(
-        "smtp://{SINK_USER}:{SINK_PASSWORD_ENCODED}@127.0.0.1:{}",
-        sink.port
-    )
-    .parse()
-    .unwrap();
+    let url: MailUrl = format!("smtp://{SINK_USER}:{SINK_PASSWORD_ENCODED}@127.0.0.1:{}", sink.port)
+        .parse()
+        .unwrap();
     let mail = service(url);
 
-    let err = mail
-        .send(&sample_email(4))
-        .await
-        .expect_err("TLS verification fails");
+    let err = mail.send(&sample_email(4)).await.expect_err("TLS verification fails");
     assert!(!err.permanent, "{err}");
     assert!(err.message.contains("tls_ca"), "{err}");
     assert!(!err.message.contains(SINK_PASSWORD), "{err}");
@@ -196,9 +172,7 @@ async fn a_relay_without_starttls_is_refused_unless_the_url_says_tls_none() {
     assert!(err.message.contains("?tls=none for a local relay"), "{err}");
     assert!(sink.received().is_empty(), "nothing was sent in clear");
 
-    let plain_url: MailUrl = format!("smtp://127.0.0.1:{}?tls=none", sink.port)
-        .parse()
-        .unwrap();
+    let plain_url: MailUrl = format!("smtp://127.0.0.1:{}?tls=none", sink.port).parse().unwrap();
     let delivery = service(plain_url)
         .send(&sample_email(5))
         .await
@@ -226,9 +200,7 @@ async fn a_customer_name_carrying_a_bcc_header_reaches_only_the_customer() {
     assert_eq!(received[0].rcpt_tos, ["ada@customer.test"]);
     let headers = header_lines(&received[0].raw);
     assert!(
-        !headers
-            .iter()
-            .any(|h| h.to_ascii_lowercase().starts_with("bcc:")),
+        !headers.iter().any(|h| h.to_ascii_lowercase().starts_with("bcc:")),
         "{headers:#?}"
     );
     let message = parse(&received[0].raw);
@@ -236,8 +208,5 @@ async fn a_customer_name_carrying_a_bcc_header_reaches_only_the_customer() {
     assert_eq!(to.as_list().map(<[_]>::len), Some(1));
     assert_eq!(to.first().unwrap().address(), Some("ada@customer.test"));
     // The attempt survives only as harmless text inside the display name.
-    assert_eq!(
-        to.first().unwrap().name(),
-        Some("Mallory Bcc: victim@evil.test")
-    );
+    assert_eq!(to.first().unwrap().name(), Some("Mallory Bcc: victim@evil.test"));
 }

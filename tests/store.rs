@@ -38,7 +38,7 @@ fn write(key: &str, item: &str, email: Option<&str>) -> LicenseWrite {
         before: None,
         after: serde_json::to_value(&state).unwrap(),
         stripe_object: "sub_1".into(),
-        email: Some(("license_issued".into(), format!("<{key}@test>"))),
+        email: Some("license_issued".into()),
     }
 }
 

@@ -6,12 +6,9 @@
 use std::time::Duration;
 
 use chrono::DateTime;
-use fake_stripe::{
-    CheckoutSpec, FakeStripe, Fault, FaultKind, InvoiceSpec, Options, SubscriptionSpec,
-};
+use fake_stripe::{CheckoutSpec, FakeStripe, Fault, FaultKind, InvoiceSpec, Options, SubscriptionSpec};
 use licensync::domain::{
-    GrantFact, GrantKey, OneTimeLineFact, ReversalKind, SubscriptionItemFact, SubscriptionStatus,
-    Timestamp,
+    GrantFact, GrantKey, OneTimeLineFact, ReversalKind, SubscriptionItemFact, SubscriptionStatus, Timestamp,
 };
 use licensync::stripe::{ApiKey, CreatedRange, GrantPage, StripeConfig, StripeError, StripeSource};
 
@@ -143,10 +140,7 @@ async fn a_subscription_fact_carries_the_item_period_and_the_subscription_state(
     let facts = subscription_facts(&page);
     assert_eq!(facts.len(), 2, "every item counts, not only the first");
     assert_eq!(page.complete_subscriptions, vec![created.id.clone()]);
-    let first = facts
-        .iter()
-        .find(|f| f.item_id == created.item_ids[0])
-        .unwrap();
+    let first = facts.iter().find(|f| f.item_id == created.item_ids[0]).unwrap();
     assert_eq!(first.subscription_id, created.id);
     assert_eq!(first.price_id, monthly);
     assert_eq!(first.quantity, 3);
@@ -155,16 +149,10 @@ async fn a_subscription_fact_carries_the_item_period_and_the_subscription_state(
     assert!(first.cancel_at_period_end);
     assert_eq!(first.cancel_at, Some(at(now + 29 * 86_400)));
     assert_eq!(first.ended_at, None);
-    let second = facts
-        .iter()
-        .find(|f| f.item_id == created.item_ids[1])
-        .unwrap();
+    let second = facts.iter().find(|f| f.item_id == created.item_ids[1]).unwrap();
     assert_eq!(second.price_id, other);
     assert_eq!(second.quantity, 1);
-    assert_eq!(
-        page.grants[0].key(),
-        GrantKey::subscription_item(&facts[0].item_id)
-    );
+    assert_eq!(page.grants[0].key(), GrantKey::subscription_item(&facts[0].item_id));
 }
 
 #[tokio::test]
@@ -235,17 +223,11 @@ async fn every_subscription_status_is_reported_including_incomplete_and_canceled
         });
     }
     let source = source(&fake);
-    let page = source
-        .subscriptions_page(None, &CreatedRange::default())
-        .await
-        .unwrap();
-    let mut seen: Vec<SubscriptionStatus> =
-        subscription_facts(&page).iter().map(|f| f.status).collect();
+    let page = source.subscriptions_page(None, &CreatedRange::default()).await.unwrap();
+    let mut seen: Vec<SubscriptionStatus> = subscription_facts(&page).iter().map(|f| f.status).collect();
     seen.sort_by_key(|s| format!("{s:?}"));
-    let mut expected: Vec<SubscriptionStatus> = statuses
-        .iter()
-        .map(|s| SubscriptionStatus::parse(s).unwrap())
-        .collect();
+    let mut expected: Vec<SubscriptionStatus> =
+        statuses.iter().map(|s| SubscriptionStatus::parse(s).unwrap()).collect();
     expected.sort_by_key(|s| format!("{s:?}"));
     assert_eq!(seen, expected);
     let trialing = subscription_facts(&page)
@@ -315,11 +297,7 @@ async fn the_catalog_includes_archived_products_and_prices_with_metadata_untouch
     let log = fake.requests();
     let product_requests = log.iter().filter(|r| r.path == "/v1/products").count();
     let price_requests = log.iter().filter(|r| r.path == "/v1/prices").count();
-    assert_eq!(
-        (product_requests, price_requests, log.len()),
-        (2, 1, 3),
-        "{log:#?}"
-    );
+    assert_eq!((product_requests, price_requests, log.len()), (2, 1, 3), "{log:#?}");
     assert!(
         log.iter().all(|r| !r.query.contains("active")),
         "archived objects are not filtered out"
@@ -337,10 +315,7 @@ async fn the_catalog_includes_archived_products_and_prices_with_metadata_untouch
     assert!(!price.active);
     assert!(price.recurring);
     assert_eq!(price.product, archived);
-    assert_eq!(
-        price.metadata.get("hwid_limit").map(String::as_str),
-        Some("7")
-    );
+    assert_eq!(price.metadata.get("hwid_limit").map(String::as_str), Some("7"));
     let once = prices.iter().find(|p| p.id == once).unwrap();
     assert!(once.active && !once.recurring);
 }
@@ -349,12 +324,7 @@ async fn the_catalog_includes_archived_products_and_prices_with_metadata_untouch
 async fn a_multi_line_payment_session_gives_one_grant_per_line_from_one_request() {
     let fake = FakeStripe::start().await;
     let (product, _, once) = catalog(&fake);
-    let second = fake.create_price(
-        &fake.create_product("Extra", &[("product_id", "extra")]),
-        None,
-        10,
-        &[],
-    );
+    let second = fake.create_price(&fake.create_product("Extra", &[("product_id", "extra")]), None, 10, &[]);
     let customer = fake.create_customer(Some("dee@example.com"), Some("Dee"));
     let session = fake.create_checkout_session(CheckoutSpec {
         customer: Some(customer.clone()),
@@ -373,9 +343,7 @@ async fn a_multi_line_payment_session_gives_one_grant_per_line_from_one_request(
     assert_eq!(log[0].path, "/v1/checkout/sessions");
     let query = log[0].query.replace("%5B", "[").replace("%5D", "]");
     assert!(
-        query.contains("status=complete")
-            && query.contains("=data.line_items")
-            && query.contains("=data.customer"),
+        query.contains("status=complete") && query.contains("=data.line_items") && query.contains("=data.customer"),
         "{query}"
     );
     let facts = one_time_facts(&page);
@@ -389,15 +357,8 @@ async fn a_multi_line_payment_session_gives_one_grant_per_line_from_one_request(
         assert_eq!(fact.customer.id.as_deref(), Some(customer.as_str()));
     }
     let first = facts.iter().find(|f| f.price_id == once).unwrap();
-    assert_eq!(
-        (first.product_id.as_str(), first.quantity),
-        (product.as_str(), 3)
-    );
-    assert!(
-        facts
-            .iter()
-            .any(|f| f.price_id == second && f.quantity == 1)
-    );
+    assert_eq!((first.product_id.as_str(), first.quantity), (product.as_str(), 3));
+    assert!(facts.iter().any(|f| f.price_id == second && f.quantity == 1));
     assert_eq!(page.next, None);
 }
 
@@ -423,11 +384,7 @@ async fn a_session_with_more_lines_than_stripe_embeds_pages_only_its_line_items(
         .into_iter()
         .filter(|r| r.path == format!("/v1/checkout/sessions/{}/line_items", session.id))
         .collect();
-    assert_eq!(
-        line_requests.len(),
-        1,
-        "ten embedded, thirteen more in one page of 100"
-    );
+    assert_eq!(line_requests.len(), 1, "ten embedded, thirteen more in one page of 100");
     assert_eq!(source.requests(), 2);
     let mut keys: Vec<_> = page.grants.iter().map(GrantFact::key).collect();
     keys.dedup();
@@ -468,11 +425,7 @@ async fn subscription_mode_sessions_grant_nothing_and_session_invoices_are_repor
         .unwrap();
 
     let facts = one_time_facts(&page);
-    assert_eq!(
-        facts.len(),
-        1,
-        "the subscription-mode session yields nothing"
-    );
+    assert_eq!(facts.len(), 1, "the subscription-mode session yields nothing");
     assert_eq!(facts[0].purchase_id, with_invoice.id);
     let session_invoice = with_invoice.invoice.clone().unwrap();
     assert!(
@@ -491,10 +444,7 @@ async fn subscription_mode_sessions_grant_nothing_and_session_invoices_are_repor
 
     // The session's invoice is a paid invoice without subscription: the page
     // scan cannot tell, the single re-fetch can.
-    let invoices = source
-        .invoices_page(None, &CreatedRange::default())
-        .await
-        .unwrap();
+    let invoices = source.invoices_page(None, &CreatedRange::default()).await.unwrap();
     assert!(
         invoices
             .grants
@@ -552,18 +502,13 @@ async fn one_off_paid_invoices_grant_per_line_and_subscription_invoices_do_not()
     });
     let source = source(&fake);
     fake.clear_requests();
-    let page = source
-        .invoices_page(None, &CreatedRange::default())
-        .await
-        .unwrap();
+    let page = source.invoices_page(None, &CreatedRange::default()).await.unwrap();
 
     let log = fake.requests();
     assert_eq!(log.len(), 1, "{log:#?}");
     let query = log[0].query.replace("%5B", "[").replace("%5D", "]");
     assert!(
-        query.contains("status=paid")
-            && query.contains("=data.customer")
-            && query.contains("=data.payments"),
+        query.contains("status=paid") && query.contains("=data.customer") && query.contains("=data.payments"),
         "{query}"
     );
     let facts = one_time_facts(&page);
@@ -619,14 +564,8 @@ async fn full_and_partial_refunds_and_lost_disputes_become_reversals() {
             .find(|r| r.payment_intent == pi)
             .map(|r| (r.kind, r.stripe_object.clone()))
     };
-    assert_eq!(
-        kind_of(&full),
-        Some((ReversalKind::FullRefund, full_refund))
-    );
-    assert_eq!(
-        kind_of(&partial),
-        Some((ReversalKind::PartialRefund, partial_refund))
-    );
+    assert_eq!(kind_of(&full), Some((ReversalKind::FullRefund, full_refund)));
+    assert_eq!(kind_of(&partial), Some((ReversalKind::PartialRefund, partial_refund)));
     assert_eq!(refunds.items.len(), 2);
 
     let disputes = source.disputes_page(None).await.unwrap();
@@ -700,9 +639,7 @@ async fn events_name_the_objects_to_refetch_and_only_relevant_types_are_asked_fo
         "newest first"
     );
     assert!(
-        page.items
-            .iter()
-            .all(|e| e.event_type != "customer.created"),
+        page.items.iter().all(|e| e.event_type != "customer.created"),
         "irrelevant types are filtered by Stripe"
     );
 
@@ -732,14 +669,7 @@ async fn every_sample_object_the_fake_serves_decodes_through_async_stripe_types(
     let (products, prices) = source.catalog().await.unwrap();
     assert!(!products.is_empty() && !prices.is_empty());
     let range = CreatedRange::default();
-    assert!(
-        !source
-            .subscriptions_page(None, &range)
-            .await
-            .unwrap()
-            .grants
-            .is_empty()
-    );
+    assert!(!source.subscriptions_page(None, &range).await.unwrap().grants.is_empty());
     assert!(
         !source
             .checkout_sessions_page(None, &range)
@@ -748,24 +678,10 @@ async fn every_sample_object_the_fake_serves_decodes_through_async_stripe_types(
             .grants
             .is_empty()
     );
-    assert!(
-        !source
-            .invoices_page(None, &range)
-            .await
-            .unwrap()
-            .grants
-            .is_empty()
-    );
+    assert!(!source.invoices_page(None, &range).await.unwrap().grants.is_empty());
     assert!(!source.reversals_page(None).await.unwrap().items.is_empty());
     assert!(!source.disputes_page(None).await.unwrap().items.is_empty());
-    assert!(
-        !source
-            .events_page(at(0), None)
-            .await
-            .unwrap()
-            .items
-            .is_empty()
-    );
+    assert!(!source.events_page(at(0), None).await.unwrap().items.is_empty());
 }
 
 #[tokio::test]
@@ -775,9 +691,7 @@ async fn a_429_from_the_fake_is_waited_out_and_the_page_still_arrives() {
     let source = source(&fake);
     fake.inject_fault(Fault {
         path_prefix: "/v1/products".into(),
-        kind: FaultKind::TooManyRequests {
-            retry_after_secs: 1,
-        },
+        kind: FaultKind::TooManyRequests { retry_after_secs: 1 },
         times: 2,
     });
     let (products, _) = source.catalog().await.unwrap();
@@ -789,11 +703,7 @@ async fn a_429_from_the_fake_is_waited_out_and_the_page_still_arrives() {
         .map(|r| r.status)
         .collect();
     assert_eq!(statuses, vec![429, 429, 200]);
-    assert_eq!(
-        source.requests(),
-        4,
-        "three product attempts and one price request"
-    );
+    assert_eq!(source.requests(), 4, "three product attempts and one price request");
 }
 
 #[tokio::test]
@@ -845,10 +755,7 @@ async fn a_dropped_connection_to_the_fake_is_retried() {
         kind: FaultKind::DropConnection,
         times: 1,
     });
-    let page = source
-        .subscriptions_page(None, &CreatedRange::default())
-        .await
-        .unwrap();
+    let page = source.subscriptions_page(None, &CreatedRange::default()).await.unwrap();
     assert_eq!(page.grants.len(), 1);
     assert_eq!(source.requests(), 2);
 }
@@ -861,10 +768,7 @@ async fn a_wrong_key_is_an_auth_error_that_does_not_contain_the_key() {
     config.api_key = ApiKey::parse(wrong).unwrap();
     let source = StripeSource::new(config).unwrap();
     let err = source.catalog().await.unwrap_err();
-    assert!(
-        matches!(err, StripeError::Auth { status: 401, .. }),
-        "{err:?}"
-    );
+    assert!(matches!(err, StripeError::Auth { status: 401, .. }), "{err:?}");
     assert!(!err.to_string().contains(wrong), "{err}");
     assert!(!format!("{err:?}").contains(wrong), "{err:?}");
     assert!(err.to_string().contains("rk_test_…9876"), "{err}");
@@ -910,8 +814,7 @@ async fn the_rate_ceiling_holds_in_the_fake_request_log() {
 }
 
 #[tokio::test]
-async fn an_invoice_with_more_lines_than_stripe_embeds_pages_its_lines_and_a_single_refetch_grants()
-{
+async fn an_invoice_with_more_lines_than_stripe_embeds_pages_its_lines_and_a_single_refetch_grants() {
     let fake = FakeStripe::start().await;
     let (_, _, once) = catalog(&fake);
     let customer = fake.create_customer(None, None);
@@ -922,15 +825,10 @@ async fn an_invoice_with_more_lines_than_stripe_embeds_pages_its_lines_and_a_sin
         lines,
         ..Default::default()
     });
-    fake.update(&invoice.id, |i| {
-        i["customer_email"] = "billing@example.com".into()
-    });
+    fake.update(&invoice.id, |i| i["customer_email"] = "billing@example.com".into());
     let source = source(&fake);
     fake.clear_requests();
-    let page = source
-        .invoices_page(None, &CreatedRange::default())
-        .await
-        .unwrap();
+    let page = source.invoices_page(None, &CreatedRange::default()).await.unwrap();
     assert_eq!(page.grants.len(), 12);
     let line_requests = fake
         .requests()
@@ -974,10 +872,7 @@ async fn a_deleted_customer_does_not_stop_the_scan_and_the_others_keep_their_ema
     fake.update(&gone, |c| *c = stub);
     let source = source(&fake);
     fake.clear_requests();
-    let page = source
-        .subscriptions_page(None, &CreatedRange::default())
-        .await
-        .unwrap();
+    let page = source.subscriptions_page(None, &CreatedRange::default()).await.unwrap();
     let facts = subscription_facts(&page);
     assert_eq!(facts.len(), 2);
     let email_of = |id: &str| {
@@ -998,10 +893,7 @@ async fn a_deleted_customer_does_not_stop_the_scan_and_the_others_keep_their_ema
         "{paths:?}"
     );
     assert_eq!(
-        paths
-            .iter()
-            .filter(|p| p.starts_with("/v1/customers/"))
-            .count(),
+        paths.iter().filter(|p| p.starts_with("/v1/customers/")).count(),
         2,
         "{paths:?}"
     );

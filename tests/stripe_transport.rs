@@ -80,11 +80,7 @@ impl TinyStripe {
                 }
             });
         }
-        TinyStripe {
-            base,
-            log,
-            connections,
-        }
+        TinyStripe { base, log, connections }
     }
 
     fn requests(&self) -> Vec<Logged> {
@@ -146,11 +142,7 @@ async fn serve(
                 tokio::time::sleep(Duration::from_secs(3600)).await;
                 return;
             }
-            Step::Reply {
-                status,
-                headers,
-                body,
-            } => {
+            Step::Reply { status, headers, body } => {
                 let mut response = format!(
                     "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nRequest-Id: req_tiny_{n}\r\n",
                     body.len()
@@ -187,8 +179,7 @@ async fn list_products(transport: &Transport) -> Result<usize, StripeError> {
     Ok(list.data.len())
 }
 
-const SERVER_ERROR: &str =
-    r#"{"error":{"type":"api_error","message":"Something went wrong on Stripe's end."}}"#;
+const SERVER_ERROR: &str = r#"{"error":{"type":"api_error","message":"Something went wrong on Stripe's end."}}"#;
 
 #[tokio::test]
 async fn a_429_with_retry_after_is_waited_out_and_then_succeeds() {
@@ -291,10 +282,7 @@ async fn a_plain_client_error_is_not_retried() {
     let transport = Transport::new(&config(&server.base, 5)).unwrap();
     let err = list_products(&transport).await.unwrap_err();
     assert_eq!(transport.requests(), 1);
-    assert!(
-        err.to_string().contains("Received unknown parameter: foo"),
-        "{err}"
-    );
+    assert!(err.to_string().contains("Received unknown parameter: foo"), "{err}");
 }
 
 #[tokio::test]
@@ -331,10 +319,7 @@ async fn a_rejected_key_is_an_auth_error_that_never_shows_the_key() {
     let transport = Transport::new(&config(&server.base, 5)).unwrap();
     let err = list_products(&transport).await.unwrap_err();
     assert_eq!(transport.requests(), 1, "a rejected key is not retried");
-    assert!(
-        matches!(err, StripeError::Auth { status: 401, .. }),
-        "{err:?}"
-    );
+    assert!(matches!(err, StripeError::Auth { status: 401, .. }), "{err:?}");
     for shown in [err.to_string(), format!("{err:?}")] {
         assert!(!shown.contains("TinyStripeSecret"), "{shown}");
     }
@@ -356,10 +341,7 @@ async fn connections_dropped_every_time_end_in_a_transport_error_naming_the_requ
     let server = TinyStripe::start(vec![Step::Drop, Step::Drop, Step::Drop]).await;
     let transport = Transport::new(&config(&server.base, 2)).unwrap();
     let err = list_products(&transport).await.unwrap_err();
-    assert!(
-        matches!(err, StripeError::Transport { attempts: 3, .. }),
-        "{err:?}"
-    );
+    assert!(matches!(err, StripeError::Transport { attempts: 3, .. }), "{err:?}");
     assert!(err.to_string().contains("GET /v1/products"), "{err}");
 }
 
@@ -398,15 +380,8 @@ async fn requests_carry_the_key_the_pinned_version_and_reuse_one_connection() {
     assert_eq!(log.len(), 5);
     for request in &log {
         assert_eq!(request.method, "GET");
-        assert!(
-            request.target.starts_with("/v1/products?"),
-            "{}",
-            request.target
-        );
-        assert_eq!(
-            request.header("authorization"),
-            Some(format!("Bearer {KEY}").as_str())
-        );
+        assert!(request.target.starts_with("/v1/products?"), "{}", request.target);
+        assert_eq!(request.header("authorization"), Some(format!("Bearer {KEY}").as_str()));
         assert_eq!(
             request.header("stripe-version"),
             Some(stripe_client_core::VERSION.as_str())
@@ -439,10 +414,7 @@ async fn a_retried_post_keeps_one_idempotency_key() {
         .customize()
         .send(&transport)
         .await;
-    assert!(
-        matches!(result, Err(StripeError::Decode { .. })),
-        "{result:?}"
-    );
+    assert!(matches!(result, Err(StripeError::Decode { .. })), "{result:?}");
     let log = server.requests();
     assert_eq!(log.len(), 2);
     assert_eq!(log[0].method, "POST");
@@ -451,10 +423,7 @@ async fn a_retried_post_keeps_one_idempotency_key() {
         .expect("POST carries an idempotency key");
     assert!(!key.is_empty());
     assert_eq!(log[1].header("idempotency-key"), Some(key));
-    assert_eq!(
-        log[0].header("content-type"),
-        Some("application/x-www-form-urlencoded")
-    );
+    assert_eq!(log[0].header("content-type"), Some("application/x-www-form-urlencoded"));
 }
 
 #[tokio::test]

@@ -16,21 +16,11 @@ pub(crate) struct ApiError {
 }
 
 impl ApiError {
-    pub fn new(
-        status: u16,
-        kind: &str,
-        code: Option<&str>,
-        message: String,
-        param: Option<&str>,
-    ) -> Self {
+    pub fn new(status: u16, kind: &str, code: Option<&str>, message: String, param: Option<&str>) -> Self {
         let mut error = json!({"type": kind, "message": message});
         if let Some(code) = code {
             error["code"] = code.into();
-            error["doc_url"] = format!(
-                "https://stripe.com/docs/error-codes/{}",
-                code.replace('_', "-")
-            )
-            .into();
+            error["doc_url"] = format!("https://stripe.com/docs/error-codes/{}", code.replace('_', "-")).into();
         }
         if let Some(param) = param {
             error["param"] = param.into();
@@ -71,9 +61,9 @@ impl Query {
         for (key, value) in form_urlencoded::parse(raw.unwrap_or_default().as_bytes()) {
             let (name, sub) = match key.split_once('[') {
                 Some((name, rest)) => {
-                    let sub = rest.strip_suffix(']').ok_or_else(|| {
-                        ApiError::invalid(format!("Invalid parameter name: {key}"), Some(&key))
-                    })?;
+                    let sub = rest
+                        .strip_suffix(']')
+                        .ok_or_else(|| ApiError::invalid(format!("Invalid parameter name: {key}"), Some(&key)))?;
                     (name, Some(sub))
                 }
                 None => (&*key, None),
@@ -90,10 +80,7 @@ impl Query {
                     q.scalars.insert(name.to_owned(), value.into_owned());
                 }
                 Some(sub) if sub.is_empty() || sub.bytes().all(|b| b.is_ascii_digit()) => {
-                    q.arrays
-                        .entry(name.to_owned())
-                        .or_default()
-                        .push(value.into_owned());
+                    q.arrays.entry(name.to_owned()).or_default().push(value.into_owned());
                 }
                 Some(op) if name == "created" && matches!(op, "gt" | "gte" | "lt" | "lte") => {
                     q.created.push((op.to_owned(), int(&key, &value)?));
@@ -128,10 +115,7 @@ impl Query {
             } else {
                 "less than or equal to 100"
             };
-            return Err(ApiError::invalid(
-                format!("This value must be {bound}."),
-                Some("limit"),
-            ));
+            return Err(ApiError::invalid(format!("This value must be {bound}."), Some("limit")));
         }
         Ok(n as usize)
     }
@@ -179,19 +163,10 @@ fn filters(ty: &str) -> Vec<(&'static str, Filter)> {
         "invoice" => vec![
             ("status", Eq("/status")),
             ("customer", Eq("/customer")),
-            (
-                "subscription",
-                Eq("/parent/subscription_details/subscription"),
-            ),
+            ("subscription", Eq("/parent/subscription_details/subscription")),
         ],
-        "refund" | "dispute" => vec![
-            ("payment_intent", Eq("/payment_intent")),
-            ("charge", Eq("/charge")),
-        ],
-        "charge" => vec![
-            ("customer", Eq("/customer")),
-            ("payment_intent", Eq("/payment_intent")),
-        ],
+        "refund" | "dispute" => vec![("payment_intent", Eq("/payment_intent")), ("charge", Eq("/charge"))],
+        "charge" => vec![("customer", Eq("/customer")), ("payment_intent", Eq("/payment_intent"))],
         "payment_intent" => vec![("customer", Eq("/customer"))],
         "event" => vec![
             ("type", Custom(event_type_matches)),
@@ -225,13 +200,7 @@ fn event_type_matches(_: &State, event: &Value, pattern: &str) -> bool {
     }
 }
 
-fn matches(
-    st: &State,
-    obj: &Value,
-    param: &str,
-    filter: &Filter,
-    value: &str,
-) -> Result<bool, ApiError> {
+fn matches(st: &State, obj: &Value, param: &str, filter: &Filter, value: &str) -> Result<bool, ApiError> {
     Ok(match filter {
         Filter::Eq(ptr) => obj.pointer(ptr).and_then(Value::as_str) == Some(value),
         Filter::Bool(ptr) => {
@@ -239,10 +208,7 @@ fn matches(
                 "true" => true,
                 "false" => false,
                 other => {
-                    return Err(ApiError::invalid(
-                        format!("Invalid boolean: {other}"),
-                        Some(param),
-                    ));
+                    return Err(ApiError::invalid(format!("Invalid boolean: {other}"), Some(param)));
                 }
             };
             obj.pointer(ptr).and_then(Value::as_bool) == Some(want)
@@ -264,22 +230,12 @@ fn created_ok(obj: &Value, created: &[(String, i64)]) -> bool {
 
 // ---- endpoints ------------------------------------------------------------------
 
-const COMMON: [&str; 5] = [
-    "limit",
-    "starting_after",
-    "ending_before",
-    "expand",
-    "created",
-];
+const COMMON: [&str; 5] = ["limit", "starting_after", "ending_before", "expand", "created"];
 
 /// `GET /v1/<collection>`: newest first (created, then id, descending).
 pub(crate) fn list(st: &State, ty: &str, url: &str, raw: Option<&str>) -> Result<Value, ApiError> {
     let filters = filters(ty);
-    let allowed: Vec<&str> = COMMON
-        .iter()
-        .copied()
-        .chain(filters.iter().map(|(p, _)| *p))
-        .collect();
+    let allowed: Vec<&str> = COMMON.iter().copied().chain(filters.iter().map(|(p, _)| *p)).collect();
     let q = Query::parse(raw, &allowed)?;
     if ty == "subscription_item" && q.get("subscription").is_none() {
         return Err(ApiError::invalid(
@@ -322,9 +278,7 @@ pub(crate) fn list(st: &State, ty: &str, url: &str, raw: Option<&str>) -> Result
     items.sort_by_key(|v| std::cmp::Reverse(key(v)));
     // A cursor keeps its place in the order even when it no longer passes the filters.
     let cursor = |id: &str, param: &str| {
-        let c = st
-            .raw(ty, id)
-            .ok_or_else(|| ApiError::no_such(400, ty, id, param))?;
+        let c = st.raw(ty, id).ok_or_else(|| ApiError::no_such(400, ty, id, param))?;
         let k = key(c);
         let lo = items.partition_point(|v| key(v) > k);
         let hi = items.partition_point(|v| key(v) >= k);
@@ -373,8 +327,7 @@ fn page(
     let (slice, has_more) = match (q.get("starting_after"), q.get("ending_before")) {
         (Some(_), Some(_)) => {
             return Err(ApiError::invalid(
-                "You may only specify one of these parameters: ending_before, starting_after."
-                    .into(),
+                "You may only specify one of these parameters: ending_before, starting_after.".into(),
                 Some("ending_before"),
             ));
         }
@@ -384,10 +337,7 @@ fn page(
         }
         (None, Some(before)) => {
             let head = &items[..cursor(before, "ending_before")?.0];
-            (
-                &head[head.len().saturating_sub(limit)..],
-                head.len() > limit,
-            )
+            (&head[head.len().saturating_sub(limit)..], head.len() > limit)
         }
         (None, None) => (&items[..items.len().min(limit)], items.len() > limit),
     };
@@ -405,17 +355,10 @@ fn page(
 }
 
 /// `GET /v1/<collection>/{id}`.
-pub(crate) fn retrieve(
-    st: &State,
-    ty: &str,
-    id: &str,
-    raw: Option<&str>,
-) -> Result<Value, ApiError> {
+pub(crate) fn retrieve(st: &State, ty: &str, id: &str, raw: Option<&str>) -> Result<Value, ApiError> {
     let q = Query::parse(raw, &["expand"])?;
     let expand = validate_expansions(ty, q.expand(), false)?;
-    let obj = st
-        .raw(ty, id)
-        .ok_or_else(|| ApiError::no_such(404, ty, id, "id"))?;
+    let obj = st.raw(ty, id).ok_or_else(|| ApiError::no_such(404, ty, id, "id"))?;
     let mut v = st.render(obj);
     for path in &expand {
         apply_expansion(st, &mut v, path);
@@ -440,10 +383,7 @@ enum Link {
 fn link(ty: &str, field: &str) -> Option<Link> {
     use Link::*;
     Some(match (ty, field) {
-        (
-            "subscription" | "invoice" | "checkout.session" | "charge" | "payment_intent",
-            "customer",
-        ) => Id("customer"),
+        ("subscription" | "invoice" | "checkout.session" | "charge" | "payment_intent", "customer") => Id("customer"),
         ("subscription", "latest_invoice") | ("checkout.session", "invoice") => Id("invoice"),
         ("subscription", "items") => EmbeddedList("subscription_item"),
         ("subscription_item" | "item", "price") => Embedded("price"),
@@ -453,9 +393,7 @@ fn link(ty: &str, field: &str) -> Option<Link> {
         ("invoice", "payments") => Includable("invoice_payment"),
         ("checkout.session", "line_items") => Includable("item"),
         ("checkout.session", "subscription") => Id("subscription"),
-        ("checkout.session" | "charge" | "refund" | "dispute", "payment_intent") => {
-            Id("payment_intent")
-        }
+        ("checkout.session" | "charge" | "refund" | "dispute", "payment_intent") => Id("payment_intent"),
         ("refund" | "dispute", "charge") | ("payment_intent", "latest_charge") => Id("charge"),
         ("charge", "refunds") => EmbeddedList("refund"),
         _ => return None,
@@ -464,11 +402,7 @@ fn link(ty: &str, field: &str) -> Option<Link> {
 
 /// Checks every `expand[]` path against the object types, as Stripe does before
 /// reading anything; list paths must start with `data.`.
-fn validate_expansions(
-    ty: &str,
-    paths: &[String],
-    in_list: bool,
-) -> Result<Vec<Vec<String>>, ApiError> {
+fn validate_expansions(ty: &str, paths: &[String], in_list: bool) -> Result<Vec<Vec<String>>, ApiError> {
     paths
         .iter()
         .map(|path| {
@@ -529,11 +463,7 @@ fn apply_expansion(st: &State, v: &mut Value, segs: &[String]) {
         Some(Link::Includable(_)) => {
             let id = v["id"].as_str().unwrap_or_default().to_owned();
             let mut list = match field.as_str() {
-                "line_items" => st.lines_list(
-                    &id,
-                    "item",
-                    format!("/v1/checkout/sessions/{id}/line_items"),
-                ),
+                "line_items" => st.lines_list(&id, "item", format!("/v1/checkout/sessions/{id}/line_items")),
                 _ => st.invoice_payments_list(&id),
             };
             walk_list(&mut list, rest);

@@ -199,9 +199,7 @@ impl FakeStripe {
     fn st(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock (a failed assertion in a scenario step)
         // must not hide the account from the rest of the test.
-        self.state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// `http://127.0.0.1:PORT`, without a trailing slash.

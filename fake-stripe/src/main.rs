@@ -54,9 +54,7 @@ async fn main() -> anyhow::Result<ExitCode> {
         println!("STRIPE_API_BASE={}", fake.base_url());
         println!("STRIPE_API_KEY={}", fake.api_key());
         println!("Press Ctrl-C to stop.");
-        tokio::signal::ctrl_c()
-            .await
-            .context("waiting for Ctrl-C")?;
+        tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
         return Ok(ExitCode::SUCCESS);
     };
     let status = tokio::process::Command::new(program)

@@ -9,11 +9,7 @@ impl State {
     pub fn seed_sample(&mut self) {
         let editor = self.create_product(
             "Acme Editor",
-            &[
-                ("product_id", "acme-editor"),
-                ("hwid_limit", "3"),
-                ("ip_limit", "5"),
-            ],
+            &[("product_id", "acme-editor"), ("hwid_limit", "3"), ("ip_limit", "5")],
         );
         let editor_monthly = self.create_price(&editor, Some("month"), 900, &[]);
         // Yearly buyers get more seats: price metadata overrides the product's.

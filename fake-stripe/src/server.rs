@@ -54,9 +54,7 @@ impl ServerTask {
                     }
                 };
                 let (state, router) = (state.clone(), router.clone());
-                let service = hyper::service::service_fn(move |req| {
-                    handle(state.clone(), router.clone(), req)
-                });
+                let service = hyper::service::service_fn(move |req| handle(state.clone(), router.clone(), req));
                 tokio::spawn(async move {
                     // A dropped connection (fault or client gone) ends here; nothing to report.
                     let _ = hyper::server::conn::http1::Builder::new()
@@ -81,22 +79,14 @@ impl std::fmt::Display for DropConnection {
 
 impl std::error::Error for DropConnection {}
 
-async fn handle(
-    state: Shared,
-    router: Router,
-    req: Request<Incoming>,
-) -> Result<Response<Body>, DropConnection> {
+async fn handle(state: Shared, router: Router, req: Request<Incoming>) -> Result<Response<Body>, DropConnection> {
     let at = Instant::now();
     let method = req.method().to_string();
     let path = req.uri().path().to_owned();
     let query = req.uri().query().unwrap_or_default().to_owned();
     let (fault, request_id, api_key) = {
         let mut st = lock(&state);
-        (
-            st.take_fault(&path),
-            st.next_request_id(),
-            st.api_key.clone(),
-        )
+        (st.take_fault(&path), st.next_request_id(), st.api_key.clone())
     };
     let log = |status: u16| {
         let entry = LoggedRequest {
@@ -114,14 +104,9 @@ async fn handle(
             return Err(DropConnection);
         }
         Some(FaultKind::TooManyRequests { retry_after_secs }) => {
-            let message = "Request rate limit exceeded. Learn more about rate limits here https://stripe.com/docs/rate-limits.";
-            let err = ApiError::new(
-                429,
-                "invalid_request_error",
-                Some("rate_limit"),
-                message.into(),
-                None,
-            );
+            let message =
+                "Request rate limit exceeded. Learn more about rate limits here https://stripe.com/docs/rate-limits.";
+            let err = ApiError::new(429, "invalid_request_error", Some("rate_limit"), message.into(), None);
             let mut resp = error_response(err);
             let headers = resp.headers_mut();
             headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
@@ -130,13 +115,7 @@ async fn handle(
         }
         Some(FaultKind::ServerError(status)) => {
             let message = "An unknown error occurred. Please retry your request (injected fault).";
-            let mut resp = error_response(ApiError::new(
-                status,
-                "api_error",
-                None,
-                message.into(),
-                None,
-            ));
+            let mut resp = error_response(ApiError::new(status, "api_error", None, message.into(), None));
             resp.headers_mut()
                 .insert("stripe-should-retry", HeaderValue::from_static("true"));
             resp
@@ -161,9 +140,7 @@ async fn handle(
 }
 
 fn lock(state: &Shared) -> std::sync::MutexGuard<'_, State> {
-    state
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
+    state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Accepts `Authorization: Bearer <key>` with the account's one key.
@@ -197,12 +174,10 @@ fn authenticate(headers: &HeaderMap, api_key: &str) -> Result<(), ApiError> {
 
 /// Stripe's masking: the key's kind prefix and its last four characters, stars between.
 pub(crate) fn mask_key(key: &str) -> String {
-    let prefix_len = [
-        "sk_test_", "sk_live_", "rk_test_", "rk_live_", "pk_test_", "pk_live_",
-    ]
-    .iter()
-    .find(|p| key.starts_with(*p))
-    .map_or(0, |p| p.len());
+    let prefix_len = ["sk_test_", "sk_live_", "rk_test_", "rk_live_", "pk_test_", "pk_live_"]
+        .iter()
+        .find(|p| key.starts_with(*p))
+        .map_or(0, |p| p.len());
     let rest: Vec<char> = key[prefix_len..].chars().collect();
     let shown = if rest.len() >= 8 { 4 } else { 0 };
     let stars = "*".repeat(rest.len() - shown);
@@ -260,9 +235,7 @@ fn router(state: Shared) -> Router {
             .route(
                 &format!("{path}/{{id}}"),
                 get(
-                    move |AxumState(st): AxumState<Shared>,
-                          Path(id): Path<String>,
-                          RawQuery(q): RawQuery| async move {
+                    move |AxumState(st): AxumState<Shared>, Path(id): Path<String>, RawQuery(q): RawQuery| async move {
                         reply(api::retrieve(&lock(&st), ty, &id, q.as_deref()))
                     },
                 ),
@@ -281,13 +254,8 @@ fn router(state: Shared) -> Router {
         router = router.route(
             route,
             get(
-                move |AxumState(st): AxumState<Shared>,
-                      Path(id): Path<String>,
-                      RawQuery(q): RawQuery| async move {
-                    let url = format!(
-                        "{}/{id}/{suffix}",
-                        route.split("/{id}").next().unwrap_or_default()
-                    );
+                move |AxumState(st): AxumState<Shared>, Path(id): Path<String>, RawQuery(q): RawQuery| async move {
+                    let url = format!("{}/{id}/{suffix}", route.split("/{id}").next().unwrap_or_default());
                     reply(api::list_children(
                         &lock(&st),
                         parent_ty,
@@ -311,13 +279,7 @@ async fn unrecognized(method: Method, uri: Uri) -> Response<Body> {
         "Unrecognized request URL ({method}: {}). fake-stripe serves the read endpoints licensync uses.",
         uri.path()
     );
-    error_response(ApiError::new(
-        404,
-        "invalid_request_error",
-        None,
-        message,
-        None,
-    ))
+    error_response(ApiError::new(404, "invalid_request_error", None, message, None))
 }
 
 #[cfg(test)]

@@ -12,8 +12,8 @@ use std::sync::OnceLock;
 use serde_json::{Map, Value, json};
 
 use crate::{
-    CheckoutSpec, CreatedInvoice, CreatedSession, CreatedSubscription, Fault, FaultKind,
-    InvoiceSpec, LoggedRequest, SubscriptionSpec,
+    CheckoutSpec, CreatedInvoice, CreatedSession, CreatedSubscription, Fault, FaultKind, InvoiceSpec, LoggedRequest,
+    SubscriptionSpec,
 };
 
 const FIXTURES: &str = include_str!(concat!(
@@ -32,8 +32,7 @@ const EMBEDDED_LINES: usize = 10;
 /// Stripe's example object of a type (`resources[ty]` in fixtures3.json).
 pub(crate) fn template(ty: &str) -> Value {
     static PARSED: OnceLock<Value> = OnceLock::new();
-    let all = PARSED
-        .get_or_init(|| serde_json::from_str(FIXTURES).expect("fixtures3.json is valid JSON"));
+    let all = PARSED.get_or_init(|| serde_json::from_str(FIXTURES).expect("fixtures3.json is valid JSON"));
     all["resources"]
         .get(ty)
         .cloned()
@@ -175,10 +174,7 @@ impl State {
     /// The first injected fault that matches `path`, consumed once.
     pub fn take_fault(&mut self, path: &str) -> Option<FaultKind> {
         self.faults.retain(|f| f.times > 0);
-        let fault = self
-            .faults
-            .iter_mut()
-            .find(|f| path.starts_with(&f.path_prefix))?;
+        let fault = self.faults.iter_mut().find(|f| path.starts_with(&f.path_prefix))?;
         fault.times -= 1;
         Some(fault.kind.clone())
     }
@@ -272,21 +268,14 @@ impl State {
     pub fn lines_list(&self, parent: &str, ty: &str, url: String) -> Value {
         let lines = self.children_of(parent, ty);
         let has_more = lines.len() > EMBEDDED_LINES;
-        let data = lines
-            .into_iter()
-            .take(EMBEDDED_LINES)
-            .map(|l| self.render(l))
-            .collect();
+        let data = lines.into_iter().take(EMBEDDED_LINES).map(|l| self.render(l)).collect();
         list_of(data, has_more, url)
     }
 
     /// `expand[]=payments` on an invoice: the payment that paid it, if any.
     pub fn invoice_payments_list(&self, invoice: &str) -> Value {
         let url = format!("/v1/invoice_payments?invoice={invoice}");
-        let Some((inv, pi)) = self
-            .raw("invoice", invoice)
-            .zip(self.invoice_payments.get(invoice))
-        else {
+        let Some((inv, pi)) = self.raw("invoice", invoice).zip(self.invoice_payments.get(invoice)) else {
             return list_of(vec![], false, url);
         };
         let mut payment = template("invoice_payment");
@@ -420,20 +409,13 @@ impl State {
     }
 
     fn unit_amount(&self, price: &str) -> i64 {
-        self.must("price", price)["unit_amount"]
-            .as_i64()
-            .unwrap_or(0)
+        self.must("price", price)["unit_amount"].as_i64().unwrap_or(0)
     }
 
     // ---- payments -------------------------------------------------------------
 
     /// A payment intent, and its charge when it succeeded.
-    fn create_payment(
-        &mut self,
-        customer: Option<&str>,
-        amount: i64,
-        succeeded: bool,
-    ) -> (String, Option<String>) {
+    fn create_payment(&mut self, customer: Option<&str>, amount: i64, succeeded: bool) -> (String, Option<String>) {
         let pi = self.next_id("pi");
         let mut p = template("payment_intent");
         set(
@@ -460,12 +442,8 @@ impl State {
     fn succeed_payment(&mut self, pi: &str) -> String {
         let intent = self.must("payment_intent", pi).clone();
         let ch = self.next_id("ch");
-        let customer = intent["customer"]
-            .as_str()
-            .and_then(|c| self.raw("customer", c));
-        let (email, name) = customer.map_or((Value::Null, Value::Null), |c| {
-            (c["email"].clone(), c["name"].clone())
-        });
+        let customer = intent["customer"].as_str().and_then(|c| self.raw("customer", c));
+        let (email, name) = customer.map_or((Value::Null, Value::Null), |c| (c["email"].clone(), c["name"].clone()));
         let mut c = template("charge");
         let mut billing = c["billing_details"].clone();
         billing["email"] = email;
@@ -498,9 +476,7 @@ impl State {
     fn charge_of(&self, pi: &str) -> Value {
         let intent = self.must("payment_intent", pi);
         let ch = intent["latest_charge"].as_str().unwrap_or_else(|| {
-            panic!(
-                "fake-stripe: payment intent `{pi}` has no charge (its payment has not succeeded)"
-            )
+            panic!("fake-stripe: payment intent `{pi}` has no charge (its payment has not succeeded)")
         });
         self.must("charge", ch).clone()
     }
@@ -508,8 +484,7 @@ impl State {
     pub fn refund(&mut self, pi: &str, amount: Option<i64>) -> String {
         let charge = self.charge_of(pi);
         let ch = str_of(&charge, "id").to_owned();
-        let left = charge["amount"].as_i64().unwrap_or(0)
-            - charge["amount_refunded"].as_i64().unwrap_or(0);
+        let left = charge["amount"].as_i64().unwrap_or(0) - charge["amount_refunded"].as_i64().unwrap_or(0);
         let amount = amount.unwrap_or(left);
         assert!(
             amount > 0 && amount <= left,
@@ -640,17 +615,11 @@ impl State {
         }
         let (email, name) = customer
             .map(|c| self.must("customer", c))
-            .map_or((Value::Null, Value::Null), |c| {
-                (c["email"].clone(), c["name"].clone())
-            });
+            .map_or((Value::Null, Value::Null), |c| (c["email"].clone(), c["name"].clone()));
         let paid = status == "paid";
         let finalized = status != "draft";
         let at = |cond: bool| {
-            if cond {
-                Value::from(self.now)
-            } else {
-                Value::Null
-            }
+            if cond { Value::from(self.now) } else { Value::Null }
         };
         let parent = subscription.map(|s| {
             json!({"type": "subscription_details", "quote_details": null,
@@ -863,12 +832,7 @@ impl State {
         let items: Vec<(String, Value)> = self
             .children_of(sub, "subscription_item")
             .into_iter()
-            .map(|i| {
-                (
-                    str_of(i, "id").to_owned(),
-                    self.current(&i["price"], "price"),
-                )
-            })
+            .map(|i| (str_of(i, "id").to_owned(), self.current(&i["price"], "price")))
             .collect();
         for (si, price) in items {
             let step = interval_secs(&price);
@@ -905,9 +869,7 @@ impl State {
         let status = spec.status.as_deref().unwrap_or("complete").to_owned();
         let payment_status = spec.payment_status.as_deref().unwrap_or("paid").to_owned();
         let customer = spec.customer.clone();
-        let customer_obj = customer
-            .as_deref()
-            .map(|c| self.must("customer", c).clone());
+        let customer_obj = customer.as_deref().map(|c| self.must("customer", c).clone());
         let mut lines = spec.lines.clone();
         let mut invoice = None;
         if mode == "subscription" {
@@ -983,9 +945,7 @@ impl State {
             .map(Value::from)
             .or_else(|| customer_obj.as_ref().map(|c| c["email"].clone()))
             .unwrap_or(Value::Null);
-        let name = customer_obj
-            .as_ref()
-            .map_or(Value::Null, |c| c["name"].clone());
+        let name = customer_obj.as_ref().map_or(Value::Null, |c| c["name"].clone());
         let done = status != "open";
         let details = (status == "complete").then(|| {
             json!({"address": null, "email": email, "name": name, "phone": null, "tax_exempt": "none",

@@ -27,10 +27,7 @@ fn exec_runs_the_command_with_the_fakes_address_and_key_and_exits_with_its_code(
         "stderr: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
-        "ran with --flag-for-cmd"
-    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ran with --flag-for-cmd");
 }
 
 #[test]
@@ -43,8 +40,5 @@ fn a_busy_address_is_a_clear_error() {
         .expect("the binary runs");
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains(&addr) && stderr.contains("--addr"),
-        "{stderr}"
-    );
+    assert!(stderr.contains(&addr) && stderr.contains("--addr"), "{stderr}");
 }

@@ -10,10 +10,7 @@ use fake_stripe::FakeStripe;
 use serde_json::Value;
 
 fn fixtures() -> Value {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../shared/stripe/fixtures3.json"
-    );
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/stripe/fixtures3.json");
     serde_json::from_str(&std::fs::read_to_string(path).expect("fixtures3.json beside the repo"))
         .expect("fixtures3.json is JSON")
 }
@@ -45,15 +42,9 @@ async fn full_account() -> (FakeStripe, String) {
     let session = fake
         .events()
         .into_iter()
-        .find(|e| {
-            e["type"] == "checkout.session.completed"
-                && e["data"]["object"]["payment_intent"].is_string()
-        })
+        .find(|e| e["type"] == "checkout.session.completed" && e["data"]["object"]["payment_intent"].is_string())
         .expect("the sample has a paid checkout");
-    let pi = session["data"]["object"]["payment_intent"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let pi = session["data"]["object"]["payment_intent"].as_str().unwrap().to_owned();
     fake.refund(&pi, Some(100));
     fake.dispute(&pi, "needs_response");
     (fake, pi)
@@ -64,8 +55,7 @@ async fn every_retrieved_object_has_the_fields_of_stripes_example() {
     let fx = fixtures();
     let (fake, pi) = full_account().await;
     let sub = &get(&fake, "/v1/subscriptions?limit=1").await["data"][0];
-    let session =
-        &get(&fake, &format!("/v1/checkout/sessions?payment_intent={pi}")).await["data"][0];
+    let session = &get(&fake, &format!("/v1/checkout/sessions?payment_intent={pi}")).await["data"][0];
     let charge_id = get(&fake, &format!("/v1/payment_intents/{pi}")).await["latest_charge"].clone();
     let refund = &get(&fake, "/v1/refunds").await["data"][0];
     let dispute = &get(&fake, "/v1/disputes").await["data"][0];
@@ -82,9 +72,7 @@ async fn every_retrieved_object_has_the_fields_of_stripes_example() {
             "product",
             format!(
                 "/v1/products/{}",
-                sub["items"]["data"][0]["price"]["product"]
-                    .as_str()
-                    .unwrap()
+                sub["items"]["data"][0]["price"]["product"].as_str().unwrap()
             ),
         ),
         (
@@ -110,26 +98,14 @@ async fn every_retrieved_object_has_the_fields_of_stripes_example() {
             ),
         ),
         ("invoice", format!("/v1/invoices/{invoice_id}")),
-        (
-            "invoice",
-            format!("/v1/invoices/{}", one_off["id"].as_str().unwrap()),
-        ),
+        ("invoice", format!("/v1/invoices/{}", one_off["id"].as_str().unwrap())),
         (
             "checkout.session",
             format!("/v1/checkout/sessions/{}", session["id"].as_str().unwrap()),
         ),
-        (
-            "charge",
-            format!("/v1/charges/{}", charge_id.as_str().unwrap()),
-        ),
-        (
-            "refund",
-            format!("/v1/refunds/{}", refund["id"].as_str().unwrap()),
-        ),
-        (
-            "dispute",
-            format!("/v1/disputes/{}", dispute["id"].as_str().unwrap()),
-        ),
+        ("charge", format!("/v1/charges/{}", charge_id.as_str().unwrap())),
+        ("refund", format!("/v1/refunds/{}", refund["id"].as_str().unwrap())),
+        ("dispute", format!("/v1/disputes/{}", dispute["id"].as_str().unwrap())),
         ("payment_intent", format!("/v1/payment_intents/{pi}")),
         (
             "event",
@@ -146,10 +122,7 @@ async fn every_retrieved_object_has_the_fields_of_stripes_example() {
             assert_shape(&fx, "line_item", line, &path);
         }
     }
-    let path = format!(
-        "/v1/checkout/sessions/{}/line_items",
-        session["id"].as_str().unwrap()
-    );
+    let path = format!("/v1/checkout/sessions/{}/line_items", session["id"].as_str().unwrap());
     let lines = get(&fake, &path).await;
     assert!(!lines["data"].as_array().unwrap().is_empty());
     for line in lines["data"].as_array().unwrap() {
@@ -193,22 +166,13 @@ async fn every_listed_and_embedded_object_has_the_fields_of_stripes_example() {
                 }
                 "event" => {
                     let inner = &obj["data"]["object"];
-                    assert_shape(
-                        &fx,
-                        inner["object"].as_str().unwrap(),
-                        inner,
-                        "event.data.object",
-                    );
+                    assert_shape(&fx, inner["object"].as_str().unwrap(), inner, "event.data.object");
                 }
                 _ => {}
             }
         }
     }
-    let sessions = get(
-        &fake,
-        "/v1/checkout/sessions?limit=100&expand[]=data.line_items",
-    )
-    .await;
+    let sessions = get(&fake, "/v1/checkout/sessions?limit=100&expand[]=data.line_items").await;
     for session in sessions["data"].as_array().unwrap() {
         for item in session["line_items"]["data"].as_array().unwrap() {
             assert_shape(&fx, "item", item, "checkout.session.line_items");
@@ -220,18 +184,11 @@ async fn every_listed_and_embedded_object_has_the_fields_of_stripes_example() {
 #[tokio::test]
 async fn lines_use_the_current_apis_parent_and_pricing_shapes() {
     let (fake, _) = full_account().await;
-    let sub = &get(
-        &fake,
-        "/v1/subscriptions?limit=1&expand[]=data.latest_invoice",
-    )
-    .await["data"][0];
+    let sub = &get(&fake, "/v1/subscriptions?limit=1&expand[]=data.latest_invoice").await["data"][0];
     let item = &sub["items"]["data"][0];
     let invoice = &sub["latest_invoice"];
     assert_eq!(invoice["parent"]["type"], "subscription_details");
-    assert_eq!(
-        invoice["parent"]["subscription_details"]["subscription"],
-        sub["id"]
-    );
+    assert_eq!(invoice["parent"]["subscription_details"]["subscription"], sub["id"]);
     let line = &invoice["lines"]["data"][0];
     assert_eq!(line["parent"]["type"], "subscription_item_details");
     assert_eq!(
@@ -239,28 +196,15 @@ async fn lines_use_the_current_apis_parent_and_pricing_shapes() {
         item["id"]
     );
     assert_eq!(line["pricing"]["type"], "price_details");
-    assert_eq!(
-        line["pricing"]["price_details"]["price"],
-        item["price"]["id"]
-    );
-    assert_eq!(
-        line["pricing"]["price_details"]["product"],
-        item["price"]["product"]
-    );
+    assert_eq!(line["pricing"]["price_details"]["price"], item["price"]["id"]);
+    assert_eq!(line["pricing"]["price_details"]["product"], item["price"]["product"]);
     assert_eq!(line["period"]["start"], item["current_period_start"]);
     assert_eq!(line["period"]["end"], item["current_period_end"]);
-    assert!(
-        item["current_period_end"].as_i64().unwrap()
-            > item["current_period_start"].as_i64().unwrap()
-    );
+    assert!(item["current_period_end"].as_i64().unwrap() > item["current_period_start"].as_i64().unwrap());
     // Fields that would mislead a reader are reset, not copied from the example.
     assert!(sub["pause_collection"].is_null());
     assert!(sub["ended_at"].is_null());
     assert!(sub["pending_update"].is_null());
-    let customer = get(
-        &fake,
-        &format!("/v1/customers/{}", sub["customer"].as_str().unwrap()),
-    )
-    .await;
+    let customer = get(&fake, &format!("/v1/customers/{}", sub["customer"].as_str().unwrap())).await;
     assert!(customer["discount"].is_null());
 }

@@ -25,33 +25,17 @@ async fn lists_page_newest_first_with_starting_after_and_ending_before() {
     assert_eq!(ids(&first), made[0..2]);
     assert_eq!(first["has_more"], true);
     assert_eq!(first["url"], "/v1/customers");
-    let second = get(
-        &fake,
-        &format!("/v1/customers?limit=2&starting_after={}", made[1]),
-    )
-    .await;
+    let second = get(&fake, &format!("/v1/customers?limit=2&starting_after={}", made[1])).await;
     assert_eq!(ids(&second), made[2..4]);
     assert_eq!(second["has_more"], true);
-    let last = get(
-        &fake,
-        &format!("/v1/customers?limit=2&starting_after={}", made[3]),
-    )
-    .await;
+    let last = get(&fake, &format!("/v1/customers?limit=2&starting_after={}", made[3])).await;
     assert_eq!(ids(&last), made[4..5]);
     assert_eq!(last["has_more"], false);
     // Paging back: the two objects just before the cursor, still newest first.
-    let back = get(
-        &fake,
-        &format!("/v1/customers?limit=2&ending_before={}", made[4]),
-    )
-    .await;
+    let back = get(&fake, &format!("/v1/customers?limit=2&ending_before={}", made[4])).await;
     assert_eq!(ids(&back), made[2..4]);
     assert_eq!(back["has_more"], true);
-    let front = get(
-        &fake,
-        &format!("/v1/customers?limit=2&ending_before={}", made[2]),
-    )
-    .await;
+    let front = get(&fake, &format!("/v1/customers?limit=2&ending_before={}", made[2])).await;
     assert_eq!(ids(&front), made[0..2]);
     assert_eq!(front["has_more"], false);
     let all = get(&fake, "/v1/customers").await;
@@ -76,10 +60,7 @@ async fn limit_outside_1_to_100_and_both_cursors_are_rejected() {
         assert_eq!(reply.body["error"]["type"], "invalid_request_error");
         assert_eq!(reply.body["error"]["param"], "limit");
     }
-    let both = format!(
-        "/v1/customers?starting_after={0}&ending_before={0}",
-        made[0]
-    );
+    let both = format!("/v1/customers?starting_after={0}&ending_before={0}", made[0]);
     assert_eq!(try_get(&fake, &both).await.status, 400);
     let unknown = try_get(&fake, "/v1/customers?starting_after=cus_nope").await;
     assert_eq!(unknown.status, 400);
@@ -91,10 +72,7 @@ async fn unknown_parameters_are_rejected_like_stripe_does() {
     let fake = FakeStripe::start().await;
     let reply = try_get(&fake, "/v1/customers?colour=blue").await;
     assert_eq!(reply.status, 400);
-    assert_eq!(
-        reply.body["error"]["message"],
-        "Received unknown parameter: colour"
-    );
+    assert_eq!(reply.body["error"]["message"], "Received unknown parameter: colour");
     let reply = try_get(&fake, "/v1/subscription_items").await;
     assert_eq!(reply.status, 400, "subscription is required");
     assert_eq!(reply.body["error"]["param"], "subscription");
@@ -108,18 +86,12 @@ async fn created_filters_bound_the_list_on_both_sides() {
         .map(|id| fake.get(id).unwrap()["created"].as_i64().unwrap())
         .collect();
     let gte = get(&fake, &format!("/v1/customers?created[gte]={}", created[1])).await;
-    assert_eq!(
-        ids(&gte),
-        [made[3].clone(), made[2].clone(), made[1].clone()]
-    );
+    assert_eq!(ids(&gte), [made[3].clone(), made[2].clone(), made[1].clone()]);
     let window = format!(
         "/v1/customers?created%5Bgt%5D={}&created%5Blte%5D={}",
         created[0], created[2]
     );
-    assert_eq!(
-        ids(&get(&fake, &window).await),
-        [made[2].clone(), made[1].clone()]
-    );
+    assert_eq!(ids(&get(&fake, &window).await), [made[2].clone(), made[1].clone()]);
     let exact = get(&fake, &format!("/v1/customers?created={}", created[3])).await;
     assert_eq!(ids(&exact), [made[3].as_str()]);
 }
@@ -182,18 +154,9 @@ async fn products_prices_invoices_and_sessions_filter_by_their_parameters() {
     fake.update(&archived, |p| p["active"] = false.into());
     let price = fake.create_price(&kept, None, 700, &[]);
     let other_price = fake.create_price(&archived, None, 800, &[]);
-    assert_eq!(
-        ids(&get(&fake, "/v1/products?active=true").await),
-        [kept.as_str()]
-    );
-    assert_eq!(
-        ids(&get(&fake, "/v1/products?active=false").await),
-        [archived.as_str()]
-    );
-    assert_eq!(
-        try_get(&fake, "/v1/products?active=maybe").await.status,
-        400
-    );
+    assert_eq!(ids(&get(&fake, "/v1/products?active=true").await), [kept.as_str()]);
+    assert_eq!(ids(&get(&fake, "/v1/products?active=false").await), [archived.as_str()]);
+    assert_eq!(try_get(&fake, "/v1/products?active=maybe").await.status, 400);
     assert_eq!(
         ids(&get(&fake, &format!("/v1/prices?product={kept}")).await),
         [price.as_str()]
@@ -210,14 +173,8 @@ async fn products_prices_invoices_and_sessions_filter_by_their_parameters() {
         status: Some("open".into()),
         ..InvoiceSpec::default()
     });
-    assert_eq!(
-        ids(&get(&fake, "/v1/invoices?status=paid").await),
-        [paid.id.as_str()]
-    );
-    assert_eq!(
-        ids(&get(&fake, "/v1/invoices?status=open").await),
-        [open.id.as_str()]
-    );
+    assert_eq!(ids(&get(&fake, "/v1/invoices?status=paid").await), [paid.id.as_str()]);
+    assert_eq!(ids(&get(&fake, "/v1/invoices?status=open").await), [open.id.as_str()]);
 
     let complete = fake.create_checkout_session(CheckoutSpec {
         customer: Some(customer.clone()),
@@ -310,10 +267,7 @@ async fn expansions_appear_only_when_asked_for() {
         ),
     )
     .await;
-    assert_eq!(
-        one["line_items"]["data"][0]["id"],
-        session.line_ids[0].as_str()
-    );
+    assert_eq!(one["line_items"]["data"][0]["id"], session.line_ids[0].as_str());
     assert_eq!(one["customer"]["object"], "customer");
 }
 
@@ -333,10 +287,7 @@ async fn subscriptions_expand_customer_and_latest_invoice() {
         &format!("/v1/subscriptions/{}?expand[]=latest_invoice", subs[0].0),
     )
     .await;
-    assert_eq!(
-        one["latest_invoice"]["lines"]["data"][0]["object"],
-        "line_item"
-    );
+    assert_eq!(one["latest_invoice"]["lines"]["data"][0]["object"], "line_item");
     assert!(one["customer"].is_string());
 }
 
@@ -350,10 +301,7 @@ async fn refunds_expand_their_charge_and_paid_invoices_their_payments() {
     assert_eq!(refunds["data"][0]["charge"]["payment_intent"], pi.as_str());
     let inv = session.invoice.unwrap();
     let invoice = get(&fake, &format!("/v1/invoices/{inv}?expand[]=payments")).await;
-    assert_eq!(
-        invoice["payments"]["data"][0]["payment"]["payment_intent"],
-        pi.as_str()
-    );
+    assert_eq!(invoice["payments"]["data"][0]["payment"]["payment_intent"], pi.as_str());
     assert!(
         get(&fake, &format!("/v1/invoices/{inv}"))
             .await
@@ -375,10 +323,7 @@ async fn unknown_expansions_are_a_400_in_stripes_envelope() {
         assert_eq!(reply.status, 400, "{path}");
         assert_eq!(reply.body["error"]["type"], "invalid_request_error");
         let message = reply.body["error"]["message"].as_str().unwrap();
-        assert!(
-            message.starts_with("This property cannot be expanded ("),
-            "{message}"
-        );
+        assert!(message.starts_with("This property cannot be expanded ("), "{message}");
     }
 }
 
@@ -412,10 +357,7 @@ async fn child_lists_page_lines_in_their_parents_order() {
     .await;
     assert_eq!(ids(&rest), invoice.line_ids[5..]);
     assert_eq!(rest["has_more"], false);
-    assert_eq!(
-        try_get(&fake, "/v1/invoices/in_nope/lines").await.status,
-        404
-    );
+    assert_eq!(try_get(&fake, "/v1/invoices/in_nope/lines").await.status, 404);
 }
 
 #[tokio::test]
@@ -437,19 +379,16 @@ async fn retrieving_a_missing_or_mistyped_id_is_resource_missing() {
 #[tokio::test]
 async fn events_filter_by_type_wildcard_and_types_array() {
     let (fake, subs) = subscriptions_in_every_status().await;
-    let created = get(
-        &fake,
-        "/v1/events?type=customer.subscription.created&limit=100",
-    )
-    .await;
+    let created = get(&fake, "/v1/events?type=customer.subscription.created&limit=100").await;
     assert_eq!(created["data"].as_array().unwrap().len(), subs.len());
     let wildcard = get(&fake, "/v1/events?type=customer.subscription.*&limit=100").await;
-    assert!(wildcard["data"].as_array().unwrap().iter().all(|e| {
-        e["type"]
-            .as_str()
+    assert!(
+        wildcard["data"]
+            .as_array()
             .unwrap()
-            .starts_with("customer.subscription.")
-    }));
+            .iter()
+            .all(|e| { e["type"].as_str().unwrap().starts_with("customer.subscription.") })
+    );
     let both = get(
         &fake,
         "/v1/events?types[]=customer.created&types[]=price.created&limit=100",

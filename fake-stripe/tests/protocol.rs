@@ -12,13 +12,9 @@ use fake_stripe::{FakeStripe, Fault, FaultKind, Options};
 async fn a_wrong_key_is_401_with_the_key_masked_like_stripe_does() {
     let fake = FakeStripe::start().await;
     let wrong = "sk_test_51SecretThatMustNotLeak9876";
-    let reply = get_with_auth(
-        &fake.base_url(),
-        Some(&format!("Bearer {wrong}")),
-        "/v1/customers",
-    )
-    .await
-    .unwrap();
+    let reply = get_with_auth(&fake.base_url(), Some(&format!("Bearer {wrong}")), "/v1/customers")
+        .await
+        .unwrap();
     assert_eq!(reply.status, 401);
     assert_eq!(reply.body["error"]["type"], "invalid_request_error");
     let message = reply.body["error"]["message"].as_str().unwrap();
@@ -38,9 +34,7 @@ async fn a_wrong_key_is_401_with_the_key_masked_like_stripe_does() {
 #[tokio::test]
 async fn a_missing_key_is_401_and_the_right_key_is_accepted() {
     let fake = FakeStripe::start().await;
-    let none = get_with_auth(&fake.base_url(), None, "/v1/customers")
-        .await
-        .unwrap();
+    let none = get_with_auth(&fake.base_url(), None, "/v1/customers").await.unwrap();
     assert_eq!(none.status, 401);
     assert!(
         none.body["error"]["message"]
@@ -80,18 +74,13 @@ async fn every_response_carries_a_distinct_request_id() {
     let fake = FakeStripe::start().await;
     let ok = try_get(&fake, "/v1/customers").await;
     let missing = try_get(&fake, "/v1/customers/cus_nope").await;
-    let unauthorized = get_with_auth(&fake.base_url(), None, "/v1/customers")
-        .await
-        .unwrap();
+    let unauthorized = get_with_auth(&fake.base_url(), None, "/v1/customers").await.unwrap();
     let ids: Vec<String> = [ok, missing, unauthorized]
         .iter()
         .map(|r| r.headers["request-id"].to_str().unwrap().to_owned())
         .collect();
     assert!(ids.iter().all(|id| id.starts_with("req_")), "{ids:?}");
-    assert!(
-        ids[0] != ids[1] && ids[1] != ids[2] && ids[0] != ids[2],
-        "{ids:?}"
-    );
+    assert!(ids[0] != ids[1] && ids[1] != ids[2] && ids[0] != ids[2], "{ids:?}");
 }
 
 #[tokio::test]
@@ -99,9 +88,7 @@ async fn a_429_carries_retry_headers_and_the_next_request_succeeds() {
     let fake = FakeStripe::start().await;
     fake.inject_fault(Fault {
         path_prefix: "/v1/subscriptions".into(),
-        kind: FaultKind::TooManyRequests {
-            retry_after_secs: 2,
-        },
+        kind: FaultKind::TooManyRequests { retry_after_secs: 2 },
         times: 1,
     });
     // Other paths are untouched by the fault.
@@ -153,10 +140,7 @@ async fn a_dropped_connection_gives_no_response_then_the_server_answers_again() 
     assert!(dropped.is_err(), "the connection closes without a response");
     assert_eq!(try_get(&fake, "/v1/events").await.status, 200);
     let log = fake.requests();
-    assert_eq!(
-        log[0].status, 0,
-        "a dropped request is logged with status 0"
-    );
+    assert_eq!(log[0].status, 0, "a dropped request is logged with status 0");
     assert_eq!(log[1].status, 200);
 }
 
@@ -183,20 +167,11 @@ async fn the_request_log_records_method_path_query_and_status_in_order() {
     let fake = FakeStripe::start().await;
     try_get(&fake, "/v1/customers?limit=3&expand[]=data.x").await;
     try_get(&fake, "/v1/customers/cus_nope").await;
-    get_with_auth(&fake.base_url(), None, "/v1/prices")
-        .await
-        .unwrap();
+    get_with_auth(&fake.base_url(), None, "/v1/prices").await.unwrap();
     let log = fake.requests();
     let summary: Vec<(&str, &str, &str, u16)> = log
         .iter()
-        .map(|r| {
-            (
-                r.method.as_str(),
-                r.path.as_str(),
-                r.query.as_str(),
-                r.status,
-            )
-        })
+        .map(|r| (r.method.as_str(), r.path.as_str(), r.query.as_str(), r.status))
         .collect();
     assert_eq!(
         summary,

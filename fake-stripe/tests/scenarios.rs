@@ -82,15 +82,8 @@ async fn a_new_subscription_has_item_periods_and_a_paid_latest_invoice() {
         invoice["lines"]["data"][1]["parent"]["subscription_item_details"]["subscription_item"],
         sub.item_ids[1].as_str()
     );
-    let items = get(
-        &s.fake,
-        &format!("/v1/subscription_items?subscription={}", sub.id),
-    )
-    .await;
-    assert_eq!(
-        ids(&items),
-        [sub.item_ids[1].clone(), sub.item_ids[0].clone()]
-    );
+    let items = get(&s.fake, &format!("/v1/subscription_items?subscription={}", sub.id)).await;
+    assert_eq!(ids(&items), [sub.item_ids[1].clone(), sub.item_ids[0].clone()]);
 }
 
 #[tokio::test]
@@ -120,17 +113,10 @@ async fn renewal_moves_each_item_period_by_its_interval_and_replaces_the_latest_
     assert_ne!(invoice["id"], sub.latest_invoice.as_str());
     assert_eq!(invoice["status"], "paid");
     assert_eq!(invoice["billing_reason"], "subscription_cycle");
-    assert_eq!(
-        invoice["lines"]["data"][0]["period"]["end"],
-        start + 40 * DAY
-    );
+    assert_eq!(invoice["lines"]["data"][0]["period"]["end"], start + 40 * DAY);
     assert_eq!(
         event_types(&s.fake, before),
-        [
-            "invoice.created",
-            "invoice.paid",
-            "customer.subscription.updated"
-        ]
+        ["invoice.created", "invoice.paid", "customer.subscription.updated"]
     );
 
     let before = s.fake.events().len();
@@ -143,10 +129,7 @@ async fn renewal_moves_each_item_period_by_its_interval_and_replaces_the_latest_
     assert_eq!(failed["status"], "past_due");
     assert_eq!(failed["latest_invoice"]["status"], "open");
     assert_eq!(failed["latest_invoice"]["amount_paid"], 0);
-    assert_eq!(
-        failed["items"]["data"][0]["current_period_start"],
-        start + 40 * DAY
-    );
+    assert_eq!(failed["items"]["data"][0]["current_period_start"], start + 40 * DAY);
     assert_eq!(
         event_types(&s.fake, before),
         [
@@ -177,10 +160,7 @@ async fn cancelling_sets_ended_at_and_records_deleted() {
     assert_eq!(canceled["canceled_at"], s.fake.now());
     assert_eq!(
         event_types(&s.fake, before),
-        [
-            "customer.subscription.updated",
-            "customer.subscription.deleted"
-        ]
+        ["customer.subscription.updated", "customer.subscription.deleted"]
     );
     let deleted = s.fake.events().last().unwrap().clone();
     assert_eq!(deleted["data"]["object"]["status"], "canceled");
@@ -220,10 +200,7 @@ async fn cancel_at_period_end_also_sets_cancel_at_like_stripe() {
     });
     let served = s.fake.get(&sub.id).unwrap();
     assert_eq!(served["cancel_at_period_end"], true);
-    assert_eq!(
-        served["cancel_at"],
-        served["items"]["data"][0]["current_period_end"]
-    );
+    assert_eq!(served["cancel_at"], served["items"]["data"][0]["current_period_end"]);
     assert!(served["ended_at"].is_null());
 }
 
@@ -239,10 +216,7 @@ async fn a_one_time_checkout_has_a_paid_payment_intent_and_charge() {
     assert_eq!(event_types(&s.fake, before), ["checkout.session.completed"]);
     let served = get(
         &s.fake,
-        &format!(
-            "/v1/checkout/sessions/{}?expand[]=payment_intent",
-            session.id
-        ),
+        &format!("/v1/checkout/sessions/{}?expand[]=payment_intent", session.id),
     )
     .await;
     assert_eq!(served["mode"], "payment");
@@ -278,14 +252,10 @@ async fn a_session_paid_later_records_async_payment_succeeded_and_gets_its_charg
     assert_eq!(served["customer_details"]["email"], "guest@example.com");
     assert!(served["customer"].is_null());
     let before = s.fake.events().len();
-    s.fake
-        .update(&session.id, |cs| cs["payment_status"] = "paid".into());
+    s.fake.update(&session.id, |cs| cs["payment_status"] = "paid".into());
     assert_eq!(
         event_types(&s.fake, before),
-        [
-            "checkout.session.updated",
-            "checkout.session.async_payment_succeeded"
-        ]
+        ["checkout.session.updated", "checkout.session.async_payment_succeeded"]
     );
     assert_eq!(s.fake.get(&pi).unwrap()["status"], "succeeded");
     assert!(s.fake.get(&pi).unwrap()["latest_charge"].is_string());
@@ -302,10 +272,7 @@ async fn a_session_invoice_is_paid_by_the_sessions_own_payment() {
     });
     let invoice = get(
         &s.fake,
-        &format!(
-            "/v1/invoices/{}?expand[]=payments",
-            session.invoice.clone().unwrap()
-        ),
+        &format!("/v1/invoices/{}?expand[]=payments", session.invoice.clone().unwrap()),
     )
     .await;
     assert_eq!(invoice["status"], "paid");
@@ -317,12 +284,7 @@ async fn a_session_invoice_is_paid_by_the_sessions_own_payment() {
         invoice["payments"]["data"][0]["payment"]["payment_intent"],
         session.payment_intent.clone().unwrap().as_str()
     );
-    let intents = s
-        .fake
-        .events()
-        .iter()
-        .filter(|e| e["type"] == "invoice.paid")
-        .count();
+    let intents = s.fake.events().iter().filter(|e| e["type"] == "invoice.paid").count();
     assert_eq!(intents, 1);
 }
 
@@ -341,15 +303,8 @@ async fn a_subscription_mode_session_points_at_its_subscription_and_first_invoic
         ..CheckoutSpec::default()
     });
     assert_eq!(session.payment_intent, None);
-    assert_eq!(
-        session.invoice.as_deref(),
-        Some(sub.latest_invoice.as_str())
-    );
-    let served = get(
-        &s.fake,
-        &format!("/v1/checkout/sessions/{}/line_items", session.id),
-    )
-    .await;
+    assert_eq!(session.invoice.as_deref(), Some(sub.latest_invoice.as_str()));
+    let served = get(&s.fake, &format!("/v1/checkout/sessions/{}/line_items", session.id)).await;
     assert_eq!(served["data"][0]["quantity"], 2);
     assert_eq!(served["data"][0]["price"]["id"], s.monthly.as_str());
 }
@@ -365,10 +320,7 @@ async fn partial_then_full_refunds_keep_the_charge_consistent() {
     let pi = session.payment_intent.unwrap();
     let before = s.fake.events().len();
     let partial = s.fake.refund(&pi, Some(1000));
-    let charge_id = s.fake.get(&pi).unwrap()["latest_charge"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let charge_id = s.fake.get(&pi).unwrap()["latest_charge"].as_str().unwrap().to_owned();
     let charge = get(&s.fake, &format!("/v1/charges/{charge_id}")).await;
     assert_eq!(charge["amount_refunded"], 1000);
     assert_eq!(charge["refunded"], false);
@@ -385,12 +337,7 @@ async fn partial_then_full_refunds_keep_the_charge_consistent() {
     assert_eq!(last["status"], "succeeded");
     assert_eq!(
         event_types(&s.fake, before),
-        [
-            "charge.refunded",
-            "refund.created",
-            "charge.refunded",
-            "refund.created"
-        ]
+        ["charge.refunded", "refund.created", "charge.refunded", "refund.created"]
     );
     let refunded: &Value = &s.fake.events()[before + 2]["data"]["object"];
     assert_eq!(refunded["refunded"], true);
@@ -412,10 +359,7 @@ async fn a_dispute_moves_through_its_statuses_on_one_object() {
     let disputes = get(&s.fake, &format!("/v1/disputes?payment_intent={pi}")).await;
     assert_eq!(ids(&disputes), [lost.as_str()]);
     assert_eq!(disputes["data"][0]["status"], "lost");
-    let charge = s
-        .fake
-        .get(disputes["data"][0]["charge"].as_str().unwrap())
-        .unwrap();
+    let charge = s.fake.get(disputes["data"][0]["charge"].as_str().unwrap()).unwrap();
     assert_eq!(charge["disputed"], true);
     assert_eq!(
         event_types(&s.fake, before),
@@ -436,18 +380,11 @@ async fn a_price_change_shows_in_every_subscription_item_and_records_price_updat
         ..SubscriptionSpec::default()
     });
     let before = s.fake.events().len();
-    s.fake
-        .update(&s.monthly, |p| p["metadata"]["hwid_limit"] = "9".into());
+    s.fake.update(&s.monthly, |p| p["metadata"]["hwid_limit"] = "9".into());
     assert_eq!(event_types(&s.fake, before), ["price.updated"]);
     let served = get(&s.fake, &format!("/v1/subscriptions/{}", sub.id)).await;
-    assert_eq!(
-        served["items"]["data"][0]["price"]["metadata"]["hwid_limit"],
-        "9"
-    );
-    assert_eq!(
-        served["items"]["data"][0]["plan"]["metadata"]["hwid_limit"],
-        "9"
-    );
+    assert_eq!(served["items"]["data"][0]["price"]["metadata"]["hwid_limit"], "9");
+    assert_eq!(served["items"]["data"][0]["plan"]["metadata"]["hwid_limit"], "9");
 }
 
 #[tokio::test]
@@ -459,13 +396,8 @@ async fn an_in_place_upgrade_through_the_subscription_keeps_the_item_id() {
         ..SubscriptionSpec::default()
     });
     let yearly = s.fake.get(&s.yearly).unwrap();
-    s.fake
-        .update(&sub.id, |sub| sub["items"]["data"][0]["price"] = yearly);
-    let item = get(
-        &s.fake,
-        &format!("/v1/subscription_items/{}", sub.item_ids[0]),
-    )
-    .await;
+    s.fake.update(&sub.id, |sub| sub["items"]["data"][0]["price"] = yearly);
+    let item = get(&s.fake, &format!("/v1/subscription_items/{}", sub.item_ids[0])).await;
     assert_eq!(item["price"]["id"], s.yearly.as_str());
     assert_eq!(item["id"], sub.item_ids[0].as_str());
     let event = s.fake.events().last().unwrap().clone();
@@ -515,11 +447,7 @@ async fn the_sample_account_covers_every_grant_kind_and_status() {
         .filter(|p| p["metadata"]["product_id"].is_string())
         .collect();
     assert_eq!(licensed.len(), 3);
-    assert!(
-        licensed
-            .iter()
-            .any(|p| p["metadata"]["expiration_days"] == "30")
-    );
+    assert!(licensed.iter().any(|p| p["metadata"]["expiration_days"] == "30"));
     assert_eq!(
         products["data"].as_array().unwrap().len(),
         4,
@@ -533,10 +461,7 @@ async fn the_sample_account_covers_every_grant_kind_and_status() {
         .map(|s| s["status"].as_str().unwrap())
         .collect();
     statuses.sort();
-    assert_eq!(
-        statuses,
-        ["active", "active", "canceled", "past_due", "trialing"]
-    );
+    assert_eq!(statuses, ["active", "active", "canceled", "past_due", "trialing"]);
     let sessions = get(&fake, "/v1/checkout/sessions?expand[]=data.line_items").await;
     let paid: Vec<&Value> = sessions["data"]
         .as_array()

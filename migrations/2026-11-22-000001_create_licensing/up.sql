@@ -80,8 +80,9 @@ CREATE TABLE email_outbox (
     last_error TEXT,
     next_attempt_at TIMESTAMPTZ NOT NULL DEFAULT now(),
     sent_at TIMESTAMPTZ,
-    -- Stable per row so a retry after "accepted but not marked" repeats the same Message-ID.
-    message_id TEXT NOT NULL UNIQUE,
+    -- The local part of the Message-ID (`<licensync-outbox-<id>@<sender domain>>`):
+    -- stable per row, so a retry after "accepted but not marked sent" repeats it.
+    message_id TEXT NOT NULL GENERATED ALWAYS AS ('licensync-outbox-' || id::text) STORED,
     created_at TIMESTAMPTZ NOT NULL DEFAULT now(),
     CONSTRAINT email_outbox_once_per_kind UNIQUE (license_id, kind)
 );

@@ -28,14 +28,7 @@ fn single(product_meta: &[(&str, &str)], price_meta: &[(&str, &str)]) -> Catalog
 
 #[test]
 fn a_product_with_a_product_id_is_licensed_with_its_limits() {
-    let catalog = single(
-        &[
-            ("product_id", "pro"),
-            ("ip_limit", "5"),
-            ("hwid_limit", "2"),
-        ],
-        &[],
-    );
+    let catalog = single(&[("product_id", "pro"), ("ip_limit", "5"), ("hwid_limit", "2")], &[]);
     assert_eq!(
         terms_of(&catalog, "price_x"),
         LicenseTerms {
@@ -77,11 +70,7 @@ fn price_metadata_overrides_product_metadata_key_by_key() {
     let catalog = Catalog::new(
         [product(
             "prod_x",
-            &[
-                ("product_id", "pro"),
-                ("ip_limit", "5"),
-                ("hwid_limit", "2"),
-            ],
+            &[("product_id", "pro"), ("ip_limit", "5"), ("hwid_limit", "2")],
         )],
         [
             recurring_price("price_monthly", "prod_x", &[]),
@@ -101,10 +90,7 @@ fn price_metadata_overrides_product_metadata_key_by_key() {
 #[test]
 fn a_price_can_license_a_product_that_has_no_product_id() {
     let catalog = single(&[], &[("product_id", "addon")]);
-    assert_eq!(
-        terms_of(&catalog, "price_x").product_ids,
-        vec!["addon".to_string()]
-    );
+    assert_eq!(terms_of(&catalog, "price_x").product_ids, vec!["addon".to_string()]);
 }
 
 #[test]
@@ -125,10 +111,7 @@ fn archived_products_and_prices_still_resolve() {
     let mut archived_price = recurring_price("price_x", "prod_x", &[]);
     archived_price.active = false;
     let catalog = Catalog::new([archived_product], [archived_price]);
-    assert_eq!(
-        terms_of(&catalog, "price_x").product_ids,
-        vec!["legacy".to_string()]
-    );
+    assert_eq!(terms_of(&catalog, "price_x").product_ids, vec!["legacy".to_string()]);
 }
 
 #[test]
@@ -143,10 +126,7 @@ fn a_comma_separated_product_id_is_trimmed_deduplicated_and_keeps_its_order() {
 #[test]
 fn a_product_id_list_without_any_id_is_misconfigured() {
     let bad = misconfiguration(&single(&[("product_id", " , ,")], &[]), "price_x");
-    assert_eq!(
-        (bad.stripe_object.as_str(), bad.key.as_str()),
-        ("prod_x", "product_id")
-    );
+    assert_eq!((bad.stripe_object.as_str(), bad.key.as_str()), ("prod_x", "product_id"));
     assert!(bad.why.contains("no product id"), "{}", bad.why);
 }
 
@@ -193,10 +173,7 @@ fn a_limit_that_is_not_a_whole_number_is_misconfigured_naming_product_and_key() 
         ("hwid_limit", "2.5"),
         ("hwid_limit", "+3"),
     ] {
-        let bad = misconfiguration(
-            &single(&[("product_id", "pro"), (key, value)], &[]),
-            "price_x",
-        );
+        let bad = misconfiguration(&single(&[("product_id", "pro"), (key, value)], &[]), "price_x");
         assert_eq!(bad.stripe_object, "prod_x", "{key}={value}");
         assert_eq!(bad.product, "prod_x");
         assert_eq!(bad.key, key);
@@ -225,14 +202,7 @@ fn a_limit_too_large_for_the_table_is_misconfigured() {
 #[test]
 fn zero_is_a_valid_limit() {
     let terms = terms_of(
-        &single(
-            &[
-                ("product_id", "pro"),
-                ("ip_limit", "0"),
-                ("hwid_limit", " 0 "),
-            ],
-            &[],
-        ),
+        &single(&[("product_id", "pro"), ("ip_limit", "0"), ("hwid_limit", " 0 ")], &[]),
         "price_x",
     );
     assert_eq!((terms.ip_limit, terms.hwid_limit), (Some(0), Some(0)));
@@ -240,10 +210,7 @@ fn zero_is_a_valid_limit() {
 
 #[test]
 fn a_bad_value_on_the_price_names_the_price_as_the_stripe_object() {
-    let bad = misconfiguration(
-        &single(&[("product_id", "pro")], &[("hwid_limit", "many")]),
-        "price_x",
-    );
+    let bad = misconfiguration(&single(&[("product_id", "pro")], &[("hwid_limit", "many")]), "price_x");
     assert_eq!(bad.stripe_object, "price_x");
     assert_eq!(bad.product, "prod_x");
     assert_eq!(bad.key, "hwid_limit");
@@ -315,10 +282,7 @@ fn an_unknown_expiration_start_is_misconfigured() {
 
 #[test]
 fn expiration_start_without_expiration_days_is_misconfigured() {
-    let catalog = single(
-        &[("product_id", "pro")],
-        &[("expiration_start", "ACTIVATION")],
-    );
+    let catalog = single(&[("product_id", "pro")], &[("expiration_start", "ACTIVATION")]);
     let bad = misconfiguration(&catalog, "price_x");
     assert_eq!(
         (bad.stripe_object.as_str(), bad.key.as_str()),
@@ -343,10 +307,7 @@ fn expiration_metadata_on_a_recurring_price_is_ignored_with_a_warning() {
     let Licensing::Licensed { terms, warnings } = catalog.resolve("price_x", "prod_x") else {
         panic!("a recurring price with expiration metadata is still licensed");
     };
-    assert_eq!(
-        (terms.expiration_days, terms.expiration_start),
-        (None, None)
-    );
+    assert_eq!((terms.expiration_days, terms.expiration_start), (None, None));
     assert_eq!(warnings.len(), 2, "{warnings:?}");
     assert!(
         warnings[0].contains("expiration_days") && warnings[0].contains("price_x"),
@@ -383,21 +344,14 @@ fn a_price_missing_from_the_catalog_is_misconfigured_not_a_panic() {
     assert_eq!(bad.stripe_object, "price_gone");
     assert_eq!(bad.product, "prod_x");
     assert_eq!(bad.key, "price");
-    assert!(
-        bad.why.contains("price not found in the catalog"),
-        "{}",
-        bad.why
-    );
+    assert!(bad.why.contains("price not found in the catalog"), "{}", bad.why);
 }
 
 #[test]
 fn a_price_whose_product_is_missing_is_misconfigured() {
     let catalog = Catalog::new([], [one_time_price("price_x", "prod_gone", &[])]);
     let bad = misconfiguration(&catalog, "price_x");
-    assert_eq!(
-        (bad.stripe_object.as_str(), bad.key.as_str()),
-        ("prod_gone", "product")
-    );
+    assert_eq!((bad.stripe_object.as_str(), bad.key.as_str()), ("prod_gone", "product"));
 }
 
 #[test]
@@ -417,18 +371,8 @@ fn the_price_decides_which_product_metadata_applies() {
 
 #[test]
 fn unknown_metadata_keys_are_ignored() {
-    let catalog = single(
-        &[
-            ("product_id", "pro"),
-            ("color", "blue"),
-            ("Product_ID", "x y"),
-        ],
-        &[],
-    );
-    assert_eq!(
-        terms_of(&catalog, "price_x").product_ids,
-        vec!["pro".to_string()]
-    );
+    let catalog = single(&[("product_id", "pro"), ("color", "blue"), ("Product_ID", "x y")], &[]);
+    assert_eq!(terms_of(&catalog, "price_x").product_ids, vec!["pro".to_string()]);
 }
 
 #[test]

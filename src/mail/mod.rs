@@ -25,7 +25,8 @@ use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
 use lettre::{AsyncFileTransport, AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 
 pub use self::render::{HTML_TEMPLATE, LicenseEmail, SUBJECT_TEMPLATE, TEXT_TEMPLATE, message_id};
-pub use self::url::{MailUrl, MailUrlError, Secret, SmtpTls};
+pub use self::url::{MailUrl, MailUrlError, SmtpTls};
+use crate::secret::Secret;
 
 /// The sender used when `LICENSYNC_MAIL_FROM` is unset (cli.md).
 pub const DEFAULT_FROM: &str = "licenses@localhost";
@@ -146,9 +147,8 @@ impl MailService {
                 tls_ca.as_deref(),
             )?),
             MailUrl::File(dir) => {
-                std::fs::create_dir_all(dir).with_context(|| {
-                    format!("creating the mail outbox directory {}", dir.display())
-                })?;
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("creating the mail outbox directory {}", dir.display()))?;
                 Mailer::File(AsyncFileTransport::new(dir))
             }
             MailUrl::None => Mailer::None,
@@ -206,10 +206,7 @@ impl MailService {
         let message = self.compose(email)?;
         match &self.mailer {
             Mailer::Smtp(transport) => {
-                transport
-                    .send(message)
-                    .await
-                    .map_err(|e| self.smtp_error(email, &e))?;
+                transport.send(message).await.map_err(|e| self.smtp_error(email, &e))?;
                 Ok(Delivery::Sent)
             }
             Mailer::File(transport) => {
@@ -284,9 +281,8 @@ fn smtp_transport(
         SmtpTls::StartTls | SmtpTls::Implicit => {
             let mut params = TlsParameters::builder(host.to_owned());
             if let Some(ca) = tls_ca {
-                let pem = std::fs::read(ca).with_context(|| {
-                    format!("reading tls_ca={} from LICENSYNC_MAIL_URL", ca.display())
-                })?;
+                let pem = std::fs::read(ca)
+                    .with_context(|| format!("reading tls_ca={} from LICENSYNC_MAIL_URL", ca.display()))?;
                 let cert = Certificate::from_pem(&pem).with_context(|| {
                     format!(
                         "tls_ca={} from LICENSYNC_MAIL_URL is not a PEM certificate",
@@ -295,9 +291,7 @@ fn smtp_transport(
                 })?;
                 params = params.add_root_certificate(cert);
             }
-            let params = params
-                .build_rustls()
-                .context("setting up TLS for LICENSYNC_MAIL_URL")?;
+            let params = params.build_rustls().context("setting up TLS for LICENSYNC_MAIL_URL")?;
             if tls == SmtpTls::Implicit {
                 Tls::Wrapper(params)
             } else {

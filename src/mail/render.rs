@@ -61,10 +61,7 @@ pub const TEXT_TEMPLATE: &str = "license.txt.j2";
 pub const HTML_TEMPLATE: &str = "license.html.j2";
 
 const DEFAULTS: [(&str, &str); 3] = [
-    (
-        SUBJECT_TEMPLATE,
-        include_str!("templates/license.subject.j2"),
-    ),
+    (SUBJECT_TEMPLATE, include_str!("templates/license.subject.j2")),
     (TEXT_TEMPLATE, include_str!("templates/license.txt.j2")),
     (HTML_TEMPLATE, include_str!("templates/license.html.j2")),
 ];
@@ -133,9 +130,7 @@ impl Templates {
             .and_then(|t| t.render(ctx))
             // A broken template is the operator's to fix, after which the
             // row can go: not a reason to give the row up.
-            .map_err(|e| {
-                SendError::transient(format!("mail template {origin} failed to render: {e:#}"))
-            })
+            .map_err(|e| SendError::transient(format!("mail template {origin} failed to render: {e:#}")))
     }
 }
 
@@ -177,11 +172,7 @@ struct Expiry {
 }
 
 fn expiry(email: &LicenseEmail) -> Result<Expiry, SendError> {
-    match (
-        email.expires_at,
-        email.expiration_days,
-        email.expiration_start,
-    ) {
+    match (email.expires_at, email.expiration_days, email.expiration_start) {
         (Some(at), _, _) => Ok(Expiry {
             kind: "date",
             date: Some(at.format("%-d %B %Y (UTC)").to_string()),
@@ -224,10 +215,7 @@ fn english_list(items: &[String]) -> String {
 /// name that holds CR or LF, so one hostile Stripe customer name would crash
 /// the sender: they become spaces here.
 fn clean_name(name: &str) -> Option<String> {
-    let cleaned: String = name
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect();
+    let cleaned: String = name.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
     let cleaned = cleaned.split_whitespace().collect::<Vec<_>>().join(" ");
     (!cleaned.is_empty()).then_some(cleaned)
 }
@@ -285,11 +273,7 @@ impl Composer<'_> {
             hwid_limit: email.hwid_limit,
             expiry: expiry(email)?,
             resend: email.resend,
-            sender_name: self
-                .from
-                .name
-                .clone()
-                .unwrap_or_else(|| self.from.email.to_string()),
+            sender_name: self.from.name.clone().unwrap_or_else(|| self.from.email.to_string()),
             support_email: self.support.map(|s| s.email.to_string()),
             support_name: self.support.and_then(|s| s.name.clone()),
         };
@@ -310,11 +294,6 @@ impl Composer<'_> {
         }
         builder
             .multipart(MultiPart::alternative_plain_html(text, html))
-            .map_err(|e| {
-                SendError::permanent(format!(
-                    "outbox row {}: cannot build the message: {e}",
-                    email.outbox_id
-                ))
-            })
+            .map_err(|e| SendError::permanent(format!("outbox row {}: cannot build the message: {e}", email.outbox_id)))
     }
 }

@@ -7,6 +7,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
 
+use crate::secret::Secret;
 use percent_encoding::percent_decode_str;
 
 /// The setting's names, repeated in every error so the operator knows what to fix.
@@ -43,33 +44,6 @@ pub enum SmtpTls {
     /// `smtp://...?tls=none`: no encryption, only when the operator asks
     /// (a local relay on the same host or private network).
     None,
-}
-
-/// A password that cannot leak through `Debug` or `Display`.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: impl Into<String>) -> Self {
-        Secret(value.into())
-    }
-
-    /// The cleartext, for the one place that needs it (the SMTP AUTH exchange).
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(***)")
-    }
-}
-
-impl fmt::Display for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("***")
-    }
 }
 
 /// A `LICENSYNC_MAIL_URL` that cannot be used; the message says why and how
@@ -112,29 +86,22 @@ fn parse_file(s: &str) -> Result<MailUrl, MailUrlError> {
     let rest = s
         .get("file://".len()..)
         .filter(|_| s[..7].eq_ignore_ascii_case("file://"))
-        .ok_or_else(|| {
-            invalid("a file URL starts with file://, e.g. file:///var/lib/licensync/outbox")
-        })?;
+        .ok_or_else(|| invalid("a file URL starts with file://, e.g. file:///var/lib/licensync/outbox"))?;
     // `file://./dir` is how a relative data directory reads when the default
     // `file://<data-dir>/outbox` is spelled out; the url crate would take `.`
     // for a host, so relative paths are recognised here first.
     if rest.starts_with("./") || rest.starts_with("../") {
         return Ok(MailUrl::File(PathBuf::from(rest)));
     }
-    let url =
-        url::Url::parse(s).map_err(|e| invalid(format!("cannot parse the file URL ({e})")))?;
+    let url = url::Url::parse(s).map_err(|e| invalid(format!("cannot parse the file URL ({e})")))?;
     if url.query().is_some() {
-        return Err(invalid(
-            "a file URL takes no ?query; use file:///absolute/dir",
-        ));
+        return Err(invalid("a file URL takes no ?query; use file:///absolute/dir"));
     }
     let path = url.to_file_path().map_err(|()| {
         invalid("a file URL needs an absolute local path with no host: file:///absolute/dir (three slashes)")
     })?;
     if path.as_os_str().is_empty() || path == std::path::Path::new("/") {
-        return Err(invalid(
-            "the file URL names no directory: use file:///absolute/dir",
-        ));
+        return Err(invalid("the file URL names no directory: use file:///absolute/dir"));
     }
     Ok(MailUrl::File(path))
 }
@@ -142,8 +109,7 @@ fn parse_file(s: &str) -> Result<MailUrl, MailUrlError> {
 fn parse_smtp(s: &str) -> Result<MailUrl, MailUrlError> {
     // The url crate's errors describe the problem without echoing the input,
     // so they are safe to show even when the input holds a password.
-    let url = url::Url::parse(s)
-        .map_err(|e| invalid(format!("cannot parse the SMTP URL ({e}); {FORMS}")))?;
+    let url = url::Url::parse(s).map_err(|e| invalid(format!("cannot parse the SMTP URL ({e}); {FORMS}")))?;
     let implicit = url.scheme() == "smtps";
     let host = match url.host() {
         Some(url::Host::Domain(d)) if !d.is_empty() => d.to_owned(),
@@ -156,19 +122,13 @@ fn parse_smtp(s: &str) -> Result<MailUrl, MailUrlError> {
         }
     };
     if !matches!(url.path(), "" | "/") {
-        return Err(invalid(
-            "an SMTP URL takes no path: write smtp://user:pass@host:port",
-        ));
+        return Err(invalid("an SMTP URL takes no path: write smtp://user:pass@host:port"));
     }
     if url.fragment().is_some() {
         return Err(invalid("an SMTP URL takes no #fragment"));
     }
 
-    let mut tls = if implicit {
-        SmtpTls::Implicit
-    } else {
-        SmtpTls::StartTls
-    };
+    let mut tls = if implicit { SmtpTls::Implicit } else { SmtpTls::StartTls };
     let mut tls_ca = None;
     for (key, value) in url.query_pairs() {
         match key.as_ref() {
@@ -191,9 +151,7 @@ fn parse_smtp(s: &str) -> Result<MailUrl, MailUrlError> {
             }
             "tls_ca" => {
                 if value.is_empty() {
-                    return Err(invalid(
-                        "tls_ca= needs the path of a PEM file of CA certificates",
-                    ));
+                    return Err(invalid("tls_ca= needs the path of a PEM file of CA certificates"));
                 }
                 tls_ca = Some(PathBuf::from(value.as_ref()));
             }
@@ -205,9 +163,7 @@ fn parse_smtp(s: &str) -> Result<MailUrl, MailUrlError> {
         }
     }
     if tls == SmtpTls::None && tls_ca.is_some() {
-        return Err(invalid(
-            "tls_ca= has no effect with tls=none; drop one of them",
-        ));
+        return Err(invalid("tls_ca= has no effect with tls=none; drop one of them"));
     }
 
     let port = url.port().unwrap_or(match tls {
@@ -221,7 +177,7 @@ fn parse_smtp(s: &str) -> Result<MailUrl, MailUrlError> {
     let password = url.password().map(|p| decode("password", p)).transpose()?;
     let credentials = match (user.is_empty(), password) {
         (true, None) => None,
-        (false, Some(password)) if !password.is_empty() => Some((user, Secret(password))),
+        (false, Some(password)) if !password.is_empty() => Some((user, Secret::new(password))),
         (false, _) => {
             return Err(invalid(format!(
                 "the SMTP URL names user `{user}` but no password: write smtp://user:password@host (percent-encode special characters)"
@@ -247,11 +203,7 @@ fn decode(what: &str, raw: &str) -> Result<String, MailUrlError> {
     percent_decode_str(raw)
         .decode_utf8()
         .map(|s| s.into_owned())
-        .map_err(|_| {
-            invalid(format!(
-                "the {what} is not valid UTF-8 once percent-decoded"
-            ))
-        })
+        .map_err(|_| invalid(format!("the {what} is not valid UTF-8 once percent-decoded")))
 }
 
 /// The URL with the password replaced by `***`: safe for logs.
@@ -265,11 +217,7 @@ impl fmt::Display for MailUrl {
                 credentials,
                 tls_ca,
             } => {
-                let scheme = if *tls == SmtpTls::Implicit {
-                    "smtps"
-                } else {
-                    "smtp"
-                };
+                let scheme = if *tls == SmtpTls::Implicit { "smtps" } else { "smtp" };
                 let host = if host.contains(':') {
                     format!("[{host}]")
                 } else {
@@ -338,21 +286,11 @@ mod tests {
         let table = [
             (
                 "smtp://user:pass@mail.example.com:587",
-                smtp(
-                    "mail.example.com",
-                    587,
-                    SmtpTls::StartTls,
-                    Some(("user", "pass")),
-                ),
+                smtp("mail.example.com", 587, SmtpTls::StartTls, Some(("user", "pass"))),
             ),
             (
                 "smtp://user:pass@mail.example.com",
-                smtp(
-                    "mail.example.com",
-                    587,
-                    SmtpTls::StartTls,
-                    Some(("user", "pass")),
-                ),
+                smtp("mail.example.com", 587, SmtpTls::StartTls, Some(("user", "pass"))),
             ),
             (
                 "smtp://mail.example.com:2525?tls=starttls",
@@ -360,21 +298,11 @@ mod tests {
             ),
             (
                 "smtps://user:pass@mail.example.com:465",
-                smtp(
-                    "mail.example.com",
-                    465,
-                    SmtpTls::Implicit,
-                    Some(("user", "pass")),
-                ),
+                smtp("mail.example.com", 465, SmtpTls::Implicit, Some(("user", "pass"))),
             ),
             (
                 "smtps://user:pass@mail.example.com",
-                smtp(
-                    "mail.example.com",
-                    465,
-                    SmtpTls::Implicit,
-                    Some(("user", "pass")),
-                ),
+                smtp("mail.example.com", 465, SmtpTls::Implicit, Some(("user", "pass"))),
             ),
             (
                 "smtp://relay.local:25?tls=none",
@@ -392,18 +320,12 @@ mod tests {
                 "SMTP://127.0.0.1:1025?tls=none",
                 smtp("127.0.0.1", 1025, SmtpTls::None, None),
             ),
-            (
-                "smtp://[::1]:25?tls=none",
-                smtp("::1", 25, SmtpTls::None, None),
-            ),
+            ("smtp://[::1]:25?tls=none", smtp("::1", 25, SmtpTls::None, None)),
             (
                 "file:///var/lib/licensync/outbox",
                 MailUrl::File(PathBuf::from("/var/lib/licensync/outbox")),
             ),
-            (
-                "file:///tmp/out%20box",
-                MailUrl::File(PathBuf::from("/tmp/out box")),
-            ),
+            ("file:///tmp/out%20box", MailUrl::File(PathBuf::from("/tmp/out box"))),
             (
                 "file://./licensync-data/outbox",
                 MailUrl::File(PathBuf::from("./licensync-data/outbox")),
@@ -455,29 +377,20 @@ mod tests {
             ("smtp://user@mail.example.com", "no password"),
             ("smtp://:secret@mail.example.com", "no user name"),
             ("smtp://mail.example.com?tls=off", "unknown tls=off"),
-            (
-                "smtps://mail.example.com?tls=none",
-                "smtps:// is implicit TLS",
-            ),
+            ("smtps://mail.example.com?tls=none", "smtps:// is implicit TLS"),
             (
                 "smtp://mail.example.com?starttls=1",
                 "unknown query parameter `starttls`",
             ),
             ("smtp://mail.example.com/inbox", "takes no path"),
             ("smtp://mail.example.com:99999", "cannot parse"),
-            (
-                "smtp://h?tls=none&tls_ca=/ca.pem",
-                "no effect with tls=none",
-            ),
+            ("smtp://h?tls=none&tls_ca=/ca.pem", "no effect with tls=none"),
             ("file://mailhost/outbox", "absolute local path"),
             ("file:///", "names no directory"),
         ];
         for (input, needle) in table {
             let err = input.parse::<MailUrl>().expect_err(input).to_string();
-            assert!(
-                err.contains("LICENSYNC_MAIL_URL / --mail-url"),
-                "{input}: {err}"
-            );
+            assert!(err.contains("LICENSYNC_MAIL_URL / --mail-url"), "{input}: {err}");
             assert!(err.contains(needle), "{input}: `{err}` lacks `{needle}`");
         }
     }
@@ -485,13 +398,11 @@ mod tests {
     #[test]
     fn the_password_never_appears_in_debug_display_or_errors() {
         let password = "hunter2-Sup3rSecret";
-        let url: MailUrl = format!("smtp://alice:{password}@mail.example.com:587")
-            .parse()
-            .unwrap();
+        let url: MailUrl = format!("smtp://alice:{password}@mail.example.com:587").parse().unwrap();
         let debug = format!("{url:?}");
         let display = url.to_string();
         assert!(!debug.contains(password), "{debug}");
-        assert!(debug.contains("Secret(***)"), "{debug}");
+        assert!(debug.contains("[redacted]"), "{debug}");
         assert_eq!(display, "smtp://alice:***@mail.example.com:587");
 
         for bad in [

@@ -2,9 +2,7 @@
 //! property tests of idempotence over random Stripe states.
 
 use super::*;
-use crate::domain::{
-    ActionKind as K, CustomerInfo, LicenseStatus as L, ReversalKind as R, SubscriptionStatus as S,
-};
+use crate::domain::{ActionKind as K, CustomerInfo, LicenseStatus as L, ReversalKind as R, SubscriptionStatus as S};
 use crate::fixtures::*;
 
 /// The only action of a plan.
@@ -21,11 +19,7 @@ fn only(plan: &Plan) -> &Action {
 /// Re-planning the same Stripe state against the applied table changes nothing.
 fn assert_converged(world: &World, licenses: &[License], now: Timestamp) {
     let again = world.plan(licenses, now);
-    assert!(
-        again.is_empty(),
-        "second plan should be empty: {:#?}",
-        again.actions
-    );
+    assert!(again.is_empty(), "second plan should be empty: {:#?}", again.actions);
     assert_eq!(again.unchanged, licenses.len());
 }
 
@@ -87,10 +81,7 @@ fn every_subscription_status_row_gives_the_status_and_expiry_of_the_table() {
         ),
         (
             "past_due without a paid invoice",
-            sub_item()
-                .status(S::PastDue)
-                .period(day(8), day(38))
-                .paid_through(None),
+            sub_item().status(S::PastDue).period(day(8), day(38)).paid_through(None),
             L::Active,
             day(8) + past_due_grace,
         ),
@@ -126,9 +117,7 @@ fn every_subscription_status_row_gives_the_status_and_expiry_of_the_table() {
         ),
         (
             "incomplete_expired",
-            sub_item()
-                .status(S::IncompleteExpired)
-                .ended_at(Some(day(2))),
+            sub_item().status(S::IncompleteExpired).ended_at(Some(day(2))),
             L::Expired,
             day(2),
         ),
@@ -163,15 +152,9 @@ fn a_trial_without_trial_end_runs_to_the_period_end_plus_grace() {
 fn new_subscriptions_in_good_standing_are_issued_an_active_license() {
     let now = day(10);
     for (row, fact) in [
-        (
-            "trialing",
-            sub_item().status(S::Trialing).trial_end(day(14)),
-        ),
+        ("trialing", sub_item().status(S::Trialing).trial_end(day(14))),
         ("active", sub_item()),
-        (
-            "past_due",
-            sub_item().status(S::PastDue).paid_through(Some(day(5))),
-        ),
+        ("past_due", sub_item().status(S::PastDue).paid_through(Some(day(5)))),
     ] {
         let world = World::new(vec![fact.fact()]);
         let plan = world.plan(&[], now);
@@ -216,9 +199,7 @@ fn incomplete_expired_without_a_license_issues_nothing() {
 #[test]
 fn subscriptions_first_seen_ended_or_paused_issue_no_dead_key() {
     for status in [S::Paused, S::Unpaid, S::Canceled, S::IncompleteExpired] {
-        let world = World::new(vec![
-            sub_item().status(status).ended_at(Some(day(3))).fact(),
-        ]);
+        let world = World::new(vec![sub_item().status(status).ended_at(Some(day(3))).fact()]);
         let plan = world.plan(&[], day(10));
         assert!(plan.is_empty(), "{status:?}: {plan:#?}");
     }
@@ -250,18 +231,12 @@ fn a_past_due_subscription_keeps_access_for_the_grace_period() {
 #[test]
 fn a_renewal_extends_to_the_new_period_end_plus_grace() {
     let renewed = World::new(vec![
-        sub_item()
-            .period(day(30), day(60))
-            .paid_through(Some(day(60)))
-            .fact(),
+        sub_item().period(day(30), day(60)).paid_through(Some(day(60))).fact(),
     ]);
     let (plan, licenses) = run(&renewed, &issued_subscription(), day(30));
     let action = only(&plan);
     assert_eq!(action.kind, K::Extend);
-    assert_eq!(
-        action.before.as_ref().unwrap().expires_at,
-        Some(day(30) + hours(24))
-    );
+    assert_eq!(action.before.as_ref().unwrap().expires_at, Some(day(30) + hours(24)));
     assert_eq!(licenses[0].expires_at, Some(day(60) + hours(24)));
 }
 
@@ -278,12 +253,7 @@ fn an_active_subscription_never_gets_a_duration_added_on_replay() {
 fn a_paused_subscription_suspends_and_a_resumed_one_reinstates_the_same_key() {
     let licenses = issued_subscription();
     let key = licenses[0].key.clone();
-    let paused = World::new(vec![
-        sub_item()
-            .status(S::Paused)
-            .paid_through(Some(day(30)))
-            .fact(),
-    ]);
+    let paused = World::new(vec![sub_item().status(S::Paused).paid_through(Some(day(30))).fact()]);
     let (plan, licenses) = run(&paused, &licenses, day(10));
     assert_eq!(only(&plan).kind, K::Suspend);
     assert_eq!(licenses[0].status, L::Suspended);
@@ -305,12 +275,7 @@ fn a_paused_subscription_suspends_and_a_resumed_one_reinstates_the_same_key() {
 
 #[test]
 fn a_subscription_paid_after_unpaid_is_reinstated() {
-    let unpaid = World::new(vec![
-        sub_item()
-            .status(S::Unpaid)
-            .paid_through(Some(day(30)))
-            .fact(),
-    ]);
+    let unpaid = World::new(vec![sub_item().status(S::Unpaid).paid_through(Some(day(30))).fact()]);
     let (_, licenses) = run(&unpaid, &issued_subscription(), day(45));
     assert_eq!(licenses[0].status, L::Expired);
     let paid = World::new(vec![sub_item().period(day(30), day(60)).fact()]);
@@ -321,19 +286,11 @@ fn a_subscription_paid_after_unpaid_is_reinstated() {
 
 #[test]
 fn immediate_cancellation_moves_the_expiry_backward_and_expires() {
-    let canceled = World::new(vec![
-        sub_item()
-            .status(S::Canceled)
-            .ended_at(Some(day(10)))
-            .fact(),
-    ]);
+    let canceled = World::new(vec![sub_item().status(S::Canceled).ended_at(Some(day(10))).fact()]);
     let (plan, licenses) = run(&canceled, &issued_subscription(), day(10));
     let action = only(&plan);
     assert_eq!(action.kind, K::Expire);
-    assert_eq!(
-        action.before.as_ref().unwrap().expires_at,
-        Some(day(30) + hours(24))
-    );
+    assert_eq!(action.before.as_ref().unwrap().expires_at, Some(day(30) + hours(24)));
     assert_eq!(licenses[0].expires_at, Some(day(10)));
     assert!(licenses[0].expires_at < action.before.as_ref().unwrap().expires_at);
 }
@@ -343,10 +300,7 @@ fn cancel_at_period_end_shortens_to_the_period_end_without_grace() {
     let ending = World::new(vec![sub_item().cancel_at_period_end().fact()]);
     let (plan, licenses) = run(&ending, &issued_subscription(), day(10));
     assert_eq!(only(&plan).kind, K::Shorten);
-    assert_eq!(
-        (licenses[0].status, licenses[0].expires_at),
-        (L::Active, Some(day(30)))
-    );
+    assert_eq!((licenses[0].status, licenses[0].expires_at), (L::Active, Some(day(30))));
     // Undoing the cancellation extends again.
     let (plan, _) = run(&World::new(vec![sub_item().fact()]), &licenses, day(11));
     assert_eq!(only(&plan).kind, K::Extend);
@@ -375,11 +329,7 @@ fn a_thirty_day_one_time_license_expires_on_day_thirty_one() {
         let action = only(&plan);
         assert_eq!((action.kind, action.cause.as_str()), (K::Expire, "cs_1"));
         assert_eq!(after[0].status, L::Expired);
-        assert_eq!(
-            after[0].expires_at,
-            Some(day(30)),
-            "expiring does not move the expiry"
-        );
+        assert_eq!(after[0].expires_at, Some(day(30)), "expiring does not move the expiry");
         assert_converged(&slice, &after, day(32));
     }
 }
@@ -423,10 +373,7 @@ fn a_paid_one_time_purchase_gets_a_perpetual_license() {
     let after = &action.after;
     assert_eq!(after.status, L::Active);
     assert_eq!(after.expires_at, None);
-    assert_eq!(
-        (after.expiration_days, after.expiration_start),
-        (None, None)
-    );
+    assert_eq!((after.expiration_days, after.expiration_start), (None, None));
     assert_eq!(after.product_ids, vec!["tool".to_string()]);
     assert_eq!(after.stripe_payment_intent.as_deref(), Some("pi_1"));
     assert_eq!(after.stripe_subscription_id, None);
@@ -451,11 +398,7 @@ fn creation_expiry_counts_from_the_purchase() {
 
 #[test]
 fn activation_expiry_stores_the_days_and_no_expiry() {
-    let world = World::new(vec![
-        one_time()
-            .price("price_tool_activation", "prod_tool")
-            .fact(),
-    ]);
+    let world = World::new(vec![one_time().price("price_tool_activation", "prod_tool").fact()]);
     let plan = world.plan(&[], day(400));
     let after = &only(&plan).after;
     assert_eq!(after.expires_at, None);
@@ -477,9 +420,7 @@ fn an_unpaid_session_grants_nothing_until_it_is_paid() {
 #[test]
 fn an_unpaid_fact_leaves_an_existing_license_as_it_is() {
     let licenses = issued(&World::new(vec![one_time().fact()]), day(1));
-    let world = World::new(vec![
-        one_time().unpaid().customer(customer("cus_other")).fact(),
-    ]);
+    let world = World::new(vec![one_time().unpaid().customer(customer("cus_other")).fact()]);
     assert_converged(&world, &licenses, day(2));
 }
 
@@ -497,11 +438,7 @@ fn every_line_of_a_multi_line_purchase_gets_its_own_license() {
             .fact(),
     ]);
     let plan = world.plan(&[], day(1));
-    let grants: Vec<&str> = plan
-        .actions
-        .iter()
-        .map(|a| a.grant.source_id.as_str())
-        .collect();
+    let grants: Vec<&str> = plan.actions.iter().map(|a| a.grant.source_id.as_str()).collect();
     assert_eq!(
         grants,
         ["cs_9/li_a", "cs_9/li_b"],
@@ -556,11 +493,7 @@ fn a_zero_quantity_is_skipped_and_leaves_the_license_as_it_is() {
     assert!(plan.is_empty());
     assert_eq!(plan.skipped.len(), 1);
     assert_eq!(plan.skipped[0].stripe_object, "si_1");
-    assert!(
-        plan.skipped[0].reason.contains("quantity 0"),
-        "{:?}",
-        plan.skipped
-    );
+    assert!(plan.skipped[0].reason.contains("quantity 0"), "{:?}", plan.skipped);
 }
 
 #[test]
@@ -568,11 +501,7 @@ fn seats_that_overflow_the_table_are_skipped_not_wrapped() {
     let world = World::new(vec![sub_item().quantity(i64::from(i32::MAX)).fact()]);
     let plan = world.plan(&[], day(2));
     assert!(plan.is_empty());
-    assert!(
-        plan.skipped[0].reason.contains("hwid_limit"),
-        "{:?}",
-        plan.skipped
-    );
+    assert!(plan.skipped[0].reason.contains("hwid_limit"), "{:?}", plan.skipped);
 }
 
 // ---- §1: identity, upgrades, duplicates ------------------------------------
@@ -580,25 +509,14 @@ fn seats_that_overflow_the_table_are_skipped_not_wrapped() {
 #[test]
 fn an_upgrade_in_place_keeps_the_license_and_its_key() {
     let licenses = issued_subscription();
-    let upgraded = World::new(vec![
-        sub_item().price("price_team_monthly", "prod_team").fact(),
-    ]);
+    let upgraded = World::new(vec![sub_item().price("price_team_monthly", "prod_team").fact()]);
     let (plan, after) = run(&upgraded, &licenses, day(5));
     let action = only(&plan);
     assert_eq!(action.kind, K::Update);
     assert_eq!(action.license_id, Some(licenses[0].id));
-    assert_eq!(
-        action.before.as_ref().unwrap().product_ids,
-        vec!["pro".to_string()]
-    );
-    assert_eq!(
-        action.after.product_ids,
-        vec!["pro".to_string(), "team".to_string()]
-    );
-    assert_eq!(
-        (after[0].id, &after[0].key),
-        (licenses[0].id, &licenses[0].key)
-    );
+    assert_eq!(action.before.as_ref().unwrap().product_ids, vec!["pro".to_string()]);
+    assert_eq!(action.after.product_ids, vec!["pro".to_string(), "team".to_string()]);
+    assert_eq!((after[0].id, &after[0].key), (licenses[0].id, &licenses[0].key));
     assert_eq!((after[0].hwid_limit, after[0].ip_limit), (Some(1), None));
 }
 
@@ -639,10 +557,7 @@ fn a_grant_listed_twice_is_planned_once_with_the_last_fact() {
 fn each_item_of_a_subscription_gets_its_own_license() {
     let world = World::new(vec![
         sub_item().id("si_a").fact(),
-        sub_item()
-            .id("si_b")
-            .price("price_team_monthly", "prod_team")
-            .fact(),
+        sub_item().id("si_b").price("price_team_monthly", "prod_team").fact(),
     ]);
     let plan = world.plan(&[], day(1));
     assert_eq!(plan.actions.len(), 2);
@@ -655,10 +570,7 @@ fn each_item_of_a_subscription_gets_its_own_license() {
 
 #[test]
 fn a_removed_item_of_a_completely_listed_subscription_expires() {
-    let both = World::new(vec![
-        sub_item().id("si_a").fact(),
-        sub_item().id("si_b").fact(),
-    ]);
+    let both = World::new(vec![sub_item().id("si_a").fact(), sub_item().id("si_b").fact()]);
     let licenses = issued(&both, day(1));
     let mut only_a = World::new(vec![sub_item().id("si_a").fact()]);
 
@@ -684,18 +596,10 @@ fn output_follows_grant_order_then_license_id() {
     let licenses = issued(&world, day(1));
     // si_c and si_a have no fact in the next slice; si_b comes first.
     let slice = World::new(vec![
-        sub_item()
-            .id("si_b")
-            .status(S::Canceled)
-            .ended_at(Some(day(40)))
-            .fact(),
+        sub_item().id("si_b").status(S::Canceled).ended_at(Some(day(40))).fact(),
     ]);
     let plan = slice.plan(&licenses, day(40));
-    let order: Vec<&str> = plan
-        .actions
-        .iter()
-        .map(|a| a.grant.source_id.as_str())
-        .collect();
+    let order: Vec<&str> = plan.actions.iter().map(|a| a.grant.source_id.as_str()).collect();
     assert_eq!(order, ["si_b", "si_a", "si_c"]);
 }
 
@@ -720,10 +624,7 @@ fn a_changed_customer_email_is_an_update() {
     let world = World::new(vec![sub_item().customer(moved).fact()]);
     let (plan, licenses) = run(&world, &issued_subscription(), day(2));
     assert_eq!(only(&plan).kind, K::Update);
-    assert_eq!(
-        licenses[0].customer_email.as_deref(),
-        Some("new@example.com")
-    );
+    assert_eq!(licenses[0].customer_email.as_deref(), Some("new@example.com"));
 }
 
 #[test]
@@ -757,9 +658,7 @@ fn a_misconfigured_product_is_skipped_with_a_reason_naming_product_and_key() {
 #[test]
 fn licenses_of_a_product_that_becomes_misconfigured_are_left_exactly_as_they_are() {
     let licenses = issued_subscription();
-    let mut world = World::new(vec![
-        sub_item().status(S::Canceled).ended_at(Some(day(3))).fact(),
-    ]);
+    let mut world = World::new(vec![sub_item().status(S::Canceled).ended_at(Some(day(3))).fact()]);
     world.catalog = Catalog::new(
         [crate::fixtures::product(
             "prod_pro",
@@ -781,10 +680,7 @@ fn a_license_of_a_misconfigured_product_still_follows_the_clock() {
     let mut world = World::new(vec![one_time().price("price_tool_30d", "prod_tool").fact()]);
     let licenses = issued(&world, day(0));
     world.catalog = Catalog::new(
-        [crate::fixtures::product(
-            "prod_tool",
-            &[("product_id", "tool")],
-        )],
+        [crate::fixtures::product("prod_tool", &[("product_id", "tool")])],
         [one_time_price(
             "price_tool_30d",
             "prod_tool",
@@ -793,10 +689,7 @@ fn a_license_of_a_misconfigured_product_still_follows_the_clock() {
     );
     let plan = world.plan(&licenses, day(31));
     let action = only(&plan);
-    assert_eq!(
-        (action.kind, action.after.expires_at),
-        (K::Expire, Some(day(30)))
-    );
+    assert_eq!((action.kind, action.after.expires_at), (K::Expire, Some(day(30))));
     assert_eq!(plan.skipped[0].stripe_object, "price_tool_30d");
 }
 
@@ -850,10 +743,7 @@ fn an_old_canceled_subscription_of_a_misconfigured_product_is_not_reported() {
 
 #[test]
 fn catalog_warnings_reach_the_plan_once() {
-    let mut world = World::new(vec![
-        sub_item().id("si_a").fact(),
-        sub_item().id("si_b").fact(),
-    ]);
+    let mut world = World::new(vec![sub_item().id("si_a").fact(), sub_item().id("si_b").fact()]);
     world.catalog = Catalog::new(
         [crate::fixtures::product(
             "prod_pro",
@@ -864,11 +754,7 @@ fn catalog_warnings_reach_the_plan_once() {
     let plan = world.plan(&[], day(1));
     assert_eq!(plan.actions.len(), 2);
     assert_eq!(plan.warnings.len(), 1, "{:?}", plan.warnings);
-    assert!(
-        plan.actions
-            .iter()
-            .all(|a| a.after.expiration_days.is_none())
-    );
+    assert!(plan.actions.iter().all(|a| a.after.expiration_days.is_none()));
 }
 
 // ---- reversals ---------------------------------------------------------------
@@ -877,10 +763,7 @@ fn catalog_warnings_reach_the_plan_once() {
 fn two_purchases() -> (World, Vec<License>) {
     let world = World::new(vec![
         one_time().fact(),
-        one_time()
-            .checkout("cs_2", "li_1")
-            .payment_intent(Some("pi_2"))
-            .fact(),
+        one_time().checkout("cs_2", "li_1").payment_intent(Some("pi_2")).fact(),
     ]);
     let licenses = issued(&world, day(1));
     assert_eq!(licenses.len(), 2);
@@ -929,10 +812,7 @@ fn a_partial_refund_changes_nothing_and_is_logged() {
 
 #[test]
 fn a_full_refund_revokes_every_line_of_the_refunded_purchase() {
-    let mut world = World::new(vec![
-        one_time().fact(),
-        one_time().checkout("cs_1", "li_2").fact(),
-    ]);
+    let mut world = World::new(vec![one_time().fact(), one_time().checkout("cs_1", "li_2").fact()]);
     let licenses = issued(&world, day(1));
     world.reversals = vec![reversal("pi_1", R::FullRefund, "re_1")];
     let (plan, _) = run(&world, &licenses, day(2));
@@ -945,10 +825,7 @@ fn revoked_is_final() {
     world.reversals = vec![reversal("pi_1", R::FullRefund, "re_1")];
     let (_, revoked) = run(&world, &licenses, day(2));
     // The refund is out of the slice; the purchase still says paid; time passes.
-    for slice in [
-        World::new(vec![one_time().quantity(4).fact()]),
-        World::new(vec![]),
-    ] {
+    for slice in [World::new(vec![one_time().quantity(4).fact()]), World::new(vec![])] {
         let plan = slice.plan(&revoked, day(900));
         assert!(plan.is_empty(), "{plan:#?}");
         assert_eq!(plan.unchanged, 2);
@@ -1013,18 +890,12 @@ fn counts_name_every_report_key_including_zeros() {
 
 #[test]
 fn counts_add_up_actions_unchanged_and_skipped() {
-    let world = World::new(vec![
-        sub_item().id("si_a").fact(),
-        sub_item().id("si_b").fact(),
-    ]);
+    let world = World::new(vec![sub_item().id("si_a").fact(), sub_item().id("si_b").fact()]);
     let licenses = issued(&world, day(1));
     let next = World::new(vec![
         sub_item().id("si_a").fact(),
         sub_item().id("si_b").cancel_at_period_end().fact(),
-        sub_item()
-            .id("si_c")
-            .price("price_broken", "prod_broken")
-            .fact(),
+        sub_item().id("si_c").price("price_broken", "prod_broken").fact(),
         one_time().fact(),
     ]);
     let counts = next.plan(&licenses, day(2)).counts();
@@ -1079,11 +950,7 @@ fn an_action_lists_exactly_the_fields_it_changes() {
                 Some(serde_json::json!(2)),
                 serde_json::json!(4)
             ),
-            (
-                "quantity".to_owned(),
-                Some(serde_json::json!(1)),
-                serde_json::json!(2)
-            ),
+            ("quantity".to_owned(), Some(serde_json::json!(1)), serde_json::json!(2)),
         ]
     );
 }

@@ -64,8 +64,8 @@ pub struct LicenseWrite {
     pub before: Option<serde_json::Value>,
     pub after: serde_json::Value,
     pub stripe_object: String,
-    /// `Some((kind, message_id))` queues an email about this license.
-    pub email: Option<(String, String)>,
+    /// `Some(kind)` queues an email of that kind about this license.
+    pub email: Option<String>,
 }
 
 /// What a write produced.
@@ -120,6 +120,12 @@ impl Store {
             .run_pending_migrations(MIGRATIONS)
             .map_err(|e| anyhow!("applying database migrations: {e}"))?;
         Ok(applied.iter().map(|v| v.to_string()).collect())
+    }
+
+    pub fn has_pending_migrations(&self) -> Result<bool> {
+        let mut conn = self.conn()?;
+        conn.has_pending_migration(MIGRATIONS)
+            .map_err(|e| anyhow!("checking database migrations: {e}"))
     }
 
     /// Rolls every migration back (tests of the `down.sql` files).
@@ -213,11 +219,14 @@ impl Store {
         rows.into_iter().map(LicenseRow::into_domain).collect()
     }
 
-    /// Active licenses whose time ran out (the clock sweep), oldest first.
-    pub fn licenses_expired_by_clock(&self, now: DateTime<Utc>, limit: i64) -> Result<Vec<License>> {
+    /// Active licenses whose time ran out (the clock sweep), by id after
+    /// `after_id` (keyset paging: a dry run changes nothing, so an offset-free
+    /// "first N" query would return the same rows forever).
+    pub fn licenses_expired_by_clock(&self, now: DateTime<Utc>, after_id: i64, limit: i64) -> Result<Vec<License>> {
         let mut conn = self.conn()?;
         let rows = licenses::table
             .filter(licenses::status.eq(LicenseStatus::Active.as_str()))
+            .filter(licenses::id.gt(after_id))
             .filter(licenses::expires_at.le(now))
             .order(licenses::id.asc())
             .limit(limit)
@@ -312,14 +321,13 @@ impl Store {
                     after,
                     stripe_object: w.stripe_object.clone(),
                 });
-                if let Some((kind, message_id)) = &w.email {
+                if let Some(kind) = &w.email {
                     let recipient = w.license.customer_email.clone();
                     outbox.push(NewOutboxRow {
                         license_id,
                         kind: kind.clone(),
                         status: if recipient.is_some() { "pending" } else { "no_recipient" }.to_owned(),
                         recipient,
-                        message_id: message_id.clone(),
                     });
                 }
                 let source_kind = SourceKind::parse(&grant.0).expect("written source kinds are valid");
@@ -489,6 +497,20 @@ impl Store {
         Ok(())
     }
 
+    /// Hands a claimed row back untouched (the `none` transport queues
+    /// without sending): the attempt is not counted and it is due again.
+    pub fn release_email(&self, outbox_id: i64) -> Result<()> {
+        let mut conn = self.conn()?;
+        diesel::update(email_outbox::table.find(outbox_id))
+            .set((
+                email_outbox::attempts.eq(email_outbox::attempts - 1),
+                email_outbox::next_attempt_at.eq(diesel::dsl::now),
+            ))
+            .execute(&mut conn)
+            .context("releasing a queued email")?;
+        Ok(())
+    }
+
     /// Records a failed attempt: retried at `retry_at`, or `failed` for good.
     pub fn mark_email_failed(&self, outbox_id: i64, error: &str, retry_at: Option<DateTime<Utc>>) -> Result<()> {
         let mut conn = self.conn()?;
@@ -507,7 +529,7 @@ impl Store {
 
     /// Queues another copy of a license's email (support's resend); the kind
     /// `resend:<n>` keeps the one-per-kind rule while allowing many resends.
-    pub fn queue_resend(&self, license: &License, message_id: &str) -> Result<i64> {
+    pub fn queue_resend(&self, license: &License) -> Result<i64> {
         let mut conn = self.conn()?;
         conn.transaction(|conn| {
             let previous: i64 = email_outbox::table
@@ -526,7 +548,6 @@ impl Store {
                     }
                     .to_owned(),
                     recipient: license.customer_email.clone(),
-                    message_id: message_id.to_owned(),
                 })
                 .returning(email_outbox::id)
                 .get_result(conn)

@@ -162,7 +162,6 @@ pub struct NewOutboxRow {
     pub kind: String,
     pub recipient: Option<String>,
     pub status: String,
-    pub message_id: String,
 }
 
 #[derive(Debug, Clone, Queryable, Selectable, Serialize)]

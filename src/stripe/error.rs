@@ -58,9 +58,7 @@ pub enum StripeError {
 }
 
 fn fmt_request_id(id: &Option<String>) -> String {
-    id.as_ref()
-        .map(|id| format!(" (Request-Id {id})"))
-        .unwrap_or_default()
+    id.as_ref().map(|id| format!(" (Request-Id {id})")).unwrap_or_default()
 }
 
 impl StripeError {

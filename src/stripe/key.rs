@@ -26,7 +26,9 @@ impl ApiKey {
     pub fn parse(text: &str) -> Result<ApiKey, InvalidApiKey> {
         let text = text.trim();
         if text.is_empty() {
-            return Err(InvalidApiKey("STRIPE_API_KEY is empty: set it to a Stripe secret (sk_...) or restricted (rk_...) key".into()));
+            return Err(InvalidApiKey(
+                "STRIPE_API_KEY is empty: set it to a Stripe secret (sk_...) or restricted (rk_...) key".into(),
+            ));
         }
         if text.starts_with("pk_") {
             return Err(InvalidApiKey(
@@ -162,14 +164,7 @@ mod tests {
 
     #[test]
     fn other_strings_are_refused_with_the_accepted_prefixes_named() {
-        for bad in [
-            "",
-            "hello",
-            "whsec_123",
-            "sk_prod_123",
-            "sk_live_",
-            "sk_live_abc def",
-        ] {
+        for bad in ["", "hello", "whsec_123", "sk_prod_123", "sk_live_", "sk_live_abc def"] {
             let err = ApiKey::parse(bad).unwrap_err().to_string();
             assert!(err.contains("STRIPE_API_KEY"), "{bad}: {err}");
         }
@@ -204,8 +199,7 @@ mod tests {
 
     #[test]
     fn redact_masks_every_key_in_free_text_and_leaves_other_words_alone() {
-        let text =
-            format!("Invalid API Key provided: {LIVE}; task_id=sk_x; url=https://x/?k={LIVE}");
+        let text = format!("Invalid API Key provided: {LIVE}; task_id=sk_x; url=https://x/?k={LIVE}");
         let red = redact(&text);
         assert!(!red.contains("51AbCdEf"), "{red}");
         assert_eq!(red.matches("rk_live_…abcd").count(), 2, "{red}");

@@ -13,13 +13,9 @@ use chrono::DateTime;
 use miniserde::json::Value;
 use stripe_billing::invoice::{ListInvoice, RetrieveInvoice};
 use stripe_billing::invoice_line_item::ListInvoiceInvoiceLineItem;
-use stripe_billing::subscription::{
-    ListSubscription, ListSubscriptionStatus, RetrieveSubscription,
-};
+use stripe_billing::subscription::{ListSubscription, ListSubscriptionStatus, RetrieveSubscription};
 use stripe_billing::subscription_item::ListSubscriptionItem;
-use stripe_checkout::checkout_session::{
-    ListCheckoutSession, ListLineItemsCheckoutSession, RetrieveCheckoutSession,
-};
+use stripe_checkout::checkout_session::{ListCheckoutSession, ListLineItemsCheckoutSession, RetrieveCheckoutSession};
 use stripe_client_core::StripeRequest;
 use stripe_core::customer::{RetrieveCustomer, RetrieveCustomerReturned};
 use stripe_core::dispute::ListDispute;
@@ -28,9 +24,8 @@ use stripe_core::refund::ListRefund;
 use stripe_product::price::ListPrice;
 use stripe_product::product::ListProduct;
 use stripe_shared::{
-    CheckoutSession, CheckoutSessionItem, CheckoutSessionMode, CheckoutSessionPaymentStatus,
-    CheckoutSessionStatus, Customer, DisputeStatus, Invoice, InvoiceLineItem, InvoiceStatus,
-    Subscription, SubscriptionItem,
+    CheckoutSession, CheckoutSessionItem, CheckoutSessionMode, CheckoutSessionPaymentStatus, CheckoutSessionStatus,
+    Customer, DisputeStatus, Invoice, InvoiceLineItem, InvoiceStatus, Subscription, SubscriptionItem,
 };
 use stripe_types::{Expandable, List, RangeBoundsTs, RangeQueryTs};
 
@@ -38,8 +33,8 @@ use super::error::StripeError;
 use super::transport::{StripeConfig, Transport};
 use crate::catalog::{PriceRecord, ProductRecord};
 use crate::domain::{
-    CustomerInfo, GrantFact, GrantKey, OneTimeLineFact, PaymentReversal, ReversalKind,
-    SubscriptionItemFact, SubscriptionStatus, Timestamp,
+    CustomerInfo, GrantFact, GrantKey, OneTimeLineFact, PaymentReversal, ReversalKind, SubscriptionItemFact,
+    SubscriptionStatus, Timestamp,
 };
 
 /// Stripe's maximum page size.
@@ -145,9 +140,7 @@ fn quantity(q: Option<u64>) -> i64 {
 }
 
 fn non_empty(text: Option<&String>) -> Option<String> {
-    text.map(|s| s.trim())
-        .filter(|s| !s.is_empty())
-        .map(str::to_owned)
+    text.map(|s| s.trim()).filter(|s| !s.is_empty()).map(str::to_owned)
 }
 
 /// Customers looked up one by one, by id, when a page had to be read
@@ -168,11 +161,7 @@ fn customer_info(
             non_empty(c.name.as_ref()),
         ),
         Some(Expandable::Id(id)) => match looked_up.get(id.as_str()) {
-            Some(info) => (
-                Some(id.as_str().to_owned()),
-                info.email.clone(),
-                info.name.clone(),
-            ),
+            Some(info) => (Some(id.as_str().to_owned()), info.email.clone(), info.name.clone()),
             None => (Some(id.as_str().to_owned()), None, None),
         },
         None => (None, None, None),
@@ -185,11 +174,7 @@ fn customer_info(
 }
 
 fn next_cursor<T>(list: &List<T>, id: impl Fn(&T) -> String) -> Option<String> {
-    if list.has_more {
-        list.data.last().map(id)
-    } else {
-        None
-    }
+    if list.has_more { list.data.last().map(id) } else { None }
 }
 
 impl StripeSource {
@@ -341,12 +326,7 @@ impl StripeSource {
             .fetch_with_customers(
                 &request(&["data.customer", "data.latest_invoice"]),
                 &request(&["data.latest_invoice"]),
-                |list| {
-                    list.data
-                        .iter()
-                        .map(|s| s.customer.id().as_str().to_owned())
-                        .collect()
-                },
+                |list| list.data.iter().map(|s| s.customer.id().as_str().to_owned()).collect(),
             )
             .await?;
         let mut page = GrantPage {
@@ -355,8 +335,7 @@ impl StripeSource {
             ..GrantPage::default()
         };
         for subscription in list.data {
-            self.add_subscription(subscription, &customers, &mut page)
-                .await?;
+            self.add_subscription(subscription, &customers, &mut page).await?;
         }
         Ok(page)
     }
@@ -364,8 +343,7 @@ impl StripeSource {
     /// One subscription, re-fetched with the same expansions (incremental runs).
     pub async fn subscription(&self, id: &str) -> Result<GrantPage, StripeError> {
         let request = |expand: &[&str]| {
-            RetrieveSubscription::new(id)
-                .expand(expand.iter().map(|e| (*e).to_owned()).collect::<Vec<_>>())
+            RetrieveSubscription::new(id).expand(expand.iter().map(|e| (*e).to_owned()).collect::<Vec<_>>())
         };
         let (subscription, customers) = self
             .fetch_with_customers(
@@ -378,8 +356,7 @@ impl StripeSource {
             objects: 1 + customers.len(),
             ..GrantPage::default()
         };
-        self.add_subscription(subscription, &customers, &mut page)
-            .await?;
+        self.add_subscription(subscription, &customers, &mut page).await?;
         Ok(page)
     }
 
@@ -390,14 +367,12 @@ impl StripeSource {
         page: &mut GrantPage,
     ) -> Result<(), StripeError> {
         let sub_id = subscription.id.as_str().to_owned();
-        let status = SubscriptionStatus::parse(subscription.status.as_str()).ok_or_else(|| {
-            StripeError::Decode {
-                path: format!("/v1/subscriptions/{sub_id}"),
-                message: format!(
-                    "subscription {sub_id} has status `{}`, which licensync does not know",
-                    subscription.status.as_str()
-                ),
-            }
+        let status = SubscriptionStatus::parse(subscription.status.as_str()).ok_or_else(|| StripeError::Decode {
+            path: format!("/v1/subscriptions/{sub_id}"),
+            message: format!(
+                "subscription {sub_id} has status `{}`, which licensync does not know",
+                subscription.status.as_str()
+            ),
         })?;
         let mut items = subscription.items.data;
         if subscription.items.has_more {
@@ -412,10 +387,7 @@ impl StripeSource {
                 items.extend(list.data);
             }
         }
-        let latest = subscription
-            .latest_invoice
-            .as_ref()
-            .and_then(Expandable::as_object);
+        let latest = subscription.latest_invoice.as_ref().and_then(Expandable::as_object);
         let paid_lines = match latest {
             Some(invoice) if invoice.status == Some(InvoiceStatus::Paid) => {
                 Some(self.item_period_ends(invoice, &items, page).await?)
@@ -425,8 +397,7 @@ impl StripeSource {
         let customer = customer_info(Some(&subscription.customer), customers, None, None);
         let where_ = format!("subscription {sub_id}");
         for item in items {
-            let current_period_start =
-                ts(item.current_period_start, "current_period_start", &where_)?;
+            let current_period_start = ts(item.current_period_start, "current_period_start", &where_)?;
             // §3: paid through the newest paid line of the item; an unpaid
             // latest invoice means the paid period ended where this one began.
             let paid_through = match (latest, &paid_lines) {
@@ -437,35 +408,31 @@ impl StripeSource {
                 },
                 (Some(_), None) => Some(current_period_start),
             };
-            page.grants
-                .push(GrantFact::Subscription(SubscriptionItemFact {
-                    item_id: item.id.as_str().to_owned(),
-                    subscription_id: sub_id.clone(),
-                    status,
-                    customer: customer.clone(),
-                    price_id: item.price.id.as_str().to_owned(),
-                    product_id: item.price.product.id().as_str().to_owned(),
-                    quantity: quantity(item.quantity),
-                    current_period_start,
-                    current_period_end: ts(item.current_period_end, "current_period_end", &where_)?,
-                    trial_end: subscription
-                        .trial_end
-                        .map(|t| ts(t, "trial_end", &where_))
-                        .transpose()?,
-                    cancel_at_period_end: subscription.cancel_at_period_end,
-                    cancel_at: subscription
-                        .cancel_at
-                        .map(|t| ts(t, "cancel_at", &where_))
-                        .transpose()?,
-                    ended_at: subscription
-                        .ended_at
-                        .map(|t| ts(t, "ended_at", &where_))
-                        .transpose()?,
-                    paid_through,
-                    // The item's own creation: an item added later was bought later.
-                    created: ts(item.created, "created", &where_)?,
-                    livemode: subscription.livemode,
-                }));
+            page.grants.push(GrantFact::Subscription(SubscriptionItemFact {
+                item_id: item.id.as_str().to_owned(),
+                subscription_id: sub_id.clone(),
+                status,
+                customer: customer.clone(),
+                price_id: item.price.id.as_str().to_owned(),
+                product_id: item.price.product.id().as_str().to_owned(),
+                quantity: quantity(item.quantity),
+                current_period_start,
+                current_period_end: ts(item.current_period_end, "current_period_end", &where_)?,
+                trial_end: subscription
+                    .trial_end
+                    .map(|t| ts(t, "trial_end", &where_))
+                    .transpose()?,
+                cancel_at_period_end: subscription.cancel_at_period_end,
+                cancel_at: subscription
+                    .cancel_at
+                    .map(|t| ts(t, "cancel_at", &where_))
+                    .transpose()?,
+                ended_at: subscription.ended_at.map(|t| ts(t, "ended_at", &where_)).transpose()?,
+                paid_through,
+                // The item's own creation: an item added later was bought later.
+                created: ts(item.created, "created", &where_)?,
+                livemode: subscription.livemode,
+            }));
         }
         page.complete_subscriptions.push(sub_id);
         Ok(())
@@ -496,9 +463,7 @@ impl StripeSource {
             note(line, &mut ends);
         }
         let missing = items.iter().any(|i| !ends.contains_key(i.id.as_str()));
-        if let (true, true, Some(invoice_id)) =
-            (invoice.lines.has_more, missing, invoice.id.as_ref())
-        {
+        if let (true, true, Some(invoice_id)) = (invoice.lines.has_more, missing, invoice.id.as_ref()) {
             let mut after = invoice.lines.data.last().map(|l| l.id.as_str().to_owned());
             while let Some(cursor) = after {
                 let request = ListInvoiceInvoiceLineItem::new(invoice_id.as_str())
@@ -557,15 +522,12 @@ impl StripeSource {
     /// One Checkout Session, re-fetched with the same expansions.
     pub async fn checkout_session(&self, id: &str) -> Result<GrantPage, StripeError> {
         let request = |expand: &[&str]| {
-            RetrieveCheckoutSession::new(id)
-                .expand(expand.iter().map(|e| (*e).to_owned()).collect::<Vec<_>>())
+            RetrieveCheckoutSession::new(id).expand(expand.iter().map(|e| (*e).to_owned()).collect::<Vec<_>>())
         };
         let (session, customers) = self
-            .fetch_with_customers(
-                &request(&["line_items", "customer"]),
-                &request(&["line_items"]),
-                |s| session_customer(s).into_iter().collect(),
-            )
+            .fetch_with_customers(&request(&["line_items", "customer"]), &request(&["line_items"]), |s| {
+                session_customer(s).into_iter().collect()
+            })
             .await?;
         let mut page = GrantPage {
             objects: 1 + customers.len(),
@@ -584,15 +546,11 @@ impl StripeSource {
         if let Some(invoice) = session.invoice.as_ref().and_then(|i| i.id().as_ref()) {
             page.session_invoices.push(invoice.as_str().to_owned());
         }
-        if session.mode != CheckoutSessionMode::Payment
-            || session.status != Some(CheckoutSessionStatus::Complete)
-        {
+        if session.mode != CheckoutSessionMode::Payment || session.status != Some(CheckoutSessionStatus::Complete) {
             return Ok(());
         }
         let session_id = session.id.as_str().to_owned();
-        let lines = self
-            .session_lines(&session_id, session.line_items, page)
-            .await?;
+        let lines = self.session_lines(&session_id, session.line_items, page).await?;
         let paid = matches!(
             session.payment_status,
             CheckoutSessionPaymentStatus::Paid | CheckoutSessionPaymentStatus::NoPaymentRequired
@@ -606,15 +564,8 @@ impl StripeSource {
                 .or(session.customer_email.as_ref()),
             details.and_then(|d| d.name.as_ref()),
         );
-        let purchased_at = ts(
-            session.created,
-            "created",
-            &format!("checkout session {session_id}"),
-        )?;
-        let payment_intent = session
-            .payment_intent
-            .as_ref()
-            .map(|p| p.id().as_str().to_owned());
+        let purchased_at = ts(session.created, "created", &format!("checkout session {session_id}"))?;
+        let payment_intent = session.payment_intent.as_ref().map(|p| p.id().as_str().to_owned());
         for line in lines {
             let Some(price) = line.price else {
                 tracing::warn!(session = %session_id, line = %line.id.as_str(), "Checkout line without a price: no license can be derived from it");
@@ -676,11 +627,7 @@ impl StripeSource {
     /// invoices created by Checkout Sessions are NOT recognisable from the
     /// invoice and must be dropped by the caller using the `session_invoices`
     /// of `checkout_sessions_page`.
-    pub async fn invoices_page(
-        &self,
-        after: Option<&str>,
-        created: &CreatedRange,
-    ) -> Result<GrantPage, StripeError> {
+    pub async fn invoices_page(&self, after: Option<&str>, created: &CreatedRange) -> Result<GrantPage, StripeError> {
         let request = |expand: &[&str]| {
             let mut request = ListInvoice::new()
                 .status(InvoiceStatus::Paid)
@@ -703,9 +650,7 @@ impl StripeSource {
             .await?;
         let mut page = GrantPage {
             next: next_cursor(&list, |i| {
-                i.id.as_ref()
-                    .map(|id| id.as_str().to_owned())
-                    .unwrap_or_default()
+                i.id.as_ref().map(|id| id.as_str().to_owned()).unwrap_or_default()
             }),
             objects: list.data.len() + customers.len(),
             ..GrantPage::default()
@@ -722,15 +667,12 @@ impl StripeSource {
     /// no grant and lists the invoice in `session_invoices`.
     pub async fn invoice(&self, id: &str) -> Result<GrantPage, StripeError> {
         let request = |expand: &[&str]| {
-            RetrieveInvoice::new(id)
-                .expand(expand.iter().map(|e| (*e).to_owned()).collect::<Vec<_>>())
+            RetrieveInvoice::new(id).expand(expand.iter().map(|e| (*e).to_owned()).collect::<Vec<_>>())
         };
         let (invoice, customers) = self
-            .fetch_with_customers(
-                &request(&["customer", "payments"]),
-                &request(&["payments"]),
-                |i| invoice_customer(i).into_iter().collect(),
-            )
+            .fetch_with_customers(&request(&["customer", "payments"]), &request(&["payments"]), |i| {
+                invoice_customer(i).into_iter().collect()
+            })
             .await?;
         let mut page = GrantPage {
             objects: 1 + customers.len(),
@@ -817,13 +759,8 @@ impl StripeSource {
     /// One page of refunds with their charge expanded: a refund that leaves
     /// the charge fully refunded revokes, a partial one is only logged.
     /// Refunds without a payment intent or not `succeeded` are skipped.
-    pub async fn reversals_page(
-        &self,
-        after: Option<&str>,
-    ) -> Result<Page<PaymentReversal>, StripeError> {
-        let mut request = ListRefund::new()
-            .limit(PAGE)
-            .expand(vec!["data.charge".to_owned()]);
+    pub async fn reversals_page(&self, after: Option<&str>) -> Result<Page<PaymentReversal>, StripeError> {
+        let mut request = ListRefund::new().limit(PAGE).expand(vec!["data.charge".to_owned()]);
         if let Some(cursor) = after {
             request = request.starting_after(cursor);
         }
@@ -861,10 +798,7 @@ impl StripeSource {
     }
 
     /// One page of disputes; only lost ones matter.
-    pub async fn disputes_page(
-        &self,
-        after: Option<&str>,
-    ) -> Result<Page<PaymentReversal>, StripeError> {
+    pub async fn disputes_page(&self, after: Option<&str>) -> Result<Page<PaymentReversal>, StripeError> {
         let mut request = ListDispute::new().limit(PAGE);
         if let Some(cursor) = after {
             request = request.starting_after(cursor);
@@ -899,12 +833,7 @@ impl StripeSource {
     ) -> Result<Page<EventFact>, StripeError> {
         let mut request = ListEvent::new()
             .created(RangeQueryTs::gte(created_gte.timestamp()))
-            .types(
-                RELEVANT_EVENT_TYPES
-                    .iter()
-                    .map(|t| (*t).to_owned())
-                    .collect::<Vec<_>>(),
-            )
+            .types(RELEVANT_EVENT_TYPES.iter().map(|t| (*t).to_owned()).collect::<Vec<_>>())
             .limit(PAGE);
         if let Some(cursor) = after {
             request = request.starting_after(cursor);
@@ -917,9 +846,7 @@ impl StripeSource {
             // `data.object` is untyped in async-stripe: only its id and kind
             // are read, the object itself is re-fetched by the caller.
             let (object_id, object_type) = match &event.data.object {
-                Value::Object(map) => {
-                    (string_field(map.get("id")), string_field(map.get("object")))
-                }
+                Value::Object(map) => (string_field(map.get("id")), string_field(map.get("object"))),
                 _ => (None, None),
             };
             let Some(object_id) = object_id else {
@@ -939,17 +866,11 @@ impl StripeSource {
 }
 
 fn session_customer(session: &CheckoutSession) -> Option<String> {
-    session
-        .customer
-        .as_ref()
-        .map(|c| c.id().as_str().to_owned())
+    session.customer.as_ref().map(|c| c.id().as_str().to_owned())
 }
 
 fn invoice_customer(invoice: &Invoice) -> Option<String> {
-    invoice
-        .customer
-        .as_ref()
-        .map(|c| c.id().as_str().to_owned())
+    invoice.customer.as_ref().map(|c| c.id().as_str().to_owned())
 }
 
 fn string_field(value: Option<&Value>) -> Option<String> {
@@ -1003,8 +924,7 @@ mod tests {
             .query
             .unwrap();
         assert!(
-            query.contains("created%5Bgte%5D=1700000000")
-                || query.contains("created[gte]=1700000000"),
+            query.contains("created%5Bgte%5D=1700000000") || query.contains("created[gte]=1700000000"),
             "{query}"
         );
         assert!(!query.contains("lt"), "{query}");
@@ -1015,10 +935,7 @@ mod tests {
         let query = ListSubscription::new()
             .status(ListSubscriptionStatus::All)
             .limit(PAGE)
-            .expand(vec![
-                "data.customer".to_owned(),
-                "data.latest_invoice".to_owned(),
-            ])
+            .expand(vec!["data.customer".to_owned(), "data.latest_invoice".to_owned()])
             .build()
             .query
             .unwrap();

@@ -21,9 +21,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use rand::Rng;
-use stripe_client_core::{
-    CustomizedStripeRequest, IdempotencyKey, RequestBuilder, StripeClient, StripeMethod,
-};
+use stripe_client_core::{CustomizedStripeRequest, IdempotencyKey, RequestBuilder, StripeClient, StripeMethod};
 
 use super::error::StripeError;
 use super::key::{ApiKey, redact};
@@ -159,8 +157,7 @@ fn normalise_base(raw: &str) -> Result<String, StripeError> {
     }
     if parsed.query().is_some() || parsed.fragment().is_some() {
         return Err(StripeError::Config(
-            "STRIPE_API_BASE must not carry a query or fragment: use e.g. https://api.stripe.com"
-                .into(),
+            "STRIPE_API_BASE must not carry a query or fragment: use e.g. https://api.stripe.com".into(),
         ));
     }
     let mut base = parsed.as_str().trim_end_matches('/').to_owned();
@@ -248,9 +245,7 @@ impl Transport {
             ));
         }
         let mut auth = HeaderValue::try_from(format!("Bearer {}", config.api_key.expose()))
-            .map_err(|_| {
-                StripeError::Config("STRIPE_API_KEY is not a valid header value".into())
-            })?;
+            .map_err(|_| StripeError::Config("STRIPE_API_KEY is not a valid header value".into()))?;
         auth.set_sensitive(true);
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
             .with_webpki_roots()
@@ -269,9 +264,7 @@ impl Transport {
             masked_key: config.api_key.masked(),
             ceiling,
             global: RateLimiter::direct(quota(ceiling.global_rps)),
-            per_endpoint: ceiling
-                .per_endpoint_rps
-                .map(|r| RateLimiter::keyed(quota(r))),
+            per_endpoint: ceiling.per_endpoint_rps.map(|r| RateLimiter::keyed(quota(r))),
             timeout: config.timeout,
             max_retries: config.max_retries,
             initial_backoff: config.initial_backoff,
@@ -294,10 +287,7 @@ impl Transport {
     /// parallel clients do not retry in lockstep.
     fn backoff(&self, retry: u32) -> Duration {
         let factor = 2u32.saturating_pow(retry.min(31));
-        let ceiling = self
-            .initial_backoff
-            .saturating_mul(factor)
-            .min(self.max_backoff);
+        let ceiling = self.initial_backoff.saturating_mul(factor).min(self.max_backoff);
         let ms = u64::try_from(ceiling.as_millis()).unwrap_or(u64::MAX);
         Duration::from_millis(rand::rng().random_range(ms / 2..=ms))
     }
@@ -318,8 +308,7 @@ impl Transport {
             uri.push_str(query);
         }
         // One key for every attempt, so a retried POST cannot apply twice.
-        let idempotency_key =
-            (method == Method::POST).then(|| IdempotencyKey::new_uuid_v4().into_inner());
+        let idempotency_key = (method == Method::POST).then(|| IdempotencyKey::new_uuid_v4().into_inner());
         let endpoint = endpoint_of(&request.path);
         let timeout = timeout.unwrap_or(self.timeout);
         let mut attempts: u32 = 0;
@@ -347,11 +336,7 @@ impl Transport {
                 Err(_) => Attempt::Failed(format!("no complete response within {timeout:?}")),
             };
             let (status, headers, body) = match outcome {
-                Attempt::Answered {
-                    status,
-                    headers,
-                    body,
-                } => (status, headers, body),
+                Attempt::Answered { status, headers, body } => (status, headers, body),
                 Attempt::Failed(reason) => {
                     if may_retry {
                         let wait = self.backoff(attempts - 1);
@@ -445,8 +430,7 @@ impl Transport {
             builder = builder.header(CONTENT_TYPE, "application/x-www-form-urlencoded");
         }
         let request = match builder.body(Full::new(
-            body.map(|b| Bytes::copy_from_slice(b.as_bytes()))
-                .unwrap_or_default(),
+            body.map(|b| Bytes::copy_from_slice(b.as_bytes())).unwrap_or_default(),
         )) {
             Ok(request) => request,
             Err(e) => return Attempt::Failed(format!("could not build the request: {e}")),
@@ -479,8 +463,7 @@ impl StripeClient for Transport {
         let (request, overrides) = req.into_pieces();
         async move {
             let account = overrides.account_id.as_ref().map(|a| a.as_str().to_owned());
-            self.send(&request, overrides.timeout, account.as_deref())
-                .await
+            self.send(&request, overrides.timeout, account.as_deref()).await
         }
     }
 }
@@ -507,10 +490,7 @@ mod tests {
         ] {
             assert_eq!(normalise_base(raw).unwrap(), "http://127.0.0.1:9", "{raw}");
         }
-        assert_eq!(
-            normalise_base(DEFAULT_API_BASE).unwrap(),
-            "https://api.stripe.com"
-        );
+        assert_eq!(normalise_base(DEFAULT_API_BASE).unwrap(), "https://api.stripe.com");
         assert_eq!(
             normalise_base("https://proxy.example/stripe/").unwrap(),
             "https://proxy.example/stripe"
@@ -520,14 +500,9 @@ mod tests {
     #[test]
     fn bad_base_urls_are_refused_without_echoing_a_password() {
         for raw in ["ftp://x", "not a url", "https://x/?a=1"] {
-            assert!(
-                matches!(normalise_base(raw), Err(StripeError::Config(_))),
-                "{raw}"
-            );
+            assert!(matches!(normalise_base(raw), Err(StripeError::Config(_))), "{raw}");
         }
-        let err = normalise_base("ftp://user:hunter2@x")
-            .unwrap_err()
-            .to_string();
+        let err = normalise_base("ftp://user:hunter2@x").unwrap_err().to_string();
         assert!(!err.contains("hunter2"), "{err}");
     }
 
@@ -575,10 +550,7 @@ mod tests {
     fn endpoints_are_grouped_by_their_first_path_segment() {
         assert_eq!(endpoint_of("/subscriptions"), "/v1/subscriptions");
         assert_eq!(endpoint_of("/subscriptions/sub_1"), "/v1/subscriptions");
-        assert_eq!(
-            endpoint_of("/checkout/sessions/cs_1/line_items"),
-            "/v1/checkout"
-        );
+        assert_eq!(endpoint_of("/checkout/sessions/cs_1/line_items"), "/v1/checkout");
     }
 
     #[test]

@@ -106,8 +106,7 @@ impl SmtpSink {
         let spool = dir.path().join("spool");
         std::fs::create_dir(&spool).unwrap();
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/mail_support/smtp_sink.py");
-        let python =
-            std::env::var("LICENSYNC_TEST_PYTHON").unwrap_or_else(|_| "python3".to_owned());
+        let python = std::env::var("LICENSYNC_TEST_PYTHON").unwrap_or_else(|_| "python3".to_owned());
 
         let mut cmd = Command::new(&python);
         cmd.arg(&script).arg("--spool").arg(&spool);
@@ -119,14 +118,8 @@ impl SmtpSink {
             let key_file = dir.path().join("key.pem");
             std::fs::write(&cert_file, cert.pem()).unwrap();
             std::fs::write(&key_file, signing_key.serialize_pem()).unwrap();
-            cmd.arg("--cert")
-                .arg(&cert_file)
-                .arg("--key")
-                .arg(&key_file);
-            cmd.arg("--user")
-                .arg(SINK_USER)
-                .arg("--password")
-                .arg(SINK_PASSWORD);
+            cmd.arg("--cert").arg(&cert_file).arg("--key").arg(&key_file);
+            cmd.arg("--user").arg(SINK_USER).arg("--password").arg(SINK_PASSWORD);
             sink_tls = Some(SinkTls { ca_file: cert_file });
         }
         let mut child = cmd
@@ -142,12 +135,7 @@ impl SmtpSink {
             .unwrap();
         let Ok(port) = first_line.trim().parse::<u16>() else {
             let mut stderr = String::new();
-            child
-                .stderr
-                .take()
-                .unwrap()
-                .read_to_string(&mut stderr)
-                .unwrap();
+            child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
             let _ = child.wait();
             let hint = if stderr.contains("No module named 'aiosmtpd'") {
                 format!("\nThe mail tests need aiosmtpd: run `{python} -m pip install aiosmtpd`.")
@@ -178,8 +166,7 @@ impl SmtpSink {
         metas
             .into_iter()
             .map(|meta| {
-                let mut received: Received =
-                    serde_json::from_slice(&std::fs::read(&meta).unwrap()).unwrap();
+                let mut received: Received = serde_json::from_slice(&std::fs::read(&meta).unwrap()).unwrap();
                 received.raw = std::fs::read(meta.with_extension("eml")).unwrap();
                 received
             })

@@ -6,8 +6,7 @@ use std::collections::HashSet;
 use proptest::prelude::*;
 
 use crate::domain::{
-    ActionKind, GrantFact, License, LicenseStatus, PaymentReversal, ReversalKind,
-    SubscriptionStatus, Timestamp,
+    ActionKind, GrantFact, License, LicenseStatus, PaymentReversal, ReversalKind, SubscriptionStatus, Timestamp,
 };
 use crate::fixtures::*;
 use crate::plan::{Plan, kind_of_change};
@@ -166,11 +165,7 @@ fn check_plan(plan: &Plan, current: &[License]) -> Result<(), TestCaseError> {
         match &action.before {
             None => {
                 prop_assert_eq!(action.kind, ActionKind::Issue);
-                prop_assert_eq!(
-                    action.after.status,
-                    LicenseStatus::Active,
-                    "issued keys are usable"
-                );
+                prop_assert_eq!(action.after.status, LicenseStatus::Active, "issued keys are usable");
                 prop_assert!(
                     current.iter().all(|l| l.grant_key() != action.grant),
                     "issue over an existing license"
@@ -198,11 +193,7 @@ fn only_clock_expiries(plan: &Plan) -> Result<(), TestCaseError> {
         let mut expected = action.before.clone().unwrap();
         prop_assert_eq!(expected.status, LicenseStatus::Active);
         expected.status = LicenseStatus::Expired;
-        prop_assert_eq!(
-            &expected,
-            &action.after,
-            "the clock changes the status only"
-        );
+        prop_assert_eq!(&expected, &action.after, "the clock changes the status only");
     }
     Ok(())
 }
