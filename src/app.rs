@@ -2,26 +2,23 @@
 //! configuration, the store, the reconcile engine and the output formats.
 //! Text goes to stdout for people; JSON shapes follow cli.md.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 
 use anyhow::{Context, Result};
 use chrono::Utc;
 use serde_json::json;
 
-use crate::cli::{Cli, Command, LicensesCommand, MailCommand, Output, ReconcileArgs};
-use crate::config::Config;
+use crate::cli::{Cli, Command, DaemonArgs, LicensesCommand, MailCommand, Output, ReconcileArgs};
+use crate::config::{Config, parse_timestamp};
 use crate::db::OpenDatabase;
 use crate::delivery::deliver_due;
 use crate::domain::{License, LicenseStatus};
-use crate::error::usage;
+use crate::error::{Failure, usage};
 use crate::mail::MailService;
 use crate::plan::PlanConfig;
-use crate::reconcile::{Report, RunOptions, Scope, reconcile, render_json, render_text};
+use crate::reconcile::{EVENTS_CURSOR, Interrupted, Report, RunOptions, Scope, reconcile, render_json, render_text};
 use crate::store::{LicenseFilter, Store};
 use crate::stripe::{StripeConfig, StripeSource};
-
-/// The name of the Events API cursor in `sync_state`.
-pub const EVENTS_CURSOR: &str = "events";
 
 pub async fn run(cli: Cli, config: Config) -> Result<()> {
     match cli.command {
@@ -65,7 +62,7 @@ pub async fn run(cli: Cli, config: Config) -> Result<()> {
             show_license(&db.store, &key_or_id, output)
         }
         Command::Reconcile(args) => {
-            let (report, outcome) = reconcile_once(&config, &args).await?;
+            let (report, outcome) = reconcile_once(&config, &args, stop_on_signal()).await?;
             match args.output {
                 Output::Json => println!("{}", render_json(&report)?),
                 Output::Text => print!("{}", render_text(&report)),
@@ -116,12 +113,16 @@ pub async fn run(cli: Cli, config: Config) -> Result<()> {
                 None => Err(anyhow::anyhow!("the queued email for {} disappeared", license.key)),
             }
         }
-        Command::Daemon(_) => anyhow::bail!("daemon: not built yet"),
+        Command::Daemon(args) => daemon(&config, args).await,
     }
 }
 
 /// One reconcile as the `reconcile` command and each daemon tick run it.
-pub async fn reconcile_once(config: &Config, args: &ReconcileArgs) -> Result<(Report, Result<()>)> {
+pub async fn reconcile_once(
+    config: &Config,
+    args: &ReconcileArgs,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<(Report, Result<()>)> {
     let key = config.require_stripe_key().map_err(usage)?.clone();
     let mail = if args.dry_run {
         None
@@ -143,8 +144,33 @@ pub async fn reconcile_once(config: &Config, args: &ReconcileArgs) -> Result<(Re
         rps: config.stripe_rps,
         ..StripeConfig::new(key)
     })?;
+    let scope = match (&args.since, args.full) {
+        (Some(since), _) => Scope::Since {
+            since: parse_timestamp(since, "--since").map_err(usage)?,
+            until: args
+                .until
+                .as_deref()
+                .map(|u| parse_timestamp(u, "--until"))
+                .transpose()
+                .map_err(usage)?,
+        },
+        (None, true) => Scope::Full,
+        (None, false) => Scope::Auto,
+    };
+    if let Scope::Since {
+        since,
+        until: Some(until),
+    } = scope
+        && until <= since
+    {
+        return Err(usage(anyhow::anyhow!(
+            "--until ({until}) must be after --since ({since})"
+        )));
+    }
     let options = RunOptions {
-        scope: Scope::Full,
+        scope,
+        stop: Some(stop),
+        progress: args.output == Output::Text && std::io::stderr().is_terminal(),
         dry_run: args.dry_run,
         allow_mode_mismatch: args.allow_mode_mismatch,
         plan: PlanConfig {
@@ -153,7 +179,110 @@ pub async fn reconcile_once(config: &Config, args: &ReconcileArgs) -> Result<(Re
         },
         mail_max_attempts: config.mail_max_attempts,
     };
-    reconcile(&db.store, source, mail.as_ref(), options).await
+    let (report, outcome) = reconcile(&db.store, source, mail.as_ref(), options).await?;
+    if let (Some(path), false) = (&args.metrics_file, args.dry_run) {
+        // Metrics are for alerting: a failure to write them must not hide the run's own outcome.
+        if let Err(e) = crate::metrics::render(&report, &db.store).and_then(|m| crate::metrics::write(path, &m)) {
+            tracing::warn!(error = %format!("{e:#}"), "could not write the metrics file");
+        }
+    }
+    Ok((report, outcome))
+}
+
+/// Reads a cron expression: the `cron` crate's form with seconds
+/// (`0 */15 * * * *`), or the classic five fields of crontab
+/// (`*/15 * * * *`), which run at second 0.
+pub fn parse_schedule(expression: &str) -> Result<cron::Schedule> {
+    let trimmed = expression.trim();
+    let fields = trimmed.split_whitespace().count();
+    let full = if fields == 5 {
+        format!("0 {trimmed}")
+    } else {
+        trimmed.to_owned()
+    };
+    full.parse::<cron::Schedule>().map_err(|e| {
+        usage(anyhow::anyhow!(
+            "--schedule / LICENSYNC_SCHEDULE: `{expression}` is not a cron expression ({e}); \
+             write e.g. `*/15 * * * *` (every 15 minutes) or `0 */15 * * * *` (with seconds)"
+        ))
+    })
+}
+
+/// A reconcile at each tick until SIGTERM/SIGINT. Runs never overlap: the
+/// next tick is computed when a run ends, so ticks that passed during a long
+/// run are skipped. A failed run is logged and the daemon goes on.
+async fn daemon(config: &Config, args: DaemonArgs) -> Result<()> {
+    let schedule = parse_schedule(&args.schedule)?;
+    config.require_stripe_key().map_err(usage)?;
+    let mut stop = stop_on_signal();
+    let reconcile_args = ReconcileArgs {
+        full: false,
+        since: None,
+        until: None,
+        dry_run: false,
+        output: Output::Json,
+        allow_mode_mismatch: args.reconcile.allow_mode_mismatch,
+        metrics_file: args.reconcile.metrics_file.clone(),
+    };
+    tracing::info!(schedule = %args.schedule, "daemon started");
+    loop {
+        let Some(next) = schedule.upcoming(Utc).next() else {
+            tracing::info!("the schedule has no further ticks; stopping");
+            return Ok(());
+        };
+        let wait = (next - Utc::now()).to_std().unwrap_or_default();
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = stop.changed() => {}
+        }
+        if *stop.borrow() {
+            tracing::info!("stopping on signal");
+            return Ok(());
+        }
+        match reconcile_once(config, &reconcile_args, stop.clone()).await {
+            Ok((report, Ok(()))) => tracing::info!(
+                run_id = report.run_id.as_deref().unwrap_or("-"),
+                mode = report.mode,
+                counts = %serde_json::to_string(&report.counts).unwrap_or_default(),
+                stripe_requests = report.stripe_requests,
+                emails_sent = report.emails_sent,
+                duration_ms = report.duration_ms,
+                "run succeeded"
+            ),
+            Ok((_, Err(e))) if e.chain().any(|c| c.is::<Interrupted>()) => {
+                tracing::info!("stopped on signal after the page in progress");
+                return Ok(());
+            }
+            Ok((_, Err(e))) | Err(e) => {
+                if matches!(e.downcast_ref::<Failure>(), Some(Failure::Usage(_))) {
+                    return Err(e);
+                }
+                tracing::error!(error = %crate::secret::redact(&format!("{e:#}")), "run failed; the daemon goes on");
+            }
+        }
+    }
+}
+
+/// A flag that turns `true` on SIGTERM or SIGINT: runs stop after the page
+/// in progress, so nothing is half-applied.
+pub fn stop_on_signal() -> tokio::sync::watch::Receiver<bool> {
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(term) => term,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM");
+                return;
+            }
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        tracing::info!("stop requested: finishing the page in progress");
+        let _ = tx.send(true);
+    });
+    rx
 }
 
 /// Opens the database and applies pending migrations, so that read

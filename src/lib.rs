@@ -19,6 +19,7 @@ pub mod fixtures;
 pub mod keys;
 pub mod logging;
 pub mod mail;
+pub mod metrics;
 pub mod pg;
 pub mod plan;
 pub mod reconcile;

@@ -3,13 +3,27 @@
 //! can touch, apply it in one transaction, sweep what the clock expired, and
 //! record the run. Memory stays bounded by a page; a run that fails part-way
 //! leaves every committed page consistent and the next run converges.
+//!
+//! Three scopes: a full scan; an incremental run that reads the Events API
+//! from the stored cursor and re-fetches only the objects events name (an
+//! event is a trigger, never a source of truth); and a `--since` backfill of
+//! a window. Choices where the rules are silent:
+//! - the cursor is `{"created": <unix s>, "seen": [event ids]}`: the run's
+//!   start time and the events already handled inside the overlap window, so
+//!   an event that arrives late for its second is handled once, not twice;
+//! - a product or price event makes the run a full scan: any license of that
+//!   product may change, and licenses do not record their Stripe product;
+//! - a refund or dispute event re-reads the refund and dispute lists (short
+//!   lists, and the only way to learn the payment intent they belong to);
+//! - `customer.updated` is not acted on: the email of an existing license is
+//!   refreshed by the next full run or the next event of its purchase.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, Result, anyhow};
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::{Map, Value, json};
 
@@ -21,26 +35,45 @@ use crate::error::{Failure, usage};
 use crate::mail::MailService;
 use crate::plan::{Action, Facts, Plan, PlanConfig, plan};
 use crate::store::Store;
-use crate::stripe::{CreatedRange, GrantPage, StripeError, StripeSource};
+use crate::stripe::{CreatedRange, EventFact, GrantPage, StripeError, StripeSource};
 
 /// How much of Stripe a run reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scope {
+    /// Incremental from the event cursor when it is fresh, else full.
+    Auto,
     /// Every subscription, completed payment-mode session and paid invoice.
     Full,
+    /// Everything that changed in a window (backfill after an outage).
+    Since { since: Timestamp, until: Option<Timestamp> },
 }
 
-impl Scope {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Scope::Full => "full",
-        }
-    }
+/// Name of the Events API cursor in `sync_state`.
+pub const EVENTS_CURSOR: &str = "events";
+/// Events of one second can be listed late: every incremental run re-reads
+/// this much before its cursor and skips the event ids it already handled.
+pub const OVERLAP: chrono::Duration = chrono::Duration::minutes(5);
+/// Stripe keeps events 30 days; past 25 the cursor is too old to trust.
+pub const EVENT_RETENTION: chrono::Duration = chrono::Duration::days(25);
+/// Objects re-fetched per planned page in incremental and backfill runs.
+const REFETCH_BATCH: usize = 50;
+
+/// The stored Events API cursor.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct EventCursor {
+    /// Unix seconds: events created at or after `created - OVERLAP` are read next time.
+    pub created: i64,
+    /// Events already handled with `created >= self.created - OVERLAP`.
+    pub seen: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
 pub struct RunOptions {
     pub scope: Scope,
+    /// Set to `true` (SIGTERM/SIGINT) to stop after the page in progress.
+    pub stop: Option<tokio::sync::watch::Receiver<bool>>,
+    /// Show a progress bar (a terminal is watching).
+    pub progress: bool,
     pub dry_run: bool,
     pub allow_mode_mismatch: bool,
     pub plan: PlanConfig,
@@ -79,6 +112,9 @@ pub struct Report {
     pub stripe_requests: u64,
     pub emails_sent: usize,
     pub duration_ms: u64,
+    /// Why the run read what it read (e.g. "no event cursor: full scan").
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
@@ -101,6 +137,7 @@ impl Report {
             stripe_requests: 0,
             emails_sent: 0,
             duration_ms: 0,
+            note: None,
             error: None,
         }
     }
@@ -147,8 +184,9 @@ fn report_action(action: &Action, license_key: Option<String>) -> ReportAction {
 /// What every page needs, shared with the blocking database work.
 struct PageContext {
     store: Store,
-    catalog: Catalog,
-    options: RunOptions,
+    catalog: Arc<Catalog>,
+    plan: PlanConfig,
+    dry_run: bool,
     now: Timestamp,
     run_id: Option<i64>,
 }
@@ -175,25 +213,56 @@ fn plan_and_apply(
         reversals,
         complete_subscriptions,
     };
-    let plan = plan(&facts, &current, &ctx.options.plan, ctx.now);
+    let plan = plan(&facts, &current, &ctx.plan, ctx.now);
     for warning in &plan.warnings {
         tracing::warn!("{warning}");
     }
-    if ctx.options.dry_run || plan.actions.is_empty() {
+    if ctx.dry_run || plan.actions.is_empty() {
         return Ok((plan, None));
     }
     let applied = apply_page(&ctx.store, ctx.run_id, &plan.actions)?;
     Ok((plan, Some(applied)))
 }
 
+/// Raised when SIGTERM/SIGINT asked the run to stop between pages.
+#[derive(Debug, thiserror::Error)]
+#[error("stopped by a signal after the page in progress; committed pages stay, the next run converges")]
+pub struct Interrupted;
+
 /// A reconcile run in progress.
-pub struct Run {
-    ctx: Arc<PageContext>,
+struct Run {
+    store: Store,
     source: Arc<StripeSource>,
-    pub report: Report,
+    plan: PlanConfig,
+    dry_run: bool,
+    now: Timestamp,
+    run_id: Option<i64>,
+    /// Read on first use: a run with nothing to re-plan never pays for it.
+    catalog: Option<Arc<Catalog>>,
+    stop: Option<tokio::sync::watch::Receiver<bool>>,
+    progress: indicatif::ProgressBar,
+    objects: usize,
+    report: Report,
 }
 
 impl Run {
+    fn check_stop(&self) -> Result<()> {
+        match &self.stop {
+            Some(stop) if *stop.borrow() => Err(Interrupted.into()),
+            _ => Ok(()),
+        }
+    }
+
+    async fn catalog(&mut self) -> Result<Arc<Catalog>> {
+        if let Some(catalog) = &self.catalog {
+            return Ok(catalog.clone());
+        }
+        let (products, prices) = self.source.catalog().await.context("reading the product catalog")?;
+        let catalog = Arc::new(Catalog::new(products, prices));
+        self.catalog = Some(catalog.clone());
+        Ok(catalog)
+    }
+
     async fn page(
         &mut self,
         grants: Vec<GrantFact>,
@@ -201,13 +270,33 @@ impl Run {
         reversals: Vec<PaymentReversal>,
         extra: Vec<License>,
     ) -> Result<()> {
-        let ctx = self.ctx.clone();
+        let catalog = if grants.is_empty() {
+            Arc::new(Catalog::default())
+        } else {
+            self.catalog().await?
+        };
+        self.objects += grants.len() + reversals.len() + extra.len();
+        let ctx = PageContext {
+            store: self.store.clone(),
+            catalog,
+            plan: self.plan,
+            dry_run: self.dry_run,
+            now: self.now,
+            run_id: self.run_id,
+        };
         let (plan, applied) = tokio::task::spawn_blocking(move || {
             plan_and_apply(&ctx, &grants, &complete_subscriptions, &reversals, extra)
         })
         .await
         .context("the page worker stopped")??;
         self.report.record(&plan, applied.as_deref());
+        self.progress.set_message(format!(
+            "{} objects, {} Stripe requests, {} changes",
+            self.objects,
+            self.source.requests(),
+            self.report.actions.len()
+        ));
+        self.progress.tick();
         Ok(())
     }
 
@@ -224,17 +313,11 @@ impl Run {
         let mut after: Option<String> = None;
         let mut session_invoices = Vec::new();
         loop {
+            self.check_stop()?;
             let page = fetch(self.source.clone(), after.clone())
                 .await
                 .with_context(|| format!("reading {what}"))?;
-            let grants: Vec<GrantFact> = match skip_invoices {
-                Some(skip) => page
-                    .grants
-                    .into_iter()
-                    .filter(|g| !skip.contains(g.key().source_id.split('/').next().unwrap_or_default()))
-                    .collect(),
-                None => page.grants,
-            };
+            let grants = without_session_invoices(page.grants, skip_invoices);
             session_invoices.extend(page.session_invoices);
             self.page(grants, page.complete_subscriptions, Vec::new(), Vec::new())
                 .await?;
@@ -245,7 +328,8 @@ impl Run {
         }
     }
 
-    async fn full_scan(&mut self) -> Result<()> {
+    /// Subscriptions in full; sessions and invoices created in `created`.
+    async fn scan(&mut self, created: CreatedRange) -> Result<()> {
         let all = CreatedRange::default();
         self.grant_pages(
             "subscriptions",
@@ -256,7 +340,7 @@ impl Run {
         let session_invoices: HashSet<String> = self
             .grant_pages(
                 "checkout sessions",
-                |s, after| async move { s.checkout_sessions_page(after.as_deref(), &all).await },
+                |s, after| async move { s.checkout_sessions_page(after.as_deref(), &created).await },
                 None,
             )
             .await?
@@ -264,7 +348,7 @@ impl Run {
             .collect();
         self.grant_pages(
             "invoices",
-            |s, after| async move { s.invoices_page(after.as_deref(), &all).await },
+            |s, after| async move { s.invoices_page(after.as_deref(), &created).await },
             Some(&session_invoices),
         )
         .await?;
@@ -275,6 +359,7 @@ impl Run {
         for disputes in [false, true] {
             let mut after: Option<String> = None;
             loop {
+                self.check_stop()?;
                 let page = if disputes {
                     self.source
                         .disputes_page(after.as_deref())
@@ -296,13 +381,121 @@ impl Run {
         Ok(())
     }
 
+    /// Every relevant event created in `[gte, until)`, de-duplicated by id
+    /// and without the ids in `seen`, oldest first.
+    async fn events(
+        &mut self,
+        gte: Timestamp,
+        until: Option<Timestamp>,
+        seen: &HashSet<String>,
+    ) -> Result<Vec<EventFact>> {
+        let mut events = Vec::new();
+        let mut ids = HashSet::new();
+        let mut after: Option<String> = None;
+        loop {
+            self.check_stop()?;
+            let page = self
+                .source
+                .events_page(gte, after.as_deref())
+                .await
+                .context("reading Stripe events")?;
+            for e in page.items {
+                if until.is_some_and(|u| e.created >= u) || seen.contains(&e.id) || !ids.insert(e.id.clone()) {
+                    continue;
+                }
+                events.push(e);
+            }
+            match page.next {
+                Some(next) => after = Some(next),
+                None => break,
+            }
+        }
+        events.sort_by(|a, b| (a.created, &a.id).cmp(&(b.created, &b.id)));
+        Ok(events)
+    }
+
+    /// Re-fetches the objects the events name and reconciles those.
+    /// Returns `false` when an event asks for a full scan instead.
+    async fn replay(&mut self, events: &[EventFact]) -> Result<bool> {
+        let mut subscriptions = BTreeSet::new();
+        let mut sessions = BTreeSet::new();
+        let mut invoices = BTreeSet::new();
+        let mut reversals = false;
+        for e in events {
+            let kind = e.event_type.as_str();
+            if kind.starts_with("product.") || kind.starts_with("price.") {
+                return Ok(false);
+            } else if kind.starts_with("customer.subscription.") {
+                subscriptions.insert(e.object_id.clone());
+            } else if kind.starts_with("checkout.session.") {
+                sessions.insert(e.object_id.clone());
+            } else if kind.starts_with("invoice.") {
+                match &e.subscription {
+                    Some(sub) => subscriptions.insert(sub.clone()),
+                    None => invoices.insert(e.object_id.clone()),
+                };
+            } else if kind.starts_with("charge.") {
+                reversals = true;
+            }
+        }
+        let subscriptions: Vec<String> = subscriptions.into_iter().collect();
+        for batch in subscriptions.chunks(REFETCH_BATCH) {
+            let page = self
+                .refetch(batch, |s, id| async move { s.subscription(&id).await })
+                .await?;
+            self.page(page.grants, page.complete_subscriptions, Vec::new(), Vec::new())
+                .await?;
+        }
+        let sessions: Vec<String> = sessions.into_iter().collect();
+        for batch in sessions.chunks(REFETCH_BATCH) {
+            let page = self
+                .refetch(batch, |s, id| async move { s.checkout_session(&id).await })
+                .await?;
+            self.page(page.grants, Vec::new(), Vec::new(), Vec::new()).await?;
+        }
+        let invoices: Vec<String> = invoices.into_iter().collect();
+        for batch in invoices.chunks(REFETCH_BATCH) {
+            let page = self.refetch(batch, |s, id| async move { s.invoice(&id).await }).await?;
+            self.page(page.grants, Vec::new(), Vec::new(), Vec::new()).await?;
+        }
+        if reversals {
+            self.reversal_pages().await?;
+        }
+        Ok(true)
+    }
+
+    /// Current state of a batch of objects, merged into one page. An object
+    /// Stripe no longer has (404) has nothing left to reconcile.
+    async fn refetch<F, Fut>(&mut self, ids: &[String], fetch: F) -> Result<GrantPage>
+    where
+        F: Fn(Arc<StripeSource>, String) -> Fut,
+        Fut: std::future::Future<Output = Result<GrantPage, StripeError>>,
+    {
+        self.check_stop()?;
+        let mut merged = GrantPage::default();
+        for id in ids {
+            match fetch(self.source.clone(), id.clone()).await {
+                Ok(page) => {
+                    merged.grants.extend(page.grants);
+                    merged.complete_subscriptions.extend(page.complete_subscriptions);
+                }
+                Err(StripeError::Api { status: 404, .. }) => {
+                    tracing::warn!(object = %id, "an event names an object Stripe no longer has; nothing to reconcile");
+                }
+                Err(e) => return Err(anyhow::Error::new(e).context(format!("re-fetching {id}"))),
+            }
+        }
+        Ok(merged)
+    }
+
     /// Expires active licenses whose time ran out and that no Stripe page
     /// touched (e.g. a 30-day one-time license on day 31).
     async fn clock_sweep(&mut self) -> Result<()> {
         const BATCH: i64 = 500;
         let mut after_id = 0;
         loop {
-            let (store, now) = (self.ctx.store.clone(), self.ctx.now);
+            self.check_stop()?;
+            let (store, now) = (self.store.clone(), self.now);
             let due = tokio::task::spawn_blocking(move || store.licenses_expired_by_clock(now, after_id, BATCH))
                 .await
                 .context("the sweep worker stopped")??;
@@ -314,6 +507,98 @@ impl Run {
                 return Ok(());
             }
         }
+    }
+
+    /// Does what the scope asks; returns the mode actually run and the
+    /// cursor to store when the run succeeds.
+    async fn execute(
+        &mut self,
+        scope: Scope,
+        cursor: Option<EventCursor>,
+    ) -> Result<(&'static str, Option<EventCursor>)> {
+        let start_cursor = EventCursor {
+            created: self.now.timestamp(),
+            seen: Vec::new(),
+        };
+        match scope {
+            Scope::Full => {
+                self.scan(CreatedRange::default()).await?;
+                self.clock_sweep().await?;
+                // The scan read every object after the events created before
+                // it started: those count as handled, so the next run does not
+                // replay them (a product change would otherwise mean another
+                // full scan within the overlap window).
+                let window = self.events(self.now - OVERLAP, Some(self.now), &HashSet::new()).await?;
+                let seen = window.into_iter().map(|e| e.id).collect();
+                Ok(("full", Some(EventCursor { seen, ..start_cursor })))
+            }
+            Scope::Auto => {
+                let usable = cursor.filter(|c| self.now.timestamp() - c.created < EVENT_RETENTION.num_seconds());
+                let Some(cursor) = usable else {
+                    self.report.note = Some("no event cursor, or older than 25 days: full scan".into());
+                    tracing::info!("no fresh event cursor: running a full scan");
+                    return Box::pin(self.execute(Scope::Full, None)).await;
+                };
+                let from = DateTime::from_timestamp(cursor.created, 0).unwrap_or(self.now) - OVERLAP;
+                let seen: HashSet<String> = cursor.seen.into_iter().collect();
+                let events = self.events(from, None, &seen).await?;
+                if !self.replay(&events).await? {
+                    self.report.note = Some("a product or price changed: full scan".into());
+                    return Box::pin(self.execute(Scope::Full, None)).await;
+                }
+                self.clock_sweep().await?;
+                let window_start = self.now - OVERLAP;
+                let mut seen: Vec<String> = seen.into_iter().collect();
+                seen.extend(
+                    events
+                        .into_iter()
+                        .map(|e| (e.created, e.id))
+                        .filter(|(c, _)| *c >= window_start)
+                        .map(|(_, id)| id),
+                );
+                seen.sort();
+                Ok((
+                    "incremental",
+                    Some(EventCursor {
+                        created: start_cursor.created,
+                        seen,
+                    }),
+                ))
+            }
+            Scope::Since { since, until } => {
+                let until_ts = until.unwrap_or(self.now);
+                if self.now - since <= EVENT_RETENTION {
+                    self.report.note = Some(format!("window {since} .. {until_ts}: replayed from Stripe events"));
+                    let events = self.events(since, until, &HashSet::new()).await?;
+                    if !self.replay(&events).await? {
+                        self.report.note = Some("a product or price changed in the window: full scan".into());
+                        self.scan(CreatedRange::default()).await?;
+                    }
+                } else {
+                    self.report.note = Some(format!(
+                        "window {since} .. {until_ts} starts before Stripe's event retention: \
+                         all subscriptions, and sessions and invoices created in the window"
+                    ));
+                    self.scan(CreatedRange {
+                        gte: Some(since),
+                        lt: until,
+                    })
+                    .await?;
+                }
+                self.clock_sweep().await?;
+                Ok(("since", None))
+            }
+        }
+    }
+}
+
+fn without_session_invoices(grants: Vec<GrantFact>, skip: Option<&HashSet<String>>) -> Vec<GrantFact> {
+    match skip {
+        Some(skip) => grants
+            .into_iter()
+            .filter(|g| !skip.contains(g.key().source_id.split('/').next().unwrap_or_default()))
+            .collect(),
+        None => grants,
     }
 }
 
@@ -328,10 +613,8 @@ pub async fn reconcile(
 ) -> Result<(Report, Result<()>)> {
     let started = Instant::now();
     let now = Utc::now();
-    let scope = options.scope;
     let dry_run = options.dry_run;
-    let options_max_attempts = options.mail_max_attempts;
-    let _lock = if options.dry_run {
+    let _lock = if dry_run {
         None
     } else {
         let lock = store.try_lock_run()?;
@@ -344,46 +627,58 @@ pub async fn reconcile(
         lock
     };
     check_mode(store, source.livemode(), options.allow_mode_mismatch)?;
-    let run_id = if options.dry_run {
+    let cursor = match store.cursor(EVENTS_CURSOR)? {
+        Some((value, _)) => serde_json::from_str::<EventCursor>(&value).ok(),
+        None => None,
+    };
+    let planned_mode = match options.scope {
+        Scope::Full => "full",
+        Scope::Since { .. } => "since",
+        Scope::Auto if cursor.is_some() => "incremental",
+        Scope::Auto => "full",
+    };
+    let run_id = if dry_run {
         None
     } else {
-        Some(store.start_run(scope.as_str(), Some(source.livemode()))?)
+        Some(store.start_run(planned_mode, Some(source.livemode()))?)
     };
-    let source = Arc::new(source);
-    let mut report = Report::new(scope.as_str(), options.dry_run);
-    report.run_id = run_id.map(|id| id.to_string());
-
-    let result = async {
-        let (products, prices) = source.catalog().await.context("reading the product catalog")?;
-        let catalog = Catalog::new(products, prices);
-        let ctx = Arc::new(PageContext {
-            store: store.clone(),
-            catalog,
-            options,
-            now,
-            run_id,
-        });
-        let mut run = Run {
-            ctx,
-            source: source.clone(),
-            report,
-        };
-        let outcome = async {
-            match scope {
-                Scope::Full => run.full_scan().await?,
+    let progress = if options.progress {
+        let bar = indicatif::ProgressBar::new_spinner();
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{spinner} {elapsed} {msg}").expect("progress template is valid"),
+        );
+        bar
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let mut run = Run {
+        store: store.clone(),
+        source: Arc::new(source),
+        plan: options.plan,
+        dry_run,
+        now,
+        run_id,
+        catalog: None,
+        stop: options.stop.clone(),
+        progress,
+        objects: 0,
+        report: Report::new(planned_mode, dry_run),
+    };
+    let outcome = run.execute(options.scope, cursor).await;
+    run.progress.finish_and_clear();
+    let mut report = run.report;
+    let outcome = match outcome {
+        Ok((mode, new_cursor)) => {
+            report.mode = mode;
+            match (new_cursor, dry_run) {
+                (Some(c), false) => store.set_cursor(EVENTS_CURSOR, &serde_json::to_string(&c)?),
+                _ => Ok(()),
             }
-            run.clock_sweep().await
         }
-        .await;
-        Ok::<_, anyhow::Error>((run.report, outcome))
-    }
-    .await;
-    let (mut report, outcome) = match result {
-        Ok(pair) => pair,
-        Err(e) => (Report::new(scope.as_str(), dry_run), Err(e)),
+        Err(e) => Err(e),
     };
     report.run_id = run_id.map(|id| id.to_string());
-    report.stripe_requests = source.requests();
+    report.stripe_requests = run.source.requests();
     report.duration_ms = started.elapsed().as_millis() as u64;
     if let Err(e) = &outcome {
         report.outcome = "failed";
@@ -392,7 +687,7 @@ pub async fn reconcile(
     // Sending happens after the pages committed; an email that fails stays
     // pending for the next run and never fails this one.
     if let (Some(mail), false) = (mail, dry_run) {
-        match deliver_due(store, mail, options_max_attempts, Utc::now()).await {
+        match deliver_due(store, mail, options.mail_max_attempts, Utc::now()).await {
             Ok(sent) => report.emails_sent = sent.sent,
             Err(e) => {
                 tracing::warn!(error = %format!("{e:#}"), "could not deliver license emails; the next run retries")
@@ -407,7 +702,8 @@ pub async fn reconcile(
             &counts,
             report.stripe_requests,
             report.emails_sent as i32,
-            None,
+            report.mode,
+            report.note.as_deref(),
             report.error.as_deref(),
         )?;
     }

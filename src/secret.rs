@@ -68,10 +68,7 @@ mod tests {
     #[test]
     fn stripe_keys_are_masked_but_keep_their_mode() {
         let text = "key sk_live_51Habc123 and rk_test_XyZ, not risk_management";
-        assert_eq!(
-            redact(text),
-            "key sk_live_… and rk_test_…, not risk_management"
-        );
+        assert_eq!(redact(text), "key sk_live_… and rk_test_…, not risk_management");
     }
 
     #[test]

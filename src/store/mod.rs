@@ -374,6 +374,7 @@ impl Store {
         counts: &serde_json::Value,
         stripe_requests: u64,
         emails_sent: i32,
+        mode: &str,
         note: Option<&str>,
         error: Option<&str>,
     ) -> Result<()> {
@@ -381,6 +382,8 @@ impl Store {
         diesel::update(runs::table.find(run_id))
             .set((
                 runs::finished_at.eq(diesel::dsl::now),
+                // An incremental run that fell back to a full scan says so.
+                runs::mode.eq(mode),
                 runs::outcome.eq(if succeeded { "succeeded" } else { "failed" }),
                 runs::counts.eq(counts),
                 runs::stripe_requests.eq(i64::try_from(stripe_requests).unwrap_or(i64::MAX)),
@@ -391,6 +394,19 @@ impl Store {
             .execute(&mut conn)
             .context("recording the end of the run")?;
         Ok(())
+    }
+
+    /// When the last successful run finished.
+    pub fn last_success(&self) -> Result<Option<DateTime<Utc>>> {
+        let mut conn = self.conn()?;
+        let finished: Option<Option<DateTime<Utc>>> = runs::table
+            .filter(runs::outcome.eq("succeeded"))
+            .order(runs::id.desc())
+            .select(runs::finished_at)
+            .first(&mut conn)
+            .optional()
+            .context("reading the last successful run")?;
+        Ok(finished.flatten())
     }
 
     pub fn recent_runs(&self, limit: i64) -> Result<Vec<RunRow>> {

@@ -99,6 +99,9 @@ pub struct EventFact {
     pub object_id: String,
     /// The snapshot's `object` (`subscription`, `checkout.session`, ...).
     pub object_type: String,
+    /// For an invoice of a subscription: that subscription, whose current
+    /// state is what decides its licenses (`parent.subscription_details`).
+    pub subscription: Option<String>,
 }
 
 /// A `created` filter; both ends open when unset.
@@ -845,9 +848,13 @@ impl StripeSource {
             let id = event.id.as_str().to_owned();
             // `data.object` is untyped in async-stripe: only its id and kind
             // are read, the object itself is re-fetched by the caller.
-            let (object_id, object_type) = match &event.data.object {
-                Value::Object(map) => (string_field(map.get("id")), string_field(map.get("object"))),
-                _ => (None, None),
+            let (object_id, object_type, subscription) = match &event.data.object {
+                Value::Object(map) => (
+                    string_field(map.get("id")),
+                    string_field(map.get("object")),
+                    invoice_subscription(map),
+                ),
+                _ => (None, None, None),
             };
             let Some(object_id) = object_id else {
                 tracing::warn!(event = %id, "event without an object id: ignored");
@@ -858,11 +865,23 @@ impl StripeSource {
                 created: ts(event.created, "created", &format!("event {id}"))?,
                 object_id,
                 object_type: object_type.unwrap_or_default(),
+                subscription,
                 id,
             });
         }
         Ok(Page { items, next })
     }
+}
+
+/// `parent.subscription_details.subscription` of an invoice snapshot.
+fn invoice_subscription(map: &miniserde::json::Object) -> Option<String> {
+    let Some(Value::Object(parent)) = map.get("parent") else {
+        return None;
+    };
+    let Some(Value::Object(details)) = parent.get("subscription_details") else {
+        return None;
+    };
+    string_field(details.get("subscription"))
 }
 
 fn session_customer(session: &CheckoutSession) -> Option<String> {
