@@ -14,7 +14,7 @@ use crate::db::OpenDatabase;
 use crate::delivery::deliver_due;
 use crate::domain::{License, LicenseStatus};
 use crate::error::{Failure, usage};
-use crate::mail::MailService;
+use crate::mail::{MailService, MailUrl};
 use crate::plan::PlanConfig;
 use crate::reconcile::{EVENTS_CURSOR, Interrupted, Report, RunOptions, Scope, reconcile, render_json, render_text};
 use crate::store::{LicenseFilter, Store};
@@ -65,7 +65,12 @@ pub async fn run(cli: Cli, config: Config) -> Result<()> {
             let (report, outcome) = reconcile_once(&config, &args, stop_on_signal()).await?;
             match args.output {
                 Output::Json => println!("{}", render_json(&report)?),
-                Output::Text => print!("{}", render_text(&report)),
+                Output::Text => {
+                    print!("{}", render_text(&report));
+                    if let (MailUrl::File(dir), false) = (&config.mail.url, args.dry_run) {
+                        println!("License emails are written to {} (one .eml file per message).", dir.display());
+                    }
+                }
             }
             outcome
         }
