@@ -114,12 +114,7 @@ impl Config {
 }
 
 fn absolute(path: &std::path::Path) -> Result<PathBuf> {
-    if path.is_absolute() {
-        return Ok(path.to_path_buf());
-    }
-    Ok(std::env::current_dir()
-        .context("reading the current directory")?
-        .join(path))
+    std::path::absolute(path).with_context(|| format!("making {} absolute", path.display()))
 }
 
 /// `30s`, `15m`, `24h`, `7d` (and the other forms humantime reads).
