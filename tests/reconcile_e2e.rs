@@ -845,3 +845,180 @@ async fn each_license_counts_once_in_a_run_that_refunds_it() {
     let report = w.reconcile(&[]).await.report();
     assert_eq!(nonzero_counts(&report), counts(&[("unchanged", 3)]), "{report:#}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_run_that_fails_part_way_keeps_its_committed_pages_whole_and_the_next_run_completes_it() {
+    let w = World::new().await;
+    let f = &w.fake;
+    let shop = Shop::open(f);
+    let invoice = f.create_invoice(fake_stripe::InvoiceSpec {
+        customer: shop.customer.clone(),
+        lines: vec![(shop.tool_once.clone(), 1)],
+        ..Default::default()
+    });
+    let invoice_line = format!("{}/{}", invoice.id, invoice.line_ids[0]);
+    // Subscriptions and checkout sessions are read first; invoices fail for good.
+    f.inject_fault(Fault {
+        path_prefix: "/v1/invoices".into(),
+        kind: FaultKind::ServerError(503),
+        times: 6,
+    });
+
+    let failed = w.reconcile(&[]).await;
+    assert_eq!(failed.code, 1, "{}", failed.all());
+    let report = failed.json();
+    assert_eq!(report["outcome"], "failed");
+    assert_eq!(report["counts"]["issued"], 3, "the pages before the failure committed");
+    let licenses = w.by_source().await;
+    assert_eq!(
+        licenses.keys().cloned().collect::<Vec<_>>(),
+        {
+            let mut v = vec![shop.item(), shop.addon_line(), shop.tool_line()];
+            v.sort();
+            v
+        },
+        "no license of the page that failed"
+    );
+    // Each committed license is whole: its ledger row and its email.
+    assert_eq!((w.count("license_ledger"), w.count("email_outbox")), (3, 3));
+    w.assert_one_email_per_license().await;
+    assert_eq!(w.db.store.recent_runs(1).unwrap()[0].outcome, "failed");
+
+    let report = w.reconcile(&[]).await.report();
+    assert_eq!(
+        nonzero_counts(&report),
+        counts(&[("issued", 1), ("unchanged", 3)]),
+        "{report:#}"
+    );
+    assert_eq!(actions(&report)[&invoice_line]["action"], "issue");
+    let after = w.by_source().await;
+    for (source, license) in &licenses {
+        assert_eq!(&after[source], license, "the committed license stays as it was");
+    }
+    assert_eq!(after.len(), 4);
+    w.assert_one_email_per_license().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_purchase_gives_one_license_however_stripe_shows_it() {
+    let w = World::new().await;
+    let f = &w.fake;
+    let shop = Shop::open(f);
+    // The subscription was bought through Checkout: the session and its
+    // first invoice are the same purchase as the subscription.
+    let via_checkout = f.create_checkout_session(CheckoutSpec {
+        customer: Some(shop.customer.clone()),
+        mode: Some("subscription".into()),
+        subscription: Some(shop.sub.id.clone()),
+        ..CheckoutSpec::default()
+    });
+    // A one-time checkout that also made an invoice paid by the same payment.
+    let with_invoice = f.create_checkout_session(CheckoutSpec {
+        customer: Some(shop.customer.clone()),
+        lines: vec![(shop.addon_once.clone(), 1)],
+        create_invoice: true,
+        ..CheckoutSpec::default()
+    });
+    assert!(via_checkout.invoice.is_some() && with_invoice.invoice.is_some());
+
+    let report = w.reconcile(&[]).await.report();
+    assert_eq!(nonzero_counts(&report), counts(&[("issued", 4)]), "{report:#}");
+    let sources: Vec<String> = w.by_source().await.into_keys().collect();
+    let mut expected = vec![
+        shop.item(),
+        shop.addon_line(),
+        shop.tool_line(),
+        format!("{}/{}", with_invoice.id, with_invoice.line_ids[0]),
+    ];
+    expected.sort();
+    assert_eq!(
+        sources, expected,
+        "no license for the sessions' invoices or the subscription's session"
+    );
+    w.assert_one_email_per_license().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_partial_refund_changes_nothing_and_a_lost_dispute_revokes() {
+    let w = World::new().await;
+    let f = &w.fake;
+    let shop = Shop::open(f);
+    let other = f.create_checkout_session(CheckoutSpec {
+        customer: Some(shop.customer.clone()),
+        lines: vec![(shop.tool_once.clone(), 1)],
+        ..CheckoutSpec::default()
+    });
+    let other_line = format!("{}/{}", other.id, other.line_ids[0]);
+    w.reconcile(&[]).await.report();
+    let before = w.by_source().await;
+
+    let partial = f.refund(shop.checkout.payment_intent.as_deref().unwrap(), Some(100));
+    let dispute = f.dispute(other.payment_intent.as_deref().unwrap(), "needs_response");
+    let report = w.reconcile(&[]).await.report();
+    assert_eq!(
+        report["actions"],
+        json!([]),
+        "an open dispute and a partial refund change nothing"
+    );
+    let skipped = report["skipped"].as_array().unwrap();
+    assert!(
+        skipped
+            .iter()
+            .any(|s| s["stripe_object"] == partial && s["reason"].as_str().unwrap().contains("partial refund")),
+        "the partial refund is reported: {report:#}"
+    );
+    assert_eq!(w.by_source().await, before);
+
+    f.dispute(other.payment_intent.as_deref().unwrap(), "lost");
+    let report = w.reconcile(&[]).await.report();
+    assert_eq!(without_unchanged(&report)["revoked"], 1, "{report:#}");
+    let a = &actions(&report)[&other_line];
+    assert_eq!(a["action"], "revoke");
+    assert_eq!(a["stripe_object"], dispute);
+    assert_eq!(a["license_key"], before[&other_line]["key"]);
+    let after = w.by_source().await;
+    assert_eq!(after[&other_line]["status"], "revoked");
+    assert_eq!(
+        after[&shop.addon_line()],
+        before[&shop.addon_line()],
+        "other purchases of the customer keep theirs"
+    );
+    assert_eq!(after[&shop.item()], before[&shop.item()]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unpaid_subscription_expires_and_comes_back_with_its_key_when_paid() {
+    let w = World::new().await;
+    let f = &w.fake;
+    let now = f.now();
+    let shop = Shop::open(f);
+    let item = shop.item();
+    w.reconcile(&[]).await.report();
+    let key = w.by_source().await[&item]["key"].clone();
+
+    f.renew_subscription(&shop.sub.id, false);
+    f.set_subscription_status(&shop.sub.id, "unpaid");
+    let report = w.reconcile(&[]).await.report();
+    let a = &actions(&report)[&item];
+    assert_eq!(a["action"], "expire", "{report:#}");
+    let license = &w.by_source().await[&item];
+    assert_eq!(license["status"], "expired");
+    assert_eq!(license["expires_at"], ts(now + 30 * DAY), "expired at what was paid");
+
+    // The customer pays the open invoice: Stripe makes the subscription active again.
+    let invoice = f.get(&shop.sub.id).unwrap()["latest_invoice"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    f.update(&invoice, |i| i["status"] = "paid".into());
+    f.set_subscription_status(&shop.sub.id, "active");
+    let report = w.reconcile(&[]).await.report();
+    let a = &actions(&report)[&item];
+    assert_eq!(a["action"], "reinstate", "{report:#}");
+    assert_eq!(a["license_key"], key);
+    let license = &w.by_source().await[&item];
+    assert_eq!(license["status"], "active");
+    assert_eq!(license["key"], key);
+    assert_eq!(license["expires_at"], ts(now + 60 * DAY + DAY));
+    w.assert_one_email_per_license().await;
+}
