@@ -1022,3 +1022,27 @@ async fn an_unpaid_subscription_expires_and_comes_back_with_its_key_when_paid() 
     assert_eq!(license["expires_at"], ts(now + 60 * DAY + DAY));
     w.assert_one_email_per_license().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn email_held_back_without_a_transport_is_sent_once_when_one_is_configured() {
+    let w = World::new().await;
+    Shop::open(&w.fake);
+    let mut no_mail = w.reconcile_cmd(&w.fake, &w.fake.api_key(), &[]);
+    no_mail.env("LICENSYNC_MAIL_URL", "none");
+    let report = World::run(no_mail).await.report();
+    assert_eq!(report["counts"]["issued"], 3);
+    assert_eq!(report["emails_sent"], 0);
+    assert!(w.emails().is_empty());
+
+    let report = w.reconcile(&[]).await.report();
+    assert_eq!(report["actions"], json!([]));
+    assert_eq!(
+        report["emails_sent"], 3,
+        "the held-back emails go out with the next run"
+    );
+    w.assert_one_email_per_license().await;
+
+    let report = w.reconcile(&[]).await.report();
+    assert_eq!(report["emails_sent"], 0);
+    w.assert_one_email_per_license().await;
+}
