@@ -68,7 +68,10 @@ pub async fn run(cli: Cli, config: Config) -> Result<()> {
                 Output::Text => {
                     print!("{}", render_text(&report));
                     if let (MailUrl::File(dir), false) = (&config.mail.url, args.dry_run) {
-                        println!("License emails are written to {} (one .eml file per message).", dir.display());
+                        println!(
+                            "License emails are written to {} (one .eml file per message).",
+                            dir.display()
+                        );
                     }
                 }
             }

@@ -3,6 +3,8 @@
 
 use std::process::ExitCode;
 
+use crate::stripe::StripeError;
+
 /// A failure the caller branches on to pick the exit code.
 #[derive(Debug, thiserror::Error)]
 pub enum Failure {
@@ -19,14 +21,20 @@ pub const EXIT_FAILED: u8 = 1;
 pub const EXIT_USAGE: u8 = 2;
 pub const EXIT_LOCKED: u8 = 75;
 
-/// The exit code of an error chain: the first `Failure` in it decides.
+/// The exit code of an error chain: the first `Failure` in it decides; a
+/// key Stripe rejects is a configuration error (fix STRIPE_API_KEY), not a
+/// failed run that retrying would fix.
 pub fn exit_code(error: &anyhow::Error) -> ExitCode {
     let code = error
         .chain()
-        .find_map(|e| e.downcast_ref::<Failure>())
-        .map(|f| match f {
-            Failure::Usage(_) => EXIT_USAGE,
-            Failure::Locked(_) => EXIT_LOCKED,
+        .find_map(|e| {
+            if let Some(f) = e.downcast_ref::<Failure>() {
+                return Some(match f {
+                    Failure::Usage(_) => EXIT_USAGE,
+                    Failure::Locked(_) => EXIT_LOCKED,
+                });
+            }
+            matches!(e.downcast_ref::<StripeError>(), Some(StripeError::Auth { .. })).then_some(EXIT_USAGE)
         })
         .unwrap_or(EXIT_FAILED);
     ExitCode::from(code)

@@ -117,6 +117,13 @@ pub struct Report {
     pub note: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Licenses some page looked at, and those some page changed: a license
+    /// can be in several pages of one run (its purchase's page, then the
+    /// refunds page), and `unchanged` counts it once, only if no page changed it.
+    #[serde(skip)]
+    seen: HashSet<i64>,
+    #[serde(skip)]
+    changed: HashSet<i64>,
 }
 
 impl Report {
@@ -139,13 +146,18 @@ impl Report {
             duration_ms: 0,
             note: None,
             error: None,
+            seen: HashSet::new(),
+            changed: HashSet::new(),
         }
     }
 
-    fn record(&mut self, plan: &Plan, applied: Option<&[Applied]>) {
+    fn record(&mut self, plan: &Plan, applied: Option<&[Applied]>, looked_at: &[i64]) {
         for (key, n) in plan.counts() {
-            *self.counts.entry(key).or_default() += n;
+            if key != "unchanged" {
+                *self.counts.entry(key).or_default() += n;
+            }
         }
+        self.seen.extend(looked_at);
         for s in &plan.skipped {
             self.skipped.push(ReportSkip {
                 stripe_object: s.stripe_object.clone(),
@@ -156,8 +168,13 @@ impl Report {
             let key = applied
                 .map(|a| a[i].license_key.clone())
                 .or_else(|| action.license_key.clone());
+            if let Some(id) = applied.map(|a| a[i].license_id).or(action.license_id) {
+                self.changed.insert(id);
+            }
             self.actions.push(report_action(action, key));
         }
+        let unchanged = self.seen.difference(&self.changed).count();
+        self.counts.insert("unchanged", unchanged);
     }
 }
 
@@ -199,7 +216,7 @@ fn plan_and_apply(
     complete_subscriptions: &[String],
     reversals: &[PaymentReversal],
     extra: Vec<License>,
-) -> Result<(Plan, Option<Vec<Applied>>)> {
+) -> Result<(Plan, Option<Vec<Applied>>, Vec<i64>)> {
     let source_ids: Vec<String> = grants.iter().map(|g| g.key().source_id).collect();
     let payment_intents: Vec<String> = reversals.iter().map(|r| r.payment_intent.clone()).collect();
     let mut current = ctx
@@ -214,14 +231,15 @@ fn plan_and_apply(
         complete_subscriptions,
     };
     let plan = plan(&facts, &current, &ctx.plan, ctx.now);
+    let looked_at: Vec<i64> = current.iter().map(|l| l.id).collect();
     for warning in &plan.warnings {
         tracing::warn!("{warning}");
     }
     if ctx.dry_run || plan.actions.is_empty() {
-        return Ok((plan, None));
+        return Ok((plan, None, looked_at));
     }
     let applied = apply_page(&ctx.store, ctx.run_id, &plan.actions)?;
-    Ok((plan, Some(applied)))
+    Ok((plan, Some(applied), looked_at))
 }
 
 /// Raised when SIGTERM/SIGINT asked the run to stop between pages.
@@ -284,12 +302,12 @@ impl Run {
             now: self.now,
             run_id: self.run_id,
         };
-        let (plan, applied) = tokio::task::spawn_blocking(move || {
+        let (plan, applied, looked_at) = tokio::task::spawn_blocking(move || {
             plan_and_apply(&ctx, &grants, &complete_subscriptions, &reversals, extra)
         })
         .await
         .context("the page worker stopped")??;
-        self.report.record(&plan, applied.as_deref());
+        self.report.record(&plan, applied.as_deref(), &looked_at);
         self.progress.set_message(format!(
             "{} objects, {} Stripe requests, {} changes",
             self.objects,
