@@ -13,7 +13,6 @@ use chrono::Utc;
 use common::{TestDb, issue_license, licensync};
 use licensync::delivery::deliver_due;
 use licensync::mail::{MailService, MailUrl};
-use mail_parser::MimeHeaders;
 use mail_support::*;
 
 fn eml_files(dir: &Path) -> BTreeSet<PathBuf> {

@@ -29,6 +29,12 @@ const RUN_LOCK_KEY: i64 = 0x6c69_6365_6e73_796e; // "licensyn"
 
 type PgPool = Pool<ConnectionManager<PgConnection>>;
 
+/// An outbox row still held by one claim (see `Store::claimed`).
+type ClaimedRow = diesel::dsl::Filter<
+    diesel::dsl::Find<email_outbox::table, i64>,
+    diesel::dsl::And<diesel::dsl::Eq<email_outbox::status, &'static str>, diesel::dsl::Eq<email_outbox::attempts, i32>>,
+>;
+
 /// A pool of connections to the license database.
 #[derive(Clone)]
 pub struct Store {
@@ -570,16 +576,7 @@ impl Store {
     }
 
     /// The row `outbox_id` while the claim that counted `attempt` still holds it.
-    fn claimed(
-        outbox_id: i64,
-        attempt: i32,
-    ) -> diesel::dsl::Filter<
-        diesel::dsl::Find<email_outbox::table, i64>,
-        diesel::dsl::And<
-            diesel::dsl::Eq<email_outbox::status, &'static str>,
-            diesel::dsl::Eq<email_outbox::attempts, i32>,
-        >,
-    > {
+    fn claimed(outbox_id: i64, attempt: i32) -> ClaimedRow {
         email_outbox::table.find(outbox_id).filter(
             email_outbox::status
                 .eq("pending")
