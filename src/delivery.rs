@@ -2,13 +2,21 @@
 //! due rows (a lease, `SKIP LOCKED`), render and send each through the
 //! configured transport, then mark it sent, or record the error and the next
 //! attempt with capped exponential backoff, or give it up as `failed`.
+//!
+//! The claim counts the attempt before anything is sent, so an attempt whose
+//! sender died mid-way still counts: a crash between "server accepted" and
+//! "marked sent" repeats the message once, with the same Message-ID, after
+//! the lease; a message that kills its sender every time is given up after
+//! `max_attempts` like any other. Every outcome but "sent" is recorded only
+//! while this sender's claim is the row's latest (the store fences it), so a
+//! sender whose lease ran out cannot undo what the next one recorded.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use chrono::{DateTime, Utc};
 
-use crate::mail::{Delivery, LicenseEmail, MailService};
+use crate::mail::{Delivery, LicenseEmail, MailService, MailUrl};
 use crate::store::{OutboxJob, Store};
 
 /// How long a claimed row is left alone before another sender may take it:
@@ -16,7 +24,11 @@ use crate::store::{OutboxJob, Store};
 pub const CLAIM_LEASE: Duration = Duration::from_secs(10 * 60);
 const FIRST_RETRY: Duration = Duration::from_secs(60);
 const MAX_RETRY: Duration = Duration::from_secs(6 * 60 * 60);
-const BATCH: i64 = 50;
+/// Rows claimed at once by the `none` transport. It sends nothing, so a
+/// batch cannot outlive its lease; a sending transport claims one row at a
+/// time, so that the lease covers one SMTP exchange however slow the server
+/// was with the rows before it.
+const QUEUE_ONLY_BATCH: i64 = 50;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct DeliveryCounts {
@@ -27,6 +39,8 @@ pub struct DeliveryCounts {
     pub retrying: usize,
     /// Given up: permanent error or attempts exhausted.
     pub failed: usize,
+    /// Pending rows found without a usable address, now `no_recipient`.
+    pub no_recipient: usize,
 }
 
 /// Backoff after `attempts` failed attempts: 1 min, 2 min, 4 min, ... capped at 6 h.
@@ -35,11 +49,14 @@ pub fn retry_delay(attempts: i32) -> Duration {
     FIRST_RETRY.saturating_mul(2u32.saturating_pow(exp)).min(MAX_RETRY)
 }
 
-fn email_for(job: &OutboxJob) -> Option<LicenseEmail> {
+/// The email one claimed row asks for, or `None` when the row has no
+/// usable recipient (none, or blank).
+pub fn license_email(job: &OutboxJob) -> Option<LicenseEmail> {
     let l = &job.license;
+    let to_email = job.outbox.recipient.as_deref().filter(|r| !r.trim().is_empty())?;
     Some(LicenseEmail {
         outbox_id: job.outbox.id,
-        to_email: job.outbox.recipient.clone()?,
+        to_email: to_email.to_owned(),
         to_name: l.customer_name.clone(),
         license_key: l.key.clone(),
         product_ids: l.product_ids.clone(),
@@ -55,59 +72,125 @@ fn email_for(job: &OutboxJob) -> Option<LicenseEmail> {
     })
 }
 
-/// Sends every email due at `now`; a failure of one email never stops the
-/// others, and only database errors are returned.
+/// Sends every email due at `now`, each at most once per call; a failure
+/// of one email never stops the others, and only database errors are
+/// returned.
+///
+/// `now` is the clock at the start of the call (tests pass a later one to
+/// step over leases and backoff). Leases and retry times follow the wall
+/// time spent since, so that a long pass never hands out a lease that has
+/// already run out.
 pub async fn deliver_due(
     store: &Store,
     mail: &MailService,
     max_attempts: u32,
     now: DateTime<Utc>,
 ) -> Result<DeliveryCounts> {
+    let started = Instant::now();
+    let clock = move || now + chrono::Duration::from_std(started.elapsed()).unwrap_or_default();
+    let lease = chrono::Duration::from_std(CLAIM_LEASE).expect("the lease fits a chrono duration");
+    let batch = if matches!(mail.settings().url, MailUrl::None) {
+        QUEUE_ONLY_BATCH
+    } else {
+        1
+    };
+    let sender = Sender {
+        store,
+        mail,
+        max_attempts: i32::try_from(max_attempts).unwrap_or(i32::MAX),
+    };
     let mut counts = DeliveryCounts::default();
-    let lease_until = now + chrono::Duration::from_std(CLAIM_LEASE).expect("lease fits");
+    // Keyset over the ids: a row handed back as due (`none`) or retried
+    // within this call's clock is not taken again by the same call.
+    let mut after_id = 0;
     loop {
-        let (claim_store, batch_now) = (store.clone(), now);
+        let claimed_at = clock();
+        let claim_store = store.clone();
         let jobs =
-            tokio::task::spawn_blocking(move || claim_store.claim_due_emails(batch_now, lease_until, BATCH)).await??;
-        if jobs.is_empty() {
+            blocking(move || claim_store.claim_due_emails_after(after_id, claimed_at, claimed_at + lease, batch))
+                .await?;
+        let Some(last) = jobs.last() else {
             return Ok(counts);
+        };
+        after_id = last.outbox.id;
+        for job in &jobs {
+            sender.deliver(job, clock(), &mut counts).await?;
         }
-        for job in jobs {
-            let Some(email) = email_for(&job) else { continue };
-            let outcome = mail.send(&email).await;
-            let store = store.clone();
-            let id = job.outbox.id;
-            let attempts = job.outbox.attempts;
-            match outcome {
-                Ok(Delivery::Sent) => {
-                    tokio::task::spawn_blocking(move || store.mark_email_sent(id)).await??;
-                    counts.sent += 1;
-                }
-                Ok(Delivery::Queued) => {
-                    // Not sent: give the attempt back so it is retried when a transport is configured.
-                    tokio::task::spawn_blocking(move || store.release_email(id)).await??;
+    }
+}
+
+struct Sender<'a> {
+    store: &'a Store,
+    mail: &'a MailService,
+    max_attempts: i32,
+}
+
+impl Sender<'_> {
+    /// One claimed row, from rendering to its recorded outcome.
+    async fn deliver(&self, job: &OutboxJob, now: DateTime<Utc>, counts: &mut DeliveryCounts) -> Result<()> {
+        let (id, attempt) = (job.outbox.id, job.outbox.attempts);
+        let store = self.store.clone();
+        let Some(email) = license_email(job) else {
+            tracing::warn!(
+                outbox_id = id,
+                "license email without a recipient address; nothing to send"
+            );
+            if blocking(move || store.mark_email_no_recipient(id, attempt)).await? {
+                counts.no_recipient += 1;
+            }
+            return Ok(());
+        };
+        if attempt > self.max_attempts {
+            // Failures give up at `max_attempts`, so the attempts beyond it
+            // ended without an outcome: their sender stopped mid-way.
+            let message = format!(
+                "outbox row {id}: given up after {} attempts; the last ended before its outcome was recorded \
+                 (the sender stopped), so the message may have arrived",
+                attempt - 1
+            );
+            tracing::warn!(outbox_id = id, attempts = attempt - 1, "license email given up");
+            if blocking(move || store.mark_email_failed(id, attempt, &message, None)).await? {
+                counts.failed += 1;
+            }
+            return Ok(());
+        }
+        match self.mail.send(&email).await {
+            Ok(Delivery::Sent) => {
+                blocking(move || store.mark_email_sent(id)).await?;
+                counts.sent += 1;
+            }
+            Ok(Delivery::Queued) => {
+                // Not sent: give the attempt back so it is retried when a transport is configured.
+                if blocking(move || store.release_email(id, attempt)).await? {
                     counts.queued += 1;
                 }
-                Err(e) => {
-                    let give_up = e.permanent || attempts >= max_attempts as i32;
-                    let retry_at = (!give_up)
-                        .then(|| now + chrono::Duration::from_std(retry_delay(attempts)).expect("delay fits"));
-                    tracing::warn!(outbox_id = id, attempts, give_up, error = %e.message, "license email not delivered");
-                    let message = e.message.clone();
-                    tokio::task::spawn_blocking(move || store.mark_email_failed(id, &message, retry_at)).await??;
-                    if give_up {
-                        counts.failed += 1;
-                    } else {
-                        counts.retrying += 1;
+            }
+            Err(e) => {
+                let give_up = e.permanent || attempt >= self.max_attempts;
+                let retry_at = (!give_up).then(|| {
+                    now + chrono::Duration::from_std(retry_delay(attempt)).expect("the backoff fits a chrono duration")
+                });
+                tracing::warn!(outbox_id = id, attempts = attempt, give_up, error = %e.message, "license email not delivered");
+                let message = e.message;
+                let recorded = blocking(move || store.mark_email_failed(id, attempt, &message, retry_at)).await?;
+                match (recorded, give_up) {
+                    (false, _) => {
+                        tracing::info!(outbox_id = id, "another sender took the email over; its outcome stands")
                     }
+                    (true, true) => counts.failed += 1,
+                    (true, false) => counts.retrying += 1,
                 }
             }
         }
-        if counts.queued > 0 {
-            // The `none` transport leaves rows pending and due: do not claim them again in this call.
-            return Ok(counts);
-        }
+        Ok(())
     }
+}
+
+/// Runs a store call off the async threads (diesel is synchronous).
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .context("a database task of the email delivery stopped")?
 }
 
 #[cfg(test)]

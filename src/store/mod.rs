@@ -29,6 +29,12 @@ const RUN_LOCK_KEY: i64 = 0x6c69_6365_6e73_796e; // "licensyn"
 
 type PgPool = Pool<ConnectionManager<PgConnection>>;
 
+/// An outbox row still held by one claim (see `Store::claimed`).
+type ClaimedRow = diesel::dsl::Filter<
+    diesel::dsl::Find<email_outbox::table, i64>,
+    diesel::dsl::And<diesel::dsl::Eq<email_outbox::status, &'static str>, diesel::dsl::Eq<email_outbox::attempts, i32>>,
+>;
+
 /// A pool of connections to the license database.
 #[derive(Clone)]
 pub struct Store {
@@ -454,11 +460,25 @@ impl Store {
         lease_until: DateTime<Utc>,
         limit: i64,
     ) -> Result<Vec<OutboxJob>> {
+        self.claim_due_emails_after(0, now, lease_until, limit)
+    }
+
+    /// [`Store::claim_due_emails`] for rows with an id above `after_id`, so
+    /// that one pass over the queue never takes a row twice, even one handed
+    /// back as due again ([`Store::release_email`]).
+    pub fn claim_due_emails_after(
+        &self,
+        after_id: i64,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+        limit: i64,
+    ) -> Result<Vec<OutboxJob>> {
         let mut conn = self.conn()?;
         conn.transaction(|conn| {
             let ids: Vec<i64> = email_outbox::table
                 .filter(email_outbox::status.eq("pending"))
                 .filter(email_outbox::next_attempt_at.le(now))
+                .filter(email_outbox::id.gt(after_id))
                 .order(email_outbox::id.asc())
                 .limit(limit)
                 .select(email_outbox::id)
@@ -500,6 +520,8 @@ impl Store {
         })
     }
 
+    /// Not fenced by the claim like the other outcomes: a message the server
+    /// accepted is sent, even when this sender's lease ran out meanwhile.
     pub fn mark_email_sent(&self, outbox_id: i64) -> Result<()> {
         let mut conn = self.conn()?;
         diesel::update(email_outbox::table.find(outbox_id))
@@ -515,32 +537,67 @@ impl Store {
 
     /// Hands a claimed row back untouched (the `none` transport queues
     /// without sending): the attempt is not counted and it is due again.
-    pub fn release_email(&self, outbox_id: i64) -> Result<()> {
+    /// `attempt` is the row's `attempts` as its claim returned it; when
+    /// another claim has taken the row since (this one's lease ran out)
+    /// nothing changes and `false` comes back.
+    pub fn release_email(&self, outbox_id: i64, attempt: i32) -> Result<bool> {
         let mut conn = self.conn()?;
-        diesel::update(email_outbox::table.find(outbox_id))
+        let changed = diesel::update(Self::claimed(outbox_id, attempt))
             .set((
                 email_outbox::attempts.eq(email_outbox::attempts - 1),
                 email_outbox::next_attempt_at.eq(diesel::dsl::now),
             ))
             .execute(&mut conn)
             .context("releasing a queued email")?;
-        Ok(())
+        Ok(changed == 1)
     }
 
     /// Records a failed attempt: retried at `retry_at`, or `failed` for good.
-    pub fn mark_email_failed(&self, outbox_id: i64, error: &str, retry_at: Option<DateTime<Utc>>) -> Result<()> {
+    /// Like [`Store::release_email`], only while the claim that made
+    /// `attempt` is still the row's latest and the row is still pending: a
+    /// sender whose lease ran out must not undo what the next one recorded.
+    pub fn mark_email_failed(
+        &self,
+        outbox_id: i64,
+        attempt: i32,
+        error: &str,
+        retry_at: Option<DateTime<Utc>>,
+    ) -> Result<bool> {
         let mut conn = self.conn()?;
         let error = redact(error);
+        let row = Self::claimed(outbox_id, attempt);
         match retry_at {
-            Some(at) => diesel::update(email_outbox::table.find(outbox_id))
+            Some(at) => diesel::update(row)
                 .set((email_outbox::last_error.eq(error), email_outbox::next_attempt_at.eq(at)))
                 .execute(&mut conn),
-            None => diesel::update(email_outbox::table.find(outbox_id))
+            None => diesel::update(row)
                 .set((email_outbox::last_error.eq(error), email_outbox::status.eq("failed")))
                 .execute(&mut conn),
         }
-        .context("recording a failed email")?;
-        Ok(())
+        .map(|changed| changed == 1)
+        .context("recording a failed email")
+    }
+
+    /// A pending row with no usable address: nothing to send, ever.
+    pub fn mark_email_no_recipient(&self, outbox_id: i64, attempt: i32) -> Result<bool> {
+        let mut conn = self.conn()?;
+        diesel::update(Self::claimed(outbox_id, attempt))
+            .set((
+                email_outbox::status.eq("no_recipient"),
+                email_outbox::attempts.eq(email_outbox::attempts - 1),
+            ))
+            .execute(&mut conn)
+            .map(|changed| changed == 1)
+            .context("recording an email without recipient")
+    }
+
+    /// The row `outbox_id` while the claim that counted `attempt` still holds it.
+    fn claimed(outbox_id: i64, attempt: i32) -> ClaimedRow {
+        email_outbox::table.find(outbox_id).filter(
+            email_outbox::status
+                .eq("pending")
+                .and(email_outbox::attempts.eq(attempt)),
+        )
     }
 
     /// Queues another copy of a license's email (support's resend); the kind

@@ -135,3 +135,57 @@ pub fn licensync() -> std::process::Command {
     cmd.env("LICENSYNC_LOG_FORMAT", "text");
     cmd
 }
+
+/// Issues one license the way the applier does: the license, its ledger
+/// entry and its `license_issued` outbox row in one `write_page`
+/// transaction. `n` makes the grant unique; `email` is the customer's
+/// address as Stripe had it (`None`: no recipient).
+pub fn issue_license(store: &Store, n: usize, email: Option<&str>) -> licensync::store::Written {
+    use licensync::domain::{ActionKind, GrantKey, LicenseState, LicenseStatus};
+    use licensync::store::LicenseWrite;
+    use licensync::store::models::NewLicenseRow;
+
+    let grant = GrantKey::subscription_item(&format!("si_test_{n}"));
+    let state = LicenseState {
+        status: LicenseStatus::Active,
+        product_ids: vec!["acme-pro".into()],
+        stripe_customer_id: Some(format!("cus_test_{n}")),
+        stripe_subscription_id: Some(format!("sub_test_{n}")),
+        stripe_payment_intent: None,
+        customer_email: email.map(str::to_owned),
+        customer_name: Some(format!("Customer {n}")),
+        quantity: 1,
+        ip_limit: Some(2),
+        hwid_limit: None,
+        expiration_days: None,
+        expiration_start: None,
+        expires_at: Some(chrono::Utc::now() + chrono::Duration::days(30)),
+        livemode: false,
+    };
+    let write = LicenseWrite {
+        license: NewLicenseRow::new(licensync::keys::new_license_key(), &grant, &state),
+        action: ActionKind::Issue,
+        before: None,
+        after: serde_json::to_value(&state).unwrap(),
+        stripe_object: format!("sub_test_{n}"),
+        email: Some("license_issued".into()),
+    };
+    store.write_page(None, &[write]).unwrap().remove(0)
+}
+
+/// `licensync status --output json` against `db`: its `emails` counts.
+pub fn email_status(db: &TestDb) -> serde_json::Value {
+    let out = licensync()
+        .args(["status", "--output", "json"])
+        .env("DATABASE_URL", &db.url)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "status failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    report["emails"].clone()
+}

@@ -93,15 +93,34 @@ impl SmtpSink {
     /// STARTTLS required (self-signed certificate for 127.0.0.1) and AUTH
     /// required as [`SINK_USER`] / [`SINK_PASSWORD`].
     pub fn start_tls_with_auth() -> Self {
-        Self::start(true)
+        Self::start(true, 0)
+    }
+
+    /// Like [`SmtpSink::start_tls_with_auth`], but the first `refusals`
+    /// messages are answered `451 4.3.0` at DATA (a busy server).
+    pub fn start_tls_with_auth_deferring_first(refusals: u32) -> Self {
+        Self::start(true, refusals)
     }
 
     /// No TLS and no AUTH: a local relay.
     pub fn start_plain() -> Self {
-        Self::start(false)
+        Self::start(false, 0)
     }
 
-    fn start(tls: bool) -> Self {
+    /// The production URL for this sink: STARTTLS trusting its certificate,
+    /// AUTH with the right credentials.
+    pub fn tls_url(&self) -> MailUrl {
+        let ca = &self.tls.as_ref().expect("a TLS sink").ca_file;
+        format!(
+            "smtp://{SINK_USER}:{SINK_PASSWORD_ENCODED}@127.0.0.1:{}?tls_ca={}",
+            self.port,
+            ca.display()
+        )
+        .parse()
+        .unwrap()
+    }
+
+    fn start(tls: bool, refusals: u32) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let spool = dir.path().join("spool");
         std::fs::create_dir(&spool).unwrap();
@@ -110,6 +129,9 @@ impl SmtpSink {
 
         let mut cmd = Command::new(&python);
         cmd.arg(&script).arg("--spool").arg(&spool);
+        if refusals > 0 {
+            cmd.arg("--defer-first").arg(refusals.to_string());
+        }
         let mut sink_tls = None;
         if tls {
             let rcgen::CertifiedKey { cert, signing_key } =

@@ -9,7 +9,9 @@ in --spool before answering 250, and exits when its stdin closes, so a test
 process that dies takes it along.
 
 Recipients steer refusals: a local part starting with `reject-` gets
-550 5.1.1, one starting with `defer-` gets 451 4.3.0.
+550 5.1.1, one starting with `defer-` gets 451 4.3.0. With --defer-first N
+the first N messages are refused at DATA with 451 4.3.0 (a server that is
+busy for a while, then accepts).
 """
 
 import argparse
@@ -23,9 +25,10 @@ from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
 
 
 class Spool:
-    def __init__(self, directory):
+    def __init__(self, directory, defer_first=0):
         self.directory = directory
         self.count = 0
+        self.deferrals_left = defer_first
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
         local = address.split("@", 1)[0]
@@ -37,6 +40,9 @@ class Spool:
         return "250 2.1.5 OK"
 
     async def handle_DATA(self, server, session, envelope):
+        if self.deferrals_left > 0:
+            self.deferrals_left -= 1
+            return "451 4.3.0 busy, try again later"
         self.count += 1
         base = os.path.join(self.directory, "%04d" % self.count)
         with open(base + ".eml", "wb") as f:
@@ -64,6 +70,7 @@ def main():
     parser.add_argument("--key")
     parser.add_argument("--user")
     parser.add_argument("--password")
+    parser.add_argument("--defer-first", type=int, default=0)
     args = parser.parse_args()
 
     tls_context = None
@@ -81,7 +88,7 @@ def main():
 
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
-    handler = Spool(args.spool)
+    handler = Spool(args.spool, args.defer_first)
 
     def factory():
         return SMTP(

@@ -1,0 +1,431 @@
+//! The email outbox end to end (licensing-rules §6): rows written with the
+//! license on a real PostgreSQL database, delivered by `deliver_due` through
+//! the production SMTP transport to a real SMTP server on loopback
+//! (aiosmtpd), with the clock passed in so that leases and backoff are
+//! stepped over instead of waited for.
+
+mod common;
+mod mail_support;
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Duration, Utc};
+use common::{TestDb, email_status, issue_license};
+use licensync::delivery::{CLAIM_LEASE, DeliveryCounts, deliver_due, license_email};
+use licensync::mail::{Delivery, MailService, MailUrl};
+use licensync::secret::Secret;
+use licensync::store::Store;
+use licensync::store::models::OutboxRow;
+use mail_support::*;
+
+const MAX_ATTEMPTS: u32 = 8;
+
+fn lease() -> Duration {
+    Duration::from_std(CLAIM_LEASE).unwrap()
+}
+
+fn service(url: MailUrl) -> MailService {
+    MailService::new(settings(url)).unwrap()
+}
+
+fn outbox(store: &Store, license_id: i64) -> OutboxRow {
+    let mut rows = store.outbox_for_license(license_id).unwrap();
+    assert_eq!(rows.len(), 1, "{rows:#?}");
+    rows.remove(0)
+}
+
+/// The Message-ID of every message the server accepted, in arrival order.
+fn received_ids(sink: &SmtpSink) -> Vec<String> {
+    sink.received()
+        .iter()
+        .map(|r| parse(&r.raw).message_id().expect("a Message-ID").to_owned())
+        .collect()
+}
+
+fn counts(sent: usize, queued: usize, retrying: usize, failed: usize) -> DeliveryCounts {
+    DeliveryCounts {
+        sent,
+        queued,
+        retrying,
+        failed,
+        ..DeliveryCounts::default()
+    }
+}
+
+async fn deliver(store: &Store, mail: &MailService, max_attempts: u32, now: DateTime<Utc>) -> DeliveryCounts {
+    deliver_due(store, mail, max_attempts, now).await.unwrap()
+}
+
+#[tokio::test]
+async fn a_crash_between_server_accepted_and_marked_sent_repeats_the_message_once_with_the_same_message_id() {
+    let db = TestDb::new();
+    let sink = SmtpSink::start_tls_with_auth();
+    let mail = service(sink.tls_url());
+    let license = issue_license(&db.store, 1, Some("ada@customer.test"));
+    let t0 = Utc::now();
+
+    // A sender claims the row and the server accepts the message, then the
+    // sender dies before it can mark the row sent.
+    let jobs = db.store.claim_due_emails(t0, t0 + lease(), 10).unwrap();
+    assert_eq!(jobs.len(), 1);
+    let email = license_email(&jobs[0]).expect("the row has a recipient");
+    assert_eq!(mail.send(&email).await.unwrap(), Delivery::Sent);
+    drop(jobs);
+    assert_eq!(received_ids(&sink).len(), 1);
+
+    // While the lease holds, nobody sends it again.
+    assert_eq!(
+        deliver(&db.store, &mail, MAX_ATTEMPTS, t0 + Duration::minutes(1)).await,
+        counts(0, 0, 0, 0)
+    );
+    assert_eq!(received_ids(&sink).len(), 1);
+
+    // Past the lease the next run sends it once more, and marks it sent.
+    let after_lease = t0 + lease() + Duration::seconds(1);
+    assert_eq!(
+        deliver(&db.store, &mail, MAX_ATTEMPTS, after_lease).await,
+        counts(1, 0, 0, 0)
+    );
+    let row = outbox(&db.store, license.license_id);
+    assert_eq!((row.status.as_str(), row.attempts), ("sent", 2));
+    let expected = format!("licensync-outbox-{}@acme.test", row.id);
+    assert_eq!(received_ids(&sink), [expected.clone(), expected]);
+
+    // And that is the end of it.
+    assert_eq!(
+        deliver(&db.store, &mail, MAX_ATTEMPTS, t0 + Duration::days(1)).await,
+        counts(0, 0, 0, 0)
+    );
+    assert_eq!(received_ids(&sink).len(), 2);
+}
+
+#[tokio::test]
+async fn a_server_that_refuses_the_first_two_attempts_gets_the_mail_on_the_third_run() {
+    let db = TestDb::new();
+    let sink = SmtpSink::start_tls_with_auth_deferring_first(2);
+    let mail = service(sink.tls_url());
+    let license = issue_license(&db.store, 1, Some("ada@customer.test"));
+    let t0 = Utc::now();
+    assert_eq!(email_status(&db)["pending"], 1);
+
+    assert_eq!(deliver(&db.store, &mail, MAX_ATTEMPTS, t0).await, counts(0, 0, 1, 0));
+    let row = outbox(&db.store, license.license_id);
+    assert_eq!((row.status.as_str(), row.attempts), ("pending", 1));
+    assert!(row.last_error.as_deref().unwrap().contains("451"), "{row:?}");
+    assert!(
+        row.next_attempt_at >= t0 + Duration::minutes(1),
+        "first backoff is a minute: {row:?}"
+    );
+    assert_eq!(email_status(&db)["pending"], 1);
+
+    // Inside the backoff nothing is tried.
+    assert_eq!(
+        deliver(&db.store, &mail, MAX_ATTEMPTS, t0 + Duration::seconds(30)).await,
+        counts(0, 0, 0, 0)
+    );
+    assert_eq!(outbox(&db.store, license.license_id).attempts, 1);
+
+    let t1 = t0 + Duration::minutes(2);
+    assert_eq!(deliver(&db.store, &mail, MAX_ATTEMPTS, t1).await, counts(0, 0, 1, 0));
+    let row = outbox(&db.store, license.license_id);
+    assert_eq!((row.status.as_str(), row.attempts), ("pending", 2));
+    assert!(
+        row.next_attempt_at >= t1 + Duration::minutes(2),
+        "the backoff doubles: {row:?}"
+    );
+    assert_eq!(email_status(&db)["pending"], 1);
+    assert!(sink.received().is_empty());
+
+    let t2 = t1 + Duration::minutes(3);
+    assert_eq!(deliver(&db.store, &mail, MAX_ATTEMPTS, t2).await, counts(1, 0, 0, 0));
+    let row = outbox(&db.store, license.license_id);
+    assert_eq!((row.status.as_str(), row.attempts), ("sent", 3));
+    assert_eq!(row.last_error, None);
+    assert_eq!(received_ids(&sink), [format!("licensync-outbox-{}@acme.test", row.id)]);
+    let status = email_status(&db);
+    assert_eq!(
+        (status["pending"].as_i64(), status["sent"].as_i64()),
+        (Some(0), Some(1))
+    );
+}
+
+#[tokio::test]
+async fn an_email_refused_max_attempts_times_is_given_up_as_failed_and_status_shows_it() {
+    let db = TestDb::new();
+    let sink = SmtpSink::start_tls_with_auth();
+    let mail = service(sink.tls_url());
+    // aiosmtpd answers 451 to every `defer-` recipient.
+    let license = issue_license(&db.store, 1, Some("defer-me@customer.test"));
+    let t0 = Utc::now();
+
+    assert_eq!(deliver(&db.store, &mail, 3, t0).await, counts(0, 0, 1, 0));
+    assert_eq!(
+        deliver(&db.store, &mail, 3, t0 + Duration::minutes(2)).await,
+        counts(0, 0, 1, 0)
+    );
+    assert_eq!(email_status(&db)["pending"], 1);
+    assert_eq!(
+        deliver(&db.store, &mail, 3, t0 + Duration::minutes(5)).await,
+        counts(0, 0, 0, 1)
+    );
+
+    let row = outbox(&db.store, license.license_id);
+    assert_eq!((row.status.as_str(), row.attempts), ("failed", 3));
+    assert!(row.last_error.as_deref().unwrap().contains("451"), "{row:?}");
+    let status = email_status(&db);
+    assert_eq!(
+        (status["pending"].as_i64(), status["failed"].as_i64()),
+        (Some(0), Some(1))
+    );
+    // A failed row is not tried again.
+    assert_eq!(
+        deliver(&db.store, &mail, 3, t0 + Duration::days(1)).await,
+        counts(0, 0, 0, 0)
+    );
+    assert_eq!(outbox(&db.store, license.license_id).attempts, 3);
+    assert!(sink.received().is_empty());
+}
+
+#[tokio::test]
+async fn a_permanent_550_refusal_marks_the_email_failed_at_once() {
+    let db = TestDb::new();
+    let sink = SmtpSink::start_tls_with_auth();
+    let mail = service(sink.tls_url());
+    let license = issue_license(&db.store, 1, Some("reject-me@customer.test"));
+
+    assert_eq!(
+        deliver(&db.store, &mail, MAX_ATTEMPTS, Utc::now()).await,
+        counts(0, 0, 0, 1)
+    );
+
+    let row = outbox(&db.store, license.license_id);
+    assert_eq!((row.status.as_str(), row.attempts), ("failed", 1));
+    assert!(row.last_error.as_deref().unwrap().contains("550"), "{row:?}");
+    assert_eq!(email_status(&db)["failed"], 1);
+    assert!(sink.received().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_concurrent_senders_deliver_each_message_exactly_once() {
+    let db = TestDb::new();
+    let sink = SmtpSink::start_tls_with_auth();
+    let licenses: Vec<_> = (0..20)
+        .map(|n| issue_license(&db.store, n, Some(&format!("customer{n}@customer.test"))))
+        .collect();
+    // Two senders as two processes would be: each its own pool and transport.
+    let (store_a, store_b) = (
+        Store::connect(&Secret::new(db.url.clone())).unwrap(),
+        Store::connect(&Secret::new(db.url.clone())).unwrap(),
+    );
+    let (mail_a, mail_b) = (service(sink.tls_url()), service(sink.tls_url()));
+    let now = Utc::now();
+
+    let (a, b) = tokio::join!(
+        deliver_due(&store_a, &mail_a, MAX_ATTEMPTS, now),
+        deliver_due(&store_b, &mail_b, MAX_ATTEMPTS, now)
+    );
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert_eq!(a.sent + b.sent, 20, "{a:?} {b:?}");
+
+    let mut times_received: BTreeMap<String, usize> = BTreeMap::new();
+    for id in received_ids(&sink) {
+        *times_received.entry(id).or_default() += 1;
+    }
+    let expected: BTreeMap<String, usize> = licenses
+        .iter()
+        .map(|l| {
+            (
+                format!("licensync-outbox-{}@acme.test", outbox(&db.store, l.license_id).id),
+                1,
+            )
+        })
+        .collect();
+    assert_eq!(times_received, expected);
+    for l in &licenses {
+        let row = outbox(&db.store, l.license_id);
+        assert_eq!((row.status.as_str(), row.attempts), ("sent", 1), "{row:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_license_without_a_recipient_gets_a_no_recipient_row_never_an_error() {
+    let db = TestDb::new();
+    let sink = SmtpSink::start_tls_with_auth();
+    let mail = service(sink.tls_url());
+    let license = issue_license(&db.store, 1, None);
+
+    let row = outbox(&db.store, license.license_id);
+    assert_eq!((row.status.as_str(), row.recipient.as_deref()), ("no_recipient", None));
+    assert_eq!(
+        deliver(&db.store, &mail, MAX_ATTEMPTS, Utc::now()).await,
+        DeliveryCounts::default()
+    );
+    assert_eq!(outbox(&db.store, license.license_id).attempts, 0);
+    let status = email_status(&db);
+    assert_eq!(
+        (status["no_recipient"].as_i64(), status["pending"].as_i64()),
+        (Some(1), Some(0))
+    );
+    assert!(sink.received().is_empty());
+}
+
+#[tokio::test]
+async fn a_pending_row_that_lost_its_recipient_becomes_no_recipient_instead_of_being_claimed_forever() {
+    let db = TestDb::new();
+    let mail = MailService::in_memory(settings(MailUrl::None)).unwrap();
+    let blank = issue_license(&db.store, 1, Some("ada@customer.test"));
+    let null = issue_license(&db.store, 2, Some("bob@customer.test"));
+    db.store
+        .batch_execute(&format!(
+            "UPDATE email_outbox SET recipient = '  ' WHERE license_id = {}; \
+             UPDATE email_outbox SET recipient = NULL WHERE license_id = {}",
+            blank.license_id, null.license_id
+        ))
+        .unwrap();
+    let t0 = Utc::now();
+
+    let first = deliver(&db.store, &mail, MAX_ATTEMPTS, t0).await;
+    assert_eq!(first.no_recipient, 2, "{first:?}");
+    for license in [&blank, &null] {
+        let row = outbox(&db.store, license.license_id);
+        assert_eq!(row.status, "no_recipient", "{row:?}");
+    }
+    // Not left claimed and retried at each lease's end.
+    let later = deliver(&db.store, &mail, MAX_ATTEMPTS, t0 + lease() * 3).await;
+    assert_eq!(later, DeliveryCounts::default());
+    assert_eq!(email_status(&db)["no_recipient"], 2);
+    assert!(mail.sent().is_empty());
+}
+
+#[tokio::test]
+async fn the_none_transport_queues_without_sending_and_leaves_rows_pending_with_attempts_unchanged() {
+    let db = TestDb::new();
+    let mail = service(MailUrl::None);
+    let licenses: Vec<_> = (0..3)
+        .map(|n| issue_license(&db.store, n, Some(&format!("customer{n}@customer.test"))))
+        .collect();
+    let t0 = Utc::now();
+
+    assert_eq!(deliver(&db.store, &mail, MAX_ATTEMPTS, t0).await, counts(0, 3, 0, 0));
+    // Still due: a later run (or one with mail turned on) finds them again.
+    assert_eq!(
+        deliver(&db.store, &mail, MAX_ATTEMPTS, t0 + Duration::seconds(1)).await,
+        counts(0, 3, 0, 0)
+    );
+    for l in &licenses {
+        let row = outbox(&db.store, l.license_id);
+        assert_eq!((row.status.as_str(), row.attempts), ("pending", 0), "{row:?}");
+        assert_eq!(row.last_error, None);
+    }
+    assert_eq!(email_status(&db)["pending"], 3);
+}
+
+#[tokio::test]
+async fn the_none_transport_checks_every_pending_row_not_only_the_first_batch() {
+    let db = TestDb::new();
+    let mail = service(MailUrl::None);
+    // More rows than one claim takes; a bad address far down the queue.
+    let mut bad = None;
+    for n in 0..60 {
+        let email = if n == 55 {
+            "not an address".to_owned()
+        } else {
+            format!("customer{n}@customer.test")
+        };
+        let written = issue_license(&db.store, n, Some(&email));
+        if n == 55 {
+            bad = Some(written);
+        }
+    }
+
+    assert_eq!(
+        deliver(&db.store, &mail, MAX_ATTEMPTS, Utc::now()).await,
+        counts(0, 59, 0, 1)
+    );
+
+    let row = outbox(&db.store, bad.unwrap().license_id);
+    assert_eq!(row.status, "failed");
+    assert!(
+        row.last_error.as_deref().unwrap().contains("not a valid address"),
+        "{row:?}"
+    );
+    let status = email_status(&db);
+    assert_eq!(
+        (status["pending"].as_i64(), status["failed"].as_i64()),
+        (Some(59), Some(1))
+    );
+}
+
+#[tokio::test]
+async fn a_row_whose_every_attempt_ended_in_a_crash_is_given_up_after_max_attempts() {
+    let db = TestDb::new();
+    let sink = SmtpSink::start_tls_with_auth();
+    let mail = service(sink.tls_url());
+    let license = issue_license(&db.store, 1, Some("ada@customer.test"));
+    let t0 = Utc::now();
+
+    // Two claims whose sender died before recording anything (a message
+    // that crashes its sender, say): both attempts are spent.
+    let mut at = t0;
+    for _ in 0..2 {
+        assert_eq!(db.store.claim_due_emails(at, at + lease(), 10).unwrap().len(), 1);
+        at = at + lease() + Duration::seconds(1);
+    }
+
+    assert_eq!(deliver(&db.store, &mail, 2, at).await, counts(0, 0, 0, 1));
+    let row = outbox(&db.store, license.license_id);
+    assert_eq!(row.status, "failed", "{row:?}");
+    assert!(row.last_error.as_deref().unwrap().contains("2 attempts"), "{row:?}");
+    assert!(sink.received().is_empty());
+}
+
+#[test]
+fn a_sender_whose_lease_ran_out_cannot_overwrite_the_outcome_of_the_sender_that_took_over() {
+    let db = TestDb::new();
+    let license = issue_license(&db.store, 1, Some("ada@customer.test"));
+    let t0 = Utc::now();
+
+    let stale = db.store.claim_due_emails(t0, t0 + lease(), 10).unwrap().remove(0);
+    let t1 = t0 + lease() + Duration::seconds(1);
+    let current = db.store.claim_due_emails(t1, t1 + lease(), 10).unwrap().remove(0);
+    assert_eq!((stale.outbox.attempts, current.outbox.attempts), (1, 2));
+    db.store.mark_email_sent(current.outbox.id).unwrap();
+
+    // The first sender's SMTP session finally times out: too late to matter.
+    let recorded = db
+        .store
+        .mark_email_failed(stale.outbox.id, stale.outbox.attempts, "timed out", None)
+        .unwrap();
+    assert!(!recorded);
+    assert!(!db.store.release_email(stale.outbox.id, stale.outbox.attempts).unwrap());
+    let row = outbox(&db.store, license.license_id);
+    assert_eq!((row.status.as_str(), row.attempts), ("sent", 2));
+    assert_eq!(row.last_error, None);
+}
+
+#[test]
+fn a_stale_failure_does_not_move_the_retry_time_of_the_claim_that_took_over() {
+    let db = TestDb::new();
+    let license = issue_license(&db.store, 1, Some("ada@customer.test"));
+    let t0 = Utc::now();
+    let stale = db.store.claim_due_emails(t0, t0 + lease(), 10).unwrap().remove(0);
+    let t1 = t0 + lease() + Duration::seconds(1);
+    let current = db.store.claim_due_emails(t1, t1 + lease(), 10).unwrap().remove(0);
+
+    let retry_at = t1 + Duration::minutes(2);
+    assert!(
+        db.store
+            .mark_email_failed(current.outbox.id, current.outbox.attempts, "451 busy", Some(retry_at))
+            .unwrap()
+    );
+    assert!(
+        !db.store
+            .mark_email_failed(stale.outbox.id, stale.outbox.attempts, "550 stale", None)
+            .unwrap()
+    );
+
+    let row = outbox(&db.store, license.license_id);
+    assert_eq!(row.status, "pending");
+    assert_eq!(row.last_error.as_deref(), Some("451 busy"));
+    assert_eq!(row.next_attempt_at.timestamp_micros(), retry_at.timestamp_micros());
+}
