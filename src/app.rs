@@ -91,7 +91,7 @@ pub async fn run(cli: Cli, config: Config) -> Result<()> {
                 )));
             }
             let outbox_id = db.store.queue_resend(&license)?;
-            let counts = deliver_due(&db.store, &mail, config.mail_max_attempts, Utc::now()).await?;
+            deliver_due(&db.store, &mail, config.mail_max_attempts, Utc::now()).await?;
             let row = db
                 .store
                 .outbox_for_license(license.id)?
@@ -106,13 +106,18 @@ pub async fn run(cli: Cli, config: Config) -> Result<()> {
                     );
                     Ok(())
                 }
-                Some(_) if counts.queued > 0 => {
+                Some(row) if row.status == "pending" && matches!(config.mail.url, MailUrl::None) => {
                     println!(
                         "queued the license email for {} (mail transport `none`: not sent)",
                         license.key
                     );
                     Ok(())
                 }
+                Some(row) if row.status == "failed" => Err(anyhow::anyhow!(
+                    "the license email for {} could not be delivered and was given up: {}",
+                    license.key,
+                    row.last_error.unwrap_or_else(|| row.status.clone())
+                )),
                 Some(row) => Err(anyhow::anyhow!(
                     "the license email for {} was queued but not delivered yet ({}): the next reconcile retries it",
                     license.key,
