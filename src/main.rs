@@ -11,6 +11,8 @@ use licensync::error::{EXIT_USAGE, exit_code};
 use licensync::secret::redact;
 
 fn main() -> ExitCode {
+    // A panic message can quote a value that held a secret: scrub it like any error.
+    std::panic::set_hook(Box::new(|info| eprintln!("licensync panicked: {}", redact(&info.to_string()))));
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
