@@ -53,7 +53,14 @@ const PAGED: [&str; 5] = [
     "/v1/disputes",
 ];
 
+/// The hidden first argument of the helper mode (see `measure_child`).
+const MEASURE_CHILD: &str = "--measure-child";
+
 fn main() -> Result<()> {
+    let argv: Vec<String> = std::env::args().collect();
+    if argv.get(1).map(String::as_str) == Some(MEASURE_CHILD) {
+        return measure_child(&argv[2..]);
+    }
     let args = Args::parse();
     let licensync = match &args.licensync {
         Some(path) => path.clone(),
@@ -149,6 +156,8 @@ struct Expected {
 fn load(fake: &FakeStripe, args: &Args) -> Expected {
     // The planner judges periods against the real clock: purchases made now are current.
     fake.set_now(chrono::Utc::now().timestamp());
+    // A full run never reads events; their snapshots would take most of the memory.
+    fake.set_record_events(false);
     let editor = fake.create_product(
         "Bench Editor",
         &[("product_id", "bench-editor"), ("hwid_limit", "3"), ("ip_limit", "5")],
@@ -458,6 +467,35 @@ impl RunFigures {
     }
 }
 
+/// `bench --measure-child <usage-file> <program> [args]`: runs the program
+/// with this process's stdio and environment and writes its wait status,
+/// peak RSS (KiB) and CPU seconds. A freshly started small process forks
+/// licensync, not the benchmark itself, because Linux folds the forking
+/// process's resident set (here: the whole fake account) into the child's
+/// `ru_maxrss` when it execs.
+fn measure_child(args: &[String]) -> Result<()> {
+    let [usage_file, program, rest @ ..] = args else {
+        bail!("usage: bench {MEASURE_CHILD} <usage-file> <program> [args...]");
+    };
+    let child = Command::new(program)
+        .args(rest)
+        .spawn()
+        .with_context(|| format!("starting {program}"))?;
+    let pid = child.id() as libc::pid_t;
+    let mut status = 0;
+    // SAFETY: zeroed is a valid rusage; wait4 fills it.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: pid is our own unreaped child.
+    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    ensure!(r == pid, "waiting for {program}: {}", std::io::Error::last_os_error());
+    // Reaped by wait4; dropping the handle does not wait again.
+    drop(child);
+    let cpu = tv(usage.ru_utime) + tv(usage.ru_stime);
+    std::fs::write(usage_file, format!("{status} {} {cpu}", usage.ru_maxrss))
+        .with_context(|| format!("writing {usage_file}"))?;
+    Ok(())
+}
+
 fn self_cpu() -> f64 {
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
     // SAFETY: getrusage writes into the struct we own.
@@ -487,13 +525,18 @@ fn run_once(
         .path()
         .join(format!("licensync-{}.log", label.split(' ').next().unwrap_or("run")));
     let stderr = std::fs::File::create(&stderr_path)?;
-    let mut cmd = Command::new(licensync);
+    let usage_path = db.dir.path().join("rusage");
+    let self_exe = std::env::current_exe().context("finding this benchmark's own path")?;
+    let mut cmd = Command::new(self_exe);
     for (key, _) in std::env::vars() {
         if key.starts_with("LICENSYNC_") || key.starts_with("STRIPE_") || key == "DATABASE_URL" {
             cmd.env_remove(key);
         }
     }
-    cmd.args(["reconcile", "--full", "--output", "json"])
+    cmd.arg(MEASURE_CHILD)
+        .arg(&usage_path)
+        .arg(licensync)
+        .args(["reconcile", "--full", "--output", "json"])
         .env("STRIPE_API_BASE", fake.base_url())
         .env("STRIPE_API_KEY", fake.api_key())
         .env("DATABASE_URL", &db.url)
@@ -511,26 +554,26 @@ fn run_once(
     let mut child = cmd
         .spawn()
         .with_context(|| format!("starting {}", licensync.display()))?;
-    let pid = child.id() as libc::pid_t;
     let mut stdout = child.stdout.take().context("the child's stdout")?;
     // The fake serves on the runtime's worker threads; this thread only waits.
-    let (output, status, usage) = runtime.block_on(async {
-        tokio::task::spawn_blocking(move || -> Result<(String, i32, libc::rusage)> {
+    let output = runtime.block_on(async {
+        tokio::task::spawn_blocking(move || -> Result<String> {
             let mut out = String::new();
             stdout.read_to_string(&mut out).context("reading the report")?;
-            let mut status = 0;
-            let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-            // SAFETY: pid is our own unreaped child; wait4 fills status and usage.
-            let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-            ensure!(r == pid, "waiting for licensync: {}", std::io::Error::last_os_error());
-            Ok((out, status, usage))
+            let helper = child.wait().context("waiting for licensync")?;
+            ensure!(helper.success(), "the measuring helper failed ({helper})");
+            Ok(out)
         })
         .await
         .context("the waiting thread stopped")?
     })?;
     let wall = started.elapsed();
-    // Reaped by wait4 above; dropping the handle does not wait again.
-    drop(child);
+    let usage = std::fs::read_to_string(&usage_path).context("reading licensync's resource usage")?;
+    let fields: Vec<f64> = usage.split_whitespace().filter_map(|f| f.parse().ok()).collect();
+    let [status, maxrss_kib, cpu_licensync] = fields[..] else {
+        bail!("unexpected resource usage record `{usage}`");
+    };
+    let status = status as i32;
     let cpu_fake = self_cpu() - fake_before;
     let exited_ok = libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
     if !exited_ok {
@@ -577,8 +620,8 @@ fn run_once(
             Counter::Transactions => "transactions",
         },
         top: db.top_statements()?,
-        peak_rss_kib: usage.ru_maxrss,
-        cpu_licensync: tv(usage.ru_utime) + tv(usage.ru_stime),
+        peak_rss_kib: maxrss_kib as i64,
+        cpu_licensync,
         cpu_fake,
         cpu_postgres,
     })
