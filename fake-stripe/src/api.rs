@@ -244,10 +244,9 @@ pub(crate) fn list(st: &State, ty: &str, url: &str, raw: Option<&str>) -> Result
         ));
     }
     let expand = validate_expansions(ty, q.expand(), true)?;
-    let mut items = Vec::new();
-    for obj in st.all(ty) {
+    let keep = |obj: &Value| -> Result<bool, ApiError> {
         if !created_ok(obj, &q.created) {
-            continue;
+            return Ok(false);
         }
         let mut keep = true;
         for (param, filter) in &filters {
@@ -265,26 +264,41 @@ pub(crate) fn list(st: &State, ty: &str, url: &str, raw: Option<&str>) -> Result
         if ty == "subscription" && q.get("status").is_none() {
             keep &= !subscription_status(st, obj, "ended");
         }
-        if keep {
-            items.push(obj);
+        Ok(keep)
+    };
+    let limit = q.limit()?;
+    let cursor = |id: &str, param: &str| st.raw(ty, id).ok_or_else(|| ApiError::no_such(400, ty, id, param));
+    let (from, backwards) = match (q.get("starting_after"), q.get("ending_before")) {
+        (Some(_), Some(_)) => return Err(only_one_cursor()),
+        (Some(after), None) => (Some(cursor(after, "starting_after")?), false),
+        (None, Some(before)) => (Some(cursor(before, "ending_before")?), true),
+        (None, None) => (None, false),
+    };
+    // Walk the kept order from the cursor and stop one past the page (to
+    // know `has_more`): a page costs its own size, not the collection's
+    // (BENCHMARKS.md: sorting 100k objects per request dominated full runs).
+    let mut picked = Vec::with_capacity(limit + 1);
+    for obj in st.ordered(ty, from, backwards) {
+        if keep(obj)? {
+            picked.push(obj);
+            if picked.len() > limit {
+                break;
+            }
         }
     }
-    let key = |v: &Value| {
-        (
-            v["created"].as_i64().unwrap_or_default(),
-            v["id"].as_str().unwrap_or_default().to_owned(),
-        )
-    };
-    items.sort_by_key(|v| std::cmp::Reverse(key(v)));
-    // A cursor keeps its place in the order even when it no longer passes the filters.
-    let cursor = |id: &str, param: &str| {
-        let c = st.raw(ty, id).ok_or_else(|| ApiError::no_such(400, ty, id, param))?;
-        let k = key(c);
-        let lo = items.partition_point(|v| key(v) > k);
-        let hi = items.partition_point(|v| key(v) >= k);
-        Ok((lo, hi))
-    };
-    page(st, &items, &q, cursor, &expand, url)
+    let has_more = picked.len() > limit;
+    picked.truncate(limit);
+    if backwards {
+        picked.reverse();
+    }
+    Ok(render_list(st, &picked, has_more, &expand, url))
+}
+
+fn only_one_cursor() -> ApiError {
+    ApiError::invalid(
+        "You may only specify one of these parameters: ending_before, starting_after.".into(),
+        Some("ending_before"),
+    )
 }
 
 /// `GET /v1/checkout/sessions/{id}/line_items` and `GET /v1/invoices/{id}/lines`,
@@ -325,12 +339,7 @@ fn page(
 ) -> Result<Value, ApiError> {
     let limit = q.limit()?;
     let (slice, has_more) = match (q.get("starting_after"), q.get("ending_before")) {
-        (Some(_), Some(_)) => {
-            return Err(ApiError::invalid(
-                "You may only specify one of these parameters: ending_before, starting_after.".into(),
-                Some("ending_before"),
-            ));
-        }
+        (Some(_), Some(_)) => return Err(only_one_cursor()),
         (Some(after), None) => {
             let rest = &items[cursor(after, "starting_after")?.1..];
             (&rest[..rest.len().min(limit)], rest.len() > limit)
@@ -341,6 +350,11 @@ fn page(
         }
         (None, None) => (&items[..items.len().min(limit)], items.len() > limit),
     };
+    Ok(render_list(st, slice, has_more, expand, url))
+}
+
+/// A served list: each object rendered and expanded.
+fn render_list(st: &State, slice: &[&Value], has_more: bool, expand: &[Vec<String>], url: &str) -> Value {
     let data: Vec<Value> = slice
         .iter()
         .map(|obj| {
@@ -351,7 +365,7 @@ fn page(
             v
         })
         .collect();
-    Ok(json!({"object": "list", "data": data, "has_more": has_more, "url": url}))
+    json!({"object": "list", "data": data, "has_more": has_more, "url": url})
 }
 
 /// `GET /v1/<collection>/{id}`.

@@ -6,7 +6,8 @@
 //! object is read ([`State::render`]), so a changed price shows up everywhere at
 //! once, as it does in Stripe.
 
-use std::collections::{BTreeMap, HashMap};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::OnceLock;
 
 use serde_json::{Map, Value, json};
@@ -116,6 +117,16 @@ fn plan_of(price: &Value) -> Value {
     plan
 }
 
+/// An object's place in list order: ascending keys are newest first.
+pub(crate) type ListKey = (Reverse<i64>, Reverse<String>);
+
+pub(crate) fn list_key(v: &Value) -> ListKey {
+    (
+        Reverse(v["created"].as_i64().unwrap_or_default()),
+        Reverse(str_of(v, "id").to_owned()),
+    )
+}
+
 fn list_of(data: Vec<Value>, has_more: bool, url: String) -> Value {
     json!({"object": "list", "data": data, "has_more": has_more, "url": url})
 }
@@ -135,12 +146,19 @@ pub(crate) struct State {
     seq: u64,
     /// object type -> id -> stored object
     store: HashMap<String, BTreeMap<String, Value>>,
+    /// object type -> the list order (newest first: `created`, then id,
+    /// descending), kept by `put`, so that a page is read from its cursor
+    /// on instead of sorting the whole collection on every request.
+    order: HashMap<String, BTreeSet<ListKey>>,
     /// parent id -> embedded children in creation order (items, lines)
     children: HashMap<String, Vec<String>>,
     /// invoice id -> the payment intent that paid it
     invoice_payments: HashMap<String, String>,
     pub requests: Vec<LoggedRequest>,
     pub faults: Vec<Fault>,
+    /// Off for bulk loads (benchmarks): each event holds a full snapshot,
+    /// which at 100k purchases is most of the fake's memory and load time.
+    pub record_events: bool,
     request_seq: u64,
 }
 
@@ -153,10 +171,12 @@ impl State {
             now: DEFAULT_NOW,
             seq: 0,
             store: HashMap::new(),
+            order: HashMap::new(),
             children: HashMap::new(),
             invoice_payments: HashMap::new(),
             requests: Vec::new(),
             faults: Vec::new(),
+            record_events: true,
             request_seq: 0,
         }
     }
@@ -184,13 +204,41 @@ impl State {
     fn put(&mut self, obj: Value) {
         let ty = str_of(&obj, "object").to_owned();
         let id = str_of(&obj, "id").to_owned();
+        let order = self.order.entry(ty.clone()).or_default();
+        if let Some(old) = self.store.get(&ty).and_then(|m| m.get(&id)) {
+            // `created` may have changed through `update`: drop the old place.
+            order.remove(&list_key(old));
+        }
+        order.insert(list_key(&obj));
         self.store.entry(ty).or_default().insert(id, obj);
+    }
+
+    /// The objects of a type in list order, from just after `from` (or,
+    /// with `before`, backwards from just before it); `from` keeps its place
+    /// even when it would not pass the caller's filters.
+    pub fn ordered<'a>(
+        &'a self,
+        ty: &str,
+        from: Option<&Value>,
+        before: bool,
+    ) -> Box<dyn Iterator<Item = &'a Value> + 'a> {
+        use std::ops::Bound::{Excluded, Unbounded};
+        let (Some(order), Some(objects)) = (self.order.get(ty), self.store.get(ty)) else {
+            return Box::new(std::iter::empty());
+        };
+        let keys: Box<dyn Iterator<Item = &ListKey>> = match (from.map(list_key), before) {
+            (None, _) => Box::new(order.iter()),
+            (Some(k), false) => Box::new(order.range((Excluded(k), Unbounded))),
+            (Some(k), true) => Box::new(order.range((Unbounded, Excluded(k))).rev()),
+        };
+        Box::new(keys.filter_map(move |(_, Reverse(id))| objects.get(id)))
     }
 
     pub fn raw(&self, ty: &str, id: &str) -> Option<&Value> {
         self.store.get(ty)?.get(id)
     }
 
+    /// Changes in place; must not change `created` (the list order is kept by `put`).
     fn raw_mut(&mut self, ty: &str, id: &str) -> &mut Value {
         self.store
             .get_mut(ty)
@@ -315,6 +363,9 @@ impl State {
     // ---- events --------------------------------------------------------------
 
     fn record(&mut self, ty: &str, object: Value) {
+        if !self.record_events {
+            return;
+        }
         let id = self.next_id("evt");
         let mut event = template("event");
         set(
@@ -329,6 +380,9 @@ impl State {
     }
 
     fn record_for(&mut self, event_type: &str, ty: &str, id: &str) {
+        if !self.record_events {
+            return;
+        }
         let snapshot = self.render(self.must(ty, id));
         self.record(event_type, snapshot);
     }

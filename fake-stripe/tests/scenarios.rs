@@ -489,3 +489,26 @@ async fn the_sample_account_covers_every_grant_kind_and_status() {
             .any(|i| i["parent"].is_null() && !session_invoices.contains(&&i["id"]))
     );
 }
+
+#[tokio::test]
+async fn a_bulk_load_with_events_off_records_none_and_serves_the_same_objects() {
+    let s = shop().await;
+    let before = s.fake.events().len();
+    s.fake.set_record_events(false);
+    let quiet = s.fake.create_subscription(SubscriptionSpec {
+        customer: s.customer.clone(),
+        items: vec![(s.monthly.clone(), 1)],
+        ..SubscriptionSpec::default()
+    });
+    s.fake.create_checkout_session(CheckoutSpec {
+        customer: Some(s.customer.clone()),
+        lines: vec![(s.once.clone(), 1)],
+        ..CheckoutSpec::default()
+    });
+    assert_eq!(s.fake.events().len(), before);
+    let listed = get(&s.fake, "/v1/subscriptions?status=all").await;
+    assert_eq!(ids(&listed), std::slice::from_ref(&quiet.id));
+    s.fake.set_record_events(true);
+    s.fake.set_subscription_status(&quiet.id, "canceled");
+    assert!(event_types(&s.fake, before).contains(&"customer.subscription.deleted".to_owned()));
+}

@@ -27,6 +27,13 @@ pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
 /// The advisory lock key of "a run is in progress" (one run per database).
 const RUN_LOCK_KEY: i64 = 0x6c69_6365_6e73_796e; // "licensyn"
 
+/// Every `source_kind` the licenses table's CHECK constraint allows.
+const ALL_SOURCE_KINDS: [SourceKind; 3] = [
+    SourceKind::SubscriptionItem,
+    SourceKind::CheckoutLine,
+    SourceKind::InvoiceLine,
+];
+
 type PgPool = Pool<ConnectionManager<PgConnection>>;
 
 /// An outbox row still held by one claim (see `Store::claimed`).
@@ -201,6 +208,13 @@ impl Store {
     /// The licenses a slice of facts can touch, in one query: by natural
     /// key, by subscription (items removed from it) and by payment intent
     /// (refunds and disputes).
+    ///
+    /// Each branch of the OR must be answerable from an index, or PostgreSQL
+    /// scans the whole table for every page and a full run turns quadratic
+    /// (BENCHMARKS.md). The natural-key index is `(source_kind, source_id)`,
+    /// so the source ids are matched together with every kind: the CHECK
+    /// constraint on `source_kind` allows no other value, so this selects
+    /// the same rows.
     pub fn licenses_for(
         &self,
         source_ids: &[String],
@@ -213,8 +227,9 @@ impl Store {
         let mut conn = self.conn()?;
         let rows = licenses::table
             .filter(
-                licenses::source_id
-                    .eq_any(source_ids)
+                licenses::source_kind
+                    .eq_any(ALL_SOURCE_KINDS.map(SourceKind::as_str))
+                    .and(licenses::source_id.eq_any(source_ids))
                     .or(licenses::stripe_subscription_id.eq_any(subscription_ids))
                     .or(licenses::stripe_payment_intent.eq_any(payment_intents)),
             )
