@@ -12,7 +12,9 @@ use licensync::secret::redact;
 
 fn main() -> ExitCode {
     // A panic message can quote a value that held a secret: scrub it like any error.
-    std::panic::set_hook(Box::new(|info| eprintln!("licensync panicked: {}", redact(&info.to_string()))));
+    std::panic::set_hook(Box::new(|info| {
+        eprintln!("licensync panicked: {}", redact(&info.to_string()))
+    }));
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {

@@ -25,7 +25,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, anyhow};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 
 use crate::apply::{Applied, apply_page};
 use crate::catalog::Catalog;
@@ -801,5 +801,6 @@ fn short(value: &Value) -> String {
 }
 
 pub fn render_json(report: &Report) -> Result<String> {
-    Ok(serde_json::to_string(&json!(report))?)
+    // Straight from the struct: `json!` would first copy every action into a Value tree.
+    Ok(serde_json::to_string(report)?)
 }
