@@ -72,9 +72,10 @@ pub fn license_email(job: &OutboxJob) -> Option<LicenseEmail> {
     })
 }
 
-/// Sends every email due at `now`, each at most once per call; a failure
-/// of one email never stops the others, and only database errors are
-/// returned.
+/// Sends every email due at `now`, each at most once per call. A permanent
+/// failure of one email never stops the others; a transient one ends the
+/// pass (the server is likely down), so an outage costs one attempt per run
+/// instead of one per email. Only database errors are returned.
 ///
 /// `now` is the clock at the start of the call (tests pass a later one to
 /// step over leases and backoff). Leases and retry times follow the wall
@@ -114,7 +115,15 @@ pub async fn deliver_due(
         };
         after_id = last.outbox.id;
         for job in &jobs {
+            let retrying = counts.retrying;
             sender.deliver(job, clock(), &mut counts).await?;
+            if counts.retrying > retrying {
+                // A transient failure is most often the server itself (down,
+                // refusing, wrong password): stop this pass so the rows behind
+                // it are not each charged an attempt. They are due again at the
+                // next run; the failed row waits out its backoff.
+                return Ok(counts);
+            }
         }
     }
 }

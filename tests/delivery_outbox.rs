@@ -429,3 +429,30 @@ fn a_stale_failure_does_not_move_the_retry_time_of_the_claim_that_took_over() {
     assert_eq!(row.last_error.as_deref(), Some("451 busy"));
     assert_eq!(row.next_attempt_at.timestamp_micros(), retry_at.timestamp_micros());
 }
+
+#[tokio::test]
+async fn an_smtp_outage_costs_one_attempt_per_run_not_one_per_email() {
+    let db = TestDb::new();
+    // Nothing listens on port 1: every connection is refused, a transient failure.
+    let mail = service("smtp://127.0.0.1:1?tls=none".parse().unwrap());
+    let licenses: Vec<_> = (1..=3)
+        .map(|n| issue_license(&db.store, n, Some(&format!("customer{n}@customer.test"))))
+        .collect();
+
+    assert_eq!(
+        deliver(&db.store, &mail, MAX_ATTEMPTS, Utc::now()).await,
+        counts(0, 0, 1, 0)
+    );
+
+    let attempts: Vec<i32> = licenses
+        .iter()
+        .map(|l| outbox(&db.store, l.license_id).attempts)
+        .collect();
+    assert_eq!(attempts, [1, 0, 0], "only the first email was tried and charged");
+    assert!(
+        licenses
+            .iter()
+            .all(|l| outbox(&db.store, l.license_id).status == "pending"),
+        "all stay pending for the next run"
+    );
+}
