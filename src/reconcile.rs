@@ -400,14 +400,17 @@ impl Run {
     }
 
     /// Every relevant event created in `[gte, until)`, de-duplicated by id
-    /// and without the ids in `seen`, oldest first.
+    /// and without the ids in `seen`, oldest first; and every event listed
+    /// (seen or not) as `(created, id)`, from which the next cursor keeps
+    /// those inside its overlap window, so `seen` never outgrows the window.
     async fn events(
         &mut self,
         gte: Timestamp,
         until: Option<Timestamp>,
         seen: &HashSet<String>,
-    ) -> Result<Vec<EventFact>> {
+    ) -> Result<(Vec<EventFact>, Vec<(Timestamp, String)>)> {
         let mut events = Vec::new();
+        let mut listed = Vec::new();
         let mut ids = HashSet::new();
         let mut after: Option<String> = None;
         loop {
@@ -418,10 +421,13 @@ impl Run {
                 .await
                 .context("reading Stripe events")?;
             for e in page.items {
-                if until.is_some_and(|u| e.created >= u) || seen.contains(&e.id) || !ids.insert(e.id.clone()) {
+                if until.is_some_and(|u| e.created >= u) || !ids.insert(e.id.clone()) {
                     continue;
                 }
-                events.push(e);
+                listed.push((e.created, e.id.clone()));
+                if !seen.contains(&e.id) {
+                    events.push(e);
+                }
             }
             match page.next {
                 Some(next) => after = Some(next),
@@ -429,7 +435,7 @@ impl Run {
             }
         }
         events.sort_by(|a, b| (a.created, &a.id).cmp(&(b.created, &b.id)));
-        Ok(events)
+        Ok((events, listed))
     }
 
     /// Re-fetches the objects the events name and reconciles those.
@@ -546,8 +552,8 @@ impl Run {
                 // it started: those count as handled, so the next run does not
                 // replay them (a product change would otherwise mean another
                 // full scan within the overlap window).
-                let window = self.events(self.now - OVERLAP, Some(self.now), &HashSet::new()).await?;
-                let seen = window.into_iter().map(|e| e.id).collect();
+                let (_, window) = self.events(self.now - OVERLAP, Some(self.now), &HashSet::new()).await?;
+                let seen = window.into_iter().map(|(_, id)| id).collect();
                 Ok(("full", Some(EventCursor { seen, ..start_cursor })))
             }
             Scope::Auto => {
@@ -559,21 +565,18 @@ impl Run {
                 };
                 let from = DateTime::from_timestamp(cursor.created, 0).unwrap_or(self.now) - OVERLAP;
                 let seen: HashSet<String> = cursor.seen.into_iter().collect();
-                let events = self.events(from, None, &seen).await?;
+                let (events, listed) = self.events(from, None, &seen).await?;
                 if !self.replay(&events).await? {
                     self.report.note = Some("a product or price changed: full scan".into());
                     return Box::pin(self.execute(Scope::Full, None)).await;
                 }
                 self.clock_sweep().await?;
                 let window_start = self.now - OVERLAP;
-                let mut seen: Vec<String> = seen.into_iter().collect();
-                seen.extend(
-                    events
-                        .into_iter()
-                        .map(|e| (e.created, e.id))
-                        .filter(|(c, _)| *c >= window_start)
-                        .map(|(_, id)| id),
-                );
+                let mut seen: Vec<String> = listed
+                    .into_iter()
+                    .filter(|(created, _)| *created >= window_start)
+                    .map(|(_, id)| id)
+                    .collect();
                 seen.sort();
                 Ok((
                     "incremental",
@@ -587,7 +590,7 @@ impl Run {
                 let until_ts = until.unwrap_or(self.now);
                 if self.now - since <= EVENT_RETENTION {
                     self.report.note = Some(format!("window {since} .. {until_ts}: replayed from Stripe events"));
-                    let events = self.events(since, until, &HashSet::new()).await?;
+                    let (events, _) = self.events(since, until, &HashSet::new()).await?;
                     if !self.replay(&events).await? {
                         self.report.note = Some("a product or price changed in the window: full scan".into());
                         self.scan(CreatedRange::default()).await?;

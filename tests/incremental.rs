@@ -245,6 +245,8 @@ async fn the_daemon_runs_on_its_schedule_and_stops_cleanly_on_sigterm_mid_run() 
         .env("STRIPE_API_BASE", w.fake.base_url())
         .env("STRIPE_API_KEY", w.fake.api_key())
         .env("LICENSYNC_MAIL_URL", "none");
+    // Its logs would bypass the test harness's capture; the runs table tells what it did.
+    cmd.stderr(std::process::Stdio::null());
     let mut child = tokio::process::Command::from(cmd).kill_on_drop(true).spawn().unwrap();
     let succeeded = || -> i64 {
         diesel::sql_query("SELECT count(*) AS n FROM runs WHERE outcome = 'succeeded'")
@@ -312,5 +314,49 @@ fn a_malformed_schedule_exits_2_naming_it() {
     assert!(
         stderr.contains("--schedule") && stderr.contains("every monday"),
         "{stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_cursor_keeps_only_event_ids_inside_the_overlap_window() {
+    let w = world().await;
+    reconcile(&w, &[]).await;
+    let now = Utc::now().timestamp();
+    w.fake.set_now(now - 60);
+    w.fake.renew_subscription(&w.sub, true);
+    w.fake.set_now(now);
+    let stale = serde_json::json!({"created": now, "seen": ["evt_from_an_old_window"]}).to_string();
+    diesel::sql_query("UPDATE sync_state SET value = $1 WHERE name = 'events'")
+        .bind::<diesel::sql_types::Text, _>(stale)
+        .execute(&mut w.db.conn())
+        .unwrap();
+    let report = reconcile(&w, &[]).await;
+    assert_eq!(count(&report, "extended"), 1, "{report}");
+    #[derive(QueryableByName)]
+    struct Value_ {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        value: String,
+    }
+    let stored: Value = serde_json::from_str(
+        &diesel::sql_query("SELECT value FROM sync_state WHERE name = 'events'")
+            .load::<Value_>(&mut w.db.conn())
+            .unwrap()
+            .remove(0)
+            .value,
+    )
+    .unwrap();
+    let seen: Vec<&str> = stored["seen"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert!(
+        !seen.contains(&"evt_from_an_old_window"),
+        "ids outside the window are dropped: {seen:?}"
+    );
+    assert!(
+        !seen.is_empty(),
+        "the renewal's events, inside the window, are kept: {stored}"
     );
 }
