@@ -137,26 +137,7 @@ pub async fn reconcile_once(
     stop: tokio::sync::watch::Receiver<bool>,
 ) -> Result<(Report, Result<()>)> {
     let key = config.require_stripe_key().map_err(usage)?.clone();
-    let mail = if args.dry_run {
-        None
-    } else {
-        Some(MailService::new(config.mail.clone())?)
-    };
-    let db = OpenDatabase::open(&config.database)?;
-    if args.dry_run {
-        if db.store.has_pending_migrations()? {
-            return Err(usage(anyhow::anyhow!(
-                "the database has pending migrations and a dry run writes nothing: run `licensync migrate` first"
-            )));
-        }
-    } else {
-        db.store.migrate()?;
-    }
-    let source = StripeSource::new(StripeConfig {
-        base_url: config.stripe_api_base.clone(),
-        rps: config.stripe_rps,
-        ..StripeConfig::new(key)
-    })?;
+    // Flags first: a bad --since is a usage error before any database or network IO.
     let scope = match (&args.since, args.full) {
         (Some(since), _) => Scope::Since {
             since: parse_timestamp(since, "--since").map_err(usage)?,
@@ -180,6 +161,26 @@ pub async fn reconcile_once(
             "--until ({until}) must be after --since ({since})"
         )));
     }
+    let mail = if args.dry_run {
+        None
+    } else {
+        Some(MailService::new(config.mail.clone())?)
+    };
+    let db = OpenDatabase::open(&config.database)?;
+    if args.dry_run {
+        if db.store.has_pending_migrations()? {
+            return Err(usage(anyhow::anyhow!(
+                "the database has pending migrations and a dry run writes nothing: run `licensync migrate` first"
+            )));
+        }
+    } else {
+        db.store.migrate()?;
+    }
+    let source = StripeSource::new(StripeConfig {
+        base_url: config.stripe_api_base.clone(),
+        rps: config.stripe_rps,
+        ..StripeConfig::new(key)
+    })?;
     let options = RunOptions {
         scope,
         stop: Some(stop),
