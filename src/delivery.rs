@@ -13,11 +13,11 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use chrono::{DateTime, Utc};
 
 use crate::mail::{Delivery, LicenseEmail, MailService, MailUrl};
-use crate::store::{OutboxJob, Store};
+use crate::store::{OutboxJob, Store, blocking};
 
 /// How long a claimed row is left alone before another sender may take it:
 /// longer than any SMTP exchange, short enough to retry after a crash.
@@ -193,13 +193,6 @@ impl Sender<'_> {
         }
         Ok(())
     }
-}
-
-/// Runs a store call off the async threads (diesel is synchronous).
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .context("a database task of the email delivery stopped")?
 }
 
 #[cfg(test)]

@@ -34,7 +34,7 @@ use crate::domain::{ActionKind, GrantFact, License, PaymentReversal, Timestamp};
 use crate::error::{Failure, usage};
 use crate::mail::MailService;
 use crate::plan::{Action, Facts, Plan, PlanConfig, plan};
-use crate::store::Store;
+use crate::store::{Store, blocking};
 use crate::stripe::{CreatedRange, EventFact, GrantPage, StripeError, StripeSource};
 
 /// How much of Stripe a run reads.
@@ -302,11 +302,8 @@ impl Run {
             now: self.now,
             run_id: self.run_id,
         };
-        let (plan, applied, looked_at) = tokio::task::spawn_blocking(move || {
-            plan_and_apply(&ctx, &grants, &complete_subscriptions, &reversals, extra)
-        })
-        .await
-        .context("the page worker stopped")??;
+        let (plan, applied, looked_at) =
+            blocking(move || plan_and_apply(&ctx, &grants, &complete_subscriptions, &reversals, extra)).await?;
         self.report.record(&plan, applied.as_deref(), &looked_at);
         self.progress.set_message(format!(
             "{} objects, {} Stripe requests, {} changes",
@@ -520,9 +517,7 @@ impl Run {
         loop {
             self.check_stop()?;
             let (store, now) = (self.store.clone(), self.now);
-            let due = tokio::task::spawn_blocking(move || store.licenses_expired_by_clock(now, after_id, BATCH))
-                .await
-                .context("the sweep worker stopped")??;
+            let due = blocking(move || store.licenses_expired_by_clock(now, after_id, BATCH)).await?;
             let Some(last) = due.last() else { return Ok(()) };
             after_id = last.id;
             let full = due.len() as i64 == BATCH;

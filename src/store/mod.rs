@@ -42,6 +42,15 @@ type ClaimedRow = diesel::dsl::Filter<
     diesel::dsl::And<diesel::dsl::Eq<email_outbox::status, &'static str>, diesel::dsl::Eq<email_outbox::attempts, i32>>,
 >;
 
+/// Runs a store call off the async worker threads: diesel is synchronous,
+/// and a blocked worker would stall the transport's retries and the signal
+/// handling of a run.
+pub async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .context("a database task stopped")?
+}
+
 /// A pool of connections to the license database.
 #[derive(Clone)]
 pub struct Store {
