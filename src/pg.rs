@@ -216,48 +216,41 @@ impl Cluster {
             options.push_str(" -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200");
         }
         let log = self.dir.join("server.log");
-        let out = self
-            .binaries
-            .command("pg_ctl", self.run_as.as_ref())
-            .arg("-D")
-            .arg(self.data_dir())
-            .arg("-l")
-            .arg(&log)
-            .args(["-w", "-t", "60", "-o"])
-            .arg(options)
-            .arg("start")
-            .stdin(Stdio::null())
-            .output()
-            .context("running pg_ctl start")?;
+        let start = [
+            "-l".as_ref(),
+            log.as_os_str(),
+            "-w".as_ref(),
+            "-t".as_ref(),
+            "60".as_ref(),
+            "-o".as_ref(),
+            options.as_ref(),
+        ];
+        let out = self.pg_ctl("start", &start)?;
         check(out, &format!("starting PostgreSQL (server log: {})", log.display()))
     }
 
     pub fn is_running(&self) -> Result<bool> {
-        let out = self
-            .binaries
-            .command("pg_ctl", self.run_as.as_ref())
-            .arg("-D")
-            .arg(self.data_dir())
-            .arg("status")
-            .stdin(Stdio::null())
-            .output()
-            .context("running pg_ctl status")?;
-        Ok(out.status.success())
+        Ok(self.pg_ctl("status", &[])?.status.success())
     }
 
     /// Stops the server; `immediate` skips the shutdown checkpoint (tests).
     pub fn stop(&self, immediate: bool) -> Result<()> {
         let mode = if immediate { "immediate" } else { "fast" };
-        let out = self
-            .binaries
+        let out = self.pg_ctl("stop", &["-w".as_ref(), "-m".as_ref(), mode.as_ref()])?;
+        check(out, "stopping PostgreSQL")
+    }
+
+    /// `pg_ctl -D <data> <options> <action>`, as the server's user.
+    fn pg_ctl(&self, action: &str, options: &[&std::ffi::OsStr]) -> Result<Output> {
+        self.binaries
             .command("pg_ctl", self.run_as.as_ref())
             .arg("-D")
             .arg(self.data_dir())
-            .args(["-w", "-m", mode, "stop"])
+            .args(options)
+            .arg(action)
             .stdin(Stdio::null())
             .output()
-            .context("running pg_ctl stop")?;
-        check(out, "stopping PostgreSQL")
+            .with_context(|| format!("running pg_ctl {action}"))
     }
 
     /// The postgres user must be able to walk down to the data directory;
