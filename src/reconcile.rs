@@ -173,8 +173,6 @@ impl Report {
             }
             self.actions.push(report_action(action, key));
         }
-        let unchanged = self.seen.difference(&self.changed).count();
-        self.counts.insert("unchanged", unchanged);
     }
 }
 
@@ -683,6 +681,9 @@ pub async fn reconcile(
     let outcome = run.execute(options.scope, cursor).await;
     run.progress.finish_and_clear();
     let mut report = run.report;
+    // Once at the end: per page, this set difference would make a full run quadratic.
+    let unchanged = report.seen.difference(&report.changed).count();
+    report.counts.insert("unchanged", unchanged);
     let outcome = match outcome {
         Ok((mode, new_cursor)) => {
             report.mode = mode;
