@@ -33,14 +33,27 @@ pub fn apply_page(store: &Store, run_id: Option<i64>, actions: &[Action]) -> Res
         .iter()
         .map(|action| {
             let key = action.license_key.clone().unwrap_or_else(new_license_key);
+            let mut license = NewLicenseRow::new(key, &action.grant, &action.after);
+            license.operator_override = action
+                .override_after
+                .as_ref()
+                .map(|o| serde_json::to_value(o).expect("an override serializes"));
+            let mut after = serde_json::to_value(&action.after).expect("license state serializes");
+            if let (Some(held), Some(obj)) = (&action.held, after.as_object_mut()) {
+                // The ledger says what Stripe asked and the override kept.
+                obj.insert(
+                    "held_by_override".into(),
+                    serde_json::to_value(held).expect("held fields serialize"),
+                );
+            }
             LicenseWrite {
-                license: NewLicenseRow::new(key, &action.grant, &action.after),
+                license,
                 action: action.kind,
                 before: action
                     .before
                     .as_ref()
                     .map(|b| serde_json::to_value(b).expect("license state serializes")),
-                after: serde_json::to_value(&action.after).expect("license state serializes"),
+                after,
                 stripe_object: action.cause.clone(),
                 email: (action.kind == ActionKind::Issue).then(|| EMAIL_LICENSE_ISSUED.to_owned()),
             }

@@ -312,6 +312,9 @@ pub struct License {
     pub livemode: bool,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
+    /// What support holds this license to (licensing-rules §8); `None`: it follows Stripe.
+    #[serde(rename = "override")]
+    pub operator_override: Option<Override>,
 }
 
 impl License {
@@ -361,6 +364,122 @@ impl License {
             expiration_start: self.expiration_start,
             expires_at: self.expires_at,
             livemode: self.livemode,
+        }
+    }
+}
+
+impl License {
+    /// The state Stripe last asked for: the stored state with the held
+    /// fields as Stripe wanted them (see [`Override::stripe`]). Without an
+    /// override, the stored state.
+    pub fn stripe_state(&self) -> LicenseState {
+        let mut state = self.state();
+        if let Some(o) = &self.operator_override {
+            state.status = o.stripe.status;
+            state.hwid_limit = o.stripe.hwid_limit;
+            state.ip_limit = o.stripe.ip_limit;
+            state.expires_at = o.stripe.expires_at;
+        }
+        state
+    }
+}
+
+/// A status an operator override holds a license to, whatever Stripe says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HeldStatus {
+    Revoked,
+    Suspended,
+}
+
+impl HeldStatus {
+    pub fn status(self) -> LicenseStatus {
+        match self {
+            HeldStatus::Revoked => LicenseStatus::Revoked,
+            HeldStatus::Suspended => LicenseStatus::Suspended,
+        }
+    }
+}
+
+/// The fields an override can hold, as one side (Stripe's) sees them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeldValues {
+    pub status: LicenseStatus,
+    pub hwid_limit: Option<i32>,
+    pub ip_limit: Option<i32>,
+    pub expires_at: Option<Timestamp>,
+}
+
+impl HeldValues {
+    pub fn of(state: &LicenseState) -> HeldValues {
+        HeldValues {
+            status: state.status,
+            hwid_limit: state.hwid_limit,
+            ip_limit: state.ip_limit,
+            expires_at: state.expires_at,
+        }
+    }
+}
+
+/// An operator override (licensing-rules §8), stored with the license:
+/// what it holds, who set it, when and why. Every run plans the license as
+/// Stripe's desired state with this applied on top.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Override {
+    /// `revoked` or `suspended` whatever Stripe says; `None`: status follows Stripe.
+    pub status: Option<HeldStatus>,
+    /// Pinned seats.
+    pub hwid_limit: Option<i32>,
+    /// Pinned IP limit.
+    pub ip_limit: Option<i32>,
+    /// Pinned expiry (a goodwill extension, or an earlier end).
+    pub expires_at: Option<Timestamp>,
+    pub reason: String,
+    pub by: String,
+    pub at: Timestamp,
+    /// What Stripe last asked for the fields an override can hold: set from
+    /// the license when the override is created, refreshed by every run that
+    /// re-plans the license. `licenses release` restores these.
+    pub stripe: HeldValues,
+}
+
+impl Override {
+    /// Whether it pins any field (as opposed to only holding a status).
+    pub fn pins_anything(&self) -> bool {
+        self.hwid_limit.is_some() || self.ip_limit.is_some() || self.expires_at.is_some()
+    }
+}
+
+/// What an operator did to a license by hand; the ledger's `action`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum OperatorAction {
+    Revoke,
+    Suspend,
+    Pin,
+    Release,
+    Reissue,
+}
+
+impl OperatorAction {
+    /// The ledger's `action` (distinct from the actions of runs).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OperatorAction::Revoke => "operator_revoke",
+            OperatorAction::Suspend => "operator_suspend",
+            OperatorAction::Pin => "operator_pin",
+            OperatorAction::Release => "operator_release",
+            OperatorAction::Reissue => "operator_reissue",
+        }
+    }
+
+    /// The command's name, as the CLI and its JSON output spell it.
+    pub fn command(self) -> &'static str {
+        match self {
+            OperatorAction::Revoke => "revoke",
+            OperatorAction::Suspend => "suspend",
+            OperatorAction::Pin => "pin",
+            OperatorAction::Release => "release",
+            OperatorAction::Reissue => "reissue",
         }
     }
 }

@@ -327,6 +327,12 @@ pub fn apply(current: &[License], plan: &Plan, now: Timestamp) -> Vec<License> {
                 );
                 assert_eq!(license.grant_key(), action.grant);
                 set_state(license, &action.after);
+                assert_eq!(
+                    action.override_after.is_some(),
+                    license.operator_override.is_some(),
+                    "a plan never creates or clears an override"
+                );
+                license.operator_override = action.override_after.clone();
                 license.updated_at = now;
             }
         }
@@ -358,6 +364,7 @@ pub fn license_from(action: &Action, id: i64, now: Timestamp) -> License {
         livemode: false,
         created_at: now,
         updated_at: now,
+        operator_override: None,
     };
     set_state(&mut license, &action.after);
     license

@@ -44,8 +44,9 @@ use serde::Serialize;
 
 use crate::catalog::Catalog;
 use crate::domain::{
-    ActionKind, ExpirationStart, GrantFact, GrantKey, License, LicenseState, LicenseStatus, LicenseTerms, Licensing,
-    OneTimeLineFact, PaymentReversal, ReversalKind, SourceKind, SubscriptionItemFact, SubscriptionStatus, Timestamp,
+    ActionKind, ExpirationStart, GrantFact, GrantKey, HeldStatus, HeldValues, License, LicenseState, LicenseStatus,
+    LicenseTerms, Licensing, OneTimeLineFact, Override, PaymentReversal, ReversalKind, SourceKind, SubscriptionItemFact,
+    SubscriptionStatus, Timestamp,
 };
 
 /// The settings the rules depend on.
@@ -95,6 +96,28 @@ pub struct Action {
     /// `re_...`, `dp_...`); for a pure time expiry, the license's own
     /// subscription or purchase.
     pub cause: String,
+    /// Where an operator override kept a value Stripe asks to change.
+    pub held: Option<Held>,
+    /// The license's override with what Stripe now asks for the held fields
+    /// (`Override::stripe`); `None` for a license without override.
+    pub override_after: Option<Override>,
+}
+
+/// The fields of a license an operator override kept from following Stripe.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Held {
+    pub reason: String,
+    pub by: String,
+    /// Sorted by field name.
+    pub fields: Vec<HeldField>,
+}
+
+/// One field Stripe asks to be `stripe` that the override keeps at `kept`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HeldField {
+    pub field: String,
+    pub stripe: serde_json::Value,
+    pub kept: serde_json::Value,
 }
 
 /// One field of a license that an action sets, as JSON values (`null` for
@@ -382,9 +405,9 @@ impl Planner<'_> {
             && let Some(subscription) = &license.stripe_subscription_id
             && self.facts.complete_subscriptions.contains(subscription)
         {
-            let mut state = license.state();
+            let mut state = license.stripe_state();
             state.status = LicenseStatus::Expired;
-            state.expires_at = Some(license.expires_at.map_or(self.now, |at| at.min(self.now)));
+            state.expires_at = Some(state.expires_at.map_or(self.now, |at| at.min(self.now)));
             return Target::Want {
                 state,
                 cause: subscription.clone(),
@@ -457,24 +480,30 @@ impl Planner<'_> {
     /// the stored license already ended earlier (so a re-run keeps it).
     fn ended_now(&self, existing: Option<&License>) -> Timestamp {
         existing
-            .and_then(|l| l.expires_at)
+            .and_then(|l| l.stripe_state().expires_at)
             .filter(|at| *at <= self.now)
             .unwrap_or(self.now)
     }
 
-    /// Applies reversals and the clock to a target and diffs it against the
-    /// stored license.
+    /// Applies reversals, the clock and the operator override to a target
+    /// and diffs it against the stored license.
     fn settle(&mut self, key: &GrantKey, existing: Option<&License>, target: Target) {
-        if existing.is_some_and(|l| l.status == LicenseStatus::Revoked) {
+        let operator_override = existing.and_then(|l| l.operator_override.as_ref());
+        if existing.is_some_and(|l| l.status == LicenseStatus::Revoked) && operator_override.is_none() {
             // Revoked is final: no later fact brings a refunded key back.
             self.plan.unchanged += 1;
             return;
         }
         let (mut state, mut cause) = match (target, existing) {
             (Target::Want { state, cause }, _) => (state, cause),
-            (Target::Keep { cause }, Some(license)) => (license.state(), cause),
+            // What Stripe last asked for: the override is applied below.
+            (Target::Keep { cause }, Some(license)) => (license.stripe_state(), cause),
             (Target::Keep { .. }, None) => return,
         };
+        if operator_override.is_some_and(|o| o.stripe.status == LicenseStatus::Revoked) {
+            // Stripe's own revocation is final under an override too.
+            state.status = LicenseStatus::Revoked;
+        }
 
         let mut partial_refunds = Vec::new();
         if key.source_kind != SourceKind::SubscriptionItem
@@ -499,6 +528,21 @@ impl Planner<'_> {
             state.status = LicenseStatus::Expired;
         }
 
+        let (override_after, held) = match operator_override {
+            None => (None, None),
+            Some(o) => {
+                let stripe = HeldValues::of(&state);
+                apply_override(&mut state, o, self.now);
+                let fields = held_fields(&stripe, &HeldValues::of(&state));
+                let held = (!fields.is_empty()).then(|| Held {
+                    reason: o.reason.clone(),
+                    by: o.by.clone(),
+                    fields,
+                });
+                (Some(Override { stripe, ..o.clone() }), held)
+            }
+        };
+
         match existing {
             None if state.status == LicenseStatus::Active => self.plan.actions.push(Action {
                 kind: ActionKind::Issue,
@@ -508,6 +552,8 @@ impl Planner<'_> {
                 before: None,
                 after: state,
                 cause,
+                held: None,
+                override_after: None,
             }),
             None => {
                 if state.status == LicenseStatus::Revoked {
@@ -521,7 +567,9 @@ impl Planner<'_> {
             }
             Some(license) => {
                 let before = license.state();
-                if before == state {
+                // An override whose Stripe side moved is written too, so that
+                // `release` restores what Stripe asks now.
+                if before == state && override_after.as_ref() == license.operator_override.as_ref() {
                     self.plan.unchanged += 1;
                 } else {
                     self.plan.actions.push(Action {
@@ -532,6 +580,8 @@ impl Planner<'_> {
                         before: Some(before),
                         after: state,
                         cause,
+                        held,
+                        override_after,
                     });
                 }
             }
@@ -544,6 +594,54 @@ impl Planner<'_> {
             });
         }
     }
+}
+
+/// Puts an operator override on top of what Stripe asks (`state`, reversals
+/// and the clock already applied): pinned fields keep their values, a pinned
+/// expiry decides between `active` and `expired`, a held status wins (a held
+/// suspension gives way only to a revocation).
+pub fn apply_override(state: &mut LicenseState, o: &Override, now: Timestamp) {
+    if let Some(seats) = o.hwid_limit {
+        state.hwid_limit = Some(seats);
+    }
+    if let Some(ips) = o.ip_limit {
+        state.ip_limit = Some(ips);
+    }
+    if let Some(at) = o.expires_at {
+        state.expires_at = Some(at);
+        if matches!(state.status, LicenseStatus::Active | LicenseStatus::Expired) {
+            state.status = if at <= now {
+                LicenseStatus::Expired
+            } else {
+                LicenseStatus::Active
+            };
+        }
+    }
+    match o.status {
+        Some(HeldStatus::Revoked) => state.status = LicenseStatus::Revoked,
+        Some(HeldStatus::Suspended) if state.status != LicenseStatus::Revoked => {
+            state.status = LicenseStatus::Suspended
+        }
+        _ => {}
+    }
+}
+
+/// The fields where the kept value differs from Stripe's, sorted by name.
+fn held_fields(stripe: &HeldValues, kept: &HeldValues) -> Vec<HeldField> {
+    let fields = |values: &HeldValues| match serde_json::to_value(values) {
+        Ok(serde_json::Value::Object(map)) => map,
+        _ => serde_json::Map::new(),
+    };
+    let kept = fields(kept);
+    let mut held: Vec<HeldField> = fields(stripe)
+        .into_iter()
+        .filter_map(|(field, stripe)| {
+            let kept = kept.get(&field).cloned().unwrap_or(serde_json::Value::Null);
+            (kept != stripe).then_some(HeldField { field, stripe, kept })
+        })
+        .collect();
+    held.sort_by(|a, b| a.field.cmp(&b.field));
+    held
 }
 
 /// The main kind of a change: status first, then the move of `expires_at`

@@ -33,7 +33,7 @@ use crate::delivery::deliver_due;
 use crate::domain::{ActionKind, GrantFact, License, PaymentReversal, Timestamp};
 use crate::error::{Failure, usage};
 use crate::mail::MailService;
-use crate::plan::{Action, Facts, Plan, PlanConfig, plan};
+use crate::plan::{Action, Facts, Held, Plan, PlanConfig, plan};
 use crate::store::{Store, blocking};
 use crate::stripe::{CreatedRange, EventFact, GrantPage, StripeError, StripeSource};
 
@@ -91,6 +91,9 @@ pub struct ReportAction {
     pub before: Map<String, Value>,
     pub after: Map<String, Value>,
     pub stripe_object: String,
+    /// Where an operator override kept a value Stripe asked to change.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub held: Option<Held>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -193,6 +196,7 @@ fn report_action(action: &Action, license_key: Option<String>) -> ReportAction {
         before,
         after,
         stripe_object: action.cause.clone(),
+        held: action.held.clone(),
     }
 }
 
@@ -754,15 +758,24 @@ pub fn render_text(report: &Report) -> String {
                 None => format!("{field} {}", short(new)),
             })
             .collect();
+        let held = a.held.as_ref().map(|h| {
+            let fields: Vec<String> = h
+                .fields
+                .iter()
+                .map(|f| format!("{} {} (Stripe: {})", f.field, short(&f.kept), short(&f.stripe)))
+                .collect();
+            format!("  held by override ({}): {}", h.reason, fields.join(", "))
+        });
         let _ = writeln!(
             out,
-            "  {:<9} {} {}  {}  [{}]  because of {}",
+            "  {:<9} {} {}  {}  [{}]  because of {}{}",
             a.action.as_str(),
             a.source_kind,
             a.source_id,
             key,
             changes.join(", "),
-            a.stripe_object
+            a.stripe_object,
+            held.unwrap_or_default()
         );
     }
     for s in &report.skipped {

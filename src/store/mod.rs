@@ -3,6 +3,7 @@
 //! calls the typed functions here and never writes SQL or touches `schema`.
 
 pub mod models;
+mod overrides;
 #[rustfmt::skip]
 pub mod schema;
 
@@ -21,6 +22,8 @@ use crate::domain::{ActionKind, GrantKey, License, LicenseStatus, SourceKind};
 use crate::secret::redact;
 use models::{LedgerRow, LicenseRow, NewLedgerRow, NewLicenseRow, NewOutboxRow, OutboxRow, RunRow};
 use schema::{email_outbox, license_ledger, licenses, runs, sync_state};
+
+pub use overrides::{OperatorWrite, Operated};
 
 pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
 
@@ -191,16 +194,10 @@ impl Store {
         rows.into_iter().map(LicenseRow::into_domain).collect()
     }
 
-    /// A license by key, or by numeric id.
+    /// A license by key, by a key a reissue replaced, or by numeric id.
     pub fn find_license(&self, key_or_id: &str) -> Result<Option<License>> {
         let mut conn = self.conn()?;
-        let key_or_id = key_or_id.trim();
-        let mut query = licenses::table.select(LicenseRow::as_select()).into_boxed();
-        query = match key_or_id.parse::<i64>() {
-            Ok(id) => query.filter(licenses::id.eq(id)),
-            Err(_) => query.filter(licenses::key.eq(key_or_id.to_ascii_uppercase())),
-        };
-        let row = query.first(&mut conn).optional().context("looking up a license")?;
+        let row = overrides::find_row(&mut conn, key_or_id, false).context("looking up a license")?;
         row.map(LicenseRow::into_domain).transpose()
     }
 
@@ -321,6 +318,16 @@ impl Store {
                     licenses::expiration_start.eq(excluded(licenses::expiration_start)),
                     licenses::expires_at.eq(excluded(licenses::expires_at)),
                     licenses::livemode.eq(excluded(licenses::livemode)),
+                    // A run never creates or clears an override (only an
+                    // operator does, maybe while this page was planned): it
+                    // only refreshes what Stripe asked for the held fields.
+                    licenses::operator_override.eq(diesel::dsl::sql::<
+                        diesel::sql_types::Nullable<diesel::sql_types::Jsonb>,
+                    >(
+                        "CASE WHEN licenses.operator_override IS NULL OR excluded.operator_override IS NULL \
+                         THEN licenses.operator_override \
+                         ELSE jsonb_set(licenses.operator_override, '{stripe}', excluded.operator_override -> 'stripe') END",
+                    )),
                     licenses::updated_at.eq(diesel::dsl::now),
                 ))
                 .returning((licenses::id, licenses::key, licenses::source_kind, licenses::source_id))
@@ -350,6 +357,8 @@ impl Store {
                     before: w.before.clone(),
                     after,
                     stripe_object: w.stripe_object.clone(),
+                    reason: None,
+                    operator: None,
                 });
                 if let Some(kind) = &w.email {
                     let recipient = w.license.customer_email.clone();

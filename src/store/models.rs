@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use serde::Serialize;
 
-use super::schema::{email_outbox, license_ledger, licenses, runs};
+use super::schema::{email_outbox, license_key_history, license_ledger, licenses, runs};
 use crate::domain::{ExpirationStart, GrantKey, License, LicenseState, LicenseStatus, SourceKind};
 
 #[derive(Debug, Clone, Queryable, Selectable)]
@@ -33,6 +33,7 @@ pub struct LicenseRow {
     pub livemode: bool,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    pub operator_override: Option<serde_json::Value>,
 }
 
 impl LicenseRow {
@@ -45,6 +46,13 @@ impl LicenseRow {
             expiration_start: match &self.expiration_start {
                 None => None,
                 Some(s) => Some(ExpirationStart::parse(s).ok_or_else(|| bad("expiration_start", s))?),
+            },
+            operator_override: match self.operator_override {
+                None => None,
+                Some(value) => Some(
+                    serde_json::from_value(value)
+                        .map_err(|e| anyhow!("license {} has an unreadable operator_override: {e}", self.id))?,
+                ),
             },
             product_ids: self.product_ids.into_iter().flatten().collect(),
             key: self.key,
@@ -87,6 +95,9 @@ pub struct NewLicenseRow {
     pub expiration_start: Option<String>,
     pub expires_at: Option<DateTime<Utc>>,
     pub livemode: bool,
+    /// Never creates or clears an override: on an existing row with one, its
+    /// `stripe` member replaces the stored one (see `Store::write_page`).
+    pub operator_override: Option<serde_json::Value>,
 }
 
 impl NewLicenseRow {
@@ -109,6 +120,7 @@ impl NewLicenseRow {
             expiration_start: state.expiration_start.map(|s| s.as_str().to_owned()),
             expires_at: state.expires_at,
             livemode: state.livemode,
+            operator_override: None,
         }
     }
 }
@@ -125,6 +137,9 @@ pub struct LedgerRow {
     pub after: serde_json::Value,
     pub stripe_object: String,
     pub created_at: DateTime<Utc>,
+    /// Operator rows only: why, and who.
+    pub reason: Option<String>,
+    pub operator: Option<String>,
 }
 
 #[derive(Debug, Clone, Insertable)]
@@ -136,6 +151,33 @@ pub struct NewLedgerRow {
     pub before: Option<serde_json::Value>,
     pub after: serde_json::Value,
     pub stripe_object: String,
+    pub reason: Option<String>,
+    pub operator: Option<String>,
+}
+
+/// A key a reissue replaced: no longer valid.
+#[derive(Debug, Clone, Queryable, Selectable, Serialize)]
+#[diesel(table_name = license_key_history)]
+#[diesel(check_for_backend(diesel::pg::Pg))]
+pub struct KeyHistoryRow {
+    #[serde(skip)]
+    pub id: i64,
+    #[serde(skip)]
+    pub license_id: i64,
+    pub key: String,
+    pub replaced_at: DateTime<Utc>,
+    pub reason: String,
+    #[serde(rename = "by")]
+    pub replaced_by: String,
+}
+
+#[derive(Debug, Clone, Insertable)]
+#[diesel(table_name = license_key_history)]
+pub struct NewKeyHistoryRow {
+    pub license_id: i64,
+    pub key: String,
+    pub reason: String,
+    pub replaced_by: String,
 }
 
 #[derive(Debug, Clone, Queryable, Selectable, Serialize)]

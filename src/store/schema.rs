@@ -26,6 +26,19 @@ diesel::table! {
         after -> Jsonb,
         stripe_object -> Text,
         created_at -> Timestamptz,
+        reason -> Nullable<Text>,
+        operator -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
+    license_key_history (id) {
+        id -> Int8,
+        license_id -> Int8,
+        key -> Text,
+        replaced_at -> Timestamptz,
+        reason -> Text,
+        replaced_by -> Text,
     }
 }
 
@@ -51,6 +64,7 @@ diesel::table! {
         livemode -> Bool,
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
+        operator_override -> Nullable<Jsonb>,
     }
 }
 
@@ -79,7 +93,8 @@ diesel::table! {
 }
 
 diesel::joinable!(email_outbox -> licenses (license_id));
+diesel::joinable!(license_key_history -> licenses (license_id));
 diesel::joinable!(license_ledger -> licenses (license_id));
 diesel::joinable!(license_ledger -> runs (run_id));
 
-diesel::allow_tables_to_appear_in_same_query!(email_outbox, license_ledger, licenses, runs, sync_state,);
+diesel::allow_tables_to_appear_in_same_query!(email_outbox, license_key_history, license_ledger, licenses, runs, sync_state,);
