@@ -8,13 +8,14 @@ use anyhow::{Context, Result};
 use chrono::Utc;
 use serde_json::json;
 
-use crate::cli::{Cli, Command, DaemonArgs, LicensesCommand, MailCommand, Output, ReconcileArgs};
+use crate::cli::{Cli, Command, DaemonArgs, LicensesCommand, MailCommand, OperatorArgs, Output, ReconcileArgs};
 use crate::config::{Config, parse_timestamp};
 use crate::db::OpenDatabase;
 use crate::delivery::deliver_due;
 use crate::domain::{License, LicenseStatus};
 use crate::error::{Failure, usage};
 use crate::mail::{MailService, MailUrl};
+use crate::operator;
 use crate::plan::PlanConfig;
 use crate::reconcile::{EVENTS_CURSOR, Interrupted, Report, RunOptions, Scope, reconcile, render_json, render_text};
 use crate::store::{LicenseFilter, Store};
@@ -55,11 +56,34 @@ pub async fn run(cli: Cli, config: Config) -> Result<()> {
                 status,
                 customer_email: customer,
             })?;
-            print_licenses(&licenses, output)
+            print_licenses(&db.store, &licenses, output)
         }
         Command::Licenses(LicensesCommand::Show { key_or_id, output }) => {
             let db = open_migrated(&config)?;
             show_license(&db.store, &key_or_id, output)
+        }
+        Command::Licenses(LicensesCommand::Revoke(args)) => {
+            operate(&config, &args.key_or_id, operator::Command::Revoke, Some(args.reason), &args.operator).await
+        }
+        Command::Licenses(LicensesCommand::Suspend(args)) => {
+            operate(&config, &args.key_or_id, operator::Command::Suspend, Some(args.reason), &args.operator).await
+        }
+        Command::Licenses(LicensesCommand::Pin(args)) => {
+            let command = operator::Command::Pin {
+                hwid_limit: args.hwid_limit,
+                ip_limit: args.ip_limit,
+                expires_at: args.expires_at,
+            };
+            operate(&config, &args.key_or_id, command, Some(args.reason), &args.operator).await
+        }
+        Command::Licenses(LicensesCommand::Release(args)) => {
+            operate(&config, &args.key_or_id, operator::Command::Release, args.reason, &args.operator).await
+        }
+        Command::Licenses(LicensesCommand::Reissue(args)) => {
+            let command = operator::Command::Reissue {
+                new_key: crate::keys::new_license_key(),
+            };
+            operate(&config, &args.key_or_id, command, Some(args.reason), &args.operator).await
         }
         Command::Reconcile(args) => {
             let (report, outcome) = reconcile_once(&config, &args, stop_on_signal()).await?;
@@ -127,6 +151,96 @@ pub async fn run(cli: Cli, config: Config) -> Result<()> {
             }
         }
         Command::Daemon(args) => daemon(&config, args).await,
+    }
+}
+
+/// An operator command (licensing-rules §8): decided and written on the
+/// locked license row in one transaction; a reissue's email is sent at once.
+async fn operate(
+    config: &Config,
+    key_or_id: &str,
+    command: operator::Command,
+    reason: Option<String>,
+    who: &OperatorArgs,
+) -> Result<()> {
+    let request = operator::Request {
+        command,
+        reason,
+        by: operator::operator_name(who.by.as_deref())?,
+        now: Utc::now(),
+    };
+    let mail = match request.command {
+        operator::Command::Reissue { .. } => Some(MailService::new(config.mail.clone())?),
+        _ => None,
+    };
+    let db = open_migrated(config)?;
+    let done = db
+        .store
+        .operate(key_or_id, |license| operator::decide(license, &request))?
+        .ok_or_else(|| {
+            usage(anyhow::anyhow!(
+                "no license with key or id `{}`; find it with `licensync licenses list --customer EMAIL`",
+                key_or_id.trim()
+            ))
+        })?;
+    let mut email = None;
+    if let (Some(mail), Some(outbox_id)) = (&mail, done.outbox_id) {
+        if let Err(e) = deliver_due(&db.store, mail, config.mail_max_attempts, Utc::now()).await {
+            tracing::warn!(error = %format!("{e:#}"), "could not deliver the new key; the next reconcile retries");
+        }
+        email = db.store.outbox_for_license(done.after.id)?.into_iter().find(|o| o.id == outbox_id);
+    }
+    let changes = operator::changes(&done.before, &done.after);
+    let command = done.write.action.command();
+    match who.output {
+        Output::Json => {
+            let value = json!({
+                "command": command,
+                "license_id": done.after.id,
+                "key": done.after.key,
+                "by": done.write.operator,
+                "reason": done.write.reason,
+                "changes": changes,
+                "override": done.after.operator_override,
+                "email": email,
+            });
+            println!("{}", serde_json::to_string_pretty(&value)?);
+        }
+        Output::Text => {
+            let mut out = std::io::stdout().lock();
+            writeln!(
+                out,
+                "{command}: license {} ({}) by {}{}",
+                done.after.id,
+                done.before.key,
+                done.write.operator,
+                done.write.reason.as_deref().map(|r| format!(", reason: {r}")).unwrap_or_default()
+            )?;
+            for c in &changes {
+                writeln!(out, "  {:<11} {} -> {}", c.field, brief(&c.before), brief(&c.after))?;
+            }
+            match &done.after.operator_override {
+                Some(_) => writeln!(out, "Every later run keeps what the override holds; `licensync licenses release {}` hands it back to Stripe.", done.after.key)?,
+                None => writeln!(out, "No override: the license follows Stripe (fully from the next run).")?,
+            }
+            if let Some(row) = &email {
+                writeln!(
+                    out,
+                    "New key email to {}: {}",
+                    row.recipient.as_deref().unwrap_or("-"),
+                    row.status
+                )?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn brief(value: &serde_json::Value) -> String {
+    match value {
+        serde_json::Value::Null => "none".into(),
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
     }
 }
 
@@ -311,6 +425,7 @@ fn status(store: &Store, output: Output) -> Result<()> {
     let runs = store.recent_runs(5)?;
     let cursor = store.cursor(EVENTS_CURSOR)?;
     let licenses = store.license_counts()?;
+    let under_override = store.override_count()?;
     let emails = store.outbox_counts()?;
     let now = Utc::now();
     let cursor_json = cursor.as_ref().map(|(value, updated_at)| {
@@ -322,6 +437,7 @@ fn status(store: &Store, output: Output) -> Result<()> {
                 "runs": runs,
                 "cursor": cursor_json,
                 "licenses": licenses,
+                "licenses_under_override": under_override,
                 "emails": emails,
             });
             println!("{}", serde_json::to_string_pretty(&report)?);
@@ -358,7 +474,11 @@ fn status(store: &Store, output: Output) -> Result<()> {
                 None => writeln!(out, "Event cursor: none (the next reconcile is a full scan)")?,
             }
             let counts: Vec<String> = licenses.iter().map(|(k, v)| format!("{k} {v}")).collect();
-            writeln!(out, "Licenses: {}", counts.join(", "))?;
+            writeln!(
+                out,
+                "Licenses: {} ({under_override} under operator override)",
+                counts.join(", ")
+            )?;
             writeln!(
                 out,
                 "Emails: {} pending, {} sent, {} failed, {} without recipient",
@@ -369,9 +489,19 @@ fn status(store: &Store, output: Output) -> Result<()> {
     Ok(())
 }
 
-fn print_licenses(licenses: &[License], output: Output) -> Result<()> {
+fn print_licenses(store: &Store, licenses: &[License], output: Output) -> Result<()> {
     match output {
-        Output::Json => println!("{}", serde_json::to_string_pretty(licenses)?),
+        Output::Json => {
+            let ids: Vec<i64> = licenses.iter().map(|l| l.id).collect();
+            let mut history = store.key_history(&ids)?;
+            let mut rows = Vec::with_capacity(licenses.len());
+            for l in licenses {
+                let mut value = serde_json::to_value(l).context("serializing a license")?;
+                value["key_history"] = serde_json::to_value(history.remove(&l.id).unwrap_or_default())?;
+                rows.push(value);
+            }
+            println!("{}", serde_json::to_string_pretty(&rows)?);
+        }
         Output::Text => {
             let mut out = std::io::stdout().lock();
             if licenses.is_empty() {
@@ -380,7 +510,7 @@ fn print_licenses(licenses: &[License], output: Output) -> Result<()> {
             for l in licenses {
                 writeln!(
                     out,
-                    "{:<6} {}  {:<9} {:<24} {:<32} expires {}  {}:{}",
+                    "{:<6} {}  {:<9} {:<24} {:<32} expires {}  {}:{}{}",
                     l.id,
                     l.key,
                     l.status.as_str(),
@@ -390,7 +520,11 @@ fn print_licenses(licenses: &[License], output: Output) -> Result<()> {
                         .map(|t| t.format("%Y-%m-%d %H:%M UTC").to_string())
                         .unwrap_or_else(|| "never".into()),
                     l.source_kind.as_str(),
-                    l.source_id
+                    l.source_id,
+                    l.operator_override
+                        .as_ref()
+                        .map(|o| format!("  [override: {}]", o.reason))
+                        .unwrap_or_default()
                 )?;
             }
         }
@@ -404,22 +538,57 @@ fn show_license(store: &Store, key_or_id: &str, output: Output) -> Result<()> {
         .ok_or_else(|| usage(anyhow::anyhow!("no license with key or id `{key_or_id}`")))?;
     let ledger = store.ledger(license.id)?;
     let emails = store.outbox_for_license(license.id)?;
+    let history = store.key_history(&[license.id])?.remove(&license.id).unwrap_or_default();
+    // Looked up by a key a reissue replaced: that key no longer works.
+    let asked = key_or_id.trim().to_ascii_uppercase();
+    let replaced = history.iter().find(|h| h.key == asked);
     match output {
         Output::Json => {
             let mut value = serde_json::to_value(&license).context("serializing the license")?;
+            value["key_history"] = serde_json::to_value(&history)?;
+            value["replaced_key"] = serde_json::to_value(replaced)?;
             value["ledger"] = serde_json::to_value(&ledger)?;
             value["emails"] = serde_json::to_value(&emails)?;
             println!("{}", serde_json::to_string_pretty(&value)?);
         }
         Output::Text => {
             let mut out = std::io::stdout().lock();
-            let pretty = serde_json::to_string_pretty(&license)?;
-            writeln!(out, "{pretty}")?;
-            writeln!(out, "Ledger:")?;
-            for e in &ledger {
+            if let Some(h) = replaced {
                 writeln!(
                     out,
-                    "  {}  {:<9} run {:<5} because of {}",
+                    "Key {} was replaced on {} by {} ({}) and no longer works; the license's key is now {}.",
+                    h.key,
+                    h.replaced_at.format("%Y-%m-%d %H:%M:%S UTC"),
+                    h.replaced_by,
+                    h.reason,
+                    license.key
+                )?;
+            }
+            let pretty = serde_json::to_string_pretty(&license)?;
+            writeln!(out, "{pretty}")?;
+            if !history.is_empty() {
+                writeln!(out, "Replaced keys (no longer valid):")?;
+                for h in &history {
+                    writeln!(
+                        out,
+                        "  {}  replaced {} by {}: {}",
+                        h.key,
+                        h.replaced_at.format("%Y-%m-%d %H:%M:%S UTC"),
+                        h.replaced_by,
+                        h.reason
+                    )?;
+                }
+            }
+            writeln!(out, "Ledger:")?;
+            for e in &ledger {
+                let operator = match (&e.operator, &e.reason) {
+                    (Some(by), Some(reason)) => format!(" by {by}: {reason}"),
+                    (Some(by), None) => format!(" by {by}"),
+                    _ => String::new(),
+                };
+                writeln!(
+                    out,
+                    "  {}  {:<9} run {:<5} because of {}{operator}",
                     e.created_at.format("%Y-%m-%d %H:%M:%S UTC"),
                     e.action,
                     e.run_id.map(|r| r.to_string()).unwrap_or_else(|| "-".into()),

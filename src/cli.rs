@@ -6,7 +6,7 @@
 //! Secrets are taken as plain strings here and never echoed: clap's own
 //! "invalid value" errors would print them, so their checks live in `config`.
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -223,13 +223,88 @@ pub enum LicensesCommand {
         #[arg(long, value_enum, default_value_t)]
         output: Output,
     },
-    /// One license with its ledger.
+    /// One license with its ledger and key history (a replaced key finds its license).
     Show {
         /// The license key or its numeric id.
         key_or_id: String,
         #[arg(long, value_enum, default_value_t)]
         output: Output,
     },
+    /// Operator override: revoked now and on every later run, whatever Stripe says.
+    Revoke(OverrideArgs),
+    /// Operator override: suspended now and on every later run.
+    Suspend(OverrideArgs),
+    /// Operator override: these fields keep the pinned values; the rest follows Stripe.
+    #[command(group(ArgGroup::new("pins").required(true).multiple(true).args(["hwid_limit", "ip_limit", "expires_at"])))]
+    Pin(PinArgs),
+    /// Clear the license's override: it follows Stripe again (now from the stored state, fully on the next run).
+    Release(ReleaseArgs),
+    /// A new key for the same license, mailed; the old key is kept in its history and no longer valid.
+    Reissue(OverrideArgs),
+}
+
+/// Who runs an operator command (recorded in the ledger).
+#[derive(Debug, Args, Clone)]
+pub struct OperatorArgs {
+    /// Who does this, for the ledger (default: the OS user name).
+    #[arg(long, env = "LICENSYNC_OPERATOR", value_name = "NAME")]
+    pub by: Option<String>,
+    #[arg(long, value_enum, default_value_t)]
+    pub output: Output,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct OverrideArgs {
+    /// The license key or its numeric id.
+    pub key_or_id: String,
+    /// Why, for the ledger and for whoever looks at the license next.
+    #[arg(long, value_name = "TEXT", value_parser = non_empty)]
+    pub reason: String,
+    #[command(flatten)]
+    pub operator: OperatorArgs,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct PinArgs {
+    /// The license key or its numeric id.
+    pub key_or_id: String,
+    /// Seats (devices) to keep whatever the quantity bought.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(i32).range(0..))]
+    pub hwid_limit: Option<i32>,
+    /// Distinct IP addresses to keep.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(i32).range(0..))]
+    pub ip_limit: Option<i32>,
+    /// Expiry to keep (RFC 3339 or YYYY-MM-DD, midnight UTC).
+    #[arg(long, value_name = "TIME", value_parser = expires_at)]
+    pub expires_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// Why, for the ledger and for whoever looks at the license next.
+    #[arg(long, value_name = "TEXT", value_parser = non_empty)]
+    pub reason: String,
+    #[command(flatten)]
+    pub operator: OperatorArgs,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct ReleaseArgs {
+    /// The license key or its numeric id.
+    pub key_or_id: String,
+    /// Why (optional), for the ledger.
+    #[arg(long, value_name = "TEXT", value_parser = non_empty)]
+    pub reason: Option<String>,
+    #[command(flatten)]
+    pub operator: OperatorArgs,
+}
+
+fn non_empty(value: &str) -> Result<String, String> {
+    let value = value.trim();
+    if value.is_empty() {
+        return Err("must not be empty: say why, e.g. \"chargeback abuse, ticket 4711\"".into());
+    }
+    Ok(value.to_owned())
+}
+
+fn expires_at(value: &str) -> anyhow::Result<chrono::DateTime<chrono::Utc>> {
+    crate::config::parse_timestamp(value, "--expires-at")
 }
 
 #[derive(Debug, Subcommand)]

@@ -69,6 +69,11 @@ pub fn license_email(job: &OutboxJob) -> Option<LicenseEmail> {
         expiration_days: l.expiration_days,
         expiration_start: l.expiration_start,
         resend: job.outbox.kind.starts_with("resend"),
+        reissued: job
+            .outbox
+            .kind
+            .strip_prefix(crate::operator::EMAIL_KEY_REISSUED)
+            .is_some_and(|rest| rest.starts_with(':')),
     })
 }
 

@@ -20,6 +20,7 @@ pub mod keys;
 pub mod logging;
 pub mod mail;
 pub mod metrics;
+pub mod operator;
 pub mod pg;
 pub mod plan;
 pub mod reconcile;

@@ -141,6 +141,22 @@ fn a_resend_says_it_was_requested() {
 }
 
 #[test]
+fn a_reissued_key_says_it_replaces_the_old_one_which_no_longer_works() {
+    let r = render(&LicenseEmail {
+        reissued: true,
+        ..sample_email(1)
+    });
+    for part in [&r.text, &r.html] {
+        assert!(part.contains("has been replaced"), "{part}");
+        assert!(part.contains("old key no longer works"), "{part}");
+        assert!(part.contains(KEY), "{part}");
+    }
+    assert!(r.subject.starts_with("Your new license key"), "{}", r.subject);
+    let plain = render(&sample_email(1));
+    assert!(!plain.text.contains("replaced") && !plain.subject.contains("new license key"));
+}
+
+#[test]
 fn the_customer_name_is_html_escaped_in_the_html_part_and_kept_verbatim_in_the_text() {
     let email = LicenseEmail {
         to_name: Some("<script>alert(1)</script> & Co".to_owned()),

@@ -41,6 +41,8 @@ pub struct LicenseEmail {
     pub expiration_start: Option<ExpirationStart>,
     /// Sent again on request (`licensync mail resend`).
     pub resend: bool,
+    /// Carries a key that replaces the license's old one (`licensync licenses reissue`).
+    pub reissued: bool,
 }
 
 /// The Message-ID of the email for one outbox row:
@@ -148,6 +150,7 @@ struct Values {
     hwid_limit: Option<i32>,
     expiry: Expiry,
     resend: bool,
+    reissued: bool,
     sender_name: String,
     support_email: Option<String>,
     support_name: Option<String>,
@@ -273,6 +276,7 @@ impl Composer<'_> {
             hwid_limit: email.hwid_limit,
             expiry: expiry(email)?,
             resend: email.resend,
+            reissued: email.reissued,
             sender_name: self.from.name.clone().unwrap_or_else(|| self.from.email.to_string()),
             support_email: self.support.map(|s| s.email.to_string()),
             support_name: self.support.and_then(|s| s.name.clone()),

@@ -29,6 +29,7 @@ pub fn sample_email(outbox_id: i64) -> LicenseEmail {
         expiration_days: None,
         expiration_start: None,
         resend: false,
+        reissued: false,
     }
 }
 
