@@ -418,3 +418,31 @@ pub fn issued(world: &World, now: Timestamp) -> Vec<License> {
 pub fn kinds(plan: &Plan) -> Vec<crate::domain::ActionKind> {
     plan.actions.iter().map(|a| a.kind).collect()
 }
+
+/// What `licenses <command>` does to `license` at `now` (the store's write
+/// of `operator::decide`, minus the database): `Err` when it is refused.
+pub fn operate(license: &mut License, command: crate::operator::Command, now: Timestamp) -> anyhow::Result<()> {
+    let request = crate::operator::Request {
+        command,
+        reason: Some("support ticket 7".to_owned()),
+        by: "alice".to_owned(),
+        now,
+    };
+    let write = crate::operator::decide(license, &request)?;
+    set_state(license, &write.state);
+    license.operator_override = write.operator_override;
+    if let Some(key) = write.new_key {
+        license.key = key;
+    }
+    license.updated_at = now;
+    Ok(())
+}
+
+/// `licenses pin` of the seats only.
+pub fn pin_seats(seats: i32) -> crate::operator::Command {
+    crate::operator::Command::Pin {
+        hwid_limit: Some(seats),
+        ip_limit: None,
+        expires_at: None,
+    }
+}

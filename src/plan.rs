@@ -35,6 +35,36 @@
 //!   `expiration_start` next to the computed `expires_at`, so the row shows
 //!   where the expiry came from; `ACTIVATION` stores them with no expiry.
 //! - `unchanged` counts licenses of `current` that get no action.
+//!
+//! Operator overrides (licensing-rules §8) are data on the license
+//! (`License::operator_override`); the plan for a license under override is
+//! what Stripe asks (reversals and the clock included) with the override put
+//! on top by [`apply_override`]. Choices where the rules are silent:
+//! - Pinned fields keep their values and everything else follows Stripe:
+//!   quantity, expiry, customer, products (`an_override_holds_what_it_pins_while_the_rest_follows_stripe`).
+//! - A held revocation wins over everything; a held suspension wins over
+//!   every Stripe status but a revocation (a refund still revokes), because
+//!   a revocation is final (same test, and
+//!   `a_held_suspension_gives_way_to_a_refund_and_a_release_keeps_stripes_revocation`).
+//! - A pinned expiry decides between `active` and `expired`, whatever
+//!   Stripe's own end was: a goodwill extension keeps a canceled
+//!   subscription's key working until the pinned date, and a pinned date
+//!   that passed expires a paid one (the table test above).
+//! - Each plan also records what Stripe asked for the held fields in the
+//!   override (`Override::stripe`), so `release` restores Stripe's values
+//!   without a Stripe call. When Stripe moves only a held field, the plan
+//!   has one `update` that changes no value of the row and lists the field
+//!   as held; the next plan is empty
+//!   (`when_stripe_moves_only_a_held_field_the_plan_records_it_once_and_changes_no_value`).
+//! - A license no fact names keeps its override, and what Stripe would say
+//!   still follows the clock underneath it
+//!   (`a_license_no_fact_names_keeps_its_override_and_follows_the_clock_underneath`);
+//!   a removed item expires with its pins kept
+//!   (`a_removed_item_under_pinned_seats_expires_with_its_seats_still_pinned`).
+//! - An action shows in `held` each held field whose value differs from
+//!   Stripe's, with the override's reason: the text plan prints it as
+//!   "held by override (reason)".
+//! - A plan never creates or clears an override: only an operator does.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;

@@ -966,3 +966,161 @@ fn an_issue_lists_every_field_as_new() {
 }
 
 mod properties;
+
+// ---- §8: operator overrides ---------------------------------------------
+
+use crate::operator::Command as Op;
+
+/// `si_1`'s license (2 seats, day 30 + grace) under `command` set on day 2.
+fn held(command: Op) -> Vec<License> {
+    let mut licenses = issued_subscription();
+    operate(&mut licenses[0], command, day(2)).unwrap();
+    licenses
+}
+
+#[test]
+fn an_override_holds_what_it_pins_while_the_rest_follows_stripe() {
+    let renewed = || sub_item().quantity(3).period(day(30), day(60));
+    // (case, override, Stripe afterwards, when, expected status, seats, expiry, held fields)
+    let rows: Vec<(&str, Op, SubItem, Timestamp, L, Option<i32>, Timestamp, Vec<&str>)> = vec![
+        (
+            "revoke wins over a renewal",
+            Op::Revoke,
+            renewed(),
+            day(31),
+            L::Revoked,
+            Some(6),
+            day(60) + hours(24),
+            vec!["status"],
+        ),
+        (
+            "suspend holds a paid subscription suspended",
+            Op::Suspend,
+            renewed(),
+            day(31),
+            L::Suspended,
+            Some(6),
+            day(60) + hours(24),
+            vec!["status"],
+        ),
+        (
+            "pinned seats stay, quantity and expiry follow",
+            pin_seats(50),
+            renewed(),
+            day(31),
+            L::Active,
+            Some(50),
+            day(60) + hours(24),
+            vec!["hwid_limit"],
+        ),
+        (
+            "a pinned expiry outlives a canceled subscription (goodwill)",
+            Op::Pin {
+                hwid_limit: None,
+                ip_limit: None,
+                expires_at: Some(day(90)),
+            },
+            sub_item().status(S::Canceled).ended_at(Some(day(20))),
+            day(31),
+            L::Active,
+            Some(2),
+            day(90),
+            vec!["expires_at", "status"],
+        ),
+        (
+            "a pinned expiry that passed expires a paid subscription",
+            Op::Pin {
+                hwid_limit: None,
+                ip_limit: None,
+                expires_at: Some(day(10)),
+            },
+            sub_item(),
+            day(11),
+            L::Expired,
+            Some(2),
+            day(10),
+            vec!["expires_at", "status"],
+        ),
+    ];
+    for (case, op, stripe, now, status, seats, expires, held_fields) in rows {
+        let licenses = held(op);
+        let world = World::new(vec![stripe.fact()]);
+        let (plan, after) = run(&world, &licenses, now);
+        let action = only(&plan);
+        assert_eq!(
+            (after[0].status, after[0].hwid_limit, after[0].expires_at),
+            (status, seats, Some(expires)),
+            "{case}"
+        );
+        let held = action.held.as_ref().unwrap_or_else(|| panic!("{case}: nothing held"));
+        assert_eq!(held.reason, "support ticket 7", "{case}");
+        let fields: Vec<&str> = held.fields.iter().map(|f| f.field.as_str()).collect();
+        assert_eq!(fields, held_fields, "{case}");
+        assert!(after[0].operator_override.is_some(), "{case}: the override stays");
+        assert_converged(&world, &after, now);
+    }
+}
+
+#[test]
+fn a_held_suspension_gives_way_to_a_refund_and_a_release_keeps_stripes_revocation() {
+    let (mut world, mut licenses) = two_purchases();
+    operate(&mut licenses[1], Op::Suspend, day(2)).unwrap();
+    world.reversals = vec![reversal("pi_2", R::FullRefund, "re_1")];
+    let (plan, after) = run(&world, &licenses, day(3));
+    assert_eq!(only(&plan).kind, K::Revoke);
+    assert_eq!(after[1].status, L::Revoked);
+    assert_eq!(after[1].operator_override.as_ref().unwrap().stripe.status, L::Revoked);
+    // Released later, it stays revoked: Stripe's revocation is final.
+    let mut released = after.clone();
+    operate(&mut released[1], Op::Release, day(4)).unwrap();
+    assert_eq!(released[1].status, L::Revoked);
+    assert!(World::new(vec![one_time().checkout("cs_2", "li_1").payment_intent(Some("pi_2")).fact()])
+        .plan(&released, day(5))
+        .is_empty());
+}
+
+#[test]
+fn when_stripe_moves_only_a_held_field_the_plan_records_it_once_and_changes_no_value() {
+    let licenses = held(pin_seats(50));
+    let world = World::new(vec![sub_item().quantity(1).price("price_pro_yearly", "prod_pro").fact()]);
+    let (plan, after) = run(&world, &licenses, day(3));
+    let action = only(&plan);
+    assert_eq!(action.kind, K::Update);
+    assert!(action.changes().is_empty(), "no value of the row moves: {action:#?}");
+    let field = &action.held.as_ref().unwrap().fields[0];
+    assert_eq!((field.stripe.clone(), field.kept.clone()), (4.into(), 50.into()));
+    assert_eq!(after[0].operator_override.as_ref().unwrap().stripe.hwid_limit, Some(4));
+    assert_converged(&world, &after, day(3));
+    // A release now restores what Stripe asked last.
+    let mut released = after;
+    operate(&mut released[0], Op::Release, day(4)).unwrap();
+    assert_eq!((released[0].hwid_limit, released[0].operator_override.clone()), (Some(4), None));
+    assert_converged(&world, &released, day(4));
+}
+
+#[test]
+fn a_license_no_fact_names_keeps_its_override_and_follows_the_clock_underneath() {
+    let licenses = held(Op::Suspend);
+    let nothing = World::new(vec![]);
+    assert_converged(&nothing, &licenses, day(5));
+    // Past Stripe's expiry the license stays suspended; what Stripe would say moves.
+    let (plan, after) = run(&nothing, &licenses, day(40));
+    let action = only(&plan);
+    assert_eq!((action.kind, after[0].status), (K::Update, L::Suspended));
+    assert_eq!(after[0].operator_override.as_ref().unwrap().stripe.status, L::Expired);
+    let mut released = after;
+    operate(&mut released[0], Op::Release, day(41)).unwrap();
+    assert_eq!(released[0].status, L::Expired, "released into what Stripe says now");
+}
+
+#[test]
+fn a_removed_item_under_pinned_seats_expires_with_its_seats_still_pinned() {
+    let licenses = held(pin_seats(9));
+    let mut world = World::new(vec![]);
+    world.complete_subscriptions = vec!["sub_1".to_owned()];
+    let (plan, after) = run(&world, &licenses, day(5));
+    assert_eq!(only(&plan).kind, K::Expire);
+    assert_eq!((after[0].status, after[0].hwid_limit), (L::Expired, Some(9)));
+    assert_eq!(after[0].operator_override.as_ref().unwrap().stripe.hwid_limit, Some(2));
+    assert_converged(&world, &after, day(5));
+}

@@ -1,5 +1,6 @@
 //! Property tests: for random Stripe states, applying a plan and planning
-//! again changes nothing, and a plan never touches one grant twice.
+//! again changes nothing, and a plan never touches one grant twice; under
+//! random operator overrides, no plan changes what an override holds.
 
 use std::collections::HashSet;
 
@@ -8,7 +9,9 @@ use proptest::prelude::*;
 use crate::domain::{
     ActionKind, GrantFact, License, LicenseStatus, PaymentReversal, ReversalKind, SubscriptionStatus, Timestamp,
 };
+use crate::domain::HeldStatus;
 use crate::fixtures::*;
+use crate::operator::Command;
 use crate::plan::{Plan, kind_of_change};
 
 const STATUSES: [SubscriptionStatus; 8] = [
@@ -247,5 +250,72 @@ proptest! {
         let mut reversed = table.clone();
         reversed.reverse();
         prop_assert_eq!(second.plan(&table, at(now)), second.plan(&reversed, at(now)));
+    }
+}
+
+/// An operator command with random pins (refused ones leave the license as it is).
+fn operator_command() -> impl Strategy<Value = Command> {
+    let pins = (
+        prop::option::of(0i32..60),
+        prop::option::of(0i32..60),
+        prop::option::of(0i64..160),
+    );
+    prop_oneof![
+        Just(Command::Revoke),
+        Just(Command::Suspend),
+        Just(Command::Release),
+        pins.prop_map(|(hwid_limit, ip_limit, expires_at)| Command::Pin {
+            hwid_limit,
+            ip_limit,
+            expires_at: expires_at.map(at),
+        }),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    #[test]
+    fn no_plan_changes_what_an_override_holds(
+        first in world(),
+        second in world(),
+        commands in prop::collection::vec(prop::option::of(operator_command()), 8),
+        first_now in 0i64..150,
+        later in 0i64..60,
+    ) {
+        let mut table = issued(&first, at(first_now));
+        for (license, command) in table.iter_mut().zip(commands) {
+            if let Some(command) = command {
+                let _ = operate(license, command, at(first_now));
+            }
+        }
+        let now = at(first_now + later);
+        let (plan, after) = run(&second, &table, now);
+        for action in &plan.actions {
+            prop_assert!(!action.cause.is_empty());
+        }
+        for license in &after {
+            let Some(o) = &license.operator_override else { continue };
+            if let Some(seats) = o.hwid_limit {
+                prop_assert_eq!(license.hwid_limit, Some(seats));
+            }
+            if let Some(ips) = o.ip_limit {
+                prop_assert_eq!(license.ip_limit, Some(ips));
+            }
+            if let Some(expiry) = o.expires_at {
+                prop_assert_eq!(license.expires_at, Some(expiry));
+            }
+            match o.status {
+                Some(HeldStatus::Revoked) => prop_assert_eq!(license.status, LicenseStatus::Revoked),
+                Some(HeldStatus::Suspended) => prop_assert!(
+                    matches!(license.status, LicenseStatus::Suspended | LicenseStatus::Revoked),
+                    "{:?}", license
+                ),
+                None => {}
+            }
+        }
+        let again = second.plan(&after, now);
+        prop_assert!(again.is_empty(), "second plan not empty: {:#?}", again.actions);
+        prop_assert_eq!(again.unchanged, after.len());
     }
 }
