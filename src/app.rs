@@ -63,10 +63,24 @@ pub async fn run(cli: Cli, config: Config) -> Result<()> {
             show_license(&db.store, &key_or_id, output)
         }
         Command::Licenses(LicensesCommand::Revoke(args)) => {
-            operate(&config, &args.key_or_id, operator::Command::Revoke, Some(args.reason), &args.operator).await
+            operate(
+                &config,
+                &args.key_or_id,
+                operator::Command::Revoke,
+                Some(args.reason),
+                &args.operator,
+            )
+            .await
         }
         Command::Licenses(LicensesCommand::Suspend(args)) => {
-            operate(&config, &args.key_or_id, operator::Command::Suspend, Some(args.reason), &args.operator).await
+            operate(
+                &config,
+                &args.key_or_id,
+                operator::Command::Suspend,
+                Some(args.reason),
+                &args.operator,
+            )
+            .await
         }
         Command::Licenses(LicensesCommand::Pin(args)) => {
             let command = operator::Command::Pin {
@@ -77,7 +91,14 @@ pub async fn run(cli: Cli, config: Config) -> Result<()> {
             operate(&config, &args.key_or_id, command, Some(args.reason), &args.operator).await
         }
         Command::Licenses(LicensesCommand::Release(args)) => {
-            operate(&config, &args.key_or_id, operator::Command::Release, args.reason, &args.operator).await
+            operate(
+                &config,
+                &args.key_or_id,
+                operator::Command::Release,
+                args.reason,
+                &args.operator,
+            )
+            .await
         }
         Command::Licenses(LicensesCommand::Reissue(args)) => {
             let command = operator::Command::Reissue {
@@ -188,7 +209,11 @@ async fn operate(
         if let Err(e) = deliver_due(&db.store, mail, config.mail_max_attempts, Utc::now()).await {
             tracing::warn!(error = %format!("{e:#}"), "could not deliver the new key; the next reconcile retries");
         }
-        email = db.store.outbox_for_license(done.after.id)?.into_iter().find(|o| o.id == outbox_id);
+        email = db
+            .store
+            .outbox_for_license(done.after.id)?
+            .into_iter()
+            .find(|o| o.id == outbox_id);
     }
     let changes = operator::changes(&done.before, &done.after);
     let command = done.write.action.command();
@@ -214,14 +239,25 @@ async fn operate(
                 done.after.id,
                 done.before.key,
                 done.write.operator,
-                done.write.reason.as_deref().map(|r| format!(", reason: {r}")).unwrap_or_default()
+                done.write
+                    .reason
+                    .as_deref()
+                    .map(|r| format!(", reason: {r}"))
+                    .unwrap_or_default()
             )?;
             for c in &changes {
                 writeln!(out, "  {:<11} {} -> {}", c.field, brief(&c.before), brief(&c.after))?;
             }
             match &done.after.operator_override {
-                Some(_) => writeln!(out, "Every later run keeps what the override holds; `licensync licenses release {}` hands it back to Stripe.", done.after.key)?,
-                None => writeln!(out, "No override: the license follows Stripe (fully from the next run).")?,
+                Some(_) => writeln!(
+                    out,
+                    "Every later run keeps what the override holds; `licensync licenses release {}` hands it back to Stripe.",
+                    done.after.key
+                )?,
+                None => writeln!(
+                    out,
+                    "No override: the license follows Stripe (fully from the next run)."
+                )?,
             }
             if let Some(row) = &email {
                 writeln!(
@@ -538,7 +574,10 @@ fn show_license(store: &Store, key_or_id: &str, output: Output) -> Result<()> {
         .ok_or_else(|| usage(anyhow::anyhow!("no license with key or id `{key_or_id}`")))?;
     let ledger = store.ledger(license.id)?;
     let emails = store.outbox_for_license(license.id)?;
-    let history = store.key_history(&[license.id])?.remove(&license.id).unwrap_or_default();
+    let history = store
+        .key_history(&[license.id])?
+        .remove(&license.id)
+        .unwrap_or_default();
     // Looked up by a key a reissue replaced: that key no longer works.
     let asked = key_or_id.trim().to_ascii_uppercase();
     let replaced = history.iter().find(|h| h.key == asked);

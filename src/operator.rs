@@ -20,14 +20,15 @@
 //!   clock; the next run that sees the purchase brings everything else up
 //!   to date.
 //! - A reissue keeps the override and mails the new key as its own email
-//!   (`key_reissued:<n>`); a reissue of a license without email address is
-//!   still made (the key changes; support hands it over).
+//!   (`key_reissued:<n>`, one per reissue, resendable like any outbox row).
 
 use anyhow::{Result, anyhow};
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use crate::domain::{HeldStatus, HeldValues, License, LicenseState, LicenseStatus, OperatorAction, Override, Timestamp};
+use crate::domain::{
+    HeldStatus, HeldValues, License, LicenseState, LicenseStatus, OperatorAction, Override, Timestamp,
+};
 use crate::error::usage;
 use crate::plan::apply_override;
 use crate::store::OperatorWrite;
@@ -47,7 +48,9 @@ pub enum Command {
     },
     Release,
     /// The new key comes from the caller (`keys::new_license_key`): this module has no randomness.
-    Reissue { new_key: String },
+    Reissue {
+        new_key: String,
+    },
 }
 
 impl Command {
@@ -99,7 +102,10 @@ pub fn decide(license: &License, request: &Request) -> Result<OperatorWrite> {
     let (operator_override, new_key, email) = match &request.command {
         Command::Revoke => {
             if current.is_some_and(|o| o.status == Some(HeldStatus::Revoked)) {
-                return refuse(format!("{name} is already revoked by an override ({})", held_by(current)));
+                return refuse(format!(
+                    "{name} is already revoked by an override ({})",
+                    held_by(current)
+                ));
             }
             (Some(merged(Some(HeldStatus::Revoked))), None, None)
         }
@@ -110,7 +116,10 @@ pub fn decide(license: &License, request: &Request) -> Result<OperatorWrite> {
                 ));
             }
             if current.is_some_and(|o| o.status == Some(HeldStatus::Suspended)) {
-                return refuse(format!("{name} is already suspended by an override ({})", held_by(current)));
+                return refuse(format!(
+                    "{name} is already suspended by an override ({})",
+                    held_by(current)
+                ));
             }
             (Some(merged(Some(HeldStatus::Suspended))), None, None)
         }

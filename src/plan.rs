@@ -75,8 +75,8 @@ use serde::Serialize;
 use crate::catalog::Catalog;
 use crate::domain::{
     ActionKind, ExpirationStart, GrantFact, GrantKey, HeldStatus, HeldValues, License, LicenseState, LicenseStatus,
-    LicenseTerms, Licensing, OneTimeLineFact, Override, PaymentReversal, ReversalKind, SourceKind, SubscriptionItemFact,
-    SubscriptionStatus, Timestamp,
+    LicenseTerms, Licensing, OneTimeLineFact, Override, PaymentReversal, ReversalKind, SourceKind,
+    SubscriptionItemFact, SubscriptionStatus, Timestamp,
 };
 
 /// The settings the rules depend on.

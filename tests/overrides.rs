@@ -109,7 +109,11 @@ impl World {
     }
 
     async fn licenses(&self) -> Vec<Value> {
-        match self.run(&["licenses", "list", "--output", "json"], false).await.ok_json() {
+        match self
+            .run(&["licenses", "list", "--output", "json"], false)
+            .await
+            .ok_json()
+        {
             Value::Array(licenses) => licenses,
             other => panic!("not an array: {other}"),
         }
@@ -147,9 +151,11 @@ fn count(report: &Value, key: &str) -> u64 {
 
 fn ledger_rows(db: &TestDb) -> i64 {
     use diesel::dsl::sql;
-    diesel::select(sql::<diesel::sql_types::BigInt>("(SELECT count(*) FROM license_ledger)"))
-        .get_result(&mut db.conn())
-        .unwrap()
+    diesel::select(sql::<diesel::sql_types::BigInt>(
+        "(SELECT count(*) FROM license_ledger)",
+    ))
+    .get_result(&mut db.conn())
+    .unwrap()
 }
 
 fn expires(license: &Value) -> String {
@@ -167,7 +173,15 @@ async fn a_revocation_and_pinned_seats_survive_full_incremental_since_and_dry_ru
     assert_eq!(sub_license["hwid_limit"], 2);
 
     let revoked = w
-        .operate(&["licenses", "revoke", &one_time, "--reason", "chargeback abuse", "--by", "alice"])
+        .operate(&[
+            "licenses",
+            "revoke",
+            &one_time,
+            "--reason",
+            "chargeback abuse",
+            "--by",
+            "alice",
+        ])
         .await;
     assert_eq!(revoked["command"], "revoke");
     let status_change = revoked["changes"]
@@ -176,9 +190,20 @@ async fn a_revocation_and_pinned_seats_survive_full_incremental_since_and_dry_ru
         .iter()
         .find(|c| c["field"] == "status")
         .unwrap_or_else(|| panic!("{revoked:#}"));
-    assert_eq!((&status_change["before"], &status_change["after"]), (&"active".into(), &"revoked".into()));
+    assert_eq!(
+        (&status_change["before"], &status_change["after"]),
+        (&"active".into(), &"revoked".into())
+    );
     let pinned = w
-        .operate(&["licenses", "pin", &sub_key, "--hwid-limit", "50", "--reason", "enterprise deal, 50 seats"])
+        .operate(&[
+            "licenses",
+            "pin",
+            &sub_key,
+            "--hwid-limit",
+            "50",
+            "--reason",
+            "enterprise deal, 50 seats",
+        ])
         .await;
     assert_eq!(pinned["override"]["hwid_limit"], 50, "{pinned:#}");
     assert_eq!(w.license("subscription_item").await["hwid_limit"], 50, "acts at once");
@@ -200,7 +225,10 @@ async fn a_revocation_and_pinned_seats_survive_full_incremental_since_and_dry_ru
     assert_eq!(action["held"]["fields"][0]["kept"], 50);
     let sub_license = w.license("subscription_item").await;
     assert_eq!(sub_license["quantity"], 3, "quantity follows Stripe");
-    assert!(expires(&sub_license) > before_renewal, "expiry follows Stripe: {sub_license:#}");
+    assert!(
+        expires(&sub_license) > before_renewal,
+        "expiry follows Stripe: {sub_license:#}"
+    );
     assert_eq!(sub_license["hwid_limit"], 50, "the pinned seats stay");
     assert_eq!(w.license("checkout_line").await["status"], "revoked");
 
@@ -209,35 +237,56 @@ async fn a_revocation_and_pinned_seats_survive_full_incremental_since_and_dry_ru
     let dry = w.run(&["reconcile", "--dry-run"], true).await;
     assert_eq!(dry.code, 0, "{}", dry.all());
     assert!(
-        dry.stdout.contains("held by override (enterprise deal, 50 seats): hwid_limit 50 (Stripe: 8)"),
+        dry.stdout
+            .contains("held by override (enterprise deal, 50 seats): hwid_limit 50 (Stripe: 8)"),
         "{}",
         dry.all()
     );
-    assert_eq!(w.license("subscription_item").await["quantity"], 3, "a dry run writes nothing");
+    assert_eq!(
+        w.license("subscription_item").await["quantity"],
+        3,
+        "a dry run writes nothing"
+    );
 
     let since = (Utc::now() - chrono::Duration::minutes(2)).to_rfc3339_opts(SecondsFormat::Secs, true);
     let backfill = w.reconcile(&["--since", &since]).await;
     assert_eq!(backfill["mode"], "since");
     let sub_license = w.license("subscription_item").await;
-    assert_eq!((sub_license["quantity"].clone(), sub_license["hwid_limit"].clone()), (4.into(), 50.into()));
+    assert_eq!(
+        (sub_license["quantity"].clone(), sub_license["hwid_limit"].clone()),
+        (4.into(), 50.into())
+    );
 
     let full = w.reconcile(&["--full"]).await;
-    assert_eq!(full["actions"], serde_json::json!([]), "nothing left to change: {full:#}");
+    assert_eq!(
+        full["actions"],
+        serde_json::json!([]),
+        "nothing left to change: {full:#}"
+    );
     let licenses = w.licenses().await;
     let one = licenses.iter().find(|l| l["source_kind"] == "checkout_line").unwrap();
     assert_eq!(one["status"], "revoked", "Stripe still says paid; the revocation stays");
     assert_eq!(one["override"]["status"], "revoked");
     assert_eq!(one["override"]["reason"], "chargeback abuse");
     assert_eq!(one["override"]["by"], "alice");
-    let sub = licenses.iter().find(|l| l["source_kind"] == "subscription_item").unwrap();
+    let sub = licenses
+        .iter()
+        .find(|l| l["source_kind"] == "subscription_item")
+        .unwrap();
     assert_eq!(sub["hwid_limit"], 50);
     assert_eq!(sub["override"]["hwid_limit"], 50);
     assert_eq!(sub["override"]["status"], Value::Null);
-    assert!(sub["override"]["by"].as_str().is_some_and(|by| !by.is_empty()), "the OS user by default");
+    assert!(
+        sub["override"]["by"].as_str().is_some_and(|by| !by.is_empty()),
+        "the OS user by default"
+    );
 
     let status = w.run(&["status", "--output", "json"], false).await.ok_json();
     assert_eq!(status["licenses_under_override"], 2, "{status:#}");
-    let shown = w.run(&["licenses", "show", &one_time, "--output", "json"], false).await.ok_json();
+    let shown = w
+        .run(&["licenses", "show", &one_time, "--output", "json"], false)
+        .await
+        .ok_json();
     let ledger = shown["ledger"].as_array().unwrap();
     let operator_row = ledger.iter().find(|e| e["action"] == "operator_revoke").unwrap();
     assert_eq!(operator_row["reason"], "chargeback abuse");
@@ -249,8 +298,16 @@ async fn release_hands_the_seats_back_to_stripe_on_the_next_run() {
     let w = World::new().await;
     w.reconcile(&["--full"]).await;
     let key = key_of(&w.license("subscription_item").await);
-    w.operate(&["licenses", "pin", &key, "--hwid-limit", "50", "--reason", "trial of the big plan"])
-        .await;
+    w.operate(&[
+        "licenses",
+        "pin",
+        &key,
+        "--hwid-limit",
+        "50",
+        "--reason",
+        "trial of the big plan",
+    ])
+    .await;
     w.fake.set_now(Utc::now().timestamp());
     w.fake.update(&w.item, |item| item["quantity"] = 3.into());
 
@@ -263,7 +320,11 @@ async fn release_hands_the_seats_back_to_stripe_on_the_next_run() {
     let next = w.reconcile(&[]).await;
     assert_eq!(next["mode"], "incremental");
     let now = w.license("subscription_item").await;
-    assert_eq!((now["quantity"].clone(), now["hwid_limit"].clone()), (3.into(), 6.into()), "{next:#}");
+    assert_eq!(
+        (now["quantity"].clone(), now["hwid_limit"].clone()),
+        (3.into(), 6.into()),
+        "{next:#}"
+    );
     let again = w.reconcile(&["--full"]).await;
     assert_eq!(again["actions"], serde_json::json!([]), "{again:#}");
 }
@@ -277,7 +338,15 @@ async fn reissue_changes_the_key_keeps_the_license_and_mails_the_new_key_once() 
     let old_key = key_of(&before);
 
     let reissued = w
-        .operate(&["licenses", "reissue", &old_key, "--reason", "key posted on a forum", "--by", "dave"])
+        .operate(&[
+            "licenses",
+            "reissue",
+            &old_key,
+            "--reason",
+            "key posted on a forum",
+            "--by",
+            "dave",
+        ])
         .await;
     let new_key = reissued["key"].as_str().unwrap().to_owned();
     assert_ne!(new_key, old_key);
@@ -300,13 +369,20 @@ async fn reissue_changes_the_key_keeps_the_license_and_mails_the_new_key_once() 
     assert!(mailed[0].contains("no longer works"), "{}", mailed[0]);
 
     // The license server asks about the old key: found, and replaced.
-    let shown = w.run(&["licenses", "show", &old_key, "--output", "json"], false).await.ok_json();
+    let shown = w
+        .run(&["licenses", "show", &old_key, "--output", "json"], false)
+        .await
+        .ok_json();
     assert_eq!(shown["id"], before["id"]);
     assert_eq!(shown["key"], new_key.as_str());
     assert_eq!(shown["replaced_key"]["key"], old_key.as_str());
     assert_eq!(shown["replaced_key"]["reason"], "key posted on a forum");
     let text = w.run(&["licenses", "show", &old_key], false).await;
-    assert!(text.stdout.contains("was replaced") && text.stdout.contains("no longer works"), "{}", text.all());
+    assert!(
+        text.stdout.contains("was replaced") && text.stdout.contains("no longer works"),
+        "{}",
+        text.all()
+    );
 
     for extra in [&[][..], &["--full"][..]] {
         let next = w.reconcile(extra).await;
@@ -347,17 +423,37 @@ async fn refused_commands_exit_2_say_what_to_do_and_write_nothing() {
     };
     let refusals: Vec<(Vec<&str>, &str)> = vec![
         (
-            vec!["licenses", "revoke", "AAAAA-BBBBB-CCCCC-DDDDD-EEEEE", "--reason", "abuse"],
+            vec![
+                "licenses",
+                "revoke",
+                "AAAAA-BBBBB-CCCCC-DDDDD-EEEEE",
+                "--reason",
+                "abuse",
+            ],
             "no license with key or id",
         ),
-        (vec!["licenses", "revoke", "999999", "--reason", "abuse"], "licenses list"),
+        (
+            vec!["licenses", "revoke", "999999", "--reason", "abuse"],
+            "licenses list",
+        ),
         (vec!["licenses", "revoke", key], "--reason"),
         (vec!["licenses", "suspend", key, "--reason", "  "], "say why"),
         (vec!["licenses", "reissue", key], "--reason"),
         (vec!["licenses", "pin", key, "--reason", "deal"], "--hwid-limit"),
-        (vec!["licenses", "pin", key, "--hwid-limit", "-1", "--reason", "deal"], "-1"),
         (
-            vec!["licenses", "pin", key, "--expires-at", "next tuesday", "--reason", "goodwill"],
+            vec!["licenses", "pin", key, "--hwid-limit", "-1", "--reason", "deal"],
+            "-1",
+        ),
+        (
+            vec![
+                "licenses",
+                "pin",
+                key,
+                "--expires-at",
+                "next tuesday",
+                "--reason",
+                "goodwill",
+            ],
             "RFC 3339",
         ),
         (vec!["licenses", "release", key], "no override to release"),
@@ -375,11 +471,18 @@ async fn refused_commands_exit_2_say_what_to_do_and_write_nothing() {
     // A revoked license: pins, suspensions, reissues and a second revoke are refused.
     let ran = run(&["licenses", "revoke", key, "--reason", "abuse"]);
     assert_eq!(ran.code, 0, "{}", ran.all());
-    assert!(ran.stdout.contains("by erin"), "LICENSYNC_OPERATOR names the operator: {}", ran.all());
+    assert!(
+        ran.stdout.contains("by erin"),
+        "LICENSYNC_OPERATOR names the operator: {}",
+        ran.all()
+    );
     let ledger = ledger_rows(&db);
     let table = list(&db);
     for (args, says) in [
-        (vec!["licenses", "pin", key, "--hwid-limit", "5", "--reason", "deal"], "licenses release"),
+        (
+            vec!["licenses", "pin", key, "--hwid-limit", "5", "--reason", "deal"],
+            "licenses release",
+        ),
         (vec!["licenses", "suspend", key, "--reason", "investigation"], "revoked"),
         (vec!["licenses", "reissue", key, "--reason", "leak"], "revoked"),
         (vec!["licenses", "revoke", key, "--reason", "again"], "already revoked"),

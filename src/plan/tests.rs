@@ -982,7 +982,17 @@ fn held(command: Op) -> Vec<License> {
 fn an_override_holds_what_it_pins_while_the_rest_follows_stripe() {
     let renewed = || sub_item().quantity(3).period(day(30), day(60));
     // (case, override, Stripe afterwards, when, expected status, seats, expiry, held fields)
-    let rows: Vec<(&str, Op, SubItem, Timestamp, L, Option<i32>, Timestamp, Vec<&str>)> = vec![
+    type Row = (
+        &'static str,
+        Op,
+        SubItem,
+        Timestamp,
+        L,
+        Option<i32>,
+        Timestamp,
+        Vec<&'static str>,
+    );
+    let rows: Vec<Row> = vec![
         (
             "revoke wins over a renewal",
             Op::Revoke,
@@ -1074,15 +1084,21 @@ fn a_held_suspension_gives_way_to_a_refund_and_a_release_keeps_stripes_revocatio
     let mut released = after.clone();
     operate(&mut released[1], Op::Release, day(4)).unwrap();
     assert_eq!(released[1].status, L::Revoked);
-    assert!(World::new(vec![one_time().checkout("cs_2", "li_1").payment_intent(Some("pi_2")).fact()])
+    assert!(
+        World::new(vec![
+            one_time().checkout("cs_2", "li_1").payment_intent(Some("pi_2")).fact()
+        ])
         .plan(&released, day(5))
-        .is_empty());
+        .is_empty()
+    );
 }
 
 #[test]
 fn when_stripe_moves_only_a_held_field_the_plan_records_it_once_and_changes_no_value() {
     let licenses = held(pin_seats(50));
-    let world = World::new(vec![sub_item().quantity(1).price("price_pro_yearly", "prod_pro").fact()]);
+    let world = World::new(vec![
+        sub_item().quantity(1).price("price_pro_yearly", "prod_pro").fact(),
+    ]);
     let (plan, after) = run(&world, &licenses, day(3));
     let action = only(&plan);
     assert_eq!(action.kind, K::Update);
@@ -1094,7 +1110,10 @@ fn when_stripe_moves_only_a_held_field_the_plan_records_it_once_and_changes_no_v
     // A release now restores what Stripe asked last.
     let mut released = after;
     operate(&mut released[0], Op::Release, day(4)).unwrap();
-    assert_eq!((released[0].hwid_limit, released[0].operator_override.clone()), (Some(4), None));
+    assert_eq!(
+        (released[0].hwid_limit, released[0].operator_override.clone()),
+        (Some(4), None)
+    );
     assert_converged(&world, &released, day(4));
 }
 

@@ -23,7 +23,7 @@ use crate::secret::redact;
 use models::{LedgerRow, LicenseRow, NewLedgerRow, NewLicenseRow, NewOutboxRow, OutboxRow, RunRow};
 use schema::{email_outbox, license_ledger, licenses, runs, sync_state};
 
-pub use overrides::{OperatorWrite, Operated};
+pub use overrides::{Operated, OperatorWrite};
 
 pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
 

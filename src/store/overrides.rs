@@ -95,10 +95,11 @@ impl Store {
             };
             let before = row.into_domain()?;
             let write = decide(&before)?;
-            write_change(conn, before, write).context("writing an operator change").map(Some)
+            write_change(conn, before, write)
+                .context("writing an operator change")
+                .map(Some)
         })
     }
-
 
     /// The replaced keys of these licenses, oldest first.
     pub fn key_history(&self, license_ids: &[i64]) -> Result<BTreeMap<i64, Vec<KeyHistoryRow>>> {
@@ -130,11 +131,7 @@ impl Store {
 fn write_change(conn: &mut PgConnection, before: License, write: OperatorWrite) -> Result<Operated> {
     let state = &write.state;
     let key = write.new_key.clone().unwrap_or_else(|| before.key.clone());
-    let override_json = write
-        .operator_override
-        .as_ref()
-        .map(serde_json::to_value)
-        .transpose()?;
+    let override_json = write.operator_override.as_ref().map(serde_json::to_value).transpose()?;
     let after: LicenseRow = diesel::update(licenses::table.find(before.id))
         .set((
             licenses::key.eq(&key),

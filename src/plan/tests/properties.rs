@@ -6,10 +6,10 @@ use std::collections::HashSet;
 
 use proptest::prelude::*;
 
+use crate::domain::HeldStatus;
 use crate::domain::{
     ActionKind, GrantFact, License, LicenseStatus, PaymentReversal, ReversalKind, SubscriptionStatus, Timestamp,
 };
-use crate::domain::HeldStatus;
 use crate::fixtures::*;
 use crate::operator::Command;
 use crate::plan::{Plan, kind_of_change};
