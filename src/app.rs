@@ -246,7 +246,14 @@ async fn operate(
                     .unwrap_or_default()
             )?;
             for c in &changes {
-                writeln!(out, "  {:<11} {} -> {}", c.field, brief(&c.before), brief(&c.after))?;
+                let (before, after) = match c.field {
+                    "override" => (
+                        operator::summary(done.before.operator_override.as_ref()),
+                        operator::summary(done.after.operator_override.as_ref()),
+                    ),
+                    _ => (brief(&c.before), brief(&c.after)),
+                };
+                writeln!(out, "  {:<11} {before} -> {after}", c.field)?;
             }
             match &done.after.operator_override {
                 Some(_) => writeln!(

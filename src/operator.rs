@@ -246,6 +246,25 @@ pub fn changes(before: &License, after: &License) -> Vec<Change> {
         .collect()
 }
 
+/// One line for people: what an override holds, why and by whom (`none` for no override).
+pub fn summary(o: Option<&Override>) -> String {
+    let Some(o) = o else { return "none".to_owned() };
+    let mut holds = Vec::new();
+    if let Some(status) = o.status {
+        holds.push(status.status().as_str().to_owned());
+    }
+    if let Some(seats) = o.hwid_limit {
+        holds.push(format!("hwid_limit {seats}"));
+    }
+    if let Some(ips) = o.ip_limit {
+        holds.push(format!("ip_limit {ips}"));
+    }
+    if let Some(at) = o.expires_at {
+        holds.push(format!("expires_at {}", at.format("%Y-%m-%d %H:%M UTC")));
+    }
+    format!("{} (\"{}\", by {})", holds.join(", "), o.reason, o.by)
+}
+
 /// The name of the person running a command: `--by` / `LICENSYNC_OPERATOR`,
 /// else the OS user.
 pub fn operator_name(by: Option<&str>) -> Result<String> {

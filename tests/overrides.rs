@@ -472,7 +472,7 @@ async fn refused_commands_exit_2_say_what_to_do_and_write_nothing() {
     let ran = run(&["licenses", "revoke", key, "--reason", "abuse"]);
     assert_eq!(ran.code, 0, "{}", ran.all());
     assert!(
-        ran.stdout.contains("by erin"),
+        ran.stdout.contains("by erin") && ran.stdout.contains("override    none -> revoked (\"abuse\", by erin)"),
         "LICENSYNC_OPERATOR names the operator: {}",
         ran.all()
     );

@@ -65,17 +65,25 @@ fn table_names(db: &TestDb) -> Vec<String> {
 fn migrations_apply_and_roll_back_on_a_real_server() {
     let db = TestDb::empty();
     assert!(table_names(&db).is_empty());
-    assert_eq!(db.store.migrate().unwrap().len(), 1);
+    let migrations = db.store.migrate().unwrap().len();
+    assert!(migrations >= 2, "every migration applies: {migrations}");
     assert_eq!(
         table_names(&db),
-        ["email_outbox", "license_ledger", "licenses", "runs", "sync_state"]
+        [
+            "email_outbox",
+            "license_key_history",
+            "license_ledger",
+            "licenses",
+            "runs",
+            "sync_state"
+        ]
     );
     db.store.revert_all_migrations().unwrap();
     assert!(table_names(&db).is_empty(), "down.sql leaves nothing behind");
     assert_eq!(
         db.store.migrate().unwrap().len(),
-        1,
-        "and the migration applies again after a rollback"
+        migrations,
+        "and the migrations apply again after a rollback"
     );
     assert!(
         db.store.migrate().unwrap().is_empty(),
@@ -191,4 +199,58 @@ fn only_one_run_holds_the_lock() {
         db.store.try_lock_run().unwrap().is_some(),
         "released when the holder goes away"
     );
+}
+
+#[test]
+fn a_page_refreshes_the_stripe_side_of_an_override_but_never_creates_or_clears_one() {
+    use licensync::operator::{Command, Request, decide};
+    let db = TestDb::new();
+    db.store
+        .write_page(None, &[write("AAAAA-AAAAA-AAAAA-AAAAA-AAAAA", "si_1", None)])
+        .unwrap();
+    db.store
+        .write_page(None, &[write("BBBBB-BBBBB-BBBBB-BBBBB-BBBBB", "si_2", None)])
+        .unwrap();
+    let request = Request {
+        command: Command::Pin {
+            hwid_limit: Some(50),
+            ip_limit: None,
+            expires_at: None,
+        },
+        reason: Some("enterprise deal".into()),
+        by: "alice".into(),
+        now: Utc::now(),
+    };
+    let pinned = db
+        .store
+        .operate("AAAAA-AAAAA-AAAAA-AAAAA-AAAAA", |l| decide(l, &request))
+        .unwrap()
+        .expect("the license exists");
+    let mut o = pinned.after.operator_override.clone().unwrap();
+    assert_eq!((o.stripe.hwid_limit, pinned.after.hwid_limit), (Some(4), Some(50)));
+
+    // A page that knows of no override (planned before the pin) keeps it.
+    let mut stale = write("AAAAA-AAAAA-AAAAA-AAAAA-AAAAA", "si_1", None);
+    stale.action = ActionKind::Update;
+    db.store.write_page(None, &[stale.clone()]).unwrap();
+    let found = db.store.find_license("AAAAA-AAAAA-AAAAA-AAAAA-AAAAA").unwrap().unwrap();
+    assert_eq!(found.operator_override.as_ref(), Some(&o));
+
+    // A page with the override refreshes only what Stripe asks.
+    o.stripe.hwid_limit = Some(8);
+    o.reason = "a page must not rewrite this".into();
+    let mut refresh = stale;
+    refresh.license.operator_override = Some(serde_json::to_value(&o).unwrap());
+    let mut other = write("BBBBB-BBBBB-BBBBB-BBBBB-BBBBB", "si_2", None);
+    other.action = ActionKind::Update;
+    other.license.operator_override = Some(serde_json::to_value(&o).unwrap());
+    db.store.write_page(None, &[refresh, other]).unwrap();
+    let found = db.store.find_license("AAAAA-AAAAA-AAAAA-AAAAA-AAAAA").unwrap().unwrap();
+    let kept = found.operator_override.unwrap();
+    assert_eq!(
+        (kept.stripe.hwid_limit, kept.reason.as_str()),
+        (Some(8), "enterprise deal")
+    );
+    let untouched = db.store.find_license("BBBBB-BBBBB-BBBBB-BBBBB-BBBBB").unwrap().unwrap();
+    assert_eq!(untouched.operator_override, None, "a page never creates an override");
 }

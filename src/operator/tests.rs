@@ -180,3 +180,15 @@ fn the_operator_is_the_flag_else_the_os_user() {
     assert_eq!(operator_name(Some(" bob ")).unwrap(), "bob");
     assert!(!operator_name(None).unwrap().is_empty());
 }
+
+#[test]
+fn a_summary_says_what_an_override_holds_why_and_by_whom() {
+    let mut l = license();
+    assert_eq!(summary(l.operator_override.as_ref()), "none");
+    operate(&mut l, Command::Suspend, day(2)).unwrap();
+    operate(&mut l, pin_seats(50), day(2)).unwrap();
+    assert_eq!(
+        summary(l.operator_override.as_ref()),
+        "suspended, hwid_limit 50 (\"support ticket 7\", by alice)"
+    );
+}
