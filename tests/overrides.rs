@@ -494,3 +494,21 @@ async fn refused_commands_exit_2_say_what_to_do_and_write_nothing() {
         assert_eq!(list(&db), table, "{args:?} changed a license");
     }
 }
+
+#[test]
+fn every_command_in_the_support_page_parses() {
+    use clap::Parser;
+    let page = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/overrides.md")).unwrap();
+    let commands: Vec<&str> = page
+        .lines()
+        .filter_map(|line| line.trim().strip_prefix("$ "))
+        .filter(|line| line.starts_with("licensync "))
+        .collect();
+    assert!(commands.len() >= 6, "the page shows the commands: {commands:?}");
+    for line in commands {
+        let words = shlex::split(line).unwrap_or_else(|| panic!("quoting: {line}"));
+        if let Err(e) = licensync::cli::Cli::try_parse_from(&words) {
+            panic!("docs/overrides.md: `{line}` does not parse: {e}");
+        }
+    }
+}
