@@ -4,13 +4,15 @@
 //! row, in the same transaction as the license itself. Sending happens after
 //! the commit, elsewhere.
 
+use std::collections::HashMap;
+
 use anyhow::Result;
 
-use crate::domain::ActionKind;
+use crate::domain::{ActionKind, GrantKey};
 use crate::keys::new_license_key;
 use crate::plan::Action;
 use crate::store::models::NewLicenseRow;
-use crate::store::{LicenseWrite, Store};
+use crate::store::{LicenseWrite, Store, Written};
 
 /// The outbox kind of the email announcing a new license.
 pub const EMAIL_LICENSE_ISSUED: &str = "license_issued";
@@ -24,8 +26,9 @@ pub struct Applied {
 }
 
 /// Writes `actions` (one page) in one transaction; returns them with their
-/// license ids and keys, in the same order.
-pub fn apply_page(store: &Store, run_id: Option<i64>, actions: &[Action]) -> Result<Vec<Applied>> {
+/// license ids and keys, in the same order: `None` for an action left alone
+/// because an operator changed the license's override after it was planned.
+pub fn apply_page(store: &Store, run_id: Option<i64>, actions: &[Action]) -> Result<Vec<Option<Applied>>> {
     if actions.is_empty() {
         return Ok(Vec::new());
     }
@@ -59,14 +62,27 @@ pub fn apply_page(store: &Store, run_id: Option<i64>, actions: &[Action]) -> Res
             }
         })
         .collect();
-    let written = store.write_page(run_id, &writes)?;
+    let mut written: HashMap<GrantKey, Written> = store
+        .write_page(run_id, &writes)?
+        .into_iter()
+        .map(|w| (w.grant.clone(), w))
+        .collect();
     Ok(actions
         .iter()
-        .zip(written)
-        .map(|(action, w)| Applied {
-            action: action.clone(),
-            license_id: w.license_id,
-            license_key: w.key,
+        .map(|action| {
+            let applied = written.remove(&action.grant).map(|w| Applied {
+                action: action.clone(),
+                license_id: w.license_id,
+                license_key: w.key,
+            });
+            if applied.is_none() {
+                tracing::warn!(
+                    license_id = action.license_id,
+                    "an operator changed this license's override while the run planned it; \
+                     left as the operator made it, the next run plans it again"
+                );
+            }
+            applied
         })
         .collect())
 }

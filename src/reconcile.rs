@@ -232,7 +232,7 @@ fn plan_and_apply(
         reversals,
         complete_subscriptions,
     };
-    let plan = plan(&facts, &current, &ctx.plan, ctx.now);
+    let mut plan = plan(&facts, &current, &ctx.plan, ctx.now);
     let looked_at: Vec<i64> = current.iter().map(|l| l.id).collect();
     for warning in &plan.warnings {
         tracing::warn!("{warning}");
@@ -240,7 +240,16 @@ fn plan_and_apply(
     if ctx.dry_run || plan.actions.is_empty() {
         return Ok((plan, None, looked_at));
     }
-    let applied = apply_page(&ctx.store, ctx.run_id, &plan.actions)?;
+    // Actions an operator overtook (see `apply_page`) did not happen: the
+    // report and the counts leave them out.
+    let (actions, applied): (Vec<Action>, Vec<Applied>) = plan
+        .actions
+        .iter()
+        .cloned()
+        .zip(apply_page(&ctx.store, ctx.run_id, &plan.actions)?)
+        .filter_map(|(action, applied)| applied.map(|a| (action, a)))
+        .unzip();
+    plan.actions = actions;
     Ok((plan, Some(applied), looked_at))
 }
 

@@ -202,7 +202,7 @@ fn only_one_run_holds_the_lock() {
 }
 
 #[test]
-fn a_page_refreshes_the_stripe_side_of_an_override_but_never_creates_or_clears_one() {
+fn a_page_refreshes_the_stripe_side_of_an_override_and_leaves_alone_a_license_an_operator_changed_meanwhile() {
     use licensync::operator::{Command, Request, decide};
     let db = TestDb::new();
     db.store
@@ -228,29 +228,34 @@ fn a_page_refreshes_the_stripe_side_of_an_override_but_never_creates_or_clears_o
         .expect("the license exists");
     let mut o = pinned.after.operator_override.clone().unwrap();
     assert_eq!((o.stripe.hwid_limit, pinned.after.hwid_limit), (Some(4), Some(50)));
+    let ledger = db.store.ledger(pinned.after.id).unwrap().len();
 
-    // A page that knows of no override (planned before the pin) keeps it.
+    // A page planned before the pin (it knows no override) leaves the license alone.
     let mut stale = write("AAAAA-AAAAA-AAAAA-AAAAA-AAAAA", "si_1", None);
     stale.action = ActionKind::Update;
-    db.store.write_page(None, &[stale.clone()]).unwrap();
+    stale.email = None;
+    assert!(db.store.write_page(None, &[stale.clone()]).unwrap().is_empty());
     let found = db.store.find_license("AAAAA-AAAAA-AAAAA-AAAAA-AAAAA").unwrap().unwrap();
-    assert_eq!(found.operator_override.as_ref(), Some(&o));
+    assert_eq!(
+        (found.hwid_limit, found.operator_override.as_ref()),
+        (Some(50), Some(&o))
+    );
+    assert_eq!(db.store.ledger(found.id).unwrap().len(), ledger, "no ledger row either");
 
-    // A page with the override refreshes only what Stripe asks.
+    // A page planned with the override refreshes what Stripe asks, and the
+    // other licenses of a page are written as usual.
     o.stripe.hwid_limit = Some(8);
-    o.reason = "a page must not rewrite this".into();
     let mut refresh = stale;
+    refresh.license.hwid_limit = Some(50);
     refresh.license.operator_override = Some(serde_json::to_value(&o).unwrap());
     let mut other = write("BBBBB-BBBBB-BBBBB-BBBBB-BBBBB", "si_2", None);
     other.action = ActionKind::Update;
-    other.license.operator_override = Some(serde_json::to_value(&o).unwrap());
-    db.store.write_page(None, &[refresh, other]).unwrap();
+    other.email = None;
+    other.license.quantity = 7;
+    let written = db.store.write_page(None, &[refresh, other]).unwrap();
+    assert_eq!(written.len(), 2);
     let found = db.store.find_license("AAAAA-AAAAA-AAAAA-AAAAA-AAAAA").unwrap().unwrap();
-    let kept = found.operator_override.unwrap();
-    assert_eq!(
-        (kept.stripe.hwid_limit, kept.reason.as_str()),
-        (Some(8), "enterprise deal")
-    );
-    let untouched = db.store.find_license("BBBBB-BBBBB-BBBBB-BBBBB-BBBBB").unwrap().unwrap();
-    assert_eq!(untouched.operator_override, None, "a page never creates an override");
+    assert_eq!(found.operator_override.unwrap().stripe.hwid_limit, Some(8));
+    let other = db.store.find_license("BBBBB-BBBBB-BBBBB-BBBBB-BBBBB").unwrap().unwrap();
+    assert_eq!((other.quantity, other.operator_override), (7, None));
 }

@@ -290,7 +290,9 @@ impl Store {
 
     /// Writes one page of a plan in one transaction: one multi-row upsert of
     /// the licenses on their natural key, one multi-row insert into the
-    /// ledger and one into the outbox. A page either lands whole or not at all.
+    /// ledger and one into the outbox. A page either lands whole or not at
+    /// all, but for licenses whose operator override changed after the page
+    /// was planned: those are left alone and missing from the result.
     pub fn write_page(&self, run_id: Option<i64>, writes: &[LicenseWrite]) -> Result<Vec<Written>> {
         if writes.is_empty() {
             return Ok(Vec::new());
@@ -299,7 +301,7 @@ impl Store {
         conn.transaction(|conn| {
             let rows: Vec<&NewLicenseRow> = writes.iter().map(|w| &w.license).collect();
             // The key is never in the update set: a key never changes once issued.
-            let saved: Vec<(i64, String, String, String)> = diesel::insert_into(licenses::table)
+            let upsert = diesel::insert_into(licenses::table)
                 .values(rows)
                 .on_conflict((licenses::source_kind, licenses::source_id))
                 .do_update()
@@ -318,20 +320,21 @@ impl Store {
                     licenses::expiration_start.eq(excluded(licenses::expiration_start)),
                     licenses::expires_at.eq(excluded(licenses::expires_at)),
                     licenses::livemode.eq(excluded(licenses::livemode)),
-                    // A run never creates or clears an override (only an
-                    // operator does, maybe while this page was planned): it
-                    // only refreshes what Stripe asked for the held fields.
-                    licenses::operator_override.eq(diesel::dsl::sql::<
-                        diesel::sql_types::Nullable<diesel::sql_types::Jsonb>,
-                    >(
-                        "CASE WHEN licenses.operator_override IS NULL OR excluded.operator_override IS NULL \
-                         THEN licenses.operator_override \
-                         ELSE jsonb_set(licenses.operator_override, '{stripe}', excluded.operator_override -> 'stripe') END",
-                    )),
+                    // Equal to the stored override but for its Stripe side (the filter below).
+                    licenses::operator_override.eq(excluded(licenses::operator_override)),
                     licenses::updated_at.eq(diesel::dsl::now),
-                ))
-                .returning((licenses::id, licenses::key, licenses::source_kind, licenses::source_id))
-                .get_results(conn)?;
+                ));
+            // A run never creates, clears or changes an override: when an
+            // operator changed this license's override after the page was
+            // planned, the row is left alone (and not returned); the next run
+            // plans it with the override as it is now.
+            let same_override = diesel::dsl::sql::<diesel::sql_types::Bool>(
+                "(licenses.operator_override - 'stripe') IS NOT DISTINCT FROM (excluded.operator_override - 'stripe')",
+            );
+            let saved: Vec<(i64, String, String, String)> =
+                diesel::query_dsl::methods::FilterDsl::filter(upsert, same_override)
+                    .returning((licenses::id, licenses::key, licenses::source_kind, licenses::source_id))
+                    .get_results(conn)?;
             let by_grant: BTreeMap<(String, String), (i64, String)> = saved
                 .into_iter()
                 .map(|(id, key, kind, sid)| ((kind, sid), (id, key)))
@@ -341,11 +344,10 @@ impl Store {
             let mut outbox = Vec::new();
             for w in writes {
                 let grant = (w.license.source_kind.clone(), w.license.source_id.clone());
-                let (license_id, key) = by_grant.get(&grant).cloned().ok_or_else(|| {
-                    diesel::result::Error::QueryBuilderError(
-                        format!("no row returned for {}/{}", grant.0, grant.1).into(),
-                    )
-                })?;
+                let Some((license_id, key)) = by_grant.get(&grant).cloned() else {
+                    // Left alone: an operator changed its override meanwhile.
+                    continue;
+                };
                 let mut after = w.after.clone();
                 if let Some(obj) = after.as_object_mut() {
                     obj.insert("key".into(), serde_json::Value::String(key.clone()));
@@ -379,9 +381,11 @@ impl Store {
                     },
                 });
             }
-            diesel::insert_into(license_ledger::table)
-                .values(&ledger)
-                .execute(conn)?;
+            if !ledger.is_empty() {
+                diesel::insert_into(license_ledger::table)
+                    .values(&ledger)
+                    .execute(conn)?;
+            }
             if !outbox.is_empty() {
                 diesel::insert_into(email_outbox::table)
                     .values(&outbox)
