@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use chrono::{DateTime, Utc};
 
+use crate::domain::EmailKind;
 use crate::mail::{Delivery, LicenseEmail, MailService, MailUrl};
 use crate::store::{OutboxJob, Store, blocking};
 
@@ -69,11 +70,7 @@ pub fn license_email(job: &OutboxJob) -> Option<LicenseEmail> {
         expiration_days: l.expiration_days,
         expiration_start: l.expiration_start,
         resend: job.outbox.kind.starts_with("resend"),
-        reissued: job
-            .outbox
-            .kind
-            .strip_prefix(crate::operator::EMAIL_KEY_REISSUED)
-            .is_some_and(|rest| rest.starts_with(':')),
+        reissued: EmailKind::of(&job.outbox.kind) == Some(EmailKind::KeyReissued),
     })
 }
 
@@ -203,6 +200,21 @@ impl Sender<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn outbox_kinds_read_back_from_their_column() {
+        for (kind, n, column) in [
+            (EmailKind::LicenseIssued, 1, "license_issued"),
+            (EmailKind::Resend, 2, "resend:2"),
+            (EmailKind::KeyReissued, 3, "key_reissued:3"),
+        ] {
+            assert_eq!(kind.column(n), column);
+            assert_eq!(EmailKind::of(column), Some(kind));
+        }
+        for unknown in ["key_reissued", "license_issued:1", "welcome", ""] {
+            assert_eq!(EmailKind::of(unknown), None, "{unknown}");
+        }
+    }
 
     #[test]
     fn retries_back_off_exponentially_up_to_six_hours() {

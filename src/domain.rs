@@ -484,6 +484,40 @@ impl OperatorAction {
     }
 }
 
+/// What an outbox row announces; its `kind` column is `license_issued`
+/// (once per license), `resend:<n>` or `key_reissued:<n>` (one per request).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EmailKind {
+    LicenseIssued,
+    /// Support's `mail resend`.
+    Resend,
+    /// The new key of `licenses reissue`.
+    KeyReissued,
+}
+
+impl EmailKind {
+    /// The kind of an outbox row's `kind` column; `None` for one this version does not know.
+    pub fn of(kind: &str) -> Option<EmailKind> {
+        let series = kind.split_once(':').map_or(kind, |(series, _)| series);
+        match (series, kind.contains(':')) {
+            ("license_issued", false) => Some(EmailKind::LicenseIssued),
+            ("resend", true) => Some(EmailKind::Resend),
+            ("key_reissued", true) => Some(EmailKind::KeyReissued),
+            _ => None,
+        }
+    }
+
+    /// The `kind` column of the `n`-th email of this kind of a license
+    /// (`n` is ignored for `license_issued`, which is sent once).
+    pub fn column(self, n: i64) -> String {
+        match self {
+            EmailKind::LicenseIssued => "license_issued".to_owned(),
+            EmailKind::Resend => format!("resend:{n}"),
+            EmailKind::KeyReissued => format!("key_reissued:{n}"),
+        }
+    }
+}
+
 /// The kinds of change a plan can make (cli.md "A plan").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

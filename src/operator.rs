@@ -27,14 +27,11 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::domain::{
-    HeldStatus, HeldValues, License, LicenseState, LicenseStatus, OperatorAction, Override, Timestamp,
+    EmailKind, HeldStatus, HeldValues, License, LicenseState, LicenseStatus, OperatorAction, Override, Timestamp,
 };
 use crate::error::usage;
 use crate::plan::apply_override;
 use crate::store::OperatorWrite;
-
-/// The outbox kind prefix of the email carrying a reissued key.
-pub const EMAIL_KEY_REISSUED: &str = "key_reissued";
 
 /// One operator command on one license.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -160,7 +157,7 @@ pub fn decide(license: &License, request: &Request) -> Result<OperatorWrite> {
                     license.key
                 ));
             }
-            (current.cloned(), Some(new_key.clone()), Some(EMAIL_KEY_REISSUED))
+            (current.cloned(), Some(new_key.clone()), Some(EmailKind::KeyReissued))
         }
     };
     let state = match &request.command {

@@ -162,7 +162,7 @@ fn a_reissue_changes_only_the_key_keeps_the_override_and_mails_the_new_key() {
     assert_eq!(write.state, l.state());
     assert_eq!(write.operator_override, l.operator_override);
     assert_eq!(write.new_key.as_deref(), Some("NEWKY-AAAAA-BBBBB-CCCCC-DDDDD"));
-    assert_eq!(write.email, Some(EMAIL_KEY_REISSUED));
+    assert_eq!(write.email, Some(crate::domain::EmailKind::KeyReissued));
     assert_eq!(write.before["key"], l.key.as_str());
 }
 

@@ -12,7 +12,7 @@ use diesel::prelude::*;
 use super::Store;
 use super::models::{KeyHistoryRow, LicenseRow, NewKeyHistoryRow, NewLedgerRow, NewOutboxRow};
 use super::schema::{email_outbox, license_key_history, license_ledger, licenses};
-use crate::domain::{License, LicenseState, OperatorAction, Override};
+use crate::domain::{EmailKind, License, LicenseState, OperatorAction, Override};
 
 /// The stripe_object of operator ledger rows: no Stripe object caused them.
 pub const OPERATOR_CAUSE: &str = "operator";
@@ -32,8 +32,8 @@ pub struct OperatorWrite {
     pub after: serde_json::Value,
     pub reason: Option<String>,
     pub operator: String,
-    /// An outbox kind prefix (`key_reissued`): queues `<prefix>:<n>`, one per command.
-    pub email: Option<&'static str>,
+    /// Queues the `n`-th email of this kind (`key_reissued:<n>`), one per command.
+    pub email: Option<EmailKind>,
 }
 
 /// What an operator command did.
@@ -172,18 +172,18 @@ fn write_change(conn: &mut PgConnection, before: License, write: OperatorWrite) 
         .execute(conn)?;
     let outbox_id = match write.email {
         None => None,
-        Some(prefix) => {
-            let previous: i64 = email_outbox::table
+        Some(kind) => {
+            let kinds: Vec<String> = email_outbox::table
                 .filter(email_outbox::license_id.eq(before.id))
-                .filter(email_outbox::kind.like(format!("{prefix}:%")))
-                .count()
-                .get_result(conn)?;
+                .select(email_outbox::kind)
+                .load(conn)?;
+            let previous = kinds.iter().filter(|k| EmailKind::of(k) == Some(kind)).count() as i64;
             let recipient = before.customer_email.clone();
             Some(
                 diesel::insert_into(email_outbox::table)
                     .values(NewOutboxRow {
                         license_id: before.id,
-                        kind: format!("{prefix}:{}", previous + 1),
+                        kind: kind.column(previous + 1),
                         status: if recipient.is_some() { "pending" } else { "no_recipient" }.to_owned(),
                         recipient,
                     })
