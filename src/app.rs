@@ -12,7 +12,7 @@ use crate::cli::{Cli, Command, DaemonArgs, LicensesCommand, MailCommand, Operato
 use crate::config::{Config, parse_timestamp};
 use crate::db::OpenDatabase;
 use crate::delivery::deliver_due;
-use crate::domain::{License, LicenseStatus};
+use crate::domain::{License, LicenseStatus, OperatorAction};
 use crate::error::{Failure, usage};
 use crate::mail::{MailService, MailUrl};
 use crate::operator;
@@ -255,15 +255,16 @@ async fn operate(
                 };
                 writeln!(out, "  {:<11} {before} -> {after}", c.field)?;
             }
-            match &done.after.operator_override {
-                Some(_) => writeln!(
+            match (&done.after.operator_override, done.write.action) {
+                (_, OperatorAction::Reissue) => {}
+                (Some(_), _) => writeln!(
                     out,
                     "Every later run keeps what the override holds; `licensync licenses release {}` hands it back to Stripe.",
                     done.after.key
                 )?,
-                None => writeln!(
+                (None, _) => writeln!(
                     out,
-                    "No override: the license follows Stripe (fully from the next run)."
+                    "No override: the license follows Stripe (fully from the next run that reads its purchase)."
                 )?,
             }
             if let Some(row) = &email {
