@@ -190,8 +190,10 @@ pub async fn reconcile_once(
         plan: PlanConfig {
             grace: config.grace,
             past_due_grace: config.past_due_grace,
+            mail_since: config.mail_since,
         },
         mail_max_attempts: config.mail_max_attempts,
+        report_actions: args.report_actions,
     };
     let (report, outcome) = reconcile(&db.store, source, mail.as_ref(), options).await?;
     if let (Some(path), false) = (&args.metrics_file, args.dry_run) {
@@ -237,6 +239,8 @@ async fn daemon(config: &Config, args: DaemonArgs) -> Result<()> {
         output: Output::Json,
         allow_mode_mismatch: args.reconcile.allow_mode_mismatch,
         metrics_file: args.reconcile.metrics_file.clone(),
+        // The daemon logs counts, never the actions: keep none.
+        report_actions: 0,
     };
     tracing::info!(schedule = %args.schedule, "daemon started");
     loop {
@@ -361,8 +365,8 @@ fn status(store: &Store, output: Output) -> Result<()> {
             writeln!(out, "Licenses: {}", counts.join(", "))?;
             writeln!(
                 out,
-                "Emails: {} pending, {} sent, {} failed, {} without recipient",
-                emails.pending, emails.sent, emails.failed, emails.no_recipient
+                "Emails: {} pending, {} sent, {} failed, {} without recipient, {} skipped (before --mail-since)",
+                emails.pending, emails.sent, emails.failed, emails.no_recipient, emails.skipped
             )?;
         }
     }

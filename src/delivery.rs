@@ -60,8 +60,7 @@ pub fn license_email(job: &OutboxJob) -> Option<LicenseEmail> {
         to_name: l.customer_name.clone(),
         license_key: l.key.clone(),
         product_ids: l.product_ids.clone(),
-        // The license stores product ids only; the templates show ids when names are missing.
-        product_names: Vec::new(),
+        product_name: l.product_name.clone(),
         quantity: l.quantity,
         ip_limit: l.ip_limit,
         hwid_limit: l.hwid_limit,
@@ -69,6 +68,7 @@ pub fn license_email(job: &OutboxJob) -> Option<LicenseEmail> {
         expiration_days: l.expiration_days,
         expiration_start: l.expiration_start,
         resend: job.outbox.kind.starts_with("resend"),
+        subscription: l.stripe_subscription_id.is_some(),
     })
 }
 

@@ -79,6 +79,9 @@ pub struct RunOptions {
     pub plan: PlanConfig,
     /// Attempts before an undeliverable email is given up.
     pub mail_max_attempts: u32,
+    /// `--report-actions`: the report keeps this many actions and counts the
+    /// rest, so a run's memory does not grow with its actions.
+    pub report_actions: usize,
 }
 
 /// One entry of the report's `actions` (cli.md JSON shape).
@@ -108,8 +111,18 @@ pub struct Report {
     pub outcome: &'static str,
     pub counts: BTreeMap<&'static str, usize>,
     pub skipped: Vec<ReportSkip>,
+    /// The first `--report-actions` actions; every action is in the ledger.
     pub actions: Vec<ReportAction>,
+    /// Actions past `--report-actions`, counted but not listed.
+    pub actions_omitted: usize,
     pub stripe_requests: u64,
+    /// License emails this run queued for customers with an address (a dry
+    /// run: would queue). Sent after the commit, so `emails_sent` also
+    /// counts retries of earlier runs.
+    pub emails_to_send: usize,
+    /// Licenses issued without an email because their purchase predates
+    /// `--mail-since` (outbox rows `skipped`, sendable by `mail resend`).
+    pub emails_skipped: usize,
     pub emails_sent: usize,
     pub duration_ms: u64,
     /// Why the run read what it read (e.g. "no event cursor: full scan").
@@ -124,10 +137,12 @@ pub struct Report {
     seen: HashSet<i64>,
     #[serde(skip)]
     changed: HashSet<i64>,
+    #[serde(skip)]
+    action_limit: usize,
 }
 
 impl Report {
-    fn new(mode: &'static str, dry_run: bool) -> Report {
+    fn new(mode: &'static str, dry_run: bool, action_limit: usize) -> Report {
         let counts = ActionKind::ALL
             .iter()
             .map(|k| (k.count_key(), 0))
@@ -141,13 +156,17 @@ impl Report {
             counts,
             skipped: Vec::new(),
             actions: Vec::new(),
+            actions_omitted: 0,
             stripe_requests: 0,
+            emails_to_send: 0,
+            emails_skipped: 0,
             emails_sent: 0,
             duration_ms: 0,
             note: None,
             error: None,
             seen: HashSet::new(),
             changed: HashSet::new(),
+            action_limit,
         }
     }
 
@@ -158,6 +177,9 @@ impl Report {
             }
         }
         self.seen.extend(looked_at);
+        let (mailed, silent) = plan.emails();
+        self.emails_to_send += mailed;
+        self.emails_skipped += silent;
         for s in &plan.skipped {
             self.skipped.push(ReportSkip {
                 stripe_object: s.stripe_object.clone(),
@@ -171,7 +193,11 @@ impl Report {
             if let Some(id) = applied.map(|a| a[i].license_id).or(action.license_id) {
                 self.changed.insert(id);
             }
-            self.actions.push(report_action(action, key));
+            if self.actions.len() < self.action_limit {
+                self.actions.push(report_action(action, key));
+            } else {
+                self.actions_omitted += 1;
+            }
         }
     }
 }
@@ -676,7 +702,7 @@ pub async fn reconcile(
         stop: options.stop.clone(),
         progress,
         objects: 0,
-        report: Report::new(planned_mode, dry_run),
+        report: Report::new(planned_mode, dry_run, options.report_actions),
     };
     let outcome = run.execute(options.scope, cursor).await;
     run.progress.finish_and_clear();
@@ -740,11 +766,16 @@ fn check_mode(store: &Store, livemode: bool, allowed: bool) -> Result<()> {
     )))
 }
 
-/// Text form of a plan, like `terraform plan`.
+/// Action lines the text output shows; the rest are summed up with where
+/// to find them, so a first import of thousands of purchases stays readable.
+pub const TEXT_ACTIONS: usize = 20;
+
+/// Text form of a plan, like `terraform plan`: the first actions, the skips,
+/// then the totals and the emails the run sends.
 pub fn render_text(report: &Report) -> String {
     use std::fmt::Write;
     let mut out = String::new();
-    for a in &report.actions {
+    for a in report.actions.iter().take(TEXT_ACTIONS) {
         let key = a.license_key.as_deref().unwrap_or("(new key)");
         let changes: Vec<String> = a
             .after
@@ -765,13 +796,26 @@ pub fn render_text(report: &Report) -> String {
             a.stripe_object
         );
     }
+    let total: usize = ActionKind::ALL
+        .iter()
+        .map(|k| report.counts.get(k.count_key()).copied().unwrap_or(0))
+        .sum();
+    let shown = report.actions.len().min(TEXT_ACTIONS);
+    if total > shown {
+        let _ = writeln!(
+            out,
+            "  ... and {} more actions, not shown: `--output json` lists up to --report-actions of them, \
+             `licenses list` shows every license and `licenses show KEY` its ledger",
+            total - shown
+        );
+    }
     for s in &report.skipped {
         let _ = writeln!(out, "  {:<9} {}  {}", "skip", s.stripe_object, s.reason);
     }
     let counts: Vec<String> = report.counts.iter().map(|(k, v)| format!("{v} {k}")).collect();
     let _ = writeln!(
         out,
-        "{}{} run{}: {}; {} Stripe requests, {} emails sent, {} ms",
+        "{}{} run{}: {}; {} Stripe requests, {} ms",
         if report.dry_run {
             "Plan (dry run, nothing written) of a "
         } else {
@@ -781,9 +825,29 @@ pub fn render_text(report: &Report) -> String {
         report.run_id.as_deref().map(|id| format!(" #{id}")).unwrap_or_default(),
         counts.join(", "),
         report.stripe_requests,
-        report.emails_sent,
         report.duration_ms
     );
+    let silent = if report.emails_skipped > 0 {
+        format!(
+            ", {} new licenses issued silently (purchased before --mail-since; `mail resend` sends one)",
+            report.emails_skipped
+        )
+    } else {
+        String::new()
+    };
+    if report.dry_run {
+        let _ = writeln!(
+            out,
+            "Emails: this run would email {} customers their new license key{silent}",
+            report.emails_to_send
+        );
+    } else {
+        let _ = writeln!(
+            out,
+            "Emails: {} new license emails queued{silent}; {} emails sent",
+            report.emails_to_send, report.emails_sent
+        );
+    }
     if let Some(e) = &report.error {
         let _ = writeln!(out, "run failed: {e}");
     }

@@ -48,6 +48,7 @@ fn licenses_list_json_has_every_field_of_the_contract() {
     let state = LicenseState {
         status: LicenseStatus::Active,
         product_ids: vec!["pro".into(), "addon".into()],
+        product_name: Some("Pro with add-on".into()),
         stripe_customer_id: Some("cus_1".into()),
         stripe_subscription_id: None,
         stripe_payment_intent: Some("pi_1".into()),
@@ -162,7 +163,14 @@ fn migrate_then_status_in_embedded_mode_persists_and_stops_the_server() {
     };
     let migrate = run(&["migrate"]);
     assert!(migrate.status.success(), "{}", text(&migrate));
-    assert!(text(&migrate).contains("applied 1 migration"), "{}", text(&migrate));
+    let migrations = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations"))
+        .unwrap()
+        .count();
+    assert!(
+        text(&migrate).contains(&format!("applied {migrations} migration")),
+        "{}",
+        text(&migrate)
+    );
     let pid_file = dir.path().join("pg/data/postmaster.pid");
     assert!(dir.path().join("pg/data/PG_VERSION").exists());
     assert!(!pid_file.exists(), "the server is stopped when the command exits");

@@ -17,7 +17,7 @@ use diesel::r2d2::{ConnectionManager, Pool, PooledConnection};
 use diesel::upsert::excluded;
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 
-use crate::domain::{ActionKind, GrantKey, License, LicenseStatus, SourceKind};
+use crate::domain::{ActionKind, EmailStatus, GrantKey, License, LicenseStatus, SourceKind};
 use crate::secret::redact;
 use models::{LedgerRow, LicenseRow, NewLedgerRow, NewLicenseRow, NewOutboxRow, OutboxRow, RunRow};
 use schema::{email_outbox, license_ledger, licenses, runs, sync_state};
@@ -86,8 +86,16 @@ pub struct LicenseWrite {
     pub before: Option<serde_json::Value>,
     pub after: serde_json::Value,
     pub stripe_object: String,
-    /// `Some(kind)` queues an email of that kind about this license.
-    pub email: Option<String>,
+    /// Queues an email about this license.
+    pub email: Option<QueuedEmail>,
+}
+
+/// An outbox row written with its license: the kind (one per license) and
+/// the state it starts in, which the applier decides.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueuedEmail {
+    pub kind: String,
+    pub status: EmailStatus,
 }
 
 /// What a write produced.
@@ -111,6 +119,8 @@ pub struct OutboxCounts {
     pub sent: i64,
     pub failed: i64,
     pub no_recipient: i64,
+    /// Issued silently under `--mail-since`; `mail resend` can still send them.
+    pub skipped: i64,
 }
 
 impl Store {
@@ -321,6 +331,7 @@ impl Store {
                     licenses::expiration_start.eq(excluded(licenses::expiration_start)),
                     licenses::expires_at.eq(excluded(licenses::expires_at)),
                     licenses::livemode.eq(excluded(licenses::livemode)),
+                    licenses::product_name.eq(excluded(licenses::product_name)),
                     licenses::updated_at.eq(diesel::dsl::now),
                 ))
                 .returning((licenses::id, licenses::key, licenses::source_kind, licenses::source_id))
@@ -351,13 +362,12 @@ impl Store {
                     after,
                     stripe_object: w.stripe_object.clone(),
                 });
-                if let Some(kind) = &w.email {
-                    let recipient = w.license.customer_email.clone();
+                if let Some(email) = &w.email {
                     outbox.push(NewOutboxRow {
                         license_id,
-                        kind: kind.clone(),
-                        status: if recipient.is_some() { "pending" } else { "no_recipient" }.to_owned(),
-                        recipient,
+                        kind: email.kind.clone(),
+                        status: email.status.as_str().to_owned(),
+                        recipient: w.license.customer_email.clone(),
                     });
                 }
                 let source_kind = SourceKind::parse(&grant.0).expect("written source kinds are valid");
@@ -661,12 +671,13 @@ impl Store {
             .context("counting emails")?;
         let mut counts = OutboxCounts::default();
         for (status, n) in rows {
-            match status.as_str() {
-                "pending" => counts.pending = n,
-                "sent" => counts.sent = n,
-                "failed" => counts.failed = n,
-                "no_recipient" => counts.no_recipient = n,
-                _ => {}
+            match status.parse::<EmailStatus>() {
+                Ok(EmailStatus::Pending) => counts.pending = n,
+                Ok(EmailStatus::Sent) => counts.sent = n,
+                Ok(EmailStatus::Failed) => counts.failed = n,
+                Ok(EmailStatus::NoRecipient) => counts.no_recipient = n,
+                Ok(EmailStatus::Skipped) => counts.skipped = n,
+                Err(_) => {}
             }
         }
         Ok(counts)

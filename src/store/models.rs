@@ -33,6 +33,7 @@ pub struct LicenseRow {
     pub livemode: bool,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    pub product_name: Option<String>,
 }
 
 impl LicenseRow {
@@ -47,6 +48,7 @@ impl LicenseRow {
                 Some(s) => Some(ExpirationStart::parse(s).ok_or_else(|| bad("expiration_start", s))?),
             },
             product_ids: self.product_ids.into_iter().flatten().collect(),
+            product_name: self.product_name,
             key: self.key,
             source_id: self.source_id,
             stripe_customer_id: self.stripe_customer_id,
@@ -87,6 +89,7 @@ pub struct NewLicenseRow {
     pub expiration_start: Option<String>,
     pub expires_at: Option<DateTime<Utc>>,
     pub livemode: bool,
+    pub product_name: Option<String>,
 }
 
 impl NewLicenseRow {
@@ -109,6 +112,7 @@ impl NewLicenseRow {
             expiration_start: state.expiration_start.map(|s| s.as_str().to_owned()),
             expires_at: state.expires_at,
             livemode: state.livemode,
+            product_name: state.product_name.clone(),
         }
     }
 }

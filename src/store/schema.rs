@@ -51,6 +51,7 @@ diesel::table! {
         livemode -> Bool,
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
+        product_name -> Nullable<Text>,
     }
 }
 
