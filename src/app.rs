@@ -13,7 +13,7 @@ use crate::config::{Config, parse_timestamp};
 use crate::db::OpenDatabase;
 use crate::delivery::deliver_due;
 use crate::domain::{License, LicenseStatus};
-use crate::error::{Failure, usage};
+use crate::error::{EXIT_USAGE, exit_status, usage};
 use crate::mail::{MailService, MailUrl};
 use crate::plan::PlanConfig;
 use crate::reconcile::{EVENTS_CURSOR, Interrupted, Report, RunOptions, Scope, reconcile, render_json, render_text};
@@ -272,7 +272,9 @@ async fn daemon(config: &Config, args: DaemonArgs) -> Result<()> {
                 return Ok(());
             }
             Ok((_, Err(e))) | Err(e) => {
-                if matches!(e.downcast_ref::<Failure>(), Some(Failure::Usage(_))) {
+                // A configuration error (a mode mismatch, a key Stripe
+                // rejects) fails every tick the same way: stop, exit 2.
+                if exit_status(&e) == EXIT_USAGE {
                     return Err(e);
                 }
                 tracing::error!(error = %crate::secret::redact(&format!("{e:#}")), "run failed; the daemon goes on");

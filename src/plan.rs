@@ -205,15 +205,16 @@ impl Plan {
         counts
     }
 
-    /// `(mailed, silent)`: the license emails this plan queues for customers
-    /// with an address, and the issues kept silent by `--mail-since`.
+    /// `(mailed, silent)` among issues to customers with an address: the
+    /// license emails this plan queues, and those `--mail-since` keeps back
+    /// (an issue without an address has nothing to send either way).
     pub fn emails(&self) -> (usize, usize) {
         let mut counts = (0, 0);
-        for action in &self.actions {
+        for action in self.actions.iter().filter(|a| a.after.customer_email.is_some()) {
             match action.email {
-                Some(IssueEmail::Send) if action.after.customer_email.is_some() => counts.0 += 1,
+                Some(IssueEmail::Send) => counts.0 += 1,
                 Some(IssueEmail::Silent) => counts.1 += 1,
-                _ => {}
+                None => {}
             }
         }
         counts

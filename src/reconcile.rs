@@ -867,3 +867,59 @@ pub fn render_json(report: &Report) -> Result<String> {
     // Straight from the struct: `json!` would first copy every action into a Value tree.
     Ok(serde_json::to_string(report)?)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fixtures::{World, day, sub_item};
+
+    /// A report of one plan issuing `n` subscription items.
+    fn report_of(n: usize, limit: usize) -> Report {
+        let grants = (0..n).map(|i| sub_item().id(&format!("si_{i}")).fact()).collect();
+        let plan = World::new(grants).plan(&[], day(1));
+        assert_eq!(plan.actions.len(), n);
+        let mut report = Report::new("full", true, limit);
+        report.record(&plan, None, &[]);
+        report
+    }
+
+    #[test]
+    fn the_report_keeps_the_first_report_actions_and_counts_the_rest() {
+        let report = report_of(7, 3);
+        assert_eq!(report.actions.len(), 3);
+        assert_eq!(report.actions_omitted, 4);
+        assert_eq!(report.counts["issued"], 7, "counts cover every action");
+        let json: Value = serde_json::from_str(&render_json(&report).unwrap()).unwrap();
+        assert_eq!(json["actions_omitted"], 4);
+        assert_eq!(json["actions"].as_array().unwrap().len(), 3);
+        assert_eq!(report_of(2, 3).actions_omitted, 0);
+    }
+
+    #[test]
+    fn a_large_text_plan_shows_the_first_actions_the_totals_and_the_emails() {
+        let text = render_text(&report_of(TEXT_ACTIONS + 15, 1000));
+        let action_lines = text.lines().filter(|l| l.trim_start().starts_with("issue ")).count();
+        assert_eq!(action_lines, TEXT_ACTIONS, "{text}");
+        assert!(text.contains("... and 15 more actions"), "{text}");
+        assert!(
+            text.contains("--output json") && text.contains("licenses list") && text.contains("licenses show"),
+            "says where the rest are: {text}"
+        );
+        assert!(text.contains(&format!("{} issued", TEXT_ACTIONS + 15)), "{text}");
+        assert!(
+            text.contains(&format!("this run would email {} customers", TEXT_ACTIONS + 15)),
+            "{text}"
+        );
+
+        // A small plan shows every action and no "more" line.
+        let small = render_text(&report_of(3, 1000));
+        assert_eq!(
+            small.lines().filter(|l| l.trim_start().starts_with("issue ")).count(),
+            3
+        );
+        assert!(!small.contains("more actions"), "{small}");
+        // Actions omitted from the report are still counted as not shown.
+        let capped = render_text(&report_of(5, 2));
+        assert!(capped.contains("... and 3 more actions"), "{capped}");
+    }
+}

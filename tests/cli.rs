@@ -280,3 +280,51 @@ fn configured_secrets_never_reach_the_output() {
         "a key that is not sk_/rk_ is a configuration error"
     );
 }
+
+#[test]
+fn a_malformed_mail_since_is_a_usage_error_from_the_flag_and_the_variable() {
+    let db = TestDb::new();
+    let by_flag = licensync()
+        .args(["reconcile", "--mail-since", "last tuesday"])
+        .env("DATABASE_URL", &db.url)
+        .env("STRIPE_API_KEY", "rk_test_123")
+        .output()
+        .unwrap();
+    assert_eq!(by_flag.status.code(), Some(2), "{}", text(&by_flag));
+    assert!(
+        text(&by_flag).contains("--mail-since") && text(&by_flag).contains("2026-11-01"),
+        "names the flag and a valid form: {}",
+        text(&by_flag)
+    );
+    let by_variable = licensync()
+        .args(["reconcile"])
+        .env("LICENSYNC_MAIL_SINCE", "2026-13-45")
+        .env("DATABASE_URL", &db.url)
+        .env("STRIPE_API_KEY", "rk_test_123")
+        .output()
+        .unwrap();
+    assert_eq!(by_variable.status.code(), Some(2), "{}", text(&by_variable));
+    assert!(text(&by_variable).contains("--mail-since"), "{}", text(&by_variable));
+}
+
+#[test]
+fn reconcile_help_lists_its_own_flags_apart_from_the_global_settings() {
+    let out = licensync().args(["reconcile", "--help"]).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let help = String::from_utf8_lossy(&out.stdout);
+    let global = help
+        .find("Global options")
+        .unwrap_or_else(|| panic!("no global heading: {help}"));
+    let (own, settings) = help.split_at(global);
+    for flag in ["--full", "--since", "--dry-run", "--report-actions"] {
+        assert!(own.contains(flag), "{flag} is reconcile's own: {help}");
+        assert!(
+            !settings.contains(&format!("{flag} ")),
+            "{flag} among the globals: {help}"
+        );
+    }
+    for setting in ["--stripe-api-key-file", "--database-url", "--mail-since", "--grace"] {
+        assert!(settings.contains(setting), "{setting} is global: {help}");
+        assert!(!own.contains(setting), "{setting} among reconcile's own: {help}");
+    }
+}

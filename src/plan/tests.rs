@@ -5,6 +5,10 @@ use super::*;
 use crate::domain::{ActionKind as K, CustomerInfo, LicenseStatus as L, ReversalKind as R, SubscriptionStatus as S};
 use crate::fixtures::*;
 
+fn plan_with(world: &World, config: &PlanConfig, now: Timestamp) -> Plan {
+    plan(&world.facts(), &[], config, now)
+}
+
 /// The only action of a plan.
 fn only(plan: &Plan) -> &Action {
     assert_eq!(
@@ -350,6 +354,15 @@ fn only_an_issue_carries_an_email_and_a_customer_without_address_is_not_counted(
     let plan = anonymous.plan(&[], day(1));
     assert_eq!(only(&plan).email, Some(IssueEmail::Send));
     assert_eq!(plan.emails(), (0, 0), "no address: nothing will be sent");
+    // Kept back by --mail-since or not, an issue without an address is
+    // neither mailed nor skipped: its outbox row is `no_recipient`.
+    let config = PlanConfig {
+        mail_since: Some(day(5)),
+        ..PlanConfig::default()
+    };
+    let plan = plan_with(&anonymous, &config, day(6));
+    assert_eq!(only(&plan).email, Some(IssueEmail::Silent));
+    assert_eq!(plan.emails(), (0, 0));
 }
 
 #[test]
