@@ -100,6 +100,11 @@ pub async fn deliver_due(
         mail,
         max_attempts: i32::try_from(max_attempts).unwrap_or(i32::MAX),
     };
+    // Alive until this call returns: were the process to die mid-pass, the
+    // rows it claimed would be due again at once for the next sender.
+    let session_store = store.clone();
+    let session = blocking(move || session_store.sender_session()).await?;
+    let sender_id = session.id();
     let mut counts = DeliveryCounts::default();
     // Keyset over the ids: a row handed back as due (`none`) or retried
     // within this call's clock is not taken again by the same call.
@@ -107,9 +112,10 @@ pub async fn deliver_due(
     loop {
         let claimed_at = clock();
         let claim_store = store.clone();
-        let jobs =
-            blocking(move || claim_store.claim_due_emails_after(after_id, claimed_at, claimed_at + lease, batch))
-                .await?;
+        let jobs = blocking(move || {
+            claim_store.claim_due_emails_after(sender_id, after_id, claimed_at, claimed_at + lease, batch)
+        })
+        .await?;
         let Some(last) = jobs.last() else {
             return Ok(counts);
         };

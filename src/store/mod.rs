@@ -26,6 +26,23 @@ pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
 
 /// The advisory lock key of "a run is in progress" (one run per database).
 const RUN_LOCK_KEY: i64 = 0x6c69_6365_6e73_796e; // "licensyn"
+/// First key of the advisory locks that tell which outbox senders are alive
+/// (`pg_advisory_lock(SENDER_LOCK_CLASS, sender id)`); the two-key form keeps
+/// them apart from the run lock's one-key form in `pg_locks`.
+const SENDER_LOCK_CLASS: i32 = 0x6c73_6d6c; // "lsml"
+
+/// SQL that is true for an outbox row claimed by a sender whose session has
+/// ended (crashed, killed): its advisory lock is gone with its connection.
+fn claimer_gone() -> String {
+    format!(
+        "email_outbox.claimed_by IS NOT NULL AND NOT EXISTS (\
+         SELECT 1 FROM pg_locks l \
+         WHERE l.locktype = 'advisory' \
+         AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+         AND l.classid = {SENDER_LOCK_CLASS} AND l.objsubid = 2 \
+         AND l.objid = email_outbox.claimed_by::oid AND l.granted)"
+    )
+}
 
 /// Every `source_kind` the licenses table's CHECK constraint allows.
 const ALL_SOURCE_KINDS: [SourceKind; 3] = [
@@ -61,6 +78,23 @@ pub struct Store {
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Store").finish_non_exhaustive()
+    }
+}
+
+/// One sender of the outbox, alive as long as this value: its own database
+/// session holds the advisory lock `(SENDER_LOCK_CLASS, id)`, and the rows it
+/// claims carry `claimed_by = id`. When the process dies the session ends
+/// and the lock with it, so the next sender takes those rows at once
+/// instead of waiting out their lease; a live sender's claims keep their
+/// lease (two senders never take one row).
+pub struct SenderSession {
+    _conn: PgConnection,
+    id: i32,
+}
+
+impl SenderSession {
+    pub fn id(&self) -> i32 {
+        self.id
     }
 }
 
@@ -166,6 +200,23 @@ impl Store {
         conn.revert_all_migrations(MIGRATIONS)
             .map_err(|e| anyhow!("reverting migrations: {e}"))?;
         Ok(())
+    }
+
+    /// Opens a sender session (see [`SenderSession`]) under a fresh random id.
+    pub fn sender_session(&self) -> Result<SenderSession> {
+        let mut conn = PgConnection::establish(self.url.expose())
+            .map_err(|e| anyhow!("connecting to the license database: {}", redact(&e.to_string())))?;
+        loop {
+            let id: i32 = rand::random_range(1..i32::MAX);
+            let locked: bool = diesel::select(diesel::dsl::sql::<diesel::sql_types::Bool>(&format!(
+                "pg_try_advisory_lock({SENDER_LOCK_CLASS}, {id})"
+            )))
+            .get_result(&mut conn)
+            .context("registering the email sender")?;
+            if locked {
+                return Ok(SenderSession { _conn: conn, id });
+            }
+        }
     }
 
     /// Takes the one-run-per-database lock, or `None` when another run has it.
@@ -490,11 +541,12 @@ impl Store {
     /// `SKIP LOCKED` keeps two concurrent senders off the same row.
     pub fn claim_due_emails(
         &self,
+        sender: &SenderSession,
         now: DateTime<Utc>,
         lease_until: DateTime<Utc>,
         limit: i64,
     ) -> Result<Vec<OutboxJob>> {
-        self.claim_due_emails_after(0, now, lease_until, limit)
+        self.claim_due_emails_after(sender.id(), 0, now, lease_until, limit)
     }
 
     /// [`Store::claim_due_emails`] for rows with an id above `after_id`, so
@@ -502,6 +554,7 @@ impl Store {
     /// back as due again ([`Store::release_email`]).
     pub fn claim_due_emails_after(
         &self,
+        sender: i32,
         after_id: i64,
         now: DateTime<Utc>,
         lease_until: DateTime<Utc>,
@@ -511,7 +564,11 @@ impl Store {
         conn.transaction(|conn| {
             let ids: Vec<i64> = email_outbox::table
                 .filter(email_outbox::status.eq("pending"))
-                .filter(email_outbox::next_attempt_at.le(now))
+                .filter(
+                    email_outbox::next_attempt_at
+                        .le(now)
+                        .or(diesel::dsl::sql::<diesel::sql_types::Bool>(&claimer_gone())),
+                )
                 .filter(email_outbox::id.gt(after_id))
                 .order(email_outbox::id.asc())
                 .limit(limit)
@@ -523,6 +580,7 @@ impl Store {
                 .set((
                     email_outbox::attempts.eq(email_outbox::attempts + 1),
                     email_outbox::next_attempt_at.eq(lease_until),
+                    email_outbox::claimed_by.eq(Some(sender)),
                 ))
                 .returning(OutboxRow::as_returning())
                 .get_results(conn)?;
@@ -563,6 +621,7 @@ impl Store {
                 email_outbox::status.eq("sent"),
                 email_outbox::sent_at.eq(diesel::dsl::now),
                 email_outbox::last_error.eq(None::<String>),
+                email_outbox::claimed_by.eq(None::<i32>),
             ))
             .execute(&mut conn)
             .context("marking an email sent")?;
@@ -580,6 +639,7 @@ impl Store {
             .set((
                 email_outbox::attempts.eq(email_outbox::attempts - 1),
                 email_outbox::next_attempt_at.eq(diesel::dsl::now),
+                email_outbox::claimed_by.eq(None::<i32>),
             ))
             .execute(&mut conn)
             .context("releasing a queued email")?;
@@ -602,10 +662,18 @@ impl Store {
         let row = Self::claimed(outbox_id, attempt);
         match retry_at {
             Some(at) => diesel::update(row)
-                .set((email_outbox::last_error.eq(error), email_outbox::next_attempt_at.eq(at)))
+                .set((
+                    email_outbox::last_error.eq(error),
+                    email_outbox::next_attempt_at.eq(at),
+                    email_outbox::claimed_by.eq(None::<i32>),
+                ))
                 .execute(&mut conn),
             None => diesel::update(row)
-                .set((email_outbox::last_error.eq(error), email_outbox::status.eq("failed")))
+                .set((
+                    email_outbox::last_error.eq(error),
+                    email_outbox::status.eq("failed"),
+                    email_outbox::claimed_by.eq(None::<i32>),
+                ))
                 .execute(&mut conn),
         }
         .map(|changed| changed == 1)
@@ -619,6 +687,7 @@ impl Store {
             .set((
                 email_outbox::status.eq("no_recipient"),
                 email_outbox::attempts.eq(email_outbox::attempts - 1),
+                email_outbox::claimed_by.eq(None::<i32>),
             ))
             .execute(&mut conn)
             .map(|changed| changed == 1)

@@ -157,6 +157,8 @@ pub struct OutboxRow {
     pub sent_at: Option<DateTime<Utc>>,
     pub message_id: String,
     pub created_at: DateTime<Utc>,
+    /// The sender session holding the row's claim, while one does.
+    pub claimed_by: Option<i32>,
 }
 
 #[derive(Debug, Clone, Insertable)]

@@ -13,6 +13,7 @@ diesel::table! {
         sent_at -> Nullable<Timestamptz>,
         message_id -> Text,
         created_at -> Timestamptz,
+        claimed_by -> Nullable<Int4>,
     }
 }
 
