@@ -116,6 +116,8 @@ pub struct Report {
     /// Actions past `--report-actions`, counted but not listed.
     pub actions_omitted: usize,
     pub stripe_requests: u64,
+    /// Of `stripe_requests`, those Stripe answered 429 (rate limited).
+    pub stripe_rate_limited: u64,
     /// License emails this run queued for customers with an address (a dry
     /// run: would queue). Sent after the commit, so `emails_sent` also
     /// counts retries of earlier runs.
@@ -158,6 +160,7 @@ impl Report {
             actions: Vec::new(),
             actions_omitted: 0,
             stripe_requests: 0,
+            stripe_rate_limited: 0,
             emails_to_send: 0,
             emails_skipped: 0,
             emails_sent: 0,
@@ -722,6 +725,7 @@ pub async fn reconcile(
     };
     report.run_id = run_id.map(|id| id.to_string());
     report.stripe_requests = run.source.requests();
+    report.stripe_rate_limited = run.source.rate_limited();
     report.duration_ms = started.elapsed().as_millis() as u64;
     if let Err(e) = &outcome {
         report.outcome = "failed";
@@ -760,11 +764,30 @@ fn check_mode(store: &Store, livemode: bool, allowed: bool) -> Result<()> {
         return Ok(());
     }
     let (key, db) = if livemode { ("live", "test") } else { ("test", "live") };
-    Err(usage(anyhow!(
-        "the Stripe key is a {key}-mode key but the database holds {db}-mode licenses; refusing to mix them. \
-         Use the matching key or database, or pass --allow-mode-mismatch if this is really intended"
-    )))
+    Err(usage(anyhow!(ModeMismatch { key, db })))
 }
+
+/// A run refused by [`check_mode`] (exit 2); typed so that the refusal can
+/// still be reported in the metrics file.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the Stripe key is a {key}-mode key but the database holds {db}-mode licenses; refusing to mix them. \
+     Use the matching key or database, or pass --allow-mode-mismatch if this is really intended"
+)]
+pub struct ModeMismatch {
+    key: &'static str,
+    db: &'static str,
+}
+
+/// The fields an `issue` line shows (the JSON report has them all).
+const ISSUE_FIELDS: [&str; 6] = [
+    "product_ids",
+    "customer_email",
+    "quantity",
+    "hwid_limit",
+    "ip_limit",
+    "expires_at",
+];
 
 /// Action lines the text output shows; the rest are summed up with where
 /// to find them, so a first import of thousands of purchases stays readable.
@@ -780,6 +803,10 @@ pub fn render_text(report: &Report) -> String {
         let changes: Vec<String> = a
             .after
             .iter()
+            // A new license lists every field: show the ones a person reads.
+            .filter(|(field, new)| {
+                a.action != ActionKind::Issue || (ISSUE_FIELDS.contains(&field.as_str()) && !new.is_null())
+            })
             .map(|(field, new)| match a.before.get(field) {
                 Some(old) => format!("{field} {} -> {}", short(old), short(new)),
                 None => format!("{field} {}", short(new)),
@@ -812,7 +839,17 @@ pub fn render_text(report: &Report) -> String {
     for s in &report.skipped {
         let _ = writeln!(out, "  {:<9} {}  {}", "skip", s.stripe_object, s.reason);
     }
-    let counts: Vec<String> = report.counts.iter().map(|(k, v)| format!("{v} {k}")).collect();
+    let counts: Vec<String> = report
+        .counts
+        .iter()
+        .filter(|(_, v)| **v > 0)
+        .map(|(k, v)| format!("{v} {k}"))
+        .collect();
+    let counts = if counts.is_empty() {
+        "nothing to do".to_owned()
+    } else {
+        counts.join(", ")
+    };
     let _ = writeln!(
         out,
         "{}{} run{}: {}; {} Stripe requests, {} ms",
@@ -823,7 +860,7 @@ pub fn render_text(report: &Report) -> String {
         },
         report.mode,
         report.run_id.as_deref().map(|id| format!(" #{id}")).unwrap_or_default(),
-        counts.join(", "),
+        counts,
         report.stripe_requests,
         report.duration_ms
     );
@@ -909,6 +946,21 @@ mod tests {
         assert!(
             text.contains(&format!("this run would email {} customers", TEXT_ACTIONS + 15)),
             "{text}"
+        );
+
+        // An issue line shows what a person reads, not every column.
+        let first = text.lines().next().unwrap();
+        assert!(
+            first.contains("product_ids pro") && first.contains("expires_at"),
+            "{first}"
+        );
+        assert!(
+            !first.contains("customer_name") && !first.contains("livemode"),
+            "{first}"
+        );
+        assert!(
+            !text.contains("0 expired") && !text.contains("0 unchanged"),
+            "zero counts are left out: {text}"
         );
 
         // A small plan shows every action and no "more" line.

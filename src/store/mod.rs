@@ -752,6 +752,17 @@ impl Store {
         Ok(counts)
     }
 
+    /// When the oldest email still `pending` was queued (`None`: none is),
+    /// retries in backoff included: the customer is waiting for it either way.
+    pub fn oldest_pending_email(&self) -> Result<Option<DateTime<Utc>>> {
+        let mut conn = self.conn()?;
+        email_outbox::table
+            .filter(email_outbox::status.eq("pending"))
+            .select(diesel::dsl::min(email_outbox::created_at))
+            .first(&mut conn)
+            .context("reading the oldest pending email")
+    }
+
     pub fn outbox_for_license(&self, license_id: i64) -> Result<Vec<OutboxRow>> {
         let mut conn = self.conn()?;
         email_outbox::table

@@ -199,6 +199,11 @@ impl StripeSource {
         self.transport.requests()
     }
 
+    /// Of those, the ones Stripe answered 429 (rate limited).
+    pub fn rate_limited(&self) -> u64 {
+        self.transport.rate_limited()
+    }
+
     /// Sends one async-stripe request through the transport and decodes the
     /// answer with async-stripe's type for it.
     async fn fetch<R>(&self, request: &R) -> Result<R::Output, StripeError>
