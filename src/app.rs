@@ -13,11 +13,13 @@ use crate::config::{Config, parse_timestamp};
 use crate::db::OpenDatabase;
 use crate::delivery::deliver_due;
 use crate::domain::{License, LicenseStatus, OperatorAction};
-use crate::error::{Failure, usage};
+use crate::error::{EXIT_USAGE, Failure, exit_status, usage};
 use crate::mail::{MailService, MailUrl};
 use crate::operator;
 use crate::plan::PlanConfig;
-use crate::reconcile::{EVENTS_CURSOR, Interrupted, Report, RunOptions, Scope, reconcile, render_json, render_text};
+use crate::reconcile::{
+    EVENTS_CURSOR, Interrupted, ModeMismatch, Report, RunOptions, Scope, reconcile, render_json, render_text,
+};
 use crate::store::{LicenseFilter, Store};
 use crate::stripe::{StripeConfig, StripeSource};
 
@@ -348,17 +350,40 @@ pub async fn reconcile_once(
         plan: PlanConfig {
             grace: config.grace,
             past_due_grace: config.past_due_grace,
+            mail_since: config.mail_since,
         },
         mail_max_attempts: config.mail_max_attempts,
+        report_actions: args.report_actions,
     };
-    let (report, outcome) = reconcile(&db.store, source, mail.as_ref(), options).await?;
-    if let (Some(path), false) = (&args.metrics_file, args.dry_run) {
-        // Metrics are for alerting: a failure to write them must not hide the run's own outcome.
-        if let Err(e) = crate::metrics::render(&report, &db.store).and_then(|m| crate::metrics::write(path, &m)) {
-            tracing::warn!(error = %format!("{e:#}"), "could not write the metrics file");
+    let metrics_file = args.metrics_file.as_deref().filter(|_| !args.dry_run);
+    let (report, outcome) = match reconcile(&db.store, source, mail.as_ref(), options).await {
+        Ok(done) => done,
+        Err(e) => {
+            // A refused run did nothing, but alerting must hear of it.
+            if let Some(path) = metrics_file.filter(|_| is_mode_mismatch(&e)) {
+                write_metrics(path, || {
+                    crate::metrics::render_refused(crate::metrics::Refusal::ModeMismatch, &db.store)
+                });
+            }
+            return Err(e);
         }
+    };
+    if let Some(path) = metrics_file {
+        write_metrics(path, || crate::metrics::render(&report, &db.store));
     }
     Ok((report, outcome))
+}
+
+/// Metrics are for alerting: a failure to write them must not hide the run's own outcome.
+fn write_metrics(path: &std::path::Path, render: impl FnOnce() -> Result<String>) {
+    if let Err(e) = render().and_then(|m| crate::metrics::write(path, &m)) {
+        tracing::warn!(error = %format!("{e:#}"), "could not write the metrics file");
+    }
+}
+
+fn is_mode_mismatch(e: &anyhow::Error) -> bool {
+    e.chain()
+        .any(|c| matches!(c.downcast_ref::<Failure>(), Some(Failure::Usage(inner)) if inner.is::<ModeMismatch>()))
 }
 
 /// Reads a cron expression: the `cron` crate's form with seconds
@@ -395,6 +420,8 @@ async fn daemon(config: &Config, args: DaemonArgs) -> Result<()> {
         output: Output::Json,
         allow_mode_mismatch: args.reconcile.allow_mode_mismatch,
         metrics_file: args.reconcile.metrics_file.clone(),
+        // The daemon logs counts, never the actions: keep none.
+        report_actions: 0,
     };
     tracing::info!(schedule = %args.schedule, "daemon started");
     loop {
@@ -426,7 +453,9 @@ async fn daemon(config: &Config, args: DaemonArgs) -> Result<()> {
                 return Ok(());
             }
             Ok((_, Err(e))) | Err(e) => {
-                if matches!(e.downcast_ref::<Failure>(), Some(Failure::Usage(_))) {
+                // A configuration error (a mode mismatch, a key Stripe
+                // rejects) fails every tick the same way: stop, exit 2.
+                if exit_status(&e) == EXIT_USAGE {
                     return Err(e);
                 }
                 tracing::error!(error = %crate::secret::redact(&format!("{e:#}")), "run failed; the daemon goes on");
@@ -525,8 +554,8 @@ fn status(store: &Store, output: Output) -> Result<()> {
             )?;
             writeln!(
                 out,
-                "Emails: {} pending, {} sent, {} failed, {} without recipient",
-                emails.pending, emails.sent, emails.failed, emails.no_recipient
+                "Emails: {} pending, {} sent, {} failed, {} without recipient, {} skipped (before --mail-since)",
+                emails.pending, emails.sent, emails.failed, emails.no_recipient, emails.skipped
             )?;
         }
     }

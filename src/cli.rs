@@ -27,10 +27,13 @@ pub struct Cli {
     pub command: Command,
 }
 
-/// Settings shared by every command (cli.md "Configuration").
+/// Settings shared by every command (cli.md "Configuration"). Shown under a
+/// heading of their own so that `reconcile --help` lists its own flags apart.
 #[derive(Debug, Args)]
+#[command(next_help_heading = "Global options (any command; each also an environment variable)")]
 pub struct Settings {
-    /// Stripe restricted (rk_) or secret (sk_) key; its prefix tells live or test mode.
+    /// Stripe restricted (rk_) or secret (sk_) key; its prefix tells live or test mode. As a flag it is
+    /// visible to every user of the machine (`ps`): prefer the variable or --stripe-api-key-file.
     #[arg(
         long,
         env = "STRIPE_API_KEY",
@@ -39,6 +42,10 @@ pub struct Settings {
         value_name = "KEY"
     )]
     pub stripe_api_key: Option<String>,
+
+    /// A file holding the Stripe key (as container secrets are mounted); trailing newline trimmed.
+    #[arg(long, env = "STRIPE_API_KEY_FILE", global = true, value_name = "PATH")]
+    pub stripe_api_key_file: Option<std::path::PathBuf>,
 
     /// Base URL of the Stripe API.
     #[arg(
@@ -60,6 +67,10 @@ pub struct Settings {
     )]
     pub database_url: Option<String>,
 
+    /// A file holding the PostgreSQL URL; trailing newline trimmed.
+    #[arg(long, env = "DATABASE_URL_FILE", global = true, value_name = "PATH")]
+    pub database_url_file: Option<std::path::PathBuf>,
+
     /// Where the embedded database and the mail outbox directory live.
     #[arg(
         long,
@@ -80,6 +91,21 @@ pub struct Settings {
         value_name = "URL"
     )]
     pub mail_url: Option<String>,
+
+    /// A file holding the mail URL (it may carry the SMTP password); trailing newline trimmed.
+    #[arg(long, env = "LICENSYNC_MAIL_URL_FILE", global = true, value_name = "PATH")]
+    pub mail_url_file: Option<std::path::PathBuf>,
+
+    /// Only purchases created at or after this time (RFC 3339 or YYYY-MM-DD) get the license email;
+    /// older ones are issued silently (`mail resend` sends them). For adopting an existing account.
+    #[arg(
+        long,
+        env = "LICENSYNC_MAIL_SINCE",
+        global = true,
+        value_name = "TIME",
+        value_parser = crate::config::time_arg
+    )]
+    pub mail_since: Option<chrono::DateTime<chrono::Utc>>,
 
     /// Sender address, e.g. "Acme Licenses <licenses@acme.example>".
     #[arg(
@@ -189,6 +215,10 @@ pub struct ReconcileArgs {
     /// Write Prometheus textfile metrics here after the run.
     #[arg(long, env = "LICENSYNC_METRICS_FILE", value_name = "PATH")]
     pub metrics_file: Option<std::path::PathBuf>,
+    /// The JSON report lists at most this many actions and counts the rest in `actions_omitted`
+    /// (every action is in the ledger).
+    #[arg(long, value_name = "N", default_value_t = 1000)]
+    pub report_actions: usize,
 }
 
 #[derive(Debug, Args)]

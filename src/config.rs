@@ -41,11 +41,18 @@ pub struct Config {
     pub grace: Duration,
     pub past_due_grace: Duration,
     pub log_format: LogFormat,
+    /// `--mail-since`: purchases created before it are issued silently.
+    pub mail_since: Option<DateTime<Utc>>,
 }
 
 impl Config {
     pub fn from_settings(s: &Settings, stderr_is_terminal: bool) -> Result<Config> {
-        let stripe_api_key = match s.stripe_api_key.as_deref().map(str::trim) {
+        let stripe_api_key = secret_setting(
+            s.stripe_api_key.as_deref(),
+            s.stripe_api_key_file.as_deref(),
+            ("--stripe-api-key", "STRIPE_API_KEY"),
+        )?;
+        let stripe_api_key = match stripe_api_key.as_deref().map(str::trim) {
             None | Some("") => None,
             Some(key) => Some(ApiKey::parse(key).map_err(|e| anyhow!("--stripe-api-key / {e}"))?),
         };
@@ -55,7 +62,12 @@ impl Config {
             .as_deref()
             .map(|v| parse_positive(v, "--stripe-rps / LICENSYNC_STRIPE_RPS"))
             .transpose()?;
-        let database = match s.database_url.as_deref().map(str::trim) {
+        let database_url = secret_setting(
+            s.database_url.as_deref(),
+            s.database_url_file.as_deref(),
+            ("--database-url", "DATABASE_URL"),
+        )?;
+        let database = match database_url.as_deref().map(str::trim) {
             None | Some("") => Database::Embedded {
                 dir: s.data_dir.join("pg"),
             },
@@ -64,7 +76,12 @@ impl Config {
                 Database::Url(Secret::new(url))
             }
         };
-        let mail_url = match s.mail_url.as_deref().map(str::trim) {
+        let mail_url = secret_setting(
+            s.mail_url.as_deref(),
+            s.mail_url_file.as_deref(),
+            ("--mail-url", "LICENSYNC_MAIL_URL"),
+        )?;
+        let mail_url = match mail_url.as_deref().map(str::trim) {
             None | Some("") => MailUrl::File(absolute(&s.data_dir.join("outbox"))?),
             Some(url) => url.parse::<MailUrl>()?,
         };
@@ -102,6 +119,7 @@ impl Config {
             grace: parse_duration(&s.grace, "--grace / LICENSYNC_GRACE")?,
             past_due_grace: parse_duration(&s.past_due_grace, "--past-due-grace / LICENSYNC_PAST_DUE_GRACE")?,
             log_format,
+            mail_since: s.mail_since,
         })
     }
 
@@ -111,6 +129,50 @@ impl Config {
             anyhow!("this command reads Stripe: set STRIPE_API_KEY (or --stripe-api-key) to a restricted rk_ or secret sk_ key")
         })
     }
+}
+
+/// A secret given directly (flag or variable) or as a file, as container
+/// orchestrators mount secrets (`STRIPE_API_KEY_FILE`, ...): the file's
+/// content with its trailing newline trimmed. Both at once is an error, so
+/// that nobody has to guess which one wins. `names` is the flag and the
+/// variable of the direct form; the file form adds `-file` / `_FILE`.
+pub fn secret_setting(
+    direct: Option<&str>,
+    file: Option<&std::path::Path>,
+    names: (&str, &str),
+) -> Result<Option<String>> {
+    let (flag, var) = names;
+    let direct = direct.filter(|v| !v.trim().is_empty());
+    let file = file.filter(|p| !p.as_os_str().is_empty());
+    match (direct, file) {
+        (Some(_), Some(_)) => bail!(
+            "both {flag} / {var} and {flag}-file / {var}_FILE are set; set only one of them \
+             (the _FILE form is for secrets mounted as files)"
+        ),
+        (Some(value), None) => Ok(Some(value.to_owned())),
+        (None, Some(path)) => {
+            let content = std::fs::read_to_string(path).map_err(|e| {
+                anyhow!(
+                    "{flag}-file / {var}_FILE: cannot read {} ({e}); point it at the file that holds the value",
+                    path.display()
+                )
+            })?;
+            let value = content.trim_end_matches(['\n', '\r']);
+            if value.trim().is_empty() {
+                bail!(
+                    "{flag}-file / {var}_FILE: {} is empty; write the value into it",
+                    path.display()
+                );
+            }
+            Ok(Some(value.to_owned()))
+        }
+        (None, None) => Ok(None),
+    }
+}
+
+/// clap `value_parser` for timestamps: RFC 3339, or `YYYY-MM-DD` (midnight UTC).
+pub fn time_arg(value: &str) -> std::result::Result<DateTime<Utc>, String> {
+    parse_timestamp(value, "value").map_err(|e| e.to_string())
 }
 
 fn absolute(path: &std::path::Path) -> Result<PathBuf> {
@@ -205,6 +267,41 @@ mod tests {
             "2026-11-01T08:00:00+00:00"
         );
         assert!(parse_timestamp("yesterday", "--since").is_err());
+    }
+
+    #[test]
+    fn a_secret_comes_from_its_variable_or_its_file_never_both() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("key");
+        std::fs::write(&file, "rk_test_fromfile\n").unwrap();
+        let names = ("--stripe-api-key", "STRIPE_API_KEY");
+        assert_eq!(
+            secret_setting(None, Some(&file), names).unwrap().as_deref(),
+            Some("rk_test_fromfile"),
+            "the trailing newline is trimmed"
+        );
+        assert_eq!(
+            secret_setting(Some("rk_test_direct"), None, names).unwrap().as_deref(),
+            Some("rk_test_direct")
+        );
+        assert_eq!(secret_setting(None, None, names).unwrap(), None);
+        let both = secret_setting(Some("rk_test_direct"), Some(&file), names)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            both.contains("STRIPE_API_KEY_FILE") && both.contains("only one") && !both.contains("rk_test"),
+            "{both}"
+        );
+        let missing = secret_setting(None, Some(&dir.path().join("nope")), names)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            missing.contains("STRIPE_API_KEY_FILE") && missing.contains("nope"),
+            "{missing}"
+        );
+        std::fs::write(&file, "\n").unwrap();
+        let empty = secret_setting(None, Some(&file), names).unwrap_err().to_string();
+        assert!(empty.contains("empty"), "{empty}");
     }
 
     #[test]

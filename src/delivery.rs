@@ -61,8 +61,7 @@ pub fn license_email(job: &OutboxJob) -> Option<LicenseEmail> {
         to_name: l.customer_name.clone(),
         license_key: l.key.clone(),
         product_ids: l.product_ids.clone(),
-        // The license stores product ids only; the templates show ids when names are missing.
-        product_names: Vec::new(),
+        product_name: l.product_name.clone(),
         quantity: l.quantity,
         ip_limit: l.ip_limit,
         hwid_limit: l.hwid_limit,
@@ -71,6 +70,7 @@ pub fn license_email(job: &OutboxJob) -> Option<LicenseEmail> {
         expiration_start: l.expiration_start,
         resend: job.outbox.kind.starts_with("resend"),
         reissued: EmailKind::of(&job.outbox.kind) == Some(EmailKind::KeyReissued),
+        subscription: l.stripe_subscription_id.is_some(),
     })
 }
 
@@ -102,6 +102,11 @@ pub async fn deliver_due(
         mail,
         max_attempts: i32::try_from(max_attempts).unwrap_or(i32::MAX),
     };
+    // Alive until this call returns: were the process to die mid-pass, the
+    // rows it claimed would be due again at once for the next sender.
+    let session_store = store.clone();
+    let session = blocking(move || session_store.sender_session()).await?;
+    let sender_id = session.id();
     let mut counts = DeliveryCounts::default();
     // Keyset over the ids: a row handed back as due (`none`) or retried
     // within this call's clock is not taken again by the same call.
@@ -109,9 +114,10 @@ pub async fn deliver_due(
     loop {
         let claimed_at = clock();
         let claim_store = store.clone();
-        let jobs =
-            blocking(move || claim_store.claim_due_emails_after(after_id, claimed_at, claimed_at + lease, batch))
-                .await?;
+        let jobs = blocking(move || {
+            claim_store.claim_due_emails_after(sender_id, after_id, claimed_at, claimed_at + lease, batch)
+        })
+        .await?;
         let Some(last) = jobs.last() else {
             return Ok(counts);
         };

@@ -177,7 +177,7 @@ pub struct CustomerInfo {
     pub name: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SubscriptionStatus {
     Incomplete,
@@ -188,11 +188,17 @@ pub enum SubscriptionStatus {
     Canceled,
     Unpaid,
     Paused,
+    /// A status this version of the rules does not know. Stripe documents
+    /// new enum values as backwards compatible and adds them without an API
+    /// version change, so one must never fail a run: the planner skips the
+    /// grant with a reason naming the subscription and the value.
+    Unknown(String),
 }
 
 impl SubscriptionStatus {
-    pub fn parse(s: &str) -> Option<Self> {
-        Some(match s {
+    /// Every value Stripe sends maps to a status; unknown ones keep their text.
+    pub fn parse(s: &str) -> Self {
+        match s {
             "incomplete" => SubscriptionStatus::Incomplete,
             "incomplete_expired" => SubscriptionStatus::IncompleteExpired,
             "trialing" => SubscriptionStatus::Trialing,
@@ -201,8 +207,8 @@ impl SubscriptionStatus {
             "canceled" => SubscriptionStatus::Canceled,
             "unpaid" => SubscriptionStatus::Unpaid,
             "paused" => SubscriptionStatus::Paused,
-            _ => return None,
-        })
+            other => SubscriptionStatus::Unknown(other.to_owned()),
+        }
     }
 }
 
@@ -296,6 +302,9 @@ pub struct License {
     pub key: String,
     pub status: LicenseStatus,
     pub product_ids: Vec<String>,
+    /// The Stripe product's name, for emails (none on licenses issued before
+    /// names were kept; the next run that sees the grant fills it in).
+    pub product_name: Option<String>,
     pub source_kind: SourceKind,
     pub source_id: String,
     pub stripe_customer_id: Option<String>,
@@ -333,6 +342,7 @@ impl License {
 pub struct LicenseState {
     pub status: LicenseStatus,
     pub product_ids: Vec<String>,
+    pub product_name: Option<String>,
     pub stripe_customer_id: Option<String>,
     pub stripe_subscription_id: Option<String>,
     pub stripe_payment_intent: Option<String>,
@@ -352,6 +362,7 @@ impl License {
         LicenseState {
             status: self.status,
             product_ids: self.product_ids.clone(),
+            product_name: self.product_name.clone(),
             stripe_customer_id: self.stripe_customer_id.clone(),
             stripe_subscription_id: self.stripe_subscription_id.clone(),
             stripe_payment_intent: self.stripe_payment_intent.clone(),
@@ -569,5 +580,42 @@ impl ActionKind {
             ActionKind::Revoke => "revoked",
             ActionKind::Update => "updated",
         }
+    }
+}
+
+/// Where one row of the email outbox stands (licensing-rules §6). Stored as
+/// its snake_case name.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    Deserialize,
+    strum::EnumString,
+    strum::IntoStaticStr,
+    strum::Display,
+    strum::EnumIter,
+)]
+#[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
+pub enum EmailStatus {
+    /// To send (or being sent under a lease).
+    Pending,
+    Sent,
+    /// Given up after the configured attempts.
+    Failed,
+    /// The license has no customer address: nothing to send, ever.
+    NoRecipient,
+    /// Issued silently: the purchase predates `--mail-since`. `mail resend`
+    /// still sends it.
+    Skipped,
+}
+
+impl EmailStatus {
+    pub fn as_str(self) -> &'static str {
+        self.into()
     }
 }

@@ -25,7 +25,13 @@ pub const EXIT_LOCKED: u8 = 75;
 /// key Stripe rejects is a configuration error (fix STRIPE_API_KEY), not a
 /// failed run that retrying would fix.
 pub fn exit_code(error: &anyhow::Error) -> ExitCode {
-    let code = error
+    ExitCode::from(exit_status(error))
+}
+
+/// [`exit_code`] as a number, for callers that branch on it (the daemon
+/// stops on a configuration error instead of retrying it every tick).
+pub fn exit_status(error: &anyhow::Error) -> u8 {
+    error
         .chain()
         .find_map(|e| {
             if let Some(f) = e.downcast_ref::<Failure>() {
@@ -36,8 +42,7 @@ pub fn exit_code(error: &anyhow::Error) -> ExitCode {
             }
             matches!(e.downcast_ref::<StripeError>(), Some(StripeError::Auth { .. })).then_some(EXIT_USAGE)
         })
-        .unwrap_or(EXIT_FAILED);
-    ExitCode::from(code)
+        .unwrap_or(EXIT_FAILED)
 }
 
 /// Marks an error as a usage/configuration error (exit 2).

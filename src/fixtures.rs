@@ -129,6 +129,11 @@ pub fn sub_item() -> SubItem {
 pub struct SubItem(pub SubscriptionItemFact);
 
 impl SubItem {
+    /// When the item was bought (what `--mail-since` compares).
+    pub fn created(mut self, t: Timestamp) -> Self {
+        self.0.created = t;
+        self
+    }
     pub fn id(mut self, item_id: &str) -> Self {
         self.0.item_id = item_id.to_owned();
         self
@@ -348,6 +353,7 @@ pub fn license_from(action: &Action, id: i64, now: Timestamp) -> License {
         key: format!("KEY{id:02}-AAAAA-BBBBB-CCCCC-DDDDD"),
         status: action.after.status,
         product_ids: Vec::new(),
+        product_name: None,
         source_kind: action.grant.source_kind,
         source_id: action.grant.source_id.clone(),
         stripe_customer_id: None,
@@ -374,6 +380,7 @@ fn set_state(license: &mut License, state: &LicenseState) {
     let LicenseState {
         status,
         product_ids,
+        product_name,
         stripe_customer_id,
         stripe_subscription_id,
         stripe_payment_intent,
@@ -389,6 +396,7 @@ fn set_state(license: &mut License, state: &LicenseState) {
     } = state.clone();
     license.status = status;
     license.product_ids = product_ids;
+    license.product_name = product_name;
     license.stripe_customer_id = stripe_customer_id;
     license.stripe_subscription_id = stripe_subscription_id;
     license.stripe_payment_intent = stripe_payment_intent;

@@ -1,81 +1,259 @@
 //! Prometheus textfile metrics (`--metrics-file`) for alerting on a batch
 //! job: node_exporter's textfile collector reads the file, so it is written
 //! to a temporary file and renamed, never seen half-written.
+//!
+//! The file is encoded by `prometheus-client` (the official Rust client) in
+//! the Prometheus text format (0.0.4) that the textfile collector parses.
+//! Every metric is a gauge: each value describes the last run or the
+//! database as it was when the run ended, and a gauge keeps its name as
+//! given (a counter would gain `_total`). The alerting rules and the
+//! dashboard in `deploy/monitoring/` use these names; `tests/monitoring.rs`
+//! checks that each name they use is one this module writes.
 
-use std::fmt::Write;
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use anyhow::{Context, Result};
+use chrono::{DateTime, Utc};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeGaugeValue, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
 
 use crate::reconcile::Report;
-use crate::store::Store;
+use crate::store::{OutboxCounts, Store};
 
-/// Renders the metrics of the last run and the state of the store.
-pub fn render(report: &Report, store: &Store) -> Result<String> {
-    let last_success = store.last_success()?;
-    let licenses = store.license_counts()?;
-    let emails = store.outbox_counts()?;
-    let mut out = String::new();
-    let mut gauge = |name: &str, help: &str, samples: &[(String, f64)]| {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
-        for (labels, value) in samples {
-            let _ = writeln!(out, "{name}{labels} {value}");
+/// Why a run was refused before it read or wrote anything
+/// (`licensync_last_run_refused{reason}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The key's test/live mode differs from the stored licenses' (exit 2).
+    ModeMismatch,
+}
+
+impl Refusal {
+    /// Every reason: each is written on every run, 1 for the one that
+    /// refused the last run and 0 for the others, so an alert can tell
+    /// "not refused" from "no data".
+    pub const ALL: [Refusal; 1] = [Refusal::ModeMismatch];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::ModeMismatch => "mode_mismatch",
         }
-    };
-    let now = chrono::Utc::now().timestamp() as f64;
-    gauge(
-        "licensync_last_run_timestamp_seconds",
-        "When the last run ended.",
-        &[(String::new(), now)],
-    );
-    gauge(
-        "licensync_last_run_success",
-        "1 when the last run succeeded, else 0.",
-        &[(String::new(), if report.outcome == "succeeded" { 1.0 } else { 0.0 })],
-    );
-    if let Some(at) = last_success {
-        gauge(
-            "licensync_last_success_timestamp_seconds",
-            "When the last successful run ended.",
-            &[(String::new(), at.timestamp() as f64)],
-        );
     }
-    gauge(
-        "licensync_run_duration_seconds",
-        "Duration of the last run.",
-        &[(String::new(), report.duration_ms as f64 / 1000.0)],
-    );
-    let actions: Vec<(String, f64)> = report
-        .counts
-        .iter()
-        .map(|(k, v)| (format!("{{action=\"{k}\"}}"), *v as f64))
-        .collect();
-    gauge(
-        "licensync_run_actions",
-        "Actions of the last run by kind (and unchanged, skipped).",
-        &actions,
-    );
-    gauge(
-        "licensync_run_stripe_requests",
-        "Stripe requests made by the last run.",
-        &[(String::new(), report.stripe_requests as f64)],
-    );
-    let email_samples: Vec<(String, f64)> = [
-        ("pending", emails.pending),
-        ("sent", emails.sent),
-        ("failed", emails.failed),
-        ("no_recipient", emails.no_recipient),
-    ]
-    .iter()
-    .map(|(s, n)| (format!("{{status=\"{s}\"}}"), *n as f64))
-    .collect();
-    gauge("licensync_emails", "License emails by delivery status.", &email_samples);
-    let license_samples: Vec<(String, f64)> = licenses
-        .iter()
-        .map(|(s, n)| (format!("{{status=\"{s}\"}}"), *n as f64))
-        .collect();
-    gauge("licensync_licenses", "Licenses by status.", &license_samples);
-    Ok(out)
+}
+
+/// What a run that went ahead did, as the metrics tell it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RunMetrics {
+    pub succeeded: bool,
+    pub duration_seconds: f64,
+    /// Actions by kind, plus `unchanged` and `skipped` (the report's `counts`).
+    pub actions: BTreeMap<String, u64>,
+    /// HTTP attempts to Stripe, retries included.
+    pub stripe_requests: u64,
+    /// Of those, the ones Stripe answered 429 (rate limited).
+    pub stripe_rate_limited: u64,
+}
+
+impl RunMetrics {
+    pub fn of(report: &Report) -> RunMetrics {
+        RunMetrics {
+            succeeded: report.outcome == "succeeded",
+            duration_seconds: report.duration_ms as f64 / 1000.0,
+            actions: report
+                .counts
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), *v as u64))
+                .collect(),
+            stripe_requests: report.stripe_requests,
+            stripe_rate_limited: report.stripe_rate_limited,
+        }
+    }
+}
+
+/// How the last run ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LastRun {
+    /// It ran (succeeded or failed part-way).
+    Ran(RunMetrics),
+    /// It was refused before doing anything: no `licensync_run_*` metric
+    /// is written, as there was no run to describe.
+    Refused(Refusal),
+}
+
+/// Everything one metrics file says: the last run and the database.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Snapshot {
+    /// When the run ended (`licensync_last_run_timestamp_seconds`).
+    pub now: DateTime<Utc>,
+    pub last_run: LastRun,
+    /// When the last successful run ended (none yet: the metric is left out).
+    pub last_success: Option<DateTime<Utc>>,
+    pub licenses: BTreeMap<String, i64>,
+    pub emails: OutboxCounts,
+    /// When the oldest email still pending was queued.
+    pub oldest_pending_email: Option<DateTime<Utc>>,
+}
+
+impl Snapshot {
+    /// Reads the database's side of the snapshot.
+    pub fn read(store: &Store, last_run: LastRun) -> Result<Snapshot> {
+        Ok(Snapshot {
+            now: Utc::now(),
+            last_run,
+            last_success: store.last_success()?,
+            licenses: store.license_counts()?,
+            emails: store.outbox_counts()?,
+            oldest_pending_email: store.oldest_pending_email()?,
+        })
+    }
+}
+
+/// Renders the metrics of a run and the state of the store.
+pub fn render(report: &Report, store: &Store) -> Result<String> {
+    Ok(encode(&Snapshot::read(store, LastRun::Ran(RunMetrics::of(report)))?))
+}
+
+/// Renders the metrics of a refused run and the state of the store.
+pub fn render_refused(refusal: Refusal, store: &Store) -> Result<String> {
+    Ok(encode(&Snapshot::read(store, LastRun::Refused(refusal))?))
+}
+
+/// The snapshot in the Prometheus text format, through prometheus-client's
+/// registry and encoder.
+pub fn encode(snapshot: &Snapshot) -> String {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(SnapshotCollector(snapshot.clone())));
+    let mut out = String::new();
+    prometheus_client::encoding::prometheus_text::encode(&mut out, &registry).expect("writing to a String cannot fail");
+    out
+}
+
+/// Hands the snapshot to the encoder as constant gauges, in a fixed order
+/// (labelled samples sorted), so two files of the same state are identical.
+#[derive(Debug)]
+struct SnapshotCollector(Snapshot);
+
+/// One unlabelled gauge.
+fn single<N: EncodeGaugeValue>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    value: N,
+) -> Result<(), std::fmt::Error> {
+    ConstGauge::new(value).encode(encoder.encode_descriptor(name, help, None, MetricType::Gauge)?)
+}
+
+/// One gauge with one label, a sample per value of the label.
+fn labelled<N: EncodeGaugeValue + Copy>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    label: &str,
+    samples: &[(&str, N)],
+) -> Result<(), std::fmt::Error> {
+    let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    for (value_of_label, value) in samples {
+        let labels = [(label, *value_of_label)];
+        ConstGauge::new(*value).encode(metric.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+impl Collector for SnapshotCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let s = &self.0;
+        let e = &mut encoder;
+        single(
+            e,
+            "licensync_last_run_timestamp_seconds",
+            "When the last run ended (refused runs included), unix seconds.",
+            s.now.timestamp(),
+        )?;
+        let succeeded = matches!(&s.last_run, LastRun::Ran(run) if run.succeeded);
+        single(
+            e,
+            "licensync_last_run_success",
+            "1 when the last run succeeded, else 0.",
+            i64::from(succeeded),
+        )?;
+        let refused: Vec<(&str, i64)> = Refusal::ALL
+            .iter()
+            .map(|r| (r.as_str(), i64::from(s.last_run == LastRun::Refused(*r))))
+            .collect();
+        labelled(
+            e,
+            "licensync_last_run_refused",
+            "1 when the last run was refused for this reason before doing anything, else 0.",
+            "reason",
+            &refused,
+        )?;
+        if let Some(at) = s.last_success {
+            single(
+                e,
+                "licensync_last_success_timestamp_seconds",
+                "When the last successful run ended, unix seconds.",
+                at.timestamp(),
+            )?;
+        }
+        if let LastRun::Ran(run) = &s.last_run {
+            single(
+                e,
+                "licensync_run_duration_seconds",
+                "Duration of the last run.",
+                run.duration_seconds,
+            )?;
+            let actions: Vec<(&str, u64)> = run.actions.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+            labelled(
+                e,
+                "licensync_run_actions",
+                "Actions of the last run by kind (and unchanged, skipped).",
+                "action",
+                &actions,
+            )?;
+            single(
+                e,
+                "licensync_run_stripe_requests",
+                "Stripe requests (HTTP attempts, retries included) made by the last run.",
+                run.stripe_requests,
+            )?;
+            single(
+                e,
+                "licensync_run_stripe_rate_limited",
+                "Stripe requests of the last run answered 429 (rate limited), retried while retries remained.",
+                run.stripe_rate_limited,
+            )?;
+        }
+        let m = &s.emails;
+        labelled(
+            e,
+            "licensync_emails",
+            "License emails by delivery status.",
+            "status",
+            &[
+                ("failed", m.failed),
+                ("no_recipient", m.no_recipient),
+                ("pending", m.pending),
+                ("sent", m.sent),
+                ("skipped", m.skipped),
+            ],
+        )?;
+        let age = s
+            .oldest_pending_email
+            .map(|at| (s.now - at).num_seconds().max(0))
+            .unwrap_or(0);
+        single(
+            e,
+            "licensync_email_oldest_pending_age_seconds",
+            "Seconds since the oldest email still pending was queued (0: none pending).",
+            age,
+        )?;
+        let licenses: Vec<(&str, i64)> = s.licenses.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+        labelled(e, "licensync_licenses", "Licenses by status.", "status", &licenses)
+    }
 }
 
 /// Writes the file atomically (temporary file in the same directory, then rename).
@@ -83,4 +261,103 @@ pub fn write(path: &Path, contents: &str) -> Result<()> {
     let tmp = path.with_extension("prom.tmp");
     std::fs::write(&tmp, contents).with_context(|| format!("writing metrics to {}", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("moving metrics into {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(secs: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(secs, 0).unwrap()
+    }
+
+    fn snapshot(last_run: LastRun) -> Snapshot {
+        Snapshot {
+            now: at(1_800_000_000),
+            last_run,
+            last_success: Some(at(1_799_999_000)),
+            licenses: [("active", 2), ("expired", 0), ("revoked", 1), ("suspended", 0)]
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), *v))
+                .collect(),
+            emails: OutboxCounts {
+                pending: 3,
+                sent: 5,
+                failed: 1,
+                no_recipient: 0,
+                skipped: 2,
+            },
+            oldest_pending_email: Some(at(1_800_000_000 - 125)),
+        }
+    }
+
+    fn ran() -> RunMetrics {
+        RunMetrics {
+            succeeded: true,
+            duration_seconds: 1.25,
+            actions: [("issued", 2), ("skipped", 1), ("unchanged", 7)]
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), *v))
+                .collect(),
+            stripe_requests: 12,
+            stripe_rate_limited: 3,
+        }
+    }
+
+    #[test]
+    fn metrics_of_a_run_keep_their_names_types_and_integer_values() {
+        let text = encode(&snapshot(LastRun::Ran(ran())));
+        for line in [
+            "# TYPE licensync_last_run_timestamp_seconds gauge",
+            "licensync_last_run_timestamp_seconds 1800000000",
+            "licensync_last_run_success 1",
+            "licensync_last_run_refused{reason=\"mode_mismatch\"} 0",
+            "licensync_last_success_timestamp_seconds 1799999000",
+            "licensync_run_duration_seconds 1.25",
+            "licensync_run_actions{action=\"issued\"} 2",
+            "licensync_run_actions{action=\"skipped\"} 1",
+            "licensync_run_stripe_requests 12",
+            "licensync_run_stripe_rate_limited 3",
+            "licensync_emails{status=\"failed\"} 1",
+            "licensync_emails{status=\"skipped\"} 2",
+            "licensync_email_oldest_pending_age_seconds 125",
+            "licensync_licenses{status=\"active\"} 2",
+            "# HELP licensync_licenses Licenses by status.",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing `{line}` in:\n{text}");
+        }
+        assert!(!text.contains("_total"), "gauges keep their names:\n{text}");
+        assert!(!text.contains("# EOF"), "the text format, not OpenMetrics:\n{text}");
+        assert_eq!(
+            text,
+            encode(&snapshot(LastRun::Ran(ran()))),
+            "the same state, the same file"
+        );
+    }
+
+    #[test]
+    fn a_refused_run_says_why_and_describes_no_run() {
+        let text = encode(&snapshot(LastRun::Refused(Refusal::ModeMismatch)));
+        assert!(
+            text.contains("licensync_last_run_refused{reason=\"mode_mismatch\"} 1\n"),
+            "{text}"
+        );
+        assert!(text.contains("licensync_last_run_success 0\n"), "{text}");
+        assert!(text.contains("licensync_licenses{status=\"active\"} 2\n"), "{text}");
+        assert!(!text.contains("licensync_run_"), "{text}");
+    }
+
+    #[test]
+    fn no_pending_email_is_age_zero_and_no_success_yet_leaves_the_timestamp_out() {
+        let mut s = snapshot(LastRun::Ran(RunMetrics::default()));
+        s.oldest_pending_email = None;
+        s.last_success = None;
+        let text = encode(&s);
+        assert!(
+            text.contains("licensync_email_oldest_pending_age_seconds 0\n"),
+            "{text}"
+        );
+        assert!(!text.contains("licensync_last_success_timestamp_seconds"), "{text}");
+        assert!(text.contains("licensync_last_run_success 0\n"), "{text}");
+    }
 }

@@ -31,10 +31,26 @@
 //!   both to the trial's end).
 //! - A quantity below 1 (Stripe allows `quantity=0` items) grants no seats:
 //!   the grant is skipped with a reason and its license left as it is.
+//! - **Stripe adds values**: a subscription whose status this version does
+//!   not know (Stripe adds enum values without an API version change) skips
+//!   each of its grants with a reason naming the subscription and the value;
+//!   its license is left as it is (save for the clock) and the run succeeds.
+//! - `cancel_at` equal to the current period end (what "cancel at period
+//!   end" sets in current API versions) will not renew: no grace, like
+//!   `cancel_at_period_end`.
 //! - `expiration_days` with `CREATION` stores `expiration_days` and
 //!   `expiration_start` next to the computed `expires_at`, so the row shows
 //!   where the expiry came from; `ACTIVATION` stores them with no expiry.
 //! - `unchanged` counts licenses of `current` that get no action.
+//! - **`--mail-since`** compares the purchase's `created`: a one-time
+//!   purchase's session or invoice, and for a subscription the *item's*
+//!   `created`, so a seat or add-on bought on an old subscription after the
+//!   cut-off is a new purchase and is mailed. The cut-off is inclusive (a
+//!   purchase at exactly `T` is mailed). It only decides the email of an
+//!   `issue`: it never changes what is issued.
+//! - A license keeps the Stripe product's name (`product_name`) so emails
+//!   can name what was bought; it follows the catalog like every other
+//!   field, and a blank name counts as none.
 //!
 //! Operator overrides (licensing-rules §8) are data on the license
 //! (`License::operator_override`); the plan for a license under override is
@@ -86,6 +102,10 @@ pub struct PlanConfig {
     pub grace: Duration,
     /// Grace after `paid_through` while Stripe retries a failed payment (default 7 d).
     pub past_due_grace: Duration,
+    /// `--mail-since`: a license whose purchase was created before this is
+    /// issued silently (adopting an account whose customers already have
+    /// their software). `None`: every new license is mailed.
+    pub mail_since: Option<Timestamp>,
 }
 
 impl Default for PlanConfig {
@@ -94,6 +114,7 @@ impl Default for PlanConfig {
         PlanConfig {
             grace: Duration::from_secs(24 * 3600),
             past_due_grace: Duration::from_secs(7 * 24 * 3600),
+            mail_since: None,
         }
     }
 }
@@ -131,6 +152,9 @@ pub struct Action {
     /// The license's override with what Stripe now asks for the held fields
     /// (`Override::stripe`); `None` for a license without override.
     pub override_after: Option<Override>,
+    /// For an `issue`, whether the customer is mailed the key; `None` for
+    /// every other kind.
+    pub email: Option<IssueEmail>,
 }
 
 /// The fields of a license an operator override kept from following Stripe.
@@ -148,6 +172,17 @@ pub struct HeldField {
     pub field: String,
     pub stripe: serde_json::Value,
     pub kept: serde_json::Value,
+}
+
+/// What an `issue` does about the license email (licensing-rules §6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IssueEmail {
+    /// Mailed after the page commits (or recorded as having no recipient).
+    Send,
+    /// The purchase predates `--mail-since`: issued silently, the outbox row
+    /// is `skipped` and `mail resend` can still send it.
+    Silent,
 }
 
 /// One field of a license that an action sets, as JSON values (`null` for
@@ -223,6 +258,21 @@ impl Plan {
         counts
     }
 
+    /// `(mailed, silent)` among issues to customers with an address: the
+    /// license emails this plan queues, and those `--mail-since` keeps back
+    /// (an issue without an address has nothing to send either way).
+    pub fn emails(&self) -> (usize, usize) {
+        let mut counts = (0, 0);
+        for action in self.actions.iter().filter(|a| a.after.customer_email.is_some()) {
+            match action.email {
+                Some(IssueEmail::Send) => counts.0 += 1,
+                Some(IssueEmail::Silent) => counts.1 += 1,
+                None => {}
+            }
+        }
+        counts
+    }
+
     /// No license would change (skips and warnings may remain: they are
     /// reported again on every run that sees their grant).
     pub fn is_empty(&self) -> bool {
@@ -243,13 +293,20 @@ pub fn plan(facts: &Facts, current: &[License], config: &PlanConfig, now: Timest
     .run(current)
 }
 
-/// What a grant (or the absence of one) asks of its license.
+/// What a grant (or the absence of one) asks of its license. One lives per
+/// grant for the length of a call, so the size of `Want` costs nothing.
+#[allow(clippy::large_enum_variant)]
 enum Target {
     /// Stripe says nothing new: the stored license stays as it is, save for
     /// reversals and the clock.
     Keep { cause: String },
     /// The license Stripe describes.
-    Want { state: LicenseState, cause: String },
+    Want {
+        state: LicenseState,
+        cause: String,
+        /// When the purchase was made (`--mail-since` compares it).
+        purchased_at: Timestamp,
+    },
 }
 
 struct Planner<'a> {
@@ -310,6 +367,19 @@ impl Planner<'_> {
         let keep = Target::Keep {
             cause: item.subscription_id.clone(),
         };
+        if let S::Unknown(value) = &item.status {
+            // Stripe adds values without a version change: skip, never guess.
+            self.plan.skipped.push(Skipped {
+                stripe_object: item.subscription_id.clone(),
+                grant: Some(key.clone()),
+                reason: format!(
+                    "subscription {} has status `{value}`, which this version of licensync does not know: \
+                     grant skipped, its license left as it is; upgrade licensync",
+                    item.subscription_id
+                ),
+            });
+            return keep;
+        }
         let can_issue = matches!(item.status, S::Trialing | S::Active | S::PastDue);
         if item.status == S::Incomplete || (existing.is_none() && !can_issue) {
             return keep;
@@ -322,14 +392,17 @@ impl Planner<'_> {
         };
 
         let grace = |t| add(t, self.config.grace);
-        let (status, expires_at) = match item.status {
+        let (status, expires_at) = match &item.status {
             S::Trialing => (
                 LicenseStatus::Active,
                 grace(item.trial_end.unwrap_or(item.current_period_end)),
             ),
             S::Active => {
                 let period_end = item.current_period_end;
-                let ends = item.cancel_at_period_end || item.cancel_at.is_some_and(|at| at < period_end);
+                // Stripe's "cancel at period end" sets `cancel_at` to exactly
+                // the period end in current API versions: that is a
+                // cancellation too, so `<=`.
+                let ends = item.cancel_at_period_end || item.cancel_at.is_some_and(|at| at <= period_end);
                 if ends {
                     // It will not renew: no grace past the end it was sold for.
                     (
@@ -359,13 +432,14 @@ impl Planner<'_> {
                 LicenseStatus::Expired,
                 item.ended_at.unwrap_or_else(|| self.ended_now(existing)),
             ),
-            S::Incomplete => return keep,
+            S::Incomplete | S::Unknown(_) => return keep,
         };
 
         Target::Want {
             state: LicenseState {
                 status,
                 product_ids: terms.product_ids,
+                product_name: self.product_name(&item.product_id),
                 stripe_customer_id: item.customer.id.clone(),
                 stripe_subscription_id: Some(item.subscription_id.clone()),
                 stripe_payment_intent: None,
@@ -382,6 +456,7 @@ impl Planner<'_> {
                 livemode: item.livemode,
             },
             cause: item.subscription_id.clone(),
+            purchased_at: item.created,
         }
     }
 
@@ -411,6 +486,7 @@ impl Planner<'_> {
             state: LicenseState {
                 status: LicenseStatus::Active,
                 product_ids: terms.product_ids,
+                product_name: self.product_name(&line.product_id),
                 stripe_customer_id: line.customer.id.clone(),
                 stripe_subscription_id: None,
                 stripe_payment_intent: line.payment_intent.clone(),
@@ -425,6 +501,7 @@ impl Planner<'_> {
                 livemode: line.livemode,
             },
             cause: line.purchase_id.clone(),
+            purchased_at: line.purchased_at,
         }
     }
 
@@ -441,11 +518,22 @@ impl Planner<'_> {
             return Target::Want {
                 state,
                 cause: subscription.clone(),
+                purchased_at: license.created_at,
             };
         }
         Target::Keep {
             cause: source_object(license),
         }
+    }
+
+    /// The Stripe product's name as the catalog has it (blank names count as none).
+    fn product_name(&self, product_id: &str) -> Option<String> {
+        self.facts
+            .catalog
+            .product_name(product_id)
+            .map(str::trim)
+            .filter(|name| !name.is_empty())
+            .map(str::to_owned)
     }
 
     /// The catalog's terms for a grant; records a skip when the product is
@@ -515,6 +603,15 @@ impl Planner<'_> {
             .unwrap_or(self.now)
     }
 
+    /// `--mail-since`: a purchase made before it is issued silently. A
+    /// purchase time is always known for an issue (only a `Want` issues).
+    fn issue_email(&self, purchased_at: Option<Timestamp>) -> IssueEmail {
+        match (self.config.mail_since, purchased_at) {
+            (Some(since), Some(at)) if at < since => IssueEmail::Silent,
+            _ => IssueEmail::Send,
+        }
+    }
+
     /// Applies reversals, the clock and the operator override to a target
     /// and diffs it against the stored license.
     fn settle(&mut self, key: &GrantKey, existing: Option<&License>, target: Target) {
@@ -524,10 +621,17 @@ impl Planner<'_> {
             self.plan.unchanged += 1;
             return;
         }
-        let (mut state, mut cause) = match (target, existing) {
-            (Target::Want { state, cause }, _) => (state, cause),
+        let (mut state, mut cause, purchased_at) = match (target, existing) {
+            (
+                Target::Want {
+                    state,
+                    cause,
+                    purchased_at,
+                },
+                _,
+            ) => (state, cause, Some(purchased_at)),
             // What Stripe last asked for: the override is applied below.
-            (Target::Keep { cause }, Some(license)) => (license.stripe_state(), cause),
+            (Target::Keep { cause }, Some(license)) => (license.stripe_state(), cause, None),
             (Target::Keep { .. }, None) => return,
         };
         if operator_override.is_some_and(|o| o.stripe.status == LicenseStatus::Revoked) {
@@ -584,6 +688,7 @@ impl Planner<'_> {
                 cause,
                 held: None,
                 override_after: None,
+                email: Some(self.issue_email(purchased_at)),
             }),
             None => {
                 if state.status == LicenseStatus::Revoked {
@@ -612,6 +717,7 @@ impl Planner<'_> {
                         cause,
                         held,
                         override_after,
+                        email: None,
                     });
                 }
             }

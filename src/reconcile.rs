@@ -79,6 +79,9 @@ pub struct RunOptions {
     pub plan: PlanConfig,
     /// Attempts before an undeliverable email is given up.
     pub mail_max_attempts: u32,
+    /// `--report-actions`: the report keeps this many actions and counts the
+    /// rest, so a run's memory does not grow with its actions.
+    pub report_actions: usize,
 }
 
 /// One entry of the report's `actions` (cli.md JSON shape).
@@ -111,8 +114,20 @@ pub struct Report {
     pub outcome: &'static str,
     pub counts: BTreeMap<&'static str, usize>,
     pub skipped: Vec<ReportSkip>,
+    /// The first `--report-actions` actions; every action is in the ledger.
     pub actions: Vec<ReportAction>,
+    /// Actions past `--report-actions`, counted but not listed.
+    pub actions_omitted: usize,
     pub stripe_requests: u64,
+    /// Of `stripe_requests`, those Stripe answered 429 (rate limited).
+    pub stripe_rate_limited: u64,
+    /// License emails this run queued for customers with an address (a dry
+    /// run: would queue). Sent after the commit, so `emails_sent` also
+    /// counts retries of earlier runs.
+    pub emails_to_send: usize,
+    /// Licenses issued without an email because their purchase predates
+    /// `--mail-since` (outbox rows `skipped`, sendable by `mail resend`).
+    pub emails_skipped: usize,
     pub emails_sent: usize,
     pub duration_ms: u64,
     /// Why the run read what it read (e.g. "no event cursor: full scan").
@@ -127,10 +142,12 @@ pub struct Report {
     seen: HashSet<i64>,
     #[serde(skip)]
     changed: HashSet<i64>,
+    #[serde(skip)]
+    action_limit: usize,
 }
 
 impl Report {
-    fn new(mode: &'static str, dry_run: bool) -> Report {
+    fn new(mode: &'static str, dry_run: bool, action_limit: usize) -> Report {
         let counts = ActionKind::ALL
             .iter()
             .map(|k| (k.count_key(), 0))
@@ -144,13 +161,18 @@ impl Report {
             counts,
             skipped: Vec::new(),
             actions: Vec::new(),
+            actions_omitted: 0,
             stripe_requests: 0,
+            stripe_rate_limited: 0,
+            emails_to_send: 0,
+            emails_skipped: 0,
             emails_sent: 0,
             duration_ms: 0,
             note: None,
             error: None,
             seen: HashSet::new(),
             changed: HashSet::new(),
+            action_limit,
         }
     }
 
@@ -161,6 +183,9 @@ impl Report {
             }
         }
         self.seen.extend(looked_at);
+        let (mailed, silent) = plan.emails();
+        self.emails_to_send += mailed;
+        self.emails_skipped += silent;
         for s in &plan.skipped {
             self.skipped.push(ReportSkip {
                 stripe_object: s.stripe_object.clone(),
@@ -174,7 +199,11 @@ impl Report {
             if let Some(id) = applied.map(|a| a[i].license_id).or(action.license_id) {
                 self.changed.insert(id);
             }
-            self.actions.push(report_action(action, key));
+            if self.actions.len() < self.action_limit {
+                self.actions.push(report_action(action, key));
+            } else {
+                self.actions_omitted += 1;
+            }
         }
     }
 }
@@ -689,7 +718,7 @@ pub async fn reconcile(
         stop: options.stop.clone(),
         progress,
         objects: 0,
-        report: Report::new(planned_mode, dry_run),
+        report: Report::new(planned_mode, dry_run, options.report_actions),
     };
     let outcome = run.execute(options.scope, cursor).await;
     run.progress.finish_and_clear();
@@ -709,6 +738,7 @@ pub async fn reconcile(
     };
     report.run_id = run_id.map(|id| id.to_string());
     report.stripe_requests = run.source.requests();
+    report.stripe_rate_limited = run.source.rate_limited();
     report.duration_ms = started.elapsed().as_millis() as u64;
     if let Err(e) = &outcome {
         report.outcome = "failed";
@@ -747,21 +777,49 @@ fn check_mode(store: &Store, livemode: bool, allowed: bool) -> Result<()> {
         return Ok(());
     }
     let (key, db) = if livemode { ("live", "test") } else { ("test", "live") };
-    Err(usage(anyhow!(
-        "the Stripe key is a {key}-mode key but the database holds {db}-mode licenses; refusing to mix them. \
-         Use the matching key or database, or pass --allow-mode-mismatch if this is really intended"
-    )))
+    Err(usage(anyhow!(ModeMismatch { key, db })))
 }
 
-/// Text form of a plan, like `terraform plan`.
+/// A run refused by [`check_mode`] (exit 2); typed so that the refusal can
+/// still be reported in the metrics file.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the Stripe key is a {key}-mode key but the database holds {db}-mode licenses; refusing to mix them. \
+     Use the matching key or database, or pass --allow-mode-mismatch if this is really intended"
+)]
+pub struct ModeMismatch {
+    key: &'static str,
+    db: &'static str,
+}
+
+/// The fields an `issue` line shows (the JSON report has them all).
+const ISSUE_FIELDS: [&str; 6] = [
+    "product_ids",
+    "customer_email",
+    "quantity",
+    "hwid_limit",
+    "ip_limit",
+    "expires_at",
+];
+
+/// Action lines the text output shows; the rest are summed up with where
+/// to find them, so a first import of thousands of purchases stays readable.
+pub const TEXT_ACTIONS: usize = 20;
+
+/// Text form of a plan, like `terraform plan`: the first actions, the skips,
+/// then the totals and the emails the run sends.
 pub fn render_text(report: &Report) -> String {
     use std::fmt::Write;
     let mut out = String::new();
-    for a in &report.actions {
+    for a in report.actions.iter().take(TEXT_ACTIONS) {
         let key = a.license_key.as_deref().unwrap_or("(new key)");
         let changes: Vec<String> = a
             .after
             .iter()
+            // A new license lists every field: show the ones a person reads.
+            .filter(|(field, new)| {
+                a.action != ActionKind::Issue || (ISSUE_FIELDS.contains(&field.as_str()) && !new.is_null())
+            })
             .map(|(field, new)| match a.before.get(field) {
                 Some(old) => format!("{field} {} -> {}", short(old), short(new)),
                 None => format!("{field} {}", short(new)),
@@ -787,13 +845,36 @@ pub fn render_text(report: &Report) -> String {
             held.unwrap_or_default()
         );
     }
+    let total: usize = ActionKind::ALL
+        .iter()
+        .map(|k| report.counts.get(k.count_key()).copied().unwrap_or(0))
+        .sum();
+    let shown = report.actions.len().min(TEXT_ACTIONS);
+    if total > shown {
+        let _ = writeln!(
+            out,
+            "  ... and {} more actions, not shown: `--output json` lists up to --report-actions of them, \
+             `licenses list` shows every license and `licenses show KEY` its ledger",
+            total - shown
+        );
+    }
     for s in &report.skipped {
         let _ = writeln!(out, "  {:<9} {}  {}", "skip", s.stripe_object, s.reason);
     }
-    let counts: Vec<String> = report.counts.iter().map(|(k, v)| format!("{v} {k}")).collect();
+    let counts: Vec<String> = report
+        .counts
+        .iter()
+        .filter(|(_, v)| **v > 0)
+        .map(|(k, v)| format!("{v} {k}"))
+        .collect();
+    let counts = if counts.is_empty() {
+        "nothing to do".to_owned()
+    } else {
+        counts.join(", ")
+    };
     let _ = writeln!(
         out,
-        "{}{} run{}: {}; {} Stripe requests, {} emails sent, {} ms",
+        "{}{} run{}: {}; {} Stripe requests, {} ms",
         if report.dry_run {
             "Plan (dry run, nothing written) of a "
         } else {
@@ -801,11 +882,31 @@ pub fn render_text(report: &Report) -> String {
         },
         report.mode,
         report.run_id.as_deref().map(|id| format!(" #{id}")).unwrap_or_default(),
-        counts.join(", "),
+        counts,
         report.stripe_requests,
-        report.emails_sent,
         report.duration_ms
     );
+    let silent = if report.emails_skipped > 0 {
+        format!(
+            ", {} new licenses issued silently (purchased before --mail-since; `mail resend` sends one)",
+            report.emails_skipped
+        )
+    } else {
+        String::new()
+    };
+    if report.dry_run {
+        let _ = writeln!(
+            out,
+            "Emails: this run would email {} customers their new license key{silent}",
+            report.emails_to_send
+        );
+    } else {
+        let _ = writeln!(
+            out,
+            "Emails: {} new license emails queued{silent}; {} emails sent",
+            report.emails_to_send, report.emails_sent
+        );
+    }
     if let Some(e) = &report.error {
         let _ = writeln!(out, "run failed: {e}");
     }
@@ -824,4 +925,75 @@ fn short(value: &Value) -> String {
 pub fn render_json(report: &Report) -> Result<String> {
     // Straight from the struct: `json!` would first copy every action into a Value tree.
     Ok(serde_json::to_string(report)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fixtures::{World, day, sub_item};
+
+    /// A report of one plan issuing `n` subscription items.
+    fn report_of(n: usize, limit: usize) -> Report {
+        let grants = (0..n).map(|i| sub_item().id(&format!("si_{i}")).fact()).collect();
+        let plan = World::new(grants).plan(&[], day(1));
+        assert_eq!(plan.actions.len(), n);
+        let mut report = Report::new("full", true, limit);
+        report.record(&plan, None, &[]);
+        report
+    }
+
+    #[test]
+    fn the_report_keeps_the_first_report_actions_and_counts_the_rest() {
+        let report = report_of(7, 3);
+        assert_eq!(report.actions.len(), 3);
+        assert_eq!(report.actions_omitted, 4);
+        assert_eq!(report.counts["issued"], 7, "counts cover every action");
+        let json: Value = serde_json::from_str(&render_json(&report).unwrap()).unwrap();
+        assert_eq!(json["actions_omitted"], 4);
+        assert_eq!(json["actions"].as_array().unwrap().len(), 3);
+        assert_eq!(report_of(2, 3).actions_omitted, 0);
+    }
+
+    #[test]
+    fn a_large_text_plan_shows_the_first_actions_the_totals_and_the_emails() {
+        let text = render_text(&report_of(TEXT_ACTIONS + 15, 1000));
+        let action_lines = text.lines().filter(|l| l.trim_start().starts_with("issue ")).count();
+        assert_eq!(action_lines, TEXT_ACTIONS, "{text}");
+        assert!(text.contains("... and 15 more actions"), "{text}");
+        assert!(
+            text.contains("--output json") && text.contains("licenses list") && text.contains("licenses show"),
+            "says where the rest are: {text}"
+        );
+        assert!(text.contains(&format!("{} issued", TEXT_ACTIONS + 15)), "{text}");
+        assert!(
+            text.contains(&format!("this run would email {} customers", TEXT_ACTIONS + 15)),
+            "{text}"
+        );
+
+        // An issue line shows what a person reads, not every column.
+        let first = text.lines().next().unwrap();
+        assert!(
+            first.contains("product_ids pro") && first.contains("expires_at"),
+            "{first}"
+        );
+        assert!(
+            !first.contains("customer_name") && !first.contains("livemode"),
+            "{first}"
+        );
+        assert!(
+            !text.contains("0 expired") && !text.contains("0 unchanged"),
+            "zero counts are left out: {text}"
+        );
+
+        // A small plan shows every action and no "more" line.
+        let small = render_text(&report_of(3, 1000));
+        assert_eq!(
+            small.lines().filter(|l| l.trim_start().starts_with("issue ")).count(),
+            3
+        );
+        assert!(!small.contains("more actions"), "{small}");
+        // Actions omitted from the report are still counted as not shown.
+        let capped = render_text(&report_of(5, 2));
+        assert!(capped.contains("... and 3 more actions"), "{capped}");
+    }
 }

@@ -56,6 +56,20 @@ async fn deliver(store: &Store, mail: &MailService, max_attempts: u32, now: Date
     deliver_due(store, mail, max_attempts, now).await.unwrap()
 }
 
+/// Delivers as soon as the server has ended the session of a sender that
+/// was just dropped (its backend exits a moment after the connection
+/// closes); the first pass that finds anything is returned.
+async fn deliver_once_the_claimer_is_gone(store: &Store, mail: &MailService, now: DateTime<Utc>) -> DeliveryCounts {
+    for _ in 0..100 {
+        let counts = deliver(store, mail, MAX_ATTEMPTS, now).await;
+        if counts != DeliveryCounts::default() {
+            return counts;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("the claim of a sender that is gone was never taken over");
+}
+
 #[tokio::test]
 async fn a_crash_between_server_accepted_and_marked_sent_repeats_the_message_once_with_the_same_message_id() {
     let db = TestDb::new();
@@ -64,30 +78,33 @@ async fn a_crash_between_server_accepted_and_marked_sent_repeats_the_message_onc
     let license = issue_license(&db.store, 1, Some("ada@customer.test"));
     let t0 = Utc::now();
 
-    // A sender claims the row and the server accepts the message, then the
-    // sender dies before it can mark the row sent.
-    let jobs = db.store.claim_due_emails(t0, t0 + lease(), 10).unwrap();
+    // A sender claims the row and the server accepts the message, but the
+    // sender has not marked it sent yet.
+    let sender = db.store.sender_session().unwrap();
+    let jobs = db.store.claim_due_emails(&sender, t0, t0 + lease(), 10).unwrap();
     assert_eq!(jobs.len(), 1);
     let email = license_email(&jobs[0]).expect("the row has a recipient");
     assert_eq!(mail.send(&email).await.unwrap(), Delivery::Sent);
-    drop(jobs);
     assert_eq!(received_ids(&sink).len(), 1);
 
-    // While the lease holds, nobody sends it again.
+    // While that sender lives (still marking, or hung), its lease holds:
+    // nobody sends the message again.
     assert_eq!(
         deliver(&db.store, &mail, MAX_ATTEMPTS, t0 + Duration::minutes(1)).await,
         counts(0, 0, 0, 0)
     );
     assert_eq!(received_ids(&sink).len(), 1);
 
-    // Past the lease the next run sends it once more, and marks it sent.
-    let after_lease = t0 + lease() + Duration::seconds(1);
-    assert_eq!(
-        deliver(&db.store, &mail, MAX_ATTEMPTS, after_lease).await,
-        counts(1, 0, 0, 0)
-    );
+    // It dies before marking the row sent: its session ends with it, so the
+    // next run sends the message once more at once (not after the lease),
+    // with the same Message-ID, and marks it sent.
+    drop(jobs);
+    drop(sender);
+    let redelivered = deliver_once_the_claimer_is_gone(&db.store, &mail, t0 + Duration::minutes(1)).await;
+    assert_eq!(redelivered, counts(1, 0, 0, 0));
     let row = outbox(&db.store, license.license_id);
     assert_eq!((row.status.as_str(), row.attempts), ("sent", 2));
+    assert_eq!(row.claimed_by, None);
     let expected = format!("licensync-outbox-{}@acme.test", row.id);
     assert_eq!(received_ids(&sink), [expected.clone(), expected]);
 
@@ -364,11 +381,15 @@ async fn a_row_whose_every_attempt_ended_in_a_crash_is_given_up_after_max_attemp
     let license = issue_license(&db.store, 1, Some("ada@customer.test"));
     let t0 = Utc::now();
 
-    // Two claims whose sender died before recording anything (a message
-    // that crashes its sender, say): both attempts are spent.
+    // Two claims whose sender hung before recording anything (a message
+    // that wedges its sender, say): both attempts are spent.
+    let sender = db.store.sender_session().unwrap();
     let mut at = t0;
     for _ in 0..2 {
-        assert_eq!(db.store.claim_due_emails(at, at + lease(), 10).unwrap().len(), 1);
+        assert_eq!(
+            db.store.claim_due_emails(&sender, at, at + lease(), 10).unwrap().len(),
+            1
+        );
         at = at + lease() + Duration::seconds(1);
     }
 
@@ -385,9 +406,18 @@ fn a_sender_whose_lease_ran_out_cannot_overwrite_the_outcome_of_the_sender_that_
     let license = issue_license(&db.store, 1, Some("ada@customer.test"));
     let t0 = Utc::now();
 
-    let stale = db.store.claim_due_emails(t0, t0 + lease(), 10).unwrap().remove(0);
+    let sender = db.store.sender_session().unwrap();
+    let stale = db
+        .store
+        .claim_due_emails(&sender, t0, t0 + lease(), 10)
+        .unwrap()
+        .remove(0);
     let t1 = t0 + lease() + Duration::seconds(1);
-    let current = db.store.claim_due_emails(t1, t1 + lease(), 10).unwrap().remove(0);
+    let current = db
+        .store
+        .claim_due_emails(&sender, t1, t1 + lease(), 10)
+        .unwrap()
+        .remove(0);
     assert_eq!((stale.outbox.attempts, current.outbox.attempts), (1, 2));
     db.store.mark_email_sent(current.outbox.id).unwrap();
 
@@ -408,9 +438,18 @@ fn a_stale_failure_does_not_move_the_retry_time_of_the_claim_that_took_over() {
     let db = TestDb::new();
     let license = issue_license(&db.store, 1, Some("ada@customer.test"));
     let t0 = Utc::now();
-    let stale = db.store.claim_due_emails(t0, t0 + lease(), 10).unwrap().remove(0);
+    let sender = db.store.sender_session().unwrap();
+    let stale = db
+        .store
+        .claim_due_emails(&sender, t0, t0 + lease(), 10)
+        .unwrap()
+        .remove(0);
     let t1 = t0 + lease() + Duration::seconds(1);
-    let current = db.store.claim_due_emails(t1, t1 + lease(), 10).unwrap().remove(0);
+    let current = db
+        .store
+        .claim_due_emails(&sender, t1, t1 + lease(), 10)
+        .unwrap()
+        .remove(0);
 
     let retry_at = t1 + Duration::minutes(2);
     assert!(
@@ -455,4 +494,53 @@ async fn an_smtp_outage_costs_one_attempt_per_run_not_one_per_email() {
             .all(|l| outbox(&db.store, l.license_id).status == "pending"),
         "all stay pending for the next run"
     );
+}
+
+#[tokio::test]
+async fn a_claim_whose_sender_is_gone_is_due_at_once_and_a_live_senders_claim_is_not() {
+    let db = TestDb::new();
+    let live_license = issue_license(&db.store, 1, Some("ada@customer.test"));
+    let dead_license = issue_license(&db.store, 2, Some("bob@customer.test"));
+    let t0 = Utc::now();
+    let live = db.store.sender_session().unwrap();
+    let dead = db.store.sender_session().unwrap();
+    assert_ne!(live.id(), dead.id());
+    let claimed_live = db.store.claim_due_emails(&live, t0, t0 + lease(), 1).unwrap();
+    let claimed_dead = db.store.claim_due_emails(&dead, t0, t0 + lease(), 1).unwrap();
+    assert_eq!(claimed_live[0].outbox.license_id, live_license.license_id);
+    assert_eq!(claimed_dead[0].outbox.license_id, dead_license.license_id);
+    assert_eq!(claimed_live[0].outbox.claimed_by, Some(live.id()));
+
+    // Both leases run for ten minutes; one sender dies (its process killed).
+    drop(dead);
+    let other = db.store.sender_session().unwrap();
+    let mut taken = Vec::new();
+    for _ in 0..100 {
+        taken = db.store.claim_due_emails(&other, t0, t0 + lease(), 10).unwrap();
+        if !taken.is_empty() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(taken.len(), 1, "only the dead sender's row is taken over");
+    assert_eq!(taken[0].outbox.license_id, dead_license.license_id);
+    assert_eq!(taken[0].outbox.attempts, 2, "the crashed attempt counts");
+    assert_eq!(taken[0].outbox.claimed_by, Some(other.id()));
+    // The live sender keeps its row until its lease ends.
+    assert!(
+        db.store
+            .claim_due_emails(&other, t0, t0 + lease(), 10)
+            .unwrap()
+            .is_empty()
+    );
+    let after_lease = t0 + lease() + Duration::seconds(1);
+    let due = db
+        .store
+        .claim_due_emails(&other, after_lease, after_lease + lease(), 10)
+        .unwrap();
+    assert!(
+        due.iter().any(|j| j.outbox.license_id == live_license.license_id),
+        "a hung sender's lease still ends"
+    );
+    drop(live);
 }

@@ -5,6 +5,11 @@
 //! files and hold them to what the platforms need and to licensync's own
 //! CLI: every command line must parse with `licensync::cli::Cli`, so a
 //! renamed flag or command breaks the test instead of a production cron job.
+//!
+//! No deploy file may hand licensync a secret (the Stripe key, the database
+//! URL, the mail URL) other than as a file named by its `_FILE` variable: a
+//! flag is visible to every user in `ps`, an environment value is inherited
+//! by every child process and ends up in world-readable env files.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -28,6 +33,114 @@ fn deploy_path(relative: &str) -> PathBuf {
 fn read(relative: &str) -> String {
     let path = deploy_path(relative);
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
+}
+
+// ---------------------------------------------------------------------------
+// Secrets
+// ---------------------------------------------------------------------------
+
+/// One of licensync's secret settings, from its own CLI definition.
+#[derive(Debug, Clone)]
+struct SecretSetting {
+    /// The variable of the direct form, e.g. `STRIPE_API_KEY`: never set by a deploy file.
+    var: String,
+    /// The variable of the file form, e.g. `STRIPE_API_KEY_FILE`.
+    file_var: String,
+    /// The long flag without its dashes, e.g. `stripe-api-key`: also the name
+    /// of the file (the Secret's key, the systemd credential).
+    name: String,
+}
+
+/// The settings clap hides the values of, each with its `--...-file` form.
+fn secrets() -> Vec<SecretSetting> {
+    let cli = Cli::command();
+    let args: Vec<&clap::Arg> = cli.get_arguments().collect();
+    let env_of = |arg: &clap::Arg| arg.get_env().map(|e| e.to_string_lossy().into_owned());
+    let secrets: Vec<SecretSetting> = args
+        .iter()
+        .filter(|a| a.is_hide_env_values_set())
+        .map(|a| {
+            let var = env_of(a).expect("a secret has a variable");
+            let name = a.get_long().expect("a secret has a long flag").to_string();
+            let file_flag = format!("{name}-file");
+            let file_arg = args
+                .iter()
+                .find(|f| f.get_long() == Some(file_flag.as_str()))
+                .unwrap_or_else(|| panic!("--{name} has no --{file_flag} form"));
+            let file_var = env_of(file_arg).unwrap_or_else(|| panic!("--{file_flag} has no variable"));
+            assert_eq!(file_var, format!("{var}_FILE"));
+            SecretSetting { var, file_var, name }
+        })
+        .collect();
+    let vars: BTreeSet<&str> = secrets.iter().map(|s| s.var.as_str()).collect();
+    assert_eq!(
+        vars,
+        BTreeSet::from(["STRIPE_API_KEY", "DATABASE_URL", "LICENSYNC_MAIL_URL"]),
+        "the secrets licensync reads"
+    );
+    secrets
+}
+
+fn secret_by_var<'a>(secrets: &'a [SecretSetting], var: &str) -> &'a SecretSetting {
+    secrets.iter().find(|s| s.var == var).unwrap()
+}
+
+/// The secrets a command line needs: `migrate` only the database.
+fn secrets_needed(cli: &Cli) -> Vec<&'static str> {
+    match cli.command {
+        Command::Migrate => vec!["DATABASE_URL"],
+        _ => vec!["STRIPE_API_KEY", "DATABASE_URL", "LICENSYNC_MAIL_URL"],
+    }
+}
+
+/// Fails if an argv passes a secret as a flag (`--stripe-api-key rk_...` or
+/// `--stripe-api-key=rk_...`): every user of the machine sees it in `ps`.
+fn assert_no_secret_flag(argv: &[String], source: &str) {
+    for secret in secrets() {
+        let flag = format!("--{}", secret.name);
+        for word in argv {
+            assert!(
+                word != &flag && !word.starts_with(&format!("{flag}=")),
+                "{source}: `{}` passes {flag} on the command line, visible to every user in `ps`; \
+                 name a file with {} (or --{}-file) instead",
+                argv.join(" "),
+                secret.file_var,
+                secret.name
+            );
+        }
+    }
+}
+
+/// Fails if a shell command line (or a unit/manifest line) sets a secret
+/// directly: as a flag, as `VAR=value` (`-e`, `--setenv`, `Environment=`,
+/// `export`, `--from-literal=`), or with `kubectl create secret --from-literal`.
+fn assert_no_secret_value_in_command(command: &str, source: &str) {
+    let words: Vec<String> = command
+        .split_whitespace()
+        .map(|w| w.trim_matches(|c: char| "`\"'()[],;".contains(c)).to_string())
+        .collect();
+    assert_no_secret_flag(&words, source);
+    for secret in secrets() {
+        let assignment = format!("{}=", secret.var);
+        for word in &words {
+            let direct = word.match_indices(&assignment).any(|(i, _)| {
+                word[..i]
+                    .chars()
+                    .next_back()
+                    .is_none_or(|c| !(c.is_ascii_alphanumeric() || c == '_'))
+            });
+            assert!(
+                !direct,
+                "{source}: `{word}` sets {} to the secret itself; set {} to a file holding it",
+                secret.var, secret.file_var
+            );
+        }
+    }
+    assert!(
+        !(command.contains("create secret") && command.contains("--from-literal")),
+        "{source}: `kubectl create secret --from-literal` puts the secret on kubectl's command line \
+         (`ps`, shell history); use --from-file"
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -339,42 +452,206 @@ fn pods_run_as_the_images_non_root_user_on_a_read_only_root_filesystem_with_reso
     }
 }
 
-#[test]
-fn every_secret_key_a_manifest_reads_is_in_the_example_secret() {
-    let string_data = the_example_secret();
-    let all = manifests();
-    let mut references = 0;
-    for (m, spec) in jobs(&all) {
-        for container in containers(spec) {
-            for env in container["env"].as_sequence().into_iter().flatten() {
-                let Some(secret_ref) = env.get("valueFrom").and_then(|v| v.get("secretKeyRef")) else {
-                    continue;
-                };
-                let key = secret_ref["key"].as_str().expect("secretKeyRef.key");
-                assert_eq!(secret_ref["name"].as_str(), Some(SECRET_NAME), "{}: {key}", m.label());
-                assert!(
-                    string_data.get(key).is_some(),
-                    "{}: reads {key}, which secret.example.yaml does not define",
-                    m.label()
-                );
-                references += 1;
-            }
-            for from in container["envFrom"].as_sequence().into_iter().flatten() {
-                if let Some(secret_ref) = from.get("secretRef") {
-                    assert_eq!(secret_ref["name"].as_str(), Some(SECRET_NAME), "{}", m.label());
-                    references += 1;
-                }
-            }
-        }
+/// `defaultMode` or an item's `mode` as Kubernetes reads it: kubectl's YAML
+/// 1.1 takes a leading 0 as octal (`0440`), which YAML 1.2 parsers keep as a
+/// string; JSON manifests give the decimal number.
+fn file_mode(value: &Value) -> Option<u64> {
+    match value {
+        Value::Number(n) => n.as_u64(),
+        Value::String(s) if s.starts_with('0') => u64::from_str_radix(s.trim_start_matches("0o"), 8).ok(),
+        _ => None,
     }
-    assert!(references > 0, "no manifest reads the Secret");
+}
+
+/// The key of the `licensync` Secret that `container` reads at `path`:
+/// `path` must lie in a read-only mount of a volume of that Secret, whose
+/// files (the Secret's keys, or its `items`) include it, with a mode that
+/// the pod's non-root user can read through `fsGroup` and others cannot.
+fn secret_key_read_at(m: &Manifest, pod: &Value, container: &Value, path: &str, string_data: &Value) -> String {
+    let label = m.label();
+    assert!(path.starts_with('/'), "{label}: {path} must be an absolute path");
+    let mounts = container["volumeMounts"]
+        .as_sequence()
+        .map(Vec::as_slice)
+        .unwrap_or(&[]);
+    let (mount, relative) = mounts
+        .iter()
+        .find_map(|mount| {
+            let dir = mount["mountPath"].as_str()?.trim_end_matches('/');
+            let relative = path.strip_prefix(dir)?.strip_prefix('/')?;
+            Some((mount, relative))
+        })
+        .unwrap_or_else(|| panic!("{label}: {path} is not inside any volumeMount's mountPath"));
+    let volume_name = mount["name"].as_str().expect("volumeMounts[].name");
+    assert_eq!(
+        mount["readOnly"].as_bool(),
+        Some(true),
+        "{label}: the secret volume {volume_name} must be mounted readOnly"
+    );
+    assert!(
+        mount.get("subPath").is_none(),
+        "{label}: a subPath mount of a Secret never sees an update of the Secret"
+    );
+    let volume = pod["volumes"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+        .find(|v| v["name"].as_str() == Some(volume_name))
+        .unwrap_or_else(|| panic!("{label}: no volume {volume_name}"));
+    let secret = volume
+        .get("secret")
+        .unwrap_or_else(|| panic!("{label}: {path} is on volume {volume_name}, which is not a Secret volume"));
+    assert_eq!(
+        secret["secretName"].as_str(),
+        Some(SECRET_NAME),
+        "{label}: volume {volume_name} must mount the Secret {SECRET_NAME}"
+    );
+    let default_mode = secret.get("defaultMode").map(|v| {
+        file_mode(v).unwrap_or_else(|| panic!("{label}: volume {volume_name}: defaultMode {v:?} is not a mode"))
+    });
+    // The files the volume holds: the listed items, or every key of the Secret.
+    let (key, mode) = match secret["items"].as_sequence() {
+        Some(items) => {
+            let item = items
+                .iter()
+                .find(|item| item["path"].as_str() == Some(relative))
+                .unwrap_or_else(|| panic!("{label}: volume {volume_name} has no item with path {relative}"));
+            let key = item["key"].as_str().expect("items[].key").to_string();
+            let mode = item.get("mode").map(|v| file_mode(v).expect("items[].mode"));
+            (key, mode.or(default_mode))
+        }
+        None => (relative.to_string(), default_mode),
+    };
+    assert!(
+        string_data.get(key.as_str()).is_some(),
+        "{label}: reads key {key} of the Secret, which secret.example.yaml does not define"
+    );
+    // Without a mode Kubernetes writes 0644: readable by every user in the pod.
+    let mode = mode.unwrap_or(0o644);
+    assert_eq!(
+        mode & 0o007,
+        0,
+        "{label}: {path} has mode {mode:o}; set defaultMode (e.g. 0440) so that only the owner and group read it"
+    );
+    // The files belong to root; fsGroup hands them to the user's group.
+    let pod_sc = &pod["securityContext"];
+    assert!(
+        pod_sc["fsGroup"].as_u64().is_some() && pod_sc["fsGroup"] == pod_sc["runAsGroup"],
+        "{label}: securityContext.fsGroup must be the runAsGroup, so that the non-root user can read {path}"
+    );
+    assert_ne!(
+        mode & 0o040,
+        0,
+        "{label}: {path} has mode {mode:o}: its group (fsGroup) must be able to read it"
+    );
+    key
 }
 
 #[test]
-fn the_example_secret_holds_placeholders_and_no_real_credential() {
+fn no_container_gets_a_secret_as_an_environment_value_or_a_flag() {
+    let secrets = secrets();
+    let all = manifests();
+    for (m, spec) in jobs(&all) {
+        for container in containers(spec) {
+            let label = m.label();
+            for env in container["env"].as_sequence().into_iter().flatten() {
+                let name = env["name"].as_str().expect("env[].name");
+                if let Some(secret) = secrets.iter().find(|s| s.var == name) {
+                    panic!(
+                        "{label}: env sets {name}, the secret itself; set {} to a file of the mounted Secret",
+                        secret.file_var
+                    );
+                }
+                assert!(
+                    env.get("valueFrom").and_then(|v| v.get("secretKeyRef")).is_none(),
+                    "{label}: env {name} takes a value from a Secret; mount the Secret as a volume instead"
+                );
+            }
+            for from in container["envFrom"].as_sequence().into_iter().flatten() {
+                assert!(
+                    from.get("secretRef").is_none(),
+                    "{label}: envFrom exports a Secret into the environment; mount it as a volume instead"
+                );
+            }
+            assert_no_secret_flag(&container_argv(m, container), &label);
+        }
+    }
+}
+
+#[test]
+fn every_secret_a_container_needs_is_a_file_of_the_mounted_secret() {
+    let secrets = secrets();
     let string_data = the_example_secret();
-    for key in ["STRIPE_API_KEY", "DATABASE_URL", "LICENSYNC_MAIL_URL"] {
-        let value = string_data[key]
+    let all = manifests();
+    let mut keys_read = BTreeSet::new();
+    for (m, spec) in jobs(&all) {
+        let pod = pod_spec(spec);
+        for container in containers(spec) {
+            let label = m.label();
+            let cli = parse(&container_argv(m, container), &label);
+            let env_value = |name: &str| {
+                container["env"]
+                    .as_sequence()
+                    .into_iter()
+                    .flatten()
+                    .find(|env| env["name"].as_str() == Some(name))
+                    .map(|env| {
+                        env["value"]
+                            .as_str()
+                            .unwrap_or_else(|| panic!("{label}: {name} must be a plain value (a path)"))
+                    })
+            };
+            for var in secrets_needed(&cli) {
+                let secret = secret_by_var(&secrets, var);
+                assert!(
+                    env_value(&secret.file_var).is_some(),
+                    "{label}: needs {var}: set {} to its file in the mounted Secret",
+                    secret.file_var
+                );
+            }
+            for secret in &secrets {
+                let Some(path) = env_value(&secret.file_var) else {
+                    continue;
+                };
+                let key = secret_key_read_at(m, pod, container, path, &string_data);
+                assert_eq!(
+                    key, secret.name,
+                    "{label}: {} points at the Secret's key {key}, not at {}",
+                    secret.file_var, secret.name
+                );
+                keys_read.insert(key);
+            }
+        }
+    }
+    let defined: BTreeSet<String> = string_data
+        .as_mapping()
+        .unwrap()
+        .keys()
+        .map(|k| k.as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        keys_read, defined,
+        "every key of secret.example.yaml is a file some Job reads"
+    );
+}
+
+#[test]
+fn the_example_secret_holds_one_placeholder_file_per_secret_and_no_real_credential() {
+    let string_data = the_example_secret();
+    let keys: BTreeSet<String> = string_data
+        .as_mapping()
+        .expect("secret.example.yaml: stringData")
+        .keys()
+        .map(|k| k.as_str().unwrap().to_string())
+        .collect();
+    let expected: BTreeSet<String> = secrets().into_iter().map(|s| s.name).collect();
+    assert_eq!(
+        keys, expected,
+        "secret.example.yaml: one key per secret, named as the file the Jobs read; \
+         settings that are not secret are plain env values in the Jobs"
+    );
+    for key in &keys {
+        let value = string_data[key.as_str()]
             .as_str()
             .unwrap_or_else(|| panic!("secret.example.yaml: stringData.{key}"));
         assert!(
@@ -382,11 +659,51 @@ fn the_example_secret_holds_placeholders_and_no_real_credential() {
             "secret.example.yaml: {key} must be an obvious placeholder, got a value without REPLACE_ME"
         );
     }
-    let key = string_data["STRIPE_API_KEY"].as_str().unwrap();
+    let key = string_data["stripe-api-key"].as_str().unwrap();
     assert!(
         key.starts_with("rk_"),
         "the example shows a restricted key (rk_), the least privilege licensync needs"
     );
+}
+
+/// What a restricted key must be allowed to read: every full run lists
+/// these, `/v1/refunds` with `expand[]=data.charge` and `/v1/disputes` included.
+const STRIPE_READ_PERMISSIONS: [&str; 10] = [
+    "Checkout Sessions",
+    "Invoices",
+    "Subscriptions",
+    "Customers",
+    "Products",
+    "Prices",
+    "Events",
+    "Charges",
+    "Refunds",
+    "Disputes",
+];
+
+#[test]
+fn the_restricted_key_permissions_listed_cover_everything_a_full_run_reads() {
+    for file in ["README.md", "kubernetes/secret.example.yaml"] {
+        // Comment markers and line breaks out, so a list may span lines.
+        let text: String = read(file)
+            .lines()
+            .map(|l| l.trim().trim_start_matches('#').trim())
+            .collect::<Vec<_>>()
+            .join(" ");
+        let mut lists = 0;
+        for (at, _) in text.match_indices("read access to") {
+            let rest = &text[at..];
+            let list = &rest[..rest.find(['.', '|', '(']).unwrap_or(rest.len())];
+            for permission in STRIPE_READ_PERMISSIONS {
+                assert!(
+                    list.contains(permission),
+                    "{file}: the restricted key's permissions ({list}) miss {permission}"
+                );
+            }
+            lists += 1;
+        }
+        assert!(lists > 0, "{file}: lists the restricted key's read permissions");
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -399,6 +716,7 @@ fn parse(argv: &[String], source: &str) -> Cli {
         Some(BINARY),
         "{source}: runs {BINARY}"
     );
+    assert_no_secret_flag(argv, source);
     let mut with_name = vec!["licensync".to_string()];
     with_name.extend(argv[1..].iter().cloned());
     Cli::try_parse_from(&with_name).unwrap_or_else(|e| panic!("{source}: `{}` does not parse: {e}", argv.join(" ")))
@@ -608,6 +926,96 @@ fn the_daemon_unit_runs_the_daemon_on_a_valid_schedule() {
     );
 }
 
+const SERVICE_UNITS: [&str; 2] = ["systemd/licensync.service", "systemd/licensync-daemon.service"];
+
+/// A unit's `Environment=` assignments (a line may hold several, quoted).
+fn unit_environment(file: &str) -> Vec<(String, String)> {
+    unit_values(file, "Environment")
+        .iter()
+        .flat_map(|line| shlex::split(line).unwrap_or_else(|| panic!("{file}: Environment= quoting: {line}")))
+        .map(|assignment| {
+            let (name, value) = assignment
+                .split_once('=')
+                .unwrap_or_else(|| panic!("{file}: Environment={assignment} is not NAME=value"));
+            (name.to_string(), value.to_string())
+        })
+        .collect()
+}
+
+#[test]
+fn the_systemd_units_load_the_secrets_as_credentials_and_name_them_by_their_file_form() {
+    let secrets = secrets();
+    for file in SERVICE_UNITS {
+        let environment = unit_environment(file);
+        for (name, _) in &environment {
+            if let Some(secret) = secrets.iter().find(|s| s.var == *name) {
+                panic!(
+                    "{file}: Environment= sets {name}, the secret itself; use LoadCredential= and {}=%d/...",
+                    secret.file_var
+                );
+            }
+        }
+        for value in unit_values(file, "PassEnvironment") {
+            for name in value.split_whitespace() {
+                assert!(
+                    !secrets.iter().any(|s| s.var == name),
+                    "{file}: PassEnvironment={name} passes a secret through the environment"
+                );
+            }
+        }
+        assert!(
+            unit_values(file, "SetCredential").is_empty(),
+            "{file}: SetCredential= writes the secret into the unit (readable by every user over D-Bus); use LoadCredential="
+        );
+        let credentials: Vec<(String, String)> = ["LoadCredential", "LoadCredentialEncrypted"]
+            .iter()
+            .flat_map(|key| unit_values(file, key))
+            .map(|value| {
+                let (id, path) = value
+                    .split_once(':')
+                    .unwrap_or_else(|| panic!("{file}: LoadCredential={value} is not ID:PATH"));
+                (id.to_string(), path.to_string())
+            })
+            .collect();
+        let cli = parse(&exec_start_argv(file), file);
+        for var in secrets_needed(&cli) {
+            let secret = secret_by_var(&secrets, var);
+            let values: Vec<&String> = environment
+                .iter()
+                .filter(|(name, _)| *name == secret.file_var)
+                .map(|(_, value)| value)
+                .collect();
+            assert_eq!(
+                values.len(),
+                1,
+                "{file}: needs {var}: one Environment={}=%d/<credential>, got {values:?}",
+                secret.file_var
+            );
+            let id = values[0].strip_prefix("%d/").unwrap_or_else(|| {
+                panic!(
+                    "{file}: {}={} must name a file in the credentials directory (%d/...)",
+                    secret.file_var, values[0]
+                )
+            });
+            assert_eq!(
+                id, secret.name,
+                "{file}: {} names the credential {id}, not {}",
+                secret.file_var, secret.name
+            );
+            let (_, source) = credentials.iter().find(|(cid, _)| cid == id).unwrap_or_else(|| {
+                panic!(
+                    "{file}: {}=%d/{id} without a LoadCredential={id}:<path>",
+                    secret.file_var
+                )
+            });
+            assert!(
+                source.starts_with("/etc/licensync/"),
+                "{file}: LoadCredential={id}:{source} must load a root-only file under /etc/licensync/"
+            );
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------
 // crontab
 // ---------------------------------------------------------------------------
@@ -697,6 +1105,57 @@ fn every_crontab_entry_parses_and_none_holds_a_percent_sign() {
         }
     }
     assert!(saw_daemon, "the crontab documents the daemon alternative");
+}
+
+/// The crontab's `NAME=value` lines, which cron puts in every entry's environment.
+fn crontab_variables() -> Vec<(String, String)> {
+    read("crontab")
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .filter_map(|l| {
+            let (name, value) = l.split_once('=')?;
+            let name = name.trim();
+            let is_name = !name.is_empty()
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_');
+            is_name.then(|| (name.to_string(), value.trim().to_string()))
+        })
+        .collect()
+}
+
+#[test]
+fn the_crontab_reads_the_secrets_from_files_it_names() {
+    let secrets = secrets();
+    let variables = crontab_variables();
+    for (name, _) in &variables {
+        assert!(
+            !secrets.iter().any(|s| s.var == *name),
+            "crontab: sets {name}, the secret itself; set its _FILE form to a file readable only by root and licensync"
+        );
+    }
+    for entry in crontab_entries() {
+        assert_no_secret_value_in_command(&entry.command, "crontab");
+        let cli = parse(&licensync_words_in_shell(&entry.command, "crontab"), "crontab");
+        for var in secrets_needed(&cli) {
+            let secret = secret_by_var(&secrets, var);
+            let (_, path) = variables
+                .iter()
+                .find(|(name, _)| *name == secret.file_var)
+                .unwrap_or_else(|| {
+                    panic!(
+                        "crontab: `{}` needs {var}: set {}=/etc/licensync/...",
+                        entry.command, secret.file_var
+                    )
+                });
+            assert!(
+                path.starts_with("/etc/licensync/"),
+                "crontab: {}={path} must be a file under /etc/licensync/",
+                secret.file_var
+            );
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -903,14 +1362,15 @@ fn every_environment_variable_the_deploy_files_set_is_a_licensync_setting() {
             }
         }
     }
-    for key in the_example_secret().as_mapping().unwrap().keys() {
-        assert_known(key.as_str().unwrap(), "secret.example.yaml", &known);
-        checked += 1;
+    for file in SERVICE_UNITS {
+        for (name, _) in unit_environment(file) {
+            assert_known(&name, file, &known);
+            checked += 1;
+        }
     }
-    for file in ["systemd/licensync.service", "systemd/licensync-daemon.service"] {
-        for value in unit_values(file, "Environment") {
-            let (name, _) = value.split_once('=').unwrap();
-            assert_known(name, file, &known);
+    for (name, _) in crontab_variables() {
+        if !matches!(name.as_str(), "SHELL" | "HOME" | "PATH" | "MAILTO") {
+            assert_known(&name, "crontab", &known);
             checked += 1;
         }
     }
@@ -940,7 +1400,28 @@ fn every_environment_variable_the_deploy_files_set_is_a_licensync_setting() {
 }
 
 #[test]
-fn the_env_file_example_defines_the_required_settings_with_placeholders() {
+fn the_env_file_example_holds_no_secret_and_no_secret_file_path() {
+    let secrets = secrets();
+    // Commented lines too: an example `# STRIPE_API_KEY=...` invites the mistake.
+    for line in read("licensync.env.example").lines() {
+        let body = line.trim().trim_start_matches('#').trim();
+        let Some((name, _)) = body.split_once('=') else {
+            continue;
+        };
+        for secret in &secrets {
+            assert_ne!(
+                name, secret.var,
+                "licensync.env.example: {name} is a secret; it belongs in its own file, read through {}",
+                secret.file_var
+            );
+            // EnvironmentFile= overrides the units' Environment=%d/... paths.
+            assert_ne!(
+                name, secret.file_var,
+                "licensync.env.example: {name} is set by the systemd units (credentials) and the crontab; \
+                 the env file would override it"
+            );
+        }
+    }
     let settings: Vec<(String, String)> = read("licensync.env.example")
         .lines()
         .map(str::trim)
@@ -950,14 +1431,10 @@ fn the_env_file_example_defines_the_required_settings_with_placeholders() {
             (k.to_string(), v.to_string())
         })
         .collect();
-    for required in ["STRIPE_API_KEY", "DATABASE_URL", "LICENSYNC_MAIL_URL"] {
-        let value = settings
-            .iter()
-            .find(|(k, _)| k == required)
-            .map(|(_, v)| v)
-            .unwrap_or_else(|| panic!("licensync.env.example: {required}"));
-        assert!(value.contains("REPLACE_ME"), "{required} is a placeholder");
-    }
+    assert!(
+        settings.iter().any(|(k, _)| k == "LICENSYNC_MAIL_FROM"),
+        "licensync.env.example: LICENSYNC_MAIL_FROM"
+    );
     for (key, value) in &settings {
         // Unquoted spaces or shell characters read differently in sh and systemd.
         let quoted = value.len() >= 2 && value.starts_with('\'') && value.ends_with('\'');
@@ -994,4 +1471,211 @@ fn every_licensync_command_in_the_deploy_readme_parses() {
         parsed += 1;
     }
     assert!(parsed >= 3, "the README shows how to run licensync");
+}
+
+// ---------------------------------------------------------------------------
+// Secrets on every command line the deploy files run or show
+// ---------------------------------------------------------------------------
+
+/// Every file under deploy/ but the README, relative to deploy/.
+fn deploy_files() -> Vec<String> {
+    fn walk(dir: &Path, prefix: &str, into: &mut Vec<String>) {
+        for entry in std::fs::read_dir(dir).unwrap_or_else(|e| panic!("listing {}: {e}", dir.display())) {
+            let entry = entry.unwrap();
+            let name = format!("{prefix}{}", entry.file_name().to_string_lossy());
+            if entry.file_type().unwrap().is_dir() {
+                walk(&entry.path(), &format!("{name}/"), into);
+            } else if name != "README.md" {
+                into.push(name);
+            }
+        }
+    }
+    let mut files = Vec::new();
+    walk(&deploy_path(""), "", &mut files);
+    files.sort();
+    files
+}
+
+/// Joins `\`-continued lines.
+fn join_continuations(lines: impl IntoIterator<Item = String>) -> Vec<String> {
+    let mut joined = Vec::new();
+    let mut current = String::new();
+    for line in lines {
+        match line.trim_end().strip_suffix('\\') {
+            Some(head) => {
+                current.push_str(head);
+                current.push(' ');
+            }
+            None => {
+                current.push_str(&line);
+                joined.push(std::mem::take(&mut current));
+            }
+        }
+    }
+    if !current.is_empty() {
+        joined.push(current);
+    }
+    joined
+}
+
+/// The command lines the deploy files run or show, `(source, line)`, with
+/// continuation lines joined: the README's code blocks; in the other files
+/// every line that is not a comment, and the example commands in comments
+/// (indented: `#   kubectl ...`).
+fn command_lines() -> Vec<(String, String)> {
+    let mut commands = Vec::new();
+    let mut in_code = false;
+    let mut readme = Vec::new();
+    for line in read("README.md").lines() {
+        if line.trim_start().starts_with("```") {
+            in_code = !in_code;
+        } else if in_code {
+            readme.push(line.trim().to_string());
+        }
+    }
+    commands.extend(
+        join_continuations(readme)
+            .into_iter()
+            .map(|c| ("README.md".to_string(), c)),
+    );
+    for file in deploy_files() {
+        let mut lines = Vec::new();
+        for line in read(&file).lines() {
+            let trimmed = line.trim();
+            match trimmed.strip_prefix('#') {
+                Some(body) if body.starts_with("   ") => lines.push(body.trim().to_string()),
+                Some(_) => {}
+                None => lines.push(trimmed.to_string()),
+            }
+        }
+        commands.extend(join_continuations(lines).into_iter().map(|c| (file.clone(), c)));
+    }
+    commands
+}
+
+/// The values of an option in a split command line: `-e V`, `--env V`, `--env=V`.
+fn option_values(words: &[String], names: &[&str]) -> Vec<String> {
+    let mut values = Vec::new();
+    let mut i = 0;
+    while i < words.len() {
+        let word = &words[i];
+        if names.contains(&word.as_str()) {
+            values.extend(words.get(i + 1).cloned());
+            i += 2;
+            continue;
+        }
+        for name in names.iter().filter(|n| n.starts_with("--")) {
+            if let Some(value) = word.strip_prefix(&format!("{name}=")) {
+                values.push(value.to_string());
+            }
+        }
+        i += 1;
+    }
+    values
+}
+
+#[test]
+fn no_command_line_in_the_deploy_files_or_the_readme_passes_a_secret_value() {
+    let commands = command_lines();
+    assert!(
+        commands.len() > 100,
+        "only {} command lines found: is the parsing broken?",
+        commands.len()
+    );
+    for (source, command) in &commands {
+        assert_no_secret_value_in_command(command, source);
+    }
+}
+
+#[test]
+fn every_docker_run_shown_mounts_the_secrets_read_only_and_names_them_with_file_variables() {
+    let secrets = secrets();
+    let mut runs = 0;
+    for (source, command) in command_lines() {
+        if !command.contains("docker run") {
+            continue;
+        }
+        let words = shlex::split(&command).unwrap_or_else(|| panic!("{source}: quoting: {command}"));
+        let env = option_values(&words, &["-e", "--env"]);
+        let volumes = option_values(&words, &["-v", "--volume"]);
+        let mounts = option_values(&words, &["--mount"]);
+        for secret in &secrets {
+            let path = env
+                .iter()
+                .find_map(|e| e.strip_prefix(&format!("{}=", secret.file_var)))
+                .unwrap_or_else(|| {
+                    panic!(
+                        "{source}: `{command}` does not set -e {}=<mounted file>",
+                        secret.file_var
+                    )
+                });
+            let by_volume = volumes.iter().any(|v| {
+                let parts: Vec<&str> = v.split(':').collect();
+                parts.len() == 3 && parts[1] == path && parts[2].split(',').any(|o| o == "ro")
+            });
+            let by_mount = mounts.iter().any(|m| {
+                let fields: Vec<&str> = m.split(',').collect();
+                let target = fields.iter().any(|f| {
+                    ["target", "dst", "destination"]
+                        .iter()
+                        .any(|k| f.strip_prefix(&format!("{k}=")) == Some(path))
+                });
+                target && fields.iter().any(|f| matches!(*f, "readonly" | "ro" | "readonly=true"))
+            });
+            assert!(
+                by_volume || by_mount,
+                "{source}: {}={path} is not a file mounted read-only (-v SRC:{path}:ro) in `{command}`",
+                secret.file_var
+            );
+        }
+        runs += 1;
+    }
+    assert!(runs >= 2, "the README and the Dockerfile show `docker run`");
+}
+
+#[test]
+fn every_systemd_run_shown_loads_the_secrets_as_credentials() {
+    let secrets = secrets();
+    let mut runs = 0;
+    for (source, command) in command_lines() {
+        if !command.contains("systemd-run") || !command.contains(BINARY) {
+            continue;
+        }
+        let words = shlex::split(&command).unwrap_or_else(|| panic!("{source}: quoting: {command}"));
+        // The specifier %d is not expanded in systemd-run's properties: the
+        // credentials directory must be spelled out, hence a fixed unit name.
+        let unit = option_values(&words, &["-u", "--unit"])
+            .pop()
+            .unwrap_or_else(|| panic!("{source}: `{command}` needs --unit=NAME to know its credentials directory"));
+        let unit = if unit.contains('.') {
+            unit
+        } else {
+            format!("{unit}.service")
+        };
+        let properties = option_values(&words, &["-p", "--property"]);
+        let env = option_values(&words, &["-E", "--setenv"]);
+        for secret in &secrets {
+            let path = env
+                .iter()
+                .find_map(|e| e.strip_prefix(&format!("{}=", secret.file_var)))
+                .unwrap_or_else(|| panic!("{source}: `{command}` does not set -E {}=...", secret.file_var));
+            let id = path
+                .strip_prefix(&format!("/run/credentials/{unit}/"))
+                .unwrap_or_else(|| {
+                    panic!(
+                        "{source}: {}={path} is not in /run/credentials/{unit}/",
+                        secret.file_var
+                    )
+                });
+            assert!(
+                properties.iter().any(|p| p
+                    .strip_prefix(&format!("LoadCredential={id}:"))
+                    .is_some_and(|src| src.starts_with('/'))),
+                "{source}: {}={path} without -p LoadCredential={id}:/path in `{command}`",
+                secret.file_var
+            );
+        }
+        runs += 1;
+    }
+    assert!(runs >= 1, "the README shows a run by hand with systemd-run");
 }

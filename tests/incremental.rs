@@ -296,6 +296,28 @@ async fn the_daemon_runs_on_its_schedule_and_stops_cleanly_on_sigterm_mid_run() 
     assert!(list.as_array().unwrap().iter().all(|l| l["status"] == "active"));
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn the_daemon_stops_with_exit_2_when_stripe_rejects_the_key() {
+    let w = world().await;
+    let wrong = "rk_test_51NotTheKeyOfThisAccount0000000000";
+    let mut cmd = licensync();
+    cmd.args(["daemon", "--schedule", "* * * * * *"])
+        .env("DATABASE_URL", &w.db.url)
+        .env("STRIPE_API_BASE", w.fake.base_url())
+        .env("STRIPE_API_KEY", wrong)
+        .env("LICENSYNC_MAIL_URL", "none");
+    // Retrying a rejected key every tick would only hide it: the daemon
+    // exits 2 at the first tick (systemd's RestartPreventExitStatus=2).
+    let out = tokio::time::timeout(Duration::from_secs(60), tokio::process::Command::from(cmd).output())
+        .await
+        .expect("the daemon went on ticking with a rejected key")
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("STRIPE_API_KEY"), "{stderr}");
+    assert!(!stderr.contains(wrong), "the key leaked: {stderr}");
+}
+
 #[derive(QueryableByName)]
 struct N {
     #[diesel(sql_type = diesel::sql_types::BigInt)]

@@ -40,7 +40,7 @@ async fn the_file_transport_creates_its_directory_and_writes_an_eml_that_parses_
     let raw = std::fs::read(&files[0]).unwrap();
     let message = parse(&raw);
     assert_eq!(message.message_id(), Some("licensync-outbox-31@acme.test"));
-    assert_eq!(message.subject(), Some("Your license key for Acme Pro and Acme Cloud"));
+    assert_eq!(message.subject(), Some("Your license key for Acme Pro Suite"));
     assert_eq!(
         message.to().and_then(|t| t.first()).and_then(|a| a.address()),
         Some("ada@customer.test")
@@ -125,7 +125,7 @@ async fn a_crlf_in_a_product_name_stays_inside_the_subject() {
     let mail = MailService::in_memory(settings(MailUrl::None)).unwrap();
     let email = LicenseEmail {
         product_ids: vec!["acme-pro".to_owned()],
-        product_names: vec!["Acme Pro\r\nBcc: victim@evil.test".to_owned()],
+        product_name: Some("Acme Pro\r\nBcc: victim@evil.test".to_owned()),
         ..sample_email(1)
     };
 

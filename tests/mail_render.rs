@@ -52,7 +52,7 @@ fn a_perpetual_license_says_it_does_not_expire() {
         ..sample_email(1)
     };
     let r = render(&email);
-    assert!(r.text.contains("Validity: does not expire"), "{}", r.text);
+    assert!(r.text.contains("Valid: for good (it does not expire)"), "{}", r.text);
     assert!(r.html.contains("does not expire"), "{}", r.html);
     assert!(!r.text.contains("Valid until"));
 }
@@ -66,7 +66,7 @@ fn an_activation_license_says_its_days_start_at_first_activation() {
         ..sample_email(1)
     };
     let r = render(&email);
-    let expected = "starts at first activation: valid for 30 days from then";
+    let expected = "30 days from the day you first activate it";
     assert!(r.text.contains(expected), "{}", r.text);
     assert!(r.html.contains(expected), "{}", r.html);
 }
@@ -85,33 +85,90 @@ fn days_from_creation_without_an_expiry_date_are_refused_rather_than_misstated()
 }
 
 #[test]
-fn the_subject_names_the_products_and_the_body_their_ids_and_limits() {
+fn the_email_names_the_stripe_product_and_words_its_limits() {
     let one = LicenseEmail {
         product_ids: vec!["acme-pro".to_owned()],
-        product_names: vec!["Acme Pro".to_owned()],
+        product_name: Some("Acme Pro".to_owned()),
         ..sample_email(1)
     };
     let r = render(&one);
     assert_eq!(r.subject, "Your license key for Acme Pro");
-    assert!(r.text.contains("Product: Acme Pro (acme-pro)"), "{}", r.text);
-    assert!(r.text.contains("Devices (seats): 6"), "{}", r.text);
-    assert!(r.text.contains("IP addresses: 5"), "{}", r.text);
+    assert!(
+        r.text.lines().any(|l| l.trim_end() == "Product: Acme Pro"),
+        "{}",
+        r.text
+    );
+    // The license product id is for the license server, not the customer.
+    assert!(!r.text.contains("acme-pro"), "{}", r.text);
+    assert!(r.text.contains("Devices: up to 6 at a time"), "{}", r.text);
+    assert!(
+        r.text.contains("IP addresses: up to 5 different addresses"),
+        "{}",
+        r.text
+    );
     assert!(r.text.contains("Quantity: 3"), "{}", r.text);
+    assert!(r.html.contains("<td>Acme Pro</td>"), "{}", r.html);
+    assert!(r.html.contains("up to 6 at a time"), "{}", r.html);
 
-    let three = LicenseEmail {
-        product_ids: vec!["a".to_owned(), "b".to_owned(), "c".to_owned()],
-        product_names: vec!["Alpha".to_owned(), "Beta".to_owned(), "Gamma".to_owned()],
-        ..sample_email(1)
-    };
-    assert_eq!(render(&three).subject, "Your license key for Alpha, Beta and Gamma");
-
-    // Names that do not line up with the ids are not trusted to describe them.
+    // No name kept (a license issued before names were): the ids stand in.
     let unnamed = LicenseEmail {
-        product_ids: vec!["acme-pro".to_owned()],
-        product_names: vec![],
+        product_ids: vec!["a".to_owned(), "b".to_owned(), "c".to_owned()],
+        product_name: None,
         ..sample_email(1)
     };
-    assert_eq!(render(&unnamed).subject, "Your license key for acme-pro");
+    assert_eq!(render(&unnamed).subject, "Your license key for a, b and c");
+    let blank = LicenseEmail {
+        product_ids: vec!["acme-pro".to_owned()],
+        product_name: Some("  ".to_owned()),
+        ..sample_email(1)
+    };
+    assert_eq!(render(&blank).subject, "Your license key for acme-pro");
+}
+
+#[test]
+fn a_zero_limit_reads_no_limit_and_one_reads_naturally() {
+    let email = LicenseEmail {
+        hwid_limit: Some(0),
+        ip_limit: Some(0),
+        ..sample_email(1)
+    };
+    let r = render(&email);
+    assert!(r.text.contains("Devices: no limit"), "{}", r.text);
+    assert!(r.text.contains("IP addresses: no limit"), "{}", r.text);
+    assert!(!r.text.contains(": 0"), "{}", r.text);
+    let single = render(&LicenseEmail {
+        hwid_limit: Some(1),
+        ip_limit: Some(1),
+        ..sample_email(1)
+    });
+    assert!(single.text.contains("Devices: 1 at a time"), "{}", single.text);
+    assert!(single.text.contains("IP addresses: 1 address"), "{}", single.text);
+}
+
+#[test]
+fn a_subscription_email_says_the_key_renews_with_it_and_stays_the_same() {
+    let r = render(&LicenseEmail {
+        subscription: true,
+        ..sample_email(1)
+    });
+    assert!(
+        r.text
+            .contains("Valid until: 22 November 2026 (UTC), and renewed with your subscription"),
+        "{}",
+        r.text
+    );
+    assert!(
+        r.text.contains("the same key stays valid for the new period"),
+        "{}",
+        r.text
+    );
+    assert!(
+        r.html.contains("the same key stays valid for the new period"),
+        "{}",
+        r.html
+    );
+    let one_time = render(&sample_email(1));
+    assert!(!one_time.text.contains("subscription"), "{}", one_time.text);
 }
 
 #[test]
@@ -245,7 +302,7 @@ fn templates_in_the_override_directory_replace_the_defaults_of_the_same_name() {
 
     let r = render_with(overridden, &sample_email(1));
 
-    assert_eq!(r.subject, "[Acme Pro and Acme Cloud] key for ada@customer.test");
+    assert_eq!(r.subject, "[Acme Pro Suite] key for ada@customer.test");
     assert_eq!(r.text.trim_end(), format!("KEY={KEY} / date"));
     // No license.html.j2 in the directory: the built-in one is used.
     assert!(r.html.contains("<code") && r.html.contains(KEY), "{}", r.html);

@@ -44,7 +44,7 @@ async fn a_license_email_goes_through_starttls_and_auth_to_a_real_server_and_rea
     assert!(got.tls, "the message travelled over STARTTLS");
 
     let message = parse(&got.raw);
-    assert_eq!(message.subject(), Some("Your license key for Acme Pro and Acme Cloud"));
+    assert_eq!(message.subject(), Some("Your license key for Acme Pro Suite"));
     assert_eq!(message.message_id(), Some("licensync-outbox-42@acme.test"));
     let to = message.to().and_then(|to| to.first()).expect("a To header");
     assert_eq!(to.address(), Some("ada@customer.test"));
@@ -67,7 +67,10 @@ async fn a_license_email_goes_through_starttls_and_auth_to_a_real_server_and_rea
     assert_ne!(message.text_body, message.html_body, "text and HTML are distinct parts");
     for part in [&text, &html] {
         assert!(part.contains(KEY), "{part}");
-        assert!(part.contains("acme-pro") && part.contains("acme-cloud"), "{part}");
+        assert!(
+            part.contains("Acme Pro Suite") && part.contains("up to 6 at a time"),
+            "{part}"
+        );
     }
     assert!(html.contains("<code"), "{html}");
     assert!(!text.contains("<code"), "{text}");

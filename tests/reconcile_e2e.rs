@@ -1046,3 +1046,290 @@ async fn email_held_back_without_a_transport_is_sent_once_when_one_is_configured
     assert_eq!(report["emails_sent"], 0);
     w.assert_one_email_per_license().await;
 }
+
+// ---- adopting an existing account (--mail-since), Stripe's new values, secrets from files ----
+
+/// The licenses whose key one of the `.eml` files names.
+fn mailed_keys(emails: &[String], licenses: &BTreeMap<String, Value>) -> Vec<String> {
+    let mut keys: Vec<String> = licenses
+        .values()
+        .map(|l| l["key"].as_str().unwrap().to_owned())
+        .filter(|key| emails.iter().any(|e| e.contains(key.as_str())))
+        .collect();
+    keys.sort();
+    keys
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn adopting_an_account_with_mail_since_issues_every_license_and_mails_only_new_purchases() {
+    let w = World::new().await;
+    let f = &w.fake;
+    let wall = f.now();
+    // Two months ago: a subscription (still current) and a perpetual one-time purchase.
+    f.set_now(wall - 60 * DAY);
+    let old_customer = f.create_customer(Some("old@example.test"), Some("Old Customer"));
+    let pro = f.create_product("Acme Pro", &[("product_id", "pro"), ("hwid_limit", "2")]);
+    let monthly = f.create_price(&pro, Some("month"), 1_000, &[]);
+    let tool = f.create_product("Acme Tool", &[("product_id", "tool")]);
+    let tool_once = f.create_price(&tool, None, 2_000, &[]);
+    let old_sub = f.create_subscription(SubscriptionSpec {
+        customer: old_customer.clone(),
+        items: vec![(monthly.clone(), 1)],
+        current_period_start: Some(wall - 10 * DAY),
+        current_period_end: Some(wall + 20 * DAY),
+        ..SubscriptionSpec::default()
+    });
+    let old_checkout = f.create_checkout_session(CheckoutSpec {
+        customer: Some(old_customer.clone()),
+        lines: vec![(tool_once.clone(), 1)],
+        ..CheckoutSpec::default()
+    });
+    // Today: a new subscriber and a new one-time buyer.
+    f.set_now(wall);
+    let new_customer = f.create_customer(Some("new@example.test"), Some("New Customer"));
+    let new_sub = f.create_subscription(SubscriptionSpec {
+        customer: new_customer.clone(),
+        items: vec![(monthly.clone(), 1)],
+        ..SubscriptionSpec::default()
+    });
+    let new_checkout = f.create_checkout_session(CheckoutSpec {
+        customer: Some(new_customer.clone()),
+        lines: vec![(tool_once.clone(), 1)],
+        ..CheckoutSpec::default()
+    });
+    let since = ts(wall - DAY);
+
+    // The dry run says how many customers the run would email, before it happens.
+    let dry_text = World::run({
+        let mut cmd = w.command(&["reconcile", "--full", "--dry-run", "--mail-since", &since]);
+        cmd.env("STRIPE_API_BASE", f.base_url())
+            .env("STRIPE_API_KEY", f.api_key());
+        cmd
+    })
+    .await;
+    assert_eq!(dry_text.code, 0, "{}", dry_text.all());
+    assert!(
+        dry_text.stdout.contains("this run would email 2 customers")
+            && dry_text.stdout.contains("2 new licenses issued silently"),
+        "{}",
+        dry_text.all()
+    );
+    let dry_json = w.reconcile(&["--dry-run", "--mail-since", &since]).await.report();
+    assert_eq!(dry_json["emails_to_send"], 2, "{dry_json:#}");
+    assert_eq!(dry_json["emails_skipped"], 2, "{dry_json:#}");
+    assert!(w.licenses().await.is_empty(), "a dry run issues nothing");
+
+    // The first real run issues all four licenses and mails the two new purchases only.
+    let report = w.reconcile(&["--mail-since", &since]).await.report();
+    assert_eq!(nonzero_counts(&report), counts(&[("issued", 4)]), "{report:#}");
+    assert_eq!(report["emails_to_send"], 2);
+    assert_eq!(report["emails_skipped"], 2);
+    assert_eq!(report["emails_sent"], 2);
+    let licenses = w.by_source().await;
+    assert_eq!(licenses.len(), 4);
+    let key_of = |source_id: &str| licenses[source_id]["key"].as_str().unwrap().to_owned();
+    let old_keys = [
+        key_of(&old_sub.item_ids[0]),
+        key_of(&format!("{}/{}", old_checkout.id, old_checkout.line_ids[0])),
+    ];
+    let mut new_keys = vec![
+        key_of(&new_sub.item_ids[0]),
+        key_of(&format!("{}/{}", new_checkout.id, new_checkout.line_ids[0])),
+    ];
+    new_keys.sort();
+    assert_eq!(mailed_keys(&w.emails(), &licenses), new_keys);
+    let emails = common::email_status(&w.db);
+    assert_eq!(emails["skipped"], 2, "{emails:#}");
+    assert_eq!(emails["sent"], 2, "{emails:#}");
+
+    // A purchase made after the cut-off is mailed by a later run; the
+    // silent ones stay silent.
+    f.advance(3600);
+    let later = f.create_checkout_session(CheckoutSpec {
+        customer: Some(old_customer.clone()),
+        lines: vec![(tool_once.clone(), 1)],
+        ..CheckoutSpec::default()
+    });
+    let report = w.reconcile(&["--mail-since", &since]).await.report();
+    assert_eq!(without_unchanged(&report), counts(&[("issued", 1)]), "{report:#}");
+    let licenses = w.by_source().await;
+    new_keys.push(key_of_in(&licenses, &format!("{}/{}", later.id, later.line_ids[0])));
+    new_keys.sort();
+    assert_eq!(mailed_keys(&w.emails(), &licenses), new_keys);
+
+    // Support sends a silent one on request.
+    let resend = World::run(w.command(&["mail", "resend", &old_keys[0]])).await;
+    assert_eq!(resend.code, 0, "{}", resend.all());
+    let resent: Vec<String> = w
+        .emails()
+        .into_iter()
+        .filter(|e| e.contains(old_keys[0].as_str()))
+        .collect();
+    assert_eq!(resent.len(), 1, "the skipped license is sent once on request");
+    assert!(resent[0].contains("Acme Pro"), "{}", resent[0]);
+    assert!(!w.emails().iter().any(|e| e.contains(old_keys[1].as_str())));
+    let emails = common::email_status(&w.db);
+    assert_eq!(emails["skipped"], 2, "the issue rows stay skipped: {emails:#}");
+}
+
+fn key_of_in(licenses: &BTreeMap<String, Value>, source_id: &str) -> String {
+    licenses[source_id]["key"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_subscription_status_stripe_added_later_is_skipped_by_name_and_the_run_succeeds() {
+    let w = World::new().await;
+    let f = &w.fake;
+    let shop = Shop::open(f);
+    w.reconcile(&[]).await.report();
+    let existing = w.by_source().await[&shop.item()].clone();
+
+    // Stripe starts sending a status this version does not know, for the
+    // existing subscription and for a new one; a third is ordinary.
+    f.set_subscription_status(&shop.sub.id, "on_hold");
+    let pro_monthly = f.get(&shop.sub.id).unwrap()["items"]["data"][0]["price"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let unknown_new = f.create_subscription(SubscriptionSpec {
+        customer: shop.customer.clone(),
+        items: vec![(pro_monthly.clone(), 1)],
+        status: Some("on_hold".into()),
+        ..SubscriptionSpec::default()
+    });
+    let ordinary = f.create_subscription(SubscriptionSpec {
+        customer: shop.customer.clone(),
+        items: vec![(pro_monthly, 1)],
+        ..SubscriptionSpec::default()
+    });
+
+    let report = w.reconcile(&[]).await.report();
+    assert_eq!(
+        without_unchanged(&report),
+        counts(&[("issued", 1), ("skipped", 2)]),
+        "{report:#}"
+    );
+    assert_eq!(actions(&report)[&ordinary.item_ids[0]]["action"], "issue");
+    let skipped = report["skipped"].as_array().unwrap();
+    for sub in [&shop.sub.id, &unknown_new.id] {
+        let skip = skipped
+            .iter()
+            .find(|s| s["stripe_object"] == sub.as_str())
+            .unwrap_or_else(|| panic!("no skip for {sub}: {report:#}"));
+        let reason = skip["reason"].as_str().unwrap();
+        assert!(
+            reason.contains(sub.as_str()) && reason.contains("`on_hold`"),
+            "{reason}"
+        );
+    }
+    let licenses = w.by_source().await;
+    assert_eq!(
+        licenses[&shop.item()],
+        existing,
+        "the existing license stays exactly as it was"
+    );
+    assert!(
+        !licenses.contains_key(&unknown_new.item_ids[0]),
+        "nothing issued for an unknown status"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cancel_at_equal_to_the_period_end_expires_at_the_period_end_without_grace() {
+    let w = World::new().await;
+    let f = &w.fake;
+    let now = f.now();
+    let customer = f.create_customer(Some("c@example.test"), None);
+    let pro = f.create_product("Pro", &[("product_id", "pro")]);
+    let monthly = f.create_price(&pro, Some("month"), 1_000, &[]);
+    let period_end = now + 30 * DAY;
+    let sub = f.create_subscription(SubscriptionSpec {
+        customer,
+        items: vec![(monthly, 1)],
+        current_period_start: Some(now),
+        current_period_end: Some(period_end),
+        // What current API versions set for "cancel at period end".
+        cancel_at: Some(period_end),
+        ..SubscriptionSpec::default()
+    });
+    w.reconcile(&[]).await.report();
+    let license = &w.by_source().await[&sub.item_ids[0]];
+    assert_eq!(license["expires_at"], ts(period_end), "{license:#}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn secrets_come_from_files_and_never_appear_in_any_output() {
+    let w = World::new().await;
+    let f = &w.fake;
+    Shop::open(f);
+    let secrets = tempfile::tempdir().unwrap();
+    let key = f.api_key();
+    let key_file = secrets.path().join("stripe-key");
+    std::fs::write(&key_file, format!("{key}\n")).unwrap();
+    let db_file = secrets.path().join("database-url");
+    std::fs::write(&db_file, format!("{}\n", w.db.url)).unwrap();
+    let mail_file = secrets.path().join("mail-url");
+    std::fs::write(&mail_file, format!("file://{}\n", w.mail.path().display())).unwrap();
+    let from_files = |args: &[&str]| {
+        let mut cmd = licensync();
+        cmd.args(args)
+            .env("STRIPE_API_BASE", f.base_url())
+            .env("STRIPE_API_KEY_FILE", &key_file)
+            .env("DATABASE_URL_FILE", &db_file)
+            .env("LICENSYNC_MAIL_URL_FILE", &mail_file);
+        cmd
+    };
+    let mut printed = String::new();
+
+    // Every command that reads Stripe, and the others, with every secret from a file.
+    for args in [
+        &["reconcile", "--full", "--output", "json"][..],
+        &["reconcile", "--dry-run"][..],
+        &["reconcile", "--output", "json"][..],
+        &["status"][..],
+        &["licenses", "list"][..],
+    ] {
+        let ran = World::run(from_files(args)).await;
+        assert_eq!(ran.code, 0, "{args:?}: {}", ran.all());
+        printed.push_str(&ran.all());
+    }
+    assert_eq!(
+        w.licenses().await.len(),
+        3,
+        "the run read Stripe with the key from the file"
+    );
+    assert_eq!(w.emails().len(), 3, "and mailed through the URL from the file");
+
+    // A variable and its _FILE together: exit 2, whichever secret it is, and nothing is done.
+    for (var, value) in [
+        ("STRIPE_API_KEY", key.clone()),
+        ("DATABASE_URL", w.db.url.clone()),
+        ("LICENSYNC_MAIL_URL", format!("file://{}", w.mail.path().display())),
+    ] {
+        let mut cmd = from_files(&["reconcile", "--full"]);
+        cmd.env(var, &value);
+        let ran = World::run(cmd).await;
+        assert_eq!(ran.code, 2, "{var} and {var}_FILE: {}", ran.all());
+        assert!(ran.stderr.contains(&format!("{var}_FILE")), "{}", ran.all());
+        printed.push_str(&ran.all());
+    }
+    // The daemon reads Stripe too: same rule before it starts.
+    let mut daemon = from_files(&["daemon", "--schedule", "*/15 * * * *"]);
+    daemon.env("STRIPE_API_KEY", &key);
+    let ran = World::run(daemon).await;
+    assert_eq!(ran.code, 2, "{}", ran.all());
+    printed.push_str(&ran.all());
+    // A missing file names the file, not a secret.
+    let mut missing = from_files(&["reconcile"]);
+    missing.env("STRIPE_API_KEY_FILE", secrets.path().join("absent"));
+    let ran = World::run(missing).await;
+    assert_eq!(ran.code, 2, "{}", ran.all());
+    assert!(ran.stderr.contains("absent"), "{}", ran.all());
+    printed.push_str(&ran.all());
+
+    assert!(!printed.contains(&key), "the Stripe key was printed:\n{printed}");
+    let password = url::Url::parse(&w.db.url).unwrap().password().map(str::to_owned);
+    if let Some(password) = password.filter(|p| p.len() > 3) {
+        assert!(!printed.contains(&password), "the database password was printed");
+    }
+}

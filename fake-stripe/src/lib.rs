@@ -326,4 +326,10 @@ impl FakeStripe {
     pub fn seed_sample(&self) {
         self.st().seed_sample()
     }
+
+    /// A catalog and `n` purchases spread over the past year, each with its
+    /// own customer (see `State::seed_purchases`).
+    pub fn seed_purchases(&self, n: usize) {
+        self.st().seed_purchases(n)
+    }
 }

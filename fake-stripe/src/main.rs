@@ -24,6 +24,10 @@ struct Args {
     /// Seed a sample catalog, customers and purchases.
     #[arg(long)]
     sample: bool,
+    /// Seed N purchases spread over the past year instead (85% subscriptions, each its own customer),
+    /// for trying a first import at scale, e.g. with --mail-since.
+    #[arg(long, value_name = "N", conflicts_with = "sample")]
+    purchases: Option<usize>,
     /// Run this command against the server, then stop with its exit code.
     #[arg(long, num_args = 1.., allow_hyphen_values = true, trailing_var_arg = true, value_name = "CMD")]
     exec: Vec<String>,
@@ -47,6 +51,9 @@ async fn main() -> anyhow::Result<ExitCode> {
     fake.set_now(i64::try_from(wall.as_secs()).context("system clock out of range")?);
     if args.sample {
         fake.seed_sample();
+    }
+    if let Some(n) = args.purchases {
+        fake.seed_purchases(n);
     }
 
     let Some((program, program_args)) = args.exec.split_first() else {

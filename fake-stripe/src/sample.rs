@@ -95,4 +95,61 @@ impl State {
             ..InvoiceSpec::default()
         });
     }
+
+    /// The sample catalog and `n` more purchases spread over the past year,
+    /// as an account that has sold for a while looks: about 85% monthly or
+    /// yearly subscriptions (still current), the rest paid one-time
+    /// checkouts, each with its own customer and its purchase date. For
+    /// trying a first import (`--mail-since`) on a realistic scale.
+    pub fn seed_purchases(&mut self, n: usize) {
+        let wall = self.now;
+        let editor = self.create_product(
+            "Acme Editor",
+            &[("product_id", "acme-editor"), ("hwid_limit", "3"), ("ip_limit", "5")],
+        );
+        let editor_monthly = self.create_price(&editor, Some("month"), 900, &[]);
+        let editor_yearly = self.create_price(&editor, Some("year"), 9_000, &[("hwid_limit", "5")]);
+        let suite = self.create_product(
+            "Acme Pro Suite",
+            &[("product_id", "acme-pro,acme-cli"), ("hwid_limit", "10")],
+        );
+        let suite_once = self.create_price(&suite, None, 29_900, &[]);
+        for i in 0..n {
+            // Purchase dates step back through the year, newest last.
+            let age_days = ((n - i) as i64 * 365) / n.max(1) as i64;
+            let bought = wall - age_days * DAY;
+            self.now = bought;
+            let customer = self.create_customer(
+                Some(&format!("customer{i}@example.com")),
+                Some(&format!("Customer {i}")),
+            );
+            if i % 20 < 17 {
+                let yearly = i % 4 == 0;
+                let length = if yearly { 365 } else { 30 };
+                // The period that contains today.
+                let start = bought + ((wall - bought) / (length * DAY)) * length * DAY;
+                self.create_subscription(SubscriptionSpec {
+                    customer,
+                    items: vec![(
+                        if yearly {
+                            editor_yearly.clone()
+                        } else {
+                            editor_monthly.clone()
+                        },
+                        1 + (i % 3) as i64,
+                    )],
+                    current_period_start: Some(start),
+                    current_period_end: Some(start + length * DAY),
+                    ..SubscriptionSpec::default()
+                });
+            } else {
+                self.create_checkout_session(CheckoutSpec {
+                    customer: Some(customer),
+                    lines: vec![(suite_once.clone(), 1)],
+                    ..CheckoutSpec::default()
+                });
+            }
+        }
+        self.now = wall;
+    }
 }

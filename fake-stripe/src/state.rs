@@ -19,7 +19,7 @@ use crate::{
 
 const FIXTURES: &str = include_str!(concat!(
     env!("CARGO_MANIFEST_DIR"),
-    "/../../shared/stripe/fixtures3.json"
+    "/vendor/stripe-openapi/fixtures3.json"
 ));
 
 /// Where the account clock starts: 2026-01-01T00:00:00Z.

@@ -10,8 +10,8 @@ use fake_stripe::FakeStripe;
 use serde_json::Value;
 
 fn fixtures() -> Value {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/stripe/fixtures3.json");
-    serde_json::from_str(&std::fs::read_to_string(path).expect("fixtures3.json beside the repo"))
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/vendor/stripe-openapi/fixtures3.json");
+    serde_json::from_str(&std::fs::read_to_string(path).expect("the vendored fixtures3.json"))
         .expect("fixtures3.json is JSON")
 }
 

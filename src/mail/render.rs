@@ -28,10 +28,11 @@ pub struct LicenseEmail {
     /// control characters dropped in the `To` header).
     pub to_name: Option<String>,
     pub license_key: String,
+    /// The license's product ids (what the license server checks).
     pub product_ids: Vec<String>,
-    /// One display name per entry of `product_ids`, same order. When the two
-    /// lists differ in length the ids are shown instead.
-    pub product_names: Vec<String>,
+    /// The Stripe product's name: what the customer bought and reads. Absent
+    /// (licenses issued before names were kept) or blank, the ids are shown.
+    pub product_name: Option<String>,
     pub quantity: i32,
     pub ip_limit: Option<i32>,
     /// Seats: already multiplied by the quantity.
@@ -43,6 +44,9 @@ pub struct LicenseEmail {
     pub resend: bool,
     /// Carries a key that replaces the license's old one (`licensync licenses reissue`).
     pub reissued: bool,
+    /// The license belongs to a subscription: its key renews with it and
+    /// stays the same.
+    pub subscription: bool,
 }
 
 /// The Message-ID of the email for one outbox row:
@@ -142,24 +146,65 @@ struct Values {
     customer_name: Option<String>,
     customer_email: String,
     license_key: String,
-    products: Vec<Product>,
+    /// What the customer bought: the Stripe product's name, else the ids.
+    product: String,
+    /// Earlier names of `product` and of the id list, kept so that override
+    /// templates written for them still render.
     products_display: String,
+    products: Vec<ProductId>,
     product_ids: Vec<String>,
     quantity: i32,
     ip_limit: Option<i32>,
     hwid_limit: Option<i32>,
+    /// The limits that are set, worded for a customer (`0` reads "no limit").
+    limits: Vec<Limit>,
     expiry: Expiry,
     resend: bool,
     reissued: bool,
+    subscription: bool,
     sender_name: String,
     support_email: Option<String>,
     support_name: Option<String>,
 }
 
 #[derive(Serialize)]
-struct Product {
+struct ProductId {
     id: String,
     name: String,
+}
+
+/// One limit of the license, as a label and a phrase.
+#[derive(Serialize)]
+struct Limit {
+    label: &'static str,
+    text: String,
+}
+
+/// The limits a customer reads. A limit of `0` means the license server does
+/// not limit that dimension (a license usable on no device would be
+/// pointless), so it reads "no limit" rather than a bare 0.
+fn limits(email: &LicenseEmail) -> Vec<Limit> {
+    let mut limits = Vec::new();
+    if let Some(devices) = email.hwid_limit {
+        let text = match devices {
+            0 => "no limit".to_owned(),
+            1 => "1 at a time".to_owned(),
+            n => format!("up to {n} at a time"),
+        };
+        limits.push(Limit { label: "Devices", text });
+    }
+    if let Some(ips) = email.ip_limit {
+        let text = match ips {
+            0 => "no limit".to_owned(),
+            1 => "1 address".to_owned(),
+            n => format!("up to {n} different addresses"),
+        };
+        limits.push(Limit {
+            label: "IP addresses",
+            text,
+        });
+    }
+    limits
 }
 
 /// `kind` is `date`, `never` or `activation`.
@@ -249,34 +294,36 @@ impl Composer<'_> {
         let customer_name = email.to_name.as_deref().and_then(clean_name);
         let to = Mailbox::new(customer_name.clone(), address);
 
-        let ids = &email.product_ids;
-        let names = if email.product_names.len() == ids.len() {
-            &email.product_names
-        } else {
-            ids
-        };
-        let products: Vec<Product> = ids
+        let product = email
+            .product_name
+            .as_deref()
+            .and_then(clean_name)
+            .unwrap_or_else(|| english_list(&email.product_ids));
+
+        let products = email
+            .product_ids
             .iter()
-            .zip(names)
-            .map(|(id, name)| Product {
+            .map(|id| ProductId {
                 id: id.clone(),
-                name: name.clone(),
+                name: id.clone(),
             })
             .collect();
-
         let ctx = Values {
+            products_display: product.clone(),
+            products,
             customer_name,
             customer_email: email.to_email.clone(),
             license_key: email.license_key.clone(),
-            products_display: english_list(names),
-            products,
-            product_ids: ids.clone(),
+            product,
+            product_ids: email.product_ids.clone(),
             quantity: email.quantity,
             ip_limit: email.ip_limit,
             hwid_limit: email.hwid_limit,
+            limits: limits(email),
             expiry: expiry(email)?,
             resend: email.resend,
             reissued: email.reissued,
+            subscription: email.subscription,
             sender_name: self.from.name.clone().unwrap_or_else(|| self.from.email.to_string()),
             support_email: self.support.map(|s| s.email.to_string()),
             support_name: self.support.and_then(|s| s.name.clone()),

@@ -5,6 +5,10 @@ use super::*;
 use crate::domain::{ActionKind as K, CustomerInfo, LicenseStatus as L, ReversalKind as R, SubscriptionStatus as S};
 use crate::fixtures::*;
 
+fn plan_with(world: &World, config: &PlanConfig, now: Timestamp) -> Plan {
+    plan(&world.facts(), &[], config, now)
+}
+
 /// The only action of a plan.
 fn only(plan: &Plan) -> &Action {
     assert_eq!(
@@ -57,6 +61,12 @@ fn every_subscription_status_row_gives_the_status_and_expiry_of_the_table() {
             sub_item().cancel_at(day(20)),
             L::Active,
             day(20),
+        ),
+        (
+            "active, cancel_at exactly at period end (Stripe's cancel at period end)",
+            sub_item().cancel_at(day(30)),
+            L::Active,
+            day(30),
         ),
         (
             "active, cancel_at after period end",
@@ -199,7 +209,7 @@ fn incomplete_expired_without_a_license_issues_nothing() {
 #[test]
 fn subscriptions_first_seen_ended_or_paused_issue_no_dead_key() {
     for status in [S::Paused, S::Unpaid, S::Canceled, S::IncompleteExpired] {
-        let world = World::new(vec![sub_item().status(status).ended_at(Some(day(3))).fact()]);
+        let world = World::new(vec![sub_item().status(status.clone()).ended_at(Some(day(3))).fact()]);
         let plan = world.plan(&[], day(10));
         assert!(plan.is_empty(), "{status:?}: {plan:#?}");
     }
@@ -293,6 +303,108 @@ fn immediate_cancellation_moves_the_expiry_backward_and_expires() {
     assert_eq!(action.before.as_ref().unwrap().expires_at, Some(day(30) + hours(24)));
     assert_eq!(licenses[0].expires_at, Some(day(10)));
     assert!(licenses[0].expires_at < action.before.as_ref().unwrap().expires_at);
+}
+
+#[test]
+fn mail_since_issues_older_purchases_silently_and_mails_the_rest() {
+    let world = World::new(vec![
+        // Bought on day 2: before the cut-off.
+        sub_item().id("si_old").created(day(2)).fact(),
+        // An item added to that subscription exactly at the cut-off: mailed.
+        sub_item().id("si_new").created(day(5)).fact(),
+        one_time().checkout("cs_old", "li_1").purchased_at(day(4)).fact(),
+        one_time().checkout("cs_new", "li_1").purchased_at(day(6)).fact(),
+    ]);
+    let config = PlanConfig {
+        mail_since: Some(day(5)),
+        ..PlanConfig::default()
+    };
+    let plan = plan(&world.facts(), &[], &config, day(7));
+    let email_of = |source_id: &str| {
+        plan.actions
+            .iter()
+            .find(|a| a.grant.source_id == source_id)
+            .unwrap_or_else(|| panic!("no action for {source_id}: {:#?}", plan.actions))
+            .email
+    };
+    // Every grant is issued; only the email differs.
+    assert_eq!(kinds(&plan), vec![K::Issue; 4]);
+    assert_eq!(email_of("si_old"), Some(IssueEmail::Silent));
+    assert_eq!(email_of("si_new"), Some(IssueEmail::Send));
+    assert_eq!(email_of("cs_old/li_1"), Some(IssueEmail::Silent));
+    assert_eq!(email_of("cs_new/li_1"), Some(IssueEmail::Send));
+    assert_eq!(plan.emails(), (2, 2));
+
+    // Without the setting every new license is mailed.
+    let everyone = world.plan(&[], day(7));
+    assert!(everyone.actions.iter().all(|a| a.email == Some(IssueEmail::Send)));
+    assert_eq!(everyone.emails(), (4, 0));
+}
+
+#[test]
+fn only_an_issue_carries_an_email_and_a_customer_without_address_is_not_counted() {
+    let licenses = issued_subscription();
+    let renewed = World::new(vec![sub_item().period(day(30), day(60)).fact()]);
+    let plan = renewed.plan(&licenses, day(31));
+    assert_eq!(only(&plan).kind, K::Extend);
+    assert_eq!(only(&plan).email, None);
+    assert_eq!(plan.emails(), (0, 0));
+
+    let anonymous = World::new(vec![sub_item().customer(CustomerInfo::default()).fact()]);
+    let plan = anonymous.plan(&[], day(1));
+    assert_eq!(only(&plan).email, Some(IssueEmail::Send));
+    assert_eq!(plan.emails(), (0, 0), "no address: nothing will be sent");
+    // Kept back by --mail-since or not, an issue without an address is
+    // neither mailed nor skipped: its outbox row is `no_recipient`.
+    let config = PlanConfig {
+        mail_since: Some(day(5)),
+        ..PlanConfig::default()
+    };
+    let plan = plan_with(&anonymous, &config, day(6));
+    assert_eq!(only(&plan).email, Some(IssueEmail::Silent));
+    assert_eq!(plan.emails(), (0, 0));
+}
+
+#[test]
+fn a_license_keeps_its_stripe_product_name() {
+    let plan = World::new(vec![sub_item().fact()]).plan(&[], day(1));
+    let name = only(&plan).after.product_name.clone();
+    assert!(name.as_deref().is_some_and(|n| !n.is_empty()), "{name:?}");
+    assert_eq!(
+        name.as_deref(),
+        catalog().product_name("prod_pro"),
+        "the name of the product the item's price belongs to"
+    );
+}
+
+#[test]
+fn an_unknown_subscription_status_skips_the_grant_and_keeps_its_license() {
+    let unknown = || S::Unknown("on_hold".into());
+    // First seen with a status Stripe added later: nothing issued, one skip
+    // naming the subscription and the value.
+    let world = World::new(vec![sub_item().status(unknown()).fact()]);
+    let plan = world.plan(&[], day(1));
+    assert!(plan.actions.is_empty(), "{:#?}", plan.actions);
+    assert_eq!(plan.skipped.len(), 1, "{:#?}", plan.skipped);
+    let skip = &plan.skipped[0];
+    assert_eq!(skip.stripe_object, "sub_1");
+    assert!(
+        skip.reason.contains("sub_1") && skip.reason.contains("`on_hold`"),
+        "{}",
+        skip.reason
+    );
+    assert_eq!(skip.grant, Some(GrantKey::subscription_item("si_1")));
+
+    // An existing license of it stays exactly as it was, however its other
+    // fields moved in Stripe.
+    let licenses = issued_subscription();
+    let moved = World::new(vec![
+        sub_item().status(unknown()).quantity(7).period(day(30), day(60)).fact(),
+    ]);
+    let plan = moved.plan(&licenses, day(5));
+    assert!(plan.actions.is_empty(), "{:#?}", plan.actions);
+    assert_eq!(plan.skipped.len(), 1);
+    assert_eq!(plan.unchanged, 1);
 }
 
 #[test]
@@ -923,6 +1035,7 @@ fn an_absurd_grace_saturates_instead_of_panicking() {
     let config = PlanConfig {
         grace: Duration::MAX,
         past_due_grace: Duration::MAX,
+        mail_since: None,
     };
     let plan = plan(&world.facts(), &[], &config, day(1));
     assert_eq!(only(&plan).after.expires_at, Some(DateTime::<Utc>::MAX_UTC));
@@ -959,7 +1072,7 @@ fn an_action_lists_exactly_the_fields_it_changes() {
 fn an_issue_lists_every_field_as_new() {
     let plan = World::new(vec![one_time().fact()]).plan(&[], day(1));
     let changes = only(&plan).changes();
-    assert_eq!(changes.len(), 14);
+    assert_eq!(changes.len(), 15);
     assert!(changes.iter().all(|c| c.before.is_none()));
     let status = changes.iter().find(|c| c.field == "status").unwrap();
     assert_eq!(status.after, serde_json::json!("active"));

@@ -18,7 +18,7 @@ use diesel::r2d2::{ConnectionManager, Pool, PooledConnection};
 use diesel::upsert::excluded;
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 
-use crate::domain::{ActionKind, GrantKey, License, LicenseStatus, SourceKind};
+use crate::domain::{ActionKind, EmailStatus, GrantKey, License, LicenseStatus, SourceKind};
 use crate::secret::redact;
 use models::{LedgerRow, LicenseRow, NewLedgerRow, NewLicenseRow, NewOutboxRow, OutboxRow, RunRow};
 use schema::{email_outbox, license_ledger, licenses, runs, sync_state};
@@ -29,6 +29,23 @@ pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
 
 /// The advisory lock key of "a run is in progress" (one run per database).
 const RUN_LOCK_KEY: i64 = 0x6c69_6365_6e73_796e; // "licensyn"
+/// First key of the advisory locks that tell which outbox senders are alive
+/// (`pg_advisory_lock(SENDER_LOCK_CLASS, sender id)`); the two-key form keeps
+/// them apart from the run lock's one-key form in `pg_locks`.
+const SENDER_LOCK_CLASS: i32 = 0x6c73_6d6c; // "lsml"
+
+/// SQL that is true for an outbox row claimed by a sender whose session has
+/// ended (crashed, killed): its advisory lock is gone with its connection.
+fn claimer_gone() -> String {
+    format!(
+        "email_outbox.claimed_by IS NOT NULL AND NOT EXISTS (\
+         SELECT 1 FROM pg_locks l \
+         WHERE l.locktype = 'advisory' \
+         AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+         AND l.classid = {SENDER_LOCK_CLASS} AND l.objsubid = 2 \
+         AND l.objid = email_outbox.claimed_by::oid AND l.granted)"
+    )
+}
 
 /// Every `source_kind` the licenses table's CHECK constraint allows.
 const ALL_SOURCE_KINDS: [SourceKind; 3] = [
@@ -67,6 +84,23 @@ impl std::fmt::Debug for Store {
     }
 }
 
+/// One sender of the outbox, alive as long as this value: its own database
+/// session holds the advisory lock `(SENDER_LOCK_CLASS, id)`, and the rows it
+/// claims carry `claimed_by = id`. When the process dies the session ends
+/// and the lock with it, so the next sender takes those rows at once
+/// instead of waiting out their lease; a live sender's claims keep their
+/// lease (two senders never take one row).
+pub struct SenderSession {
+    _conn: PgConnection,
+    id: i32,
+}
+
+impl SenderSession {
+    pub fn id(&self) -> i32 {
+        self.id
+    }
+}
+
 /// Held while a run is in progress; dropping it closes the session that
 /// holds the advisory lock, which releases it.
 pub struct RunLock {
@@ -89,8 +123,16 @@ pub struct LicenseWrite {
     pub before: Option<serde_json::Value>,
     pub after: serde_json::Value,
     pub stripe_object: String,
-    /// `Some(kind)` queues an email of that kind about this license.
-    pub email: Option<String>,
+    /// Queues an email about this license.
+    pub email: Option<QueuedEmail>,
+}
+
+/// An outbox row written with its license: the kind (one per license) and
+/// the state it starts in, which the applier decides.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueuedEmail {
+    pub kind: String,
+    pub status: EmailStatus,
 }
 
 /// What a write produced.
@@ -114,6 +156,8 @@ pub struct OutboxCounts {
     pub sent: i64,
     pub failed: i64,
     pub no_recipient: i64,
+    /// Issued silently under `--mail-since`; `mail resend` can still send them.
+    pub skipped: i64,
 }
 
 impl Store {
@@ -159,6 +203,23 @@ impl Store {
         conn.revert_all_migrations(MIGRATIONS)
             .map_err(|e| anyhow!("reverting migrations: {e}"))?;
         Ok(())
+    }
+
+    /// Opens a sender session (see [`SenderSession`]) under a fresh random id.
+    pub fn sender_session(&self) -> Result<SenderSession> {
+        let mut conn = PgConnection::establish(self.url.expose())
+            .map_err(|e| anyhow!("connecting to the license database: {}", redact(&e.to_string())))?;
+        loop {
+            let id: i32 = rand::random_range(1..i32::MAX);
+            let locked: bool = diesel::select(diesel::dsl::sql::<diesel::sql_types::Bool>(&format!(
+                "pg_try_advisory_lock({SENDER_LOCK_CLASS}, {id})"
+            )))
+            .get_result(&mut conn)
+            .context("registering the email sender")?;
+            if locked {
+                return Ok(SenderSession { _conn: conn, id });
+            }
+        }
     }
 
     /// Takes the one-run-per-database lock, or `None` when another run has it.
@@ -322,6 +383,7 @@ impl Store {
                     licenses::livemode.eq(excluded(licenses::livemode)),
                     // Equal to the stored override but for its Stripe side (the filter below).
                     licenses::operator_override.eq(excluded(licenses::operator_override)),
+                    licenses::product_name.eq(excluded(licenses::product_name)),
                     licenses::updated_at.eq(diesel::dsl::now),
                 ));
             // A run never creates, clears or changes an override: when an
@@ -362,13 +424,12 @@ impl Store {
                     reason: None,
                     operator: None,
                 });
-                if let Some(kind) = &w.email {
-                    let recipient = w.license.customer_email.clone();
+                if let Some(email) = &w.email {
                     outbox.push(NewOutboxRow {
                         license_id,
-                        kind: kind.clone(),
-                        status: if recipient.is_some() { "pending" } else { "no_recipient" }.to_owned(),
-                        recipient,
+                        kind: email.kind.clone(),
+                        status: email.status.as_str().to_owned(),
+                        recipient: w.license.customer_email.clone(),
                     });
                 }
                 let source_kind = SourceKind::parse(&grant.0).expect("written source kinds are valid");
@@ -493,11 +554,12 @@ impl Store {
     /// `SKIP LOCKED` keeps two concurrent senders off the same row.
     pub fn claim_due_emails(
         &self,
+        sender: &SenderSession,
         now: DateTime<Utc>,
         lease_until: DateTime<Utc>,
         limit: i64,
     ) -> Result<Vec<OutboxJob>> {
-        self.claim_due_emails_after(0, now, lease_until, limit)
+        self.claim_due_emails_after(sender.id(), 0, now, lease_until, limit)
     }
 
     /// [`Store::claim_due_emails`] for rows with an id above `after_id`, so
@@ -505,6 +567,7 @@ impl Store {
     /// back as due again ([`Store::release_email`]).
     pub fn claim_due_emails_after(
         &self,
+        sender: i32,
         after_id: i64,
         now: DateTime<Utc>,
         lease_until: DateTime<Utc>,
@@ -514,7 +577,11 @@ impl Store {
         conn.transaction(|conn| {
             let ids: Vec<i64> = email_outbox::table
                 .filter(email_outbox::status.eq("pending"))
-                .filter(email_outbox::next_attempt_at.le(now))
+                .filter(
+                    email_outbox::next_attempt_at
+                        .le(now)
+                        .or(diesel::dsl::sql::<diesel::sql_types::Bool>(&claimer_gone())),
+                )
                 .filter(email_outbox::id.gt(after_id))
                 .order(email_outbox::id.asc())
                 .limit(limit)
@@ -526,6 +593,7 @@ impl Store {
                 .set((
                     email_outbox::attempts.eq(email_outbox::attempts + 1),
                     email_outbox::next_attempt_at.eq(lease_until),
+                    email_outbox::claimed_by.eq(Some(sender)),
                 ))
                 .returning(OutboxRow::as_returning())
                 .get_results(conn)?;
@@ -566,6 +634,7 @@ impl Store {
                 email_outbox::status.eq("sent"),
                 email_outbox::sent_at.eq(diesel::dsl::now),
                 email_outbox::last_error.eq(None::<String>),
+                email_outbox::claimed_by.eq(None::<i32>),
             ))
             .execute(&mut conn)
             .context("marking an email sent")?;
@@ -583,6 +652,7 @@ impl Store {
             .set((
                 email_outbox::attempts.eq(email_outbox::attempts - 1),
                 email_outbox::next_attempt_at.eq(diesel::dsl::now),
+                email_outbox::claimed_by.eq(None::<i32>),
             ))
             .execute(&mut conn)
             .context("releasing a queued email")?;
@@ -605,10 +675,18 @@ impl Store {
         let row = Self::claimed(outbox_id, attempt);
         match retry_at {
             Some(at) => diesel::update(row)
-                .set((email_outbox::last_error.eq(error), email_outbox::next_attempt_at.eq(at)))
+                .set((
+                    email_outbox::last_error.eq(error),
+                    email_outbox::next_attempt_at.eq(at),
+                    email_outbox::claimed_by.eq(None::<i32>),
+                ))
                 .execute(&mut conn),
             None => diesel::update(row)
-                .set((email_outbox::last_error.eq(error), email_outbox::status.eq("failed")))
+                .set((
+                    email_outbox::last_error.eq(error),
+                    email_outbox::status.eq("failed"),
+                    email_outbox::claimed_by.eq(None::<i32>),
+                ))
                 .execute(&mut conn),
         }
         .map(|changed| changed == 1)
@@ -622,6 +700,7 @@ impl Store {
             .set((
                 email_outbox::status.eq("no_recipient"),
                 email_outbox::attempts.eq(email_outbox::attempts - 1),
+                email_outbox::claimed_by.eq(None::<i32>),
             ))
             .execute(&mut conn)
             .map(|changed| changed == 1)
@@ -674,15 +753,27 @@ impl Store {
             .context("counting emails")?;
         let mut counts = OutboxCounts::default();
         for (status, n) in rows {
-            match status.as_str() {
-                "pending" => counts.pending = n,
-                "sent" => counts.sent = n,
-                "failed" => counts.failed = n,
-                "no_recipient" => counts.no_recipient = n,
-                _ => {}
+            match status.parse::<EmailStatus>() {
+                Ok(EmailStatus::Pending) => counts.pending = n,
+                Ok(EmailStatus::Sent) => counts.sent = n,
+                Ok(EmailStatus::Failed) => counts.failed = n,
+                Ok(EmailStatus::NoRecipient) => counts.no_recipient = n,
+                Ok(EmailStatus::Skipped) => counts.skipped = n,
+                Err(_) => {}
             }
         }
         Ok(counts)
+    }
+
+    /// When the oldest email still `pending` was queued (`None`: none is),
+    /// retries in backoff included: the customer is waiting for it either way.
+    pub fn oldest_pending_email(&self) -> Result<Option<DateTime<Utc>>> {
+        let mut conn = self.conn()?;
+        email_outbox::table
+            .filter(email_outbox::status.eq("pending"))
+            .select(diesel::dsl::min(email_outbox::created_at))
+            .first(&mut conn)
+            .context("reading the oldest pending email")
     }
 
     pub fn outbox_for_license(&self, license_id: i64) -> Result<Vec<OutboxRow>> {

@@ -34,6 +34,7 @@ pub struct LicenseRow {
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub operator_override: Option<serde_json::Value>,
+    pub product_name: Option<String>,
 }
 
 impl LicenseRow {
@@ -55,6 +56,7 @@ impl LicenseRow {
                 ),
             },
             product_ids: self.product_ids.into_iter().flatten().collect(),
+            product_name: self.product_name,
             key: self.key,
             source_id: self.source_id,
             stripe_customer_id: self.stripe_customer_id,
@@ -98,6 +100,7 @@ pub struct NewLicenseRow {
     /// Never creates or clears an override: on an existing row with one, its
     /// `stripe` member replaces the stored one (see `Store::write_page`).
     pub operator_override: Option<serde_json::Value>,
+    pub product_name: Option<String>,
 }
 
 impl NewLicenseRow {
@@ -121,6 +124,7 @@ impl NewLicenseRow {
             expires_at: state.expires_at,
             livemode: state.livemode,
             operator_override: None,
+            product_name: state.product_name.clone(),
         }
     }
 }
@@ -195,6 +199,8 @@ pub struct OutboxRow {
     pub sent_at: Option<DateTime<Utc>>,
     pub message_id: String,
     pub created_at: DateTime<Utc>,
+    /// The sender session holding the row's claim, while one does.
+    pub claimed_by: Option<i32>,
 }
 
 #[derive(Debug, Clone, Insertable)]

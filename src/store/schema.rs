@@ -13,6 +13,7 @@ diesel::table! {
         sent_at -> Nullable<Timestamptz>,
         message_id -> Text,
         created_at -> Timestamptz,
+        claimed_by -> Nullable<Int4>,
     }
 }
 
@@ -65,6 +66,7 @@ diesel::table! {
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
         operator_override -> Nullable<Jsonb>,
+        product_name -> Nullable<Text>,
     }
 }
 

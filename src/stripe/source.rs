@@ -199,6 +199,11 @@ impl StripeSource {
         self.transport.requests()
     }
 
+    /// Of those, the ones Stripe answered 429 (rate limited).
+    pub fn rate_limited(&self) -> u64 {
+        self.transport.rate_limited()
+    }
+
     /// Sends one async-stripe request through the transport and decodes the
     /// answer with async-stripe's type for it.
     async fn fetch<R>(&self, request: &R) -> Result<R::Output, StripeError>
@@ -370,13 +375,8 @@ impl StripeSource {
         page: &mut GrantPage,
     ) -> Result<(), StripeError> {
         let sub_id = subscription.id.as_str().to_owned();
-        let status = SubscriptionStatus::parse(subscription.status.as_str()).ok_or_else(|| StripeError::Decode {
-            path: format!("/v1/subscriptions/{sub_id}"),
-            message: format!(
-                "subscription {sub_id} has status `{}`, which licensync does not know",
-                subscription.status.as_str()
-            ),
-        })?;
+        // An unknown status is a fact too: the planner skips its grants.
+        let status = SubscriptionStatus::parse(subscription.status.as_str());
         let mut items = subscription.items.data;
         if subscription.items.has_more {
             let mut after = items.last().map(|i| i.id.as_str().to_owned());
@@ -414,7 +414,7 @@ impl StripeSource {
             page.grants.push(GrantFact::Subscription(SubscriptionItemFact {
                 item_id: item.id.as_str().to_owned(),
                 subscription_id: sub_id.clone(),
-                status,
+                status: status.clone(),
                 customer: customer.clone(),
                 price_id: item.price.id.as_str().to_owned(),
                 product_id: item.price.product.id().as_str().to_owned(),

@@ -4,8 +4,8 @@
 //! one pooled keep-alive client (https via rustls/webpki roots, plain http
 //! for loopback fakes), retries with exponential backoff and jitter that
 //! honour `Retry-After` and `Stripe-Should-Retry`, a client-side rate
-//! ceiling (governor), a per-attempt timeout, and a counter of every HTTP
-//! attempt made.
+//! ceiling (governor), a per-attempt timeout, and counters of every HTTP
+//! attempt made and of the 429s among them.
 
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -127,6 +127,7 @@ pub struct Transport {
     initial_backoff: Duration,
     max_backoff: Duration,
     requests: AtomicU64,
+    rate_limited: AtomicU64,
 }
 
 impl std::fmt::Debug for Transport {
@@ -136,6 +137,7 @@ impl std::fmt::Debug for Transport {
             .field("key", &self.masked_key)
             .field("ceiling", &self.ceiling)
             .field("requests", &self.requests())
+            .field("rate_limited", &self.rate_limited())
             .finish_non_exhaustive()
     }
 }
@@ -270,12 +272,18 @@ impl Transport {
             initial_backoff: config.initial_backoff,
             max_backoff: config.max_backoff,
             requests: AtomicU64::new(0),
+            rate_limited: AtomicU64::new(0),
         })
     }
 
     /// Every HTTP attempt made so far, retries included.
     pub fn requests(&self) -> u64 {
         self.requests.load(Ordering::Relaxed)
+    }
+
+    /// The attempts Stripe answered 429 (rate limited), retried or not.
+    pub fn rate_limited(&self) -> u64 {
+        self.rate_limited.load(Ordering::Relaxed)
     }
 
     pub fn ceiling(&self) -> RateCeiling {
@@ -354,6 +362,9 @@ impl Transport {
             };
             if (200..300).contains(&status) {
                 return Ok(body);
+            }
+            if status == 429 {
+                self.rate_limited.fetch_add(1, Ordering::Relaxed);
             }
             let request_id = header_str(&headers, "request-id").map(str::to_owned);
             let envelope = parse_envelope(&body);

@@ -141,14 +141,15 @@ pub fn licensync() -> std::process::Command {
 /// transaction. `n` makes the grant unique; `email` is the customer's
 /// address as Stripe had it (`None`: no recipient).
 pub fn issue_license(store: &Store, n: usize, email: Option<&str>) -> licensync::store::Written {
-    use licensync::domain::{ActionKind, GrantKey, LicenseState, LicenseStatus};
-    use licensync::store::LicenseWrite;
+    use licensync::domain::{ActionKind, EmailStatus, GrantKey, LicenseState, LicenseStatus};
     use licensync::store::models::NewLicenseRow;
+    use licensync::store::{LicenseWrite, QueuedEmail};
 
     let grant = GrantKey::subscription_item(&format!("si_test_{n}"));
     let state = LicenseState {
         status: LicenseStatus::Active,
         product_ids: vec!["acme-pro".into()],
+        product_name: Some("Acme Pro".into()),
         stripe_customer_id: Some(format!("cus_test_{n}")),
         stripe_subscription_id: Some(format!("sub_test_{n}")),
         stripe_payment_intent: None,
@@ -168,7 +169,14 @@ pub fn issue_license(store: &Store, n: usize, email: Option<&str>) -> licensync:
         before: None,
         after: serde_json::to_value(&state).unwrap(),
         stripe_object: format!("sub_test_{n}"),
-        email: Some("license_issued".into()),
+        email: Some(QueuedEmail {
+            kind: "license_issued".into(),
+            status: if email.is_some() {
+                EmailStatus::Pending
+            } else {
+                EmailStatus::NoRecipient
+            },
+        }),
     };
     store.write_page(None, &[write]).unwrap().remove(0)
 }

@@ -13,7 +13,7 @@ use licensync::mail::{LicenseEmail, MailSettings, MailUrl, parse_from};
 pub const FROM: &str = "Acme Licenses <licenses@acme.test>";
 pub const KEY: &str = "ABCDE-FGHJK-MNPQR-STUVW-XYZ23";
 
-/// A two-product license with limits and a date, as the outbox would hand it over.
+/// A two-product license (one Stripe product) with limits and a date, as the outbox would hand it over.
 pub fn sample_email(outbox_id: i64) -> LicenseEmail {
     LicenseEmail {
         outbox_id,
@@ -21,7 +21,7 @@ pub fn sample_email(outbox_id: i64) -> LicenseEmail {
         to_name: Some("Ada Lovelace".to_owned()),
         license_key: KEY.to_owned(),
         product_ids: vec!["acme-pro".to_owned(), "acme-cloud".to_owned()],
-        product_names: vec!["Acme Pro".to_owned(), "Acme Cloud".to_owned()],
+        product_name: Some("Acme Pro Suite".to_owned()),
         quantity: 3,
         ip_limit: Some(5),
         hwid_limit: Some(6),
@@ -30,6 +30,7 @@ pub fn sample_email(outbox_id: i64) -> LicenseEmail {
         expiration_start: None,
         resend: false,
         reissued: false,
+        subscription: false,
     }
 }
 

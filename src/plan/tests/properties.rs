@@ -14,16 +14,20 @@ use crate::fixtures::*;
 use crate::operator::Command;
 use crate::plan::{Plan, kind_of_change};
 
-const STATUSES: [SubscriptionStatus; 8] = [
-    SubscriptionStatus::Incomplete,
-    SubscriptionStatus::IncompleteExpired,
-    SubscriptionStatus::Trialing,
-    SubscriptionStatus::Active,
-    SubscriptionStatus::PastDue,
-    SubscriptionStatus::Canceled,
-    SubscriptionStatus::Unpaid,
-    SubscriptionStatus::Paused,
-];
+/// Every status of the rules, plus one Stripe may add later.
+fn statuses() -> Vec<SubscriptionStatus> {
+    vec![
+        SubscriptionStatus::Incomplete,
+        SubscriptionStatus::IncompleteExpired,
+        SubscriptionStatus::Trialing,
+        SubscriptionStatus::Active,
+        SubscriptionStatus::PastDue,
+        SubscriptionStatus::Canceled,
+        SubscriptionStatus::Unpaid,
+        SubscriptionStatus::Paused,
+        SubscriptionStatus::Unknown("on_hold".to_owned()),
+    ]
+}
 
 /// Licensed, multi-product, misconfigured, unlicensed and unknown prices.
 const SUBSCRIPTION_PRICES: [(&str, &str); 6] = [
@@ -56,7 +60,7 @@ prop_compose! {
     fn subscription_item()(
         item in 0u8..5,
         subscription in 0u8..3,
-        status in prop::sample::select(STATUSES.to_vec()),
+        status in prop::sample::select(statuses()),
         price in prop::sample::select(SUBSCRIPTION_PRICES.to_vec()),
         quantity in 0i64..4,
         start in 0i64..100,
