@@ -65,8 +65,8 @@ diesel::table! {
         livemode -> Bool,
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
-        operator_override -> Nullable<Jsonb>,
         product_name -> Nullable<Text>,
+        operator_override -> Nullable<Jsonb>,
     }
 }
 
