@@ -167,6 +167,20 @@ pub enum FaultKind {
     DropConnection,
     /// Wait, then answer normally.
     Latency(Duration),
+    /// Answer normally. It still consumes one of the matching requests, so a
+    /// fault injected after it hits a later one: `Pass` twice, then a 500,
+    /// fails the third page of a list.
+    Pass,
+    /// 429 with Stripe's `rate_limit` envelope and neither `Retry-After` nor
+    /// `Stripe-Should-Retry`: the client must decide from the status alone.
+    TooManyRequestsWithoutRetryAfter,
+    /// The normal answer, cut off: the headers announce the whole body
+    /// (`Content-Length`), the first half of it is sent, then the connection
+    /// closes, as when a connection dies mid-transfer.
+    TruncatedBody,
+    /// An HTML page with the given status instead of Stripe's JSON, as a
+    /// proxy, load balancer or captive portal in the way answers (e.g. 200 or 502).
+    NonJsonBody(u16),
 }
 
 impl FakeStripe {
@@ -312,6 +326,12 @@ impl FakeStripe {
 
     pub fn inject_fault(&self, fault: Fault) {
         self.st().faults.push(fault);
+    }
+
+    /// Requests the injected faults have yet to hit (the sum of their
+    /// remaining `times`): 0 once every fault happened.
+    pub fn faults_left(&self) -> usize {
+        self.st().faults.iter().map(|f| f.times).sum()
     }
 
     /// Every recorded event, oldest first.

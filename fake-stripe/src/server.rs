@@ -4,16 +4,17 @@
 //! than `axum::serve`) is what lets a fault close a connection without answering:
 //! a service error makes hyper drop the connection.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::body::Body;
+use axum::body::{Body, Bytes, HttpBody};
 use axum::extract::{Path, RawQuery, State as AxumState};
 use axum::http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, header};
 use axum::routing::get;
-use hyper::body::Incoming;
+use hyper::body::{Frame, Incoming};
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
 use tokio::net::TcpListener;
@@ -120,16 +121,40 @@ async fn handle(state: Shared, router: Router, req: Request<Incoming>) -> Result
                 .insert("stripe-should-retry", HeaderValue::from_static("true"));
             resp
         }
+        Some(FaultKind::TooManyRequestsWithoutRetryAfter) => {
+            let message =
+                "Request rate limit exceeded. Learn more about rate limits here https://stripe.com/docs/rate-limits.";
+            error_response(ApiError::new(
+                429,
+                "invalid_request_error",
+                Some("rate_limit"),
+                message.into(),
+                None,
+            ))
+        }
+        Some(FaultKind::NonJsonBody(status)) => Response::builder()
+            .status(StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY))
+            .header(header::CONTENT_TYPE, "text/html; charset=utf-8")
+            .body(Body::from(
+                "<html><head><title>Gateway</title></head><body><h1>Upstream unavailable</h1>\n\
+                 <p>injected fault: this is not Stripe's JSON</p></body></html>\n",
+            ))
+            .expect("a static response is valid"),
         fault => {
             if let Some(FaultKind::Latency(delay)) = fault {
                 tokio::time::sleep(delay).await;
             }
-            match authenticate(req.headers(), &api_key) {
+            let response = match authenticate(req.headers(), &api_key) {
                 Err(err) => error_response(err),
                 Ok(()) => match router.oneshot(req.map(Body::new)).await {
                     Ok(resp) => resp,
                     Err(never) => match never {},
                 },
+            };
+            if let Some(FaultKind::TruncatedBody) = fault {
+                truncated(response).await
+            } else {
+                response
             }
         }
     };
@@ -137,6 +162,48 @@ async fn handle(state: Shared, router: Router, req: Request<Incoming>) -> Result
     response.headers_mut().insert("request-id", id);
     log(response.status().as_u16());
     Ok(response)
+}
+
+/// `response` with the same status and headers, a `Content-Length` of its
+/// whole body, and a body that stops with an error after the first half:
+/// hyper then closes the connection mid-body.
+async fn truncated(response: Response<Body>) -> Response<Body> {
+    let (mut parts, body) = response.into_parts();
+    let whole = axum::body::to_bytes(body, usize::MAX).await.unwrap_or_default();
+    parts
+        .headers
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(whole.len()));
+    let half = whole.slice(..whole.len() / 2);
+    Response::from_parts(
+        parts,
+        Body::new(CutOff {
+            first: Some(half),
+            pause: Box::pin(tokio::time::sleep(Duration::from_millis(100))),
+        }),
+    )
+}
+
+/// A body that yields its one chunk, then fails. The failure waits a moment,
+/// so that hyper flushes the headers and the chunk before it closes the
+/// connection (it buffers them together).
+struct CutOff {
+    first: Option<Bytes>,
+    pause: std::pin::Pin<Box<tokio::time::Sleep>>,
+}
+
+impl HttpBody for CutOff {
+    type Data = Bytes;
+    type Error = DropConnection;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, DropConnection>>> {
+        if let Some(chunk) = self.first.take() {
+            return std::task::Poll::Ready(Some(Ok(Frame::data(chunk))));
+        }
+        self.pause.as_mut().poll(cx).map(|()| Some(Err(DropConnection)))
+    }
 }
 
 fn lock(state: &Shared) -> std::sync::MutexGuard<'_, State> {

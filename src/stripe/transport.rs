@@ -229,6 +229,16 @@ fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     Some(Duration::from_secs_f64(secs).min(MAX_RETRY_AFTER))
 }
 
+/// Why a 2xx answer that is not JSON is unusable, with the start of it.
+fn not_json(status: u16, headers: &HeaderMap, body: &[u8]) -> String {
+    let text: String = String::from_utf8_lossy(body).chars().take(100).collect();
+    format!(
+        "HTTP {status} answer is not JSON (content-type {}): {}",
+        header_str(headers, "content-type").unwrap_or("none"),
+        redact(text.trim())
+    )
+}
+
 enum Attempt {
     Answered {
         status: u16,
@@ -342,6 +352,17 @@ impl Transport {
             {
                 Ok(outcome) => outcome,
                 Err(_) => Attempt::Failed(format!("no complete response within {timeout:?}")),
+            };
+            let outcome = match outcome {
+                // Stripe always answers JSON: a 2xx that is not (a proxy's or
+                // portal's HTML page) is a failed attempt, retried like one.
+                Attempt::Answered { status, headers, body }
+                    if (200..300).contains(&status)
+                        && serde_json::from_slice::<serde::de::IgnoredAny>(&body).is_err() =>
+                {
+                    Attempt::Failed(not_json(status, &headers, &body))
+                }
+                other => other,
             };
             let (status, headers, body) = match outcome {
                 Attempt::Answered { status, headers, body } => (status, headers, body),

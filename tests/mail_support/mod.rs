@@ -86,6 +86,27 @@ pub struct SmtpSink {
     dir: tempfile::TempDir,
 }
 
+/// How to start an [`SmtpSink`] beyond the presets; every behaviour is off
+/// by default (no TLS, no AUTH, a free port).
+#[derive(Debug, Clone, Default)]
+pub struct SinkOptions {
+    /// STARTTLS required, with a self-signed certificate for 127.0.0.1.
+    pub tls: bool,
+    /// AUTH required with this user and password (offered after STARTTLS when `tls`).
+    pub auth: Option<(String, String)>,
+    /// The first N messages are refused at DATA with 451 4.3.0.
+    pub defer_first: u32,
+    /// The first N connections are greeted with 421 4.3.2 and closed.
+    pub refuse_first: u32,
+    /// The first N messages are stored, then the connection is dropped
+    /// instead of answering 250.
+    pub drop_after_data: u32,
+    /// Each DATA is answered this much later.
+    pub delay_data: Option<std::time::Duration>,
+    /// Listen on this port instead of a free one.
+    pub port: Option<u16>,
+}
+
 pub const SINK_USER: &str = "licensync";
 /// Characters that must be percent-encoded in the URL, to prove decoding.
 pub const SINK_PASSWORD: &str = "p@ss w:rd/42";
@@ -123,6 +144,16 @@ impl SmtpSink {
     }
 
     fn start(tls: bool, refusals: u32) -> Self {
+        Self::start_with(SinkOptions {
+            tls,
+            auth: tls.then(|| (SINK_USER.to_owned(), SINK_PASSWORD.to_owned())),
+            defer_first: refusals,
+            ..SinkOptions::default()
+        })
+    }
+
+    /// A sink with the behaviours of `options` (see [`SinkOptions`]).
+    pub fn start_with(options: SinkOptions) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let spool = dir.path().join("spool");
         std::fs::create_dir(&spool).unwrap();
@@ -131,9 +162,28 @@ impl SmtpSink {
 
         let mut cmd = Command::new(&python);
         cmd.arg(&script).arg("--spool").arg(&spool);
+        let refusals = options.defer_first;
         if refusals > 0 {
             cmd.arg("--defer-first").arg(refusals.to_string());
         }
+        for (flag, n) in [
+            ("--refuse-first", options.refuse_first),
+            ("--drop-after-data", options.drop_after_data),
+        ] {
+            if n > 0 {
+                cmd.arg(flag).arg(n.to_string());
+            }
+        }
+        if let Some(delay) = options.delay_data {
+            cmd.arg("--delay-data").arg(delay.as_secs_f64().to_string());
+        }
+        if let Some(port) = options.port {
+            cmd.arg("--port").arg(port.to_string());
+        }
+        if let Some((user, password)) = &options.auth {
+            cmd.arg("--user").arg(user).arg("--password").arg(password);
+        }
+        let tls = options.tls;
         let mut sink_tls = None;
         if tls {
             let rcgen::CertifiedKey { cert, signing_key } =
@@ -143,7 +193,6 @@ impl SmtpSink {
             std::fs::write(&cert_file, cert.pem()).unwrap();
             std::fs::write(&key_file, signing_key.serialize_pem()).unwrap();
             cmd.arg("--cert").arg(&cert_file).arg("--key").arg(&key_file);
-            cmd.arg("--user").arg(SINK_USER).arg("--password").arg(SINK_PASSWORD);
             sink_tls = Some(SinkTls { ca_file: cert_file });
         }
         let mut child = cmd
@@ -176,6 +225,11 @@ impl SmtpSink {
             tls: sink_tls,
             dir,
         }
+    }
+
+    /// A plain URL for a sink without TLS or AUTH (a local relay).
+    pub fn plain_url(&self) -> String {
+        format!("smtp://127.0.0.1:{}?tls=none", self.port)
     }
 
     /// The messages the server accepted, in order of arrival.

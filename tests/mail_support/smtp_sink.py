@@ -12,6 +12,14 @@ Recipients steer refusals: a local part starting with `reject-` gets
 550 5.1.1, one starting with `defer-` gets 451 4.3.0. With --defer-first N
 the first N messages are refused at DATA with 451 4.3.0 (a server that is
 busy for a while, then accepts).
+
+Faults for the fault tests (tests/faults.rs): --refuse-first N greets the
+first N connections with 421 4.3.2 and closes them (a server refusing
+service); --drop-after-data N stores the first N messages, then drops the
+connection instead of answering 250 (the client cannot know it arrived);
+--delay-data SECONDS waits that long before answering each DATA (a slow
+server); --port P listens on that port instead of a free one (a server
+that comes back where it was).
 """
 
 import argparse
@@ -25,10 +33,12 @@ from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
 
 
 class Spool:
-    def __init__(self, directory, defer_first=0):
+    def __init__(self, directory, defer_first=0, drop_after_data=0, delay_data=0.0):
         self.directory = directory
         self.count = 0
         self.deferrals_left = defer_first
+        self.drops_left = drop_after_data
+        self.delay_data = delay_data
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
         local = address.split("@", 1)[0]
@@ -40,6 +50,8 @@ class Spool:
         return "250 2.1.5 OK"
 
     async def handle_DATA(self, server, session, envelope):
+        if self.delay_data > 0:
+            await asyncio.sleep(self.delay_data)
         if self.deferrals_left > 0:
             self.deferrals_left -= 1
             return "451 4.3.0 busy, try again later"
@@ -60,7 +72,40 @@ class Spool:
         with open(base + ".json.tmp", "w") as f:
             json.dump(meta, f)
         os.replace(base + ".json.tmp", base + ".json")
+        if self.drops_left > 0:
+            # Stored, but the client never hears so: it must assume nothing.
+            self.drops_left -= 1
+            server.transport.abort()
+            return "250 2.0.0 queued as %04d (never sent)" % self.count
         return "250 2.0.0 queued as %04d" % self.count
+
+
+class Refusals:
+    """How many more connections to refuse with a 421 greeting."""
+
+    def __init__(self, count):
+        self.left = count
+
+
+def refusing(smtp_class, refusals):
+    """An SMTP protocol class that greets the first connections with 421 and closes them."""
+
+    class Refusing(smtp_class):
+        def connection_made(self, transport):
+            self._refused = refusals.left > 0
+            if self._refused:
+                refusals.left -= 1
+                transport.write(b"421 4.3.2 Service not available, closing transmission channel\r\n")
+                transport.close()
+                return
+            super().connection_made(transport)
+
+        def connection_lost(self, exc):
+            if self._refused:
+                return
+            super().connection_lost(exc)
+
+    return Refusing
 
 
 def main():
@@ -71,6 +116,10 @@ def main():
     parser.add_argument("--user")
     parser.add_argument("--password")
     parser.add_argument("--defer-first", type=int, default=0)
+    parser.add_argument("--refuse-first", type=int, default=0)
+    parser.add_argument("--drop-after-data", type=int, default=0)
+    parser.add_argument("--delay-data", type=float, default=0.0)
+    parser.add_argument("--port", type=int, default=0)
     args = parser.parse_args()
 
     tls_context = None
@@ -88,10 +137,11 @@ def main():
 
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
-    handler = Spool(args.spool, args.defer_first)
+    handler = Spool(args.spool, args.defer_first, args.drop_after_data, args.delay_data)
+    smtp_class = refusing(SMTP, Refusals(args.refuse_first))
 
     def factory():
-        return SMTP(
+        return smtp_class(
             handler,
             hostname="licensync-test-sink",
             tls_context=tls_context,
@@ -102,7 +152,9 @@ def main():
             loop=loop,
         )
 
-    server = loop.run_until_complete(loop.create_server(factory, host="127.0.0.1", port=0))
+    server = loop.run_until_complete(
+        loop.create_server(factory, host="127.0.0.1", port=args.port, reuse_address=True)
+    )
     print(server.sockets[0].getsockname()[1], flush=True)
 
     def on_stdin():
