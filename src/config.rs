@@ -221,6 +221,20 @@ fn parse_http_url(value: &str, setting: &str) -> Result<String> {
 
 fn check_database_url(value: &str) -> Result<()> {
     let fix = "expected postgres://USER@HOST:5432/DATABASE with the password in the URL or in ~/.pgpass (or unset it to use the embedded database)";
+    // libpq quotes a malformed escape back in its error, password and all:
+    // refuse it here, without echoing anything of the URL.
+    let bytes = value.as_bytes();
+    let malformed = bytes.iter().enumerate().any(|(i, b)| {
+        *b == b'%'
+            && !(bytes.get(i + 1).is_some_and(u8::is_ascii_hexdigit)
+                && bytes.get(i + 2).is_some_and(u8::is_ascii_hexdigit))
+    });
+    if malformed {
+        bail!(
+            "--database-url / DATABASE_URL has a `%` that does not start a percent-escape (`%` and two hex digits); \
+             percent-encode special characters of the user name and password (`%` is `%25`, `@` is `%40`, `/` is `%2F`)"
+        );
+    }
     let parsed =
         url::Url::parse(value).map_err(|e| anyhow!("--database-url / DATABASE_URL is not a valid URL ({e}); {fix}"))?;
     if !matches!(parsed.scheme(), "postgres" | "postgresql") {
@@ -310,5 +324,15 @@ mod tests {
         assert!(err.contains("DATABASE_URL") && !err.contains("hunter2"), "{err}");
         let err = check_database_url("not a url").unwrap_err().to_string();
         assert!(err.contains("DATABASE_URL"), "{err}");
+        // libpq would quote the whole password back: refused here, unquoted.
+        for bad in [
+            "postgres://u:hunter2%zz@h/db",
+            "postgres://u@h/db?password=hunter2%2",
+            "postgres://u:hunter2%@h/db",
+        ] {
+            let err = check_database_url(bad).unwrap_err().to_string();
+            assert!(err.contains("percent-escape") && !err.contains("hunter2"), "{err}");
+        }
+        assert!(check_database_url("postgres://u:p%40ss%2Fw@h:5432/db").is_ok());
     }
 }
