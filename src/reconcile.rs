@@ -17,8 +17,14 @@
 //!   lists, and the only way to learn the payment intent they belong to);
 //! - `customer.updated` is not acted on: the email of an existing license is
 //!   refreshed by the next full run or the next event of its purchase.
+//! - refunds and disputes are read before the purchases (full scans, and
+//!   incremental runs with a charge event), and the payments taken back in
+//!   full are kept for the rest of the run, so a purchase refunded before
+//!   licensync first saw it issues nothing rather than a key mailed and
+//!   revoked in one run. That map grows with the account's full refunds and
+//!   lost disputes, a small share of its purchases.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -30,7 +36,7 @@ use serde_json::{Map, Value};
 use crate::apply::{Applied, apply_page};
 use crate::catalog::Catalog;
 use crate::delivery::deliver_due;
-use crate::domain::{ActionKind, GrantFact, License, PaymentReversal, Timestamp};
+use crate::domain::{ActionKind, GrantFact, License, PaymentReversal, ReversalKind, Timestamp};
 use crate::error::{Failure, usage};
 use crate::mail::MailService;
 use crate::plan::{Action, Facts, Held, Plan, PlanConfig, plan};
@@ -301,6 +307,12 @@ struct Run {
     progress: indicatif::ProgressBar,
     objects: usize,
     report: Report,
+    /// Payments taken back in full (full refunds, lost disputes) by payment
+    /// intent, as read by [`Run::reversal_pages`]: every later page of the
+    /// run plans its one-time grants with them, so a purchase refunded
+    /// before licensync first saw it issues nothing instead of a key that
+    /// is mailed and revoked in the same run.
+    taken_back: HashMap<String, PaymentReversal>,
 }
 
 impl Run {
@@ -328,6 +340,15 @@ impl Run {
         reversals: Vec<PaymentReversal>,
         extra: Vec<License>,
     ) -> Result<()> {
+        let mut reversals = reversals;
+        for grant in &grants {
+            if let GrantFact::OneTime(line) = grant
+                && let Some(reversal) = line.payment_intent.as_ref().and_then(|pi| self.taken_back.get(pi))
+                && !reversals.contains(reversal)
+            {
+                reversals.push(reversal.clone());
+            }
+        }
         let catalog = if grants.is_empty() {
             Arc::new(Catalog::default())
         } else {
@@ -384,7 +405,10 @@ impl Run {
     }
 
     /// Subscriptions in full; sessions and invoices created in `created`.
+    /// Refunds and disputes first, so that the purchase pages know which
+    /// payments were taken back (see `taken_back`).
     async fn scan(&mut self, created: CreatedRange) -> Result<()> {
+        self.reversal_pages().await?;
         let all = CreatedRange::default();
         self.grant_pages(
             "subscriptions",
@@ -407,7 +431,7 @@ impl Run {
             Some(&session_invoices),
         )
         .await?;
-        self.reversal_pages().await
+        Ok(())
     }
 
     async fn reversal_pages(&mut self) -> Result<()> {
@@ -426,6 +450,13 @@ impl Run {
                         .await
                         .context("reading refunds")?
                 };
+                for reversal in &page.items {
+                    if reversal.kind != ReversalKind::PartialRefund {
+                        self.taken_back
+                            .entry(reversal.payment_intent.clone())
+                            .or_insert_with(|| reversal.clone());
+                    }
+                }
                 self.page(Vec::new(), Vec::new(), page.items, Vec::new()).await?;
                 match page.next {
                     Some(next) => after = Some(next),
@@ -499,6 +530,11 @@ impl Run {
                 reversals = true;
             }
         }
+        // Before the purchases: a purchase refunded since the last run must
+        // not be issued (and mailed) only to be revoked.
+        if reversals {
+            self.reversal_pages().await?;
+        }
         let subscriptions: Vec<String> = subscriptions.into_iter().collect();
         for batch in subscriptions.chunks(REFETCH_BATCH) {
             let page = self
@@ -518,9 +554,6 @@ impl Run {
         for batch in invoices.chunks(REFETCH_BATCH) {
             let page = self.refetch(batch, |s, id| async move { s.invoice(&id).await }).await?;
             self.page(page.grants, Vec::new(), Vec::new(), Vec::new()).await?;
-        }
-        if reversals {
-            self.reversal_pages().await?;
         }
         Ok(true)
     }
@@ -682,6 +715,22 @@ pub async fn reconcile(
         }
         lock
     };
+    // Every page write of this run checks it still holds the lock.
+    let fenced;
+    let store = match &_lock {
+        Some(lock) => {
+            fenced = store.fenced(lock);
+            let abandoned = fenced.abandon_unfinished_runs()?;
+            if abandoned > 0 {
+                tracing::warn!(
+                    runs = abandoned,
+                    "earlier runs ended without finishing; recorded as failed"
+                );
+            }
+            &fenced
+        }
+        None => store,
+    };
     check_mode(store, source.livemode(), options.allow_mode_mismatch)?;
     let cursor = match store.cursor(EVENTS_CURSOR)? {
         Some((value, _)) => serde_json::from_str::<EventCursor>(&value).ok(),
@@ -719,6 +768,7 @@ pub async fn reconcile(
         progress,
         objects: 0,
         report: Report::new(planned_mode, dry_run, options.report_actions),
+        taken_back: HashMap::new(),
     };
     let outcome = run.execute(options.scope, cursor).await;
     run.progress.finish_and_clear();
@@ -729,10 +779,12 @@ pub async fn reconcile(
     let outcome = match outcome {
         Ok((mode, new_cursor)) => {
             report.mode = mode;
-            match (new_cursor, dry_run) {
+            // A run that lost its lock (a database restart) may have
+            // overlapped another: it neither moves the cursor nor succeeds.
+            store.check_fence().and_then(|()| match (new_cursor, dry_run) {
                 (Some(c), false) => store.set_cursor(EVENTS_CURSOR, &serde_json::to_string(&c)?),
                 _ => Ok(()),
-            }
+            })
         }
         Err(e) => Err(e),
     };

@@ -1333,3 +1333,53 @@ async fn secrets_come_from_files_and_never_appear_in_any_output() {
         assert!(!printed.contains(&password), "the database password was printed");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_purchase_refunded_or_disputed_before_any_run_issues_and_mails_nothing_full_or_incremental() {
+    let w = World::new().await;
+    let f = &w.fake;
+    let shop = Shop::open(f);
+    let buy = || {
+        f.create_checkout_session(CheckoutSpec {
+            customer: Some(shop.customer.clone()),
+            lines: vec![(shop.tool_once.clone(), 1)],
+            ..CheckoutSpec::default()
+        })
+    };
+    let refunded = buy();
+    f.refund(refunded.payment_intent.as_deref().unwrap(), None);
+    let disputed = buy();
+    f.dispute(disputed.payment_intent.as_deref().unwrap(), "lost");
+
+    // A first full run: the shop's purchases are issued; the two taken back
+    // are skipped by name, never issued, never mailed.
+    let report = w.reconcile(&[]).await.report();
+    let licenses = w.by_source().await;
+    for taken_back in [&refunded, &disputed] {
+        let grant = format!("{}/{}", taken_back.id, taken_back.line_ids[0]);
+        assert!(!licenses.contains_key(&grant), "{grant} was issued: {report:#}");
+    }
+    assert_eq!(
+        report["counts"]["revoked"], 0,
+        "nothing issued to be revoked: {report:#}"
+    );
+    let skipped = report["skipped"].to_string();
+    assert!(
+        skipped.contains("took the payment back before a license was issued"),
+        "{report:#}"
+    );
+    w.assert_one_email_per_license().await;
+
+    // The same between two incremental runs (the events name the session
+    // and the refund together).
+    let later = buy();
+    f.refund(later.payment_intent.as_deref().unwrap(), None);
+    let mut cmd = w.command(&["reconcile", "--output", "json"]);
+    cmd.env("STRIPE_API_BASE", f.base_url())
+        .env("STRIPE_API_KEY", f.api_key());
+    let report = World::run(cmd).await.report();
+    assert_eq!(report["mode"], "incremental", "{report:#}");
+    let grant = format!("{}/{}", later.id, later.line_ids[0]);
+    assert!(!w.by_source().await.contains_key(&grant), "{report:#}");
+    w.assert_one_email_per_license().await;
+}

@@ -212,6 +212,42 @@ fn only_one_run_holds_the_lock() {
 }
 
 #[test]
+fn a_fenced_page_write_fails_once_its_run_lock_is_gone_and_a_killed_runs_row_is_closed() {
+    let db = TestDb::new();
+    let lock = db.store.try_lock_run().unwrap().unwrap();
+    let fenced = db.store.fenced(&lock);
+    fenced
+        .write_page(None, &[write("AAAAA-AAAAA-AAAAA-AAAAA-AAAAA", "si_1", None)])
+        .expect("written while the lock is held");
+    // The lock's session ends (a server restart ends them all) and another
+    // run takes the lock: this run's next page must not land.
+    drop(lock);
+    let other = db.store.try_lock_run().unwrap().expect("the lock is free again");
+    let err = fenced
+        .write_page(None, &[write("BBBBB-BBBBB-BBBBB-BBBBB-BBBBB", "si_2", None)])
+        .unwrap_err();
+    assert!(format!("{err:#}").contains("no longer holds the run lock"), "{err:#}");
+    assert!(fenced.check_fence().is_err(), "nor may it record success");
+    assert!(db.store.fenced(&other).check_fence().is_ok());
+    assert_eq!(db.store.list_licenses(&LicenseFilter::default()).unwrap().len(), 1);
+
+    // A run killed mid-way left its row `running`; the run holding the lock
+    // closes it as failed, and leaves finished runs alone.
+    let killed = db.store.start_run("full", Some(false)).unwrap();
+    assert_eq!(db.store.fenced(&other).abandon_unfinished_runs().unwrap(), 1);
+    let row = db
+        .store
+        .recent_runs(5)
+        .unwrap()
+        .into_iter()
+        .find(|r| r.id == killed)
+        .unwrap();
+    assert_eq!(row.outcome, "failed");
+    assert!(row.finished_at.is_some() && row.error.is_some(), "{row:?}");
+    assert_eq!(db.store.abandon_unfinished_runs().unwrap(), 0);
+}
+
+#[test]
 fn a_page_refreshes_the_stripe_side_of_an_override_and_leaves_alone_a_license_an_operator_changed_meanwhile() {
     use licensync::operator::{Command, Request, decide};
     let db = TestDb::new();

@@ -76,6 +76,20 @@ pub async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 
 pub struct Store {
     pool: PgPool,
     url: crate::secret::Secret,
+    /// Set by [`Store::fenced`]: page writes first check that this run still
+    /// holds the run lock.
+    fence: Option<RunFence>,
+}
+
+const LOST_LOCK: &str = "this run no longer holds the run lock (its session ended: the database restarted?); \
+    stopping without writing, committed pages stay and the next run converges";
+
+/// Which database session holds the run lock: its backend pid and start, so
+/// that a pid reused after a server restart is not mistaken for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct RunFence {
+    pid: i32,
+    backend_start: DateTime<Utc>,
 }
 
 impl std::fmt::Debug for Store {
@@ -105,6 +119,7 @@ impl SenderSession {
 /// holds the advisory lock, which releases it.
 pub struct RunLock {
     _conn: PgConnection,
+    fence: RunFence,
 }
 
 /// A filter for `licenses list`.
@@ -173,7 +188,11 @@ impl Store {
             .min_idle(Some(0))
             .connection_timeout(std::time::Duration::from_secs(30))
             .build_unchecked(manager);
-        Ok(Store { pool, url: url.clone() })
+        Ok(Store {
+            pool,
+            url: url.clone(),
+            fence: None,
+        })
     }
 
     fn conn(&self) -> Result<PooledConnection<ConnectionManager<PgConnection>>> {
@@ -231,7 +250,77 @@ impl Store {
         )))
         .get_result(&mut conn)
         .context("taking the run lock")?;
-        Ok(locked.then_some(RunLock { _conn: conn }))
+        if !locked {
+            return Ok(None);
+        }
+        let (pid, backend_start): (i32, DateTime<Utc>) = diesel::select((
+            diesel::dsl::sql::<diesel::sql_types::Integer>("pg_backend_pid()"),
+            diesel::dsl::sql::<diesel::sql_types::Timestamptz>(
+                "(SELECT backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid())",
+            ),
+        ))
+        .get_result(&mut conn)
+        .context("reading the run lock's session")?;
+        Ok(Some(RunLock {
+            _conn: conn,
+            fence: RunFence { pid, backend_start },
+        }))
+    }
+
+    /// This store, whose page writes are fenced by `lock`: a write made
+    /// after the run lost its lock (its session ended, e.g. in a server
+    /// restart, and another run may have taken it) fails instead of
+    /// overlapping the other run.
+    pub fn fenced(&self, lock: &RunLock) -> Store {
+        Store {
+            fence: Some(lock.fence.clone()),
+            ..self.clone()
+        }
+    }
+
+    /// Whether this store's run still holds the run lock (always true for an
+    /// unfenced store).
+    fn fence_held(&self, conn: &mut PgConnection) -> QueryResult<bool> {
+        let Some(fence) = &self.fence else { return Ok(true) };
+        diesel::select(diesel::dsl::sql::<diesel::sql_types::Bool>(&format!(
+            "EXISTS (SELECT 1 FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid \
+             WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 \
+             AND l.classid = {} AND l.objid = {} AND l.pid = {} AND a.backend_start = '{}')",
+            (RUN_LOCK_KEY >> 32) as u32,
+            RUN_LOCK_KEY as u32,
+            fence.pid,
+            fence.backend_start.to_rfc3339(),
+        )))
+        .get_result(conn)
+    }
+
+    /// Fails when this store's run lost its lock: a run checks it before it
+    /// records success, so two overlapping runs never both succeed.
+    pub fn check_fence(&self) -> Result<()> {
+        let mut conn = self.conn()?;
+        if self.fence_held(&mut conn).context("checking the run lock")? {
+            Ok(())
+        } else {
+            Err(anyhow!(LOST_LOCK))
+        }
+    }
+
+    /// Runs recorded as `running` whose process is gone (killed, or the
+    /// database restarted under it) become `failed`: the caller holds the
+    /// run lock, so no other run is alive. Returns how many.
+    pub fn abandon_unfinished_runs(&self) -> Result<usize> {
+        let mut conn = self.conn()?;
+        diesel::update(runs::table.filter(runs::outcome.eq("running")))
+            .set((
+                runs::outcome.eq("failed"),
+                runs::finished_at.eq(diesel::dsl::now),
+                runs::error.eq(
+                    "the run ended without finishing (its process was killed or lost the database); \
+                     its committed pages stay and a later run converged",
+                ),
+            ))
+            .execute(&mut conn)
+            .context("closing runs that never finished")
     }
 
     // ---- licenses ----------------------------------------------------------
@@ -360,6 +449,9 @@ impl Store {
         }
         let mut conn = self.conn()?;
         conn.transaction(|conn| {
+            if !self.fence_held(conn)? {
+                return Err(diesel::result::Error::QueryBuilderError(LOST_LOCK.into()));
+            }
             let rows: Vec<&NewLicenseRow> = writes.iter().map(|w| &w.license).collect();
             // The key is never in the update set: a key never changes once issued.
             let upsert = diesel::insert_into(licenses::table)
