@@ -317,4 +317,6 @@ pub fn is_valid_id(id: &str) -> bool {
 }
 
 #[cfg(test)]
+mod proptests;
+#[cfg(test)]
 mod tests;

@@ -85,7 +85,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 use serde::Serialize;
 
 use crate::catalog::Catalog;
@@ -819,12 +819,19 @@ fn add(t: Timestamp, d: Duration) -> Timestamp {
     chrono::Duration::from_std(d)
         .ok()
         .and_then(|d| t.checked_add_signed(d))
-        .unwrap_or(DateTime::<Utc>::MAX_UTC)
+        .unwrap_or_else(latest)
 }
 
 fn add_days(t: Timestamp, days: i32) -> Timestamp {
     t.checked_add_signed(chrono::Duration::days(i64::from(days)))
-        .unwrap_or(DateTime::<Utc>::MAX_UTC)
+        .unwrap_or_else(latest)
+}
+
+/// Where saturated times stop: chrono's last instant cut to microseconds,
+/// which the license table stores as it is (chrono's own last instant has
+/// nanoseconds the table drops, so the next run would see a change).
+pub(crate) fn latest() -> Timestamp {
+    DateTime::<Utc>::MAX_UTC.trunc_subsecs(6)
 }
 
 #[cfg(test)]

@@ -12,6 +12,9 @@ mod key;
 mod source;
 mod transport;
 
+#[cfg(test)]
+mod proptests;
+
 pub use error::StripeError;
 pub use key::{ApiKey, InvalidApiKey, redact};
 pub use source::{CreatedRange, EventFact, GrantPage, Page, RELEVANT_EVENT_TYPES, StripeSource};

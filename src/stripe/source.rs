@@ -142,8 +142,10 @@ fn quantity(q: Option<u64>) -> i64 {
     i64::try_from(q.unwrap_or(1)).unwrap_or(i64::MAX)
 }
 
+/// Trimmed, blank as none, and without NUL, which PostgreSQL text cannot hold.
 fn non_empty(text: Option<&String>) -> Option<String> {
-    text.map(|s| s.trim()).filter(|s| !s.is_empty()).map(str::to_owned)
+    text.map(|s| s.replace('\0', "").trim().to_owned())
+        .filter(|s| !s.is_empty())
 }
 
 /// Customers looked up one by one, by id, when a page had to be read
@@ -278,7 +280,7 @@ impl StripeSource {
             after = next_cursor(&list, |p| p.id.as_str().to_owned());
             products.extend(list.data.into_iter().map(|p| ProductRecord {
                 id: p.id.as_str().to_owned(),
-                name: p.name,
+                name: p.name.replace('\0', ""),
                 active: p.active,
                 metadata: p.metadata.into_iter().collect::<BTreeMap<_, _>>(),
             }));
@@ -562,8 +564,10 @@ impl StripeSource {
         let customer = customer_info(
             session.customer.as_ref(),
             customers,
+            // A blank `customer_details.email` must not hide `customer_email`.
             details
                 .and_then(|d| d.email.as_ref())
+                .filter(|e| !e.trim().is_empty())
                 .or(session.customer_email.as_ref()),
             details.and_then(|d| d.name.as_ref()),
         );
