@@ -27,7 +27,7 @@ use std::sync::{Mutex, Once, OnceLock};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use common::{TestDb, licensync};
+use common::{Ran, TestDb, licensync};
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 use fake_stripe::{CheckoutSpec, FakeStripe, Fault, FaultKind, SubscriptionSpec};
@@ -130,32 +130,8 @@ fn stripe_kind(kind: &FaultKind) -> String {
 
 // ---- running the binary ---------------------------------------------------------
 
-/// What one invocation of the binary left behind.
-struct Ran {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
+/// What faults.rs asks of a run beyond the shared [`Ran`].
 impl Ran {
-    /// Everything, for a failed assertion (a long report cut short).
-    fn all(&self) -> String {
-        let stdout: String = self.stdout.chars().take(3000).collect();
-        format!("exit {}\n--- stdout\n{stdout}\n--- stderr\n{}", self.code, self.stderr)
-    }
-
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.stdout)
-            .unwrap_or_else(|e| panic!("stdout is not one JSON value ({e}):\n{}", self.all()))
-    }
-
-    fn succeeded(&self) -> Value {
-        assert_eq!(self.code, 0, "the run failed:\n{}", self.all());
-        let report = self.json();
-        assert_eq!(report["outcome"], "succeeded", "{report:#}");
-        report
-    }
-
     /// Exit 1, with the failing request named on stderr and in the report.
     fn failed_naming(&self, request: &str) -> Value {
         assert_eq!(self.code, 1, "the run must fail with exit 1:\n{}", self.all());
@@ -532,7 +508,7 @@ async fn reference(figures: &mut Figures) -> &'static Reference {
         .get_or_init(|| async {
             let fake = shop().await;
             let side = Side::new();
-            run(figures, side.reconcile(&fake)).await.succeeded();
+            run(figures, side.reconcile(&fake)).await.report();
             let mut requests = BTreeMap::new();
             for (path, status) in log(&fake) {
                 assert_eq!(status, 200, "{path}");
@@ -597,7 +573,7 @@ async fn stripe_burst(test: &'static str, burst: Burst) {
     }
     let side = Side::new();
     let ran = run(&mut figures, side.reconcile(&fake)).await;
-    let report = ran.succeeded();
+    let report = ran.report();
     assert_eq!(fake.faults_left(), 0, "every injected fault happened");
     let log = log(&fake);
     for (path, first) in &burst.expect {
@@ -673,7 +649,7 @@ async fn stripe_storm(test: &'static str, kind: FaultKind, times: usize) {
     );
     let keys_before = keys(side.url());
 
-    run(&mut figures, side.reconcile(&fake)).await.succeeded();
+    run(&mut figures, side.reconcile(&fake)).await.report();
     assert_eq!(licenses(side.url()), reference.licenses, "the next run converges");
     assert_eq!(
         history(side.url()),
@@ -981,7 +957,7 @@ async fn smtp_down_keeps_every_email_pending_until_the_server_is_back_then_each_
     let url = format!("smtp://127.0.0.1:{port}?tls=none");
 
     figures.fault("smtp down (connection refused)", 1);
-    let report = run(&mut figures, w.reconcile(&url)).await.succeeded();
+    let report = run(&mut figures, w.reconcile(&url)).await.report();
     assert_eq!(report["emails_sent"], 0);
     assert_eq!(report["counts"]["issued"], MAILED);
     w.assert_first_pending_with(&["Connection refused", "connection refused"]);
@@ -992,11 +968,11 @@ async fn smtp_down_keeps_every_email_pending_until_the_server_is_back_then_each_
         ..SinkOptions::default()
     });
     w.backoff_passes();
-    let report = run(&mut figures, w.reconcile(&url)).await.succeeded();
+    let report = run(&mut figures, w.reconcile(&url)).await.report();
     assert_eq!(report["emails_sent"], MAILED);
     w.assert_each_arrived_once(&sink.received(), &[]);
     // And a third run sends nothing again.
-    let report = run(&mut figures, w.reconcile(&url)).await.succeeded();
+    let report = run(&mut figures, w.reconcile(&url)).await.report();
     assert_eq!(report["emails_sent"], 0);
     assert_eq!(sink.received().len(), MAILED);
     assert_eq!(outcomes(&w.db.url), ["succeeded", "succeeded", "succeeded"]);
@@ -1017,21 +993,21 @@ async fn an_smtp_server_refusing_service_or_deferring_keeps_the_email_pending_th
     figures.fault("smtp 451 at DATA", 1);
     let url = sink.plain_url();
 
-    run(&mut figures, w.reconcile(&url)).await.succeeded();
+    run(&mut figures, w.reconcile(&url)).await.report();
     w.assert_first_pending_with(&["421"]);
     w.backoff_passes();
-    run(&mut figures, w.reconcile(&url)).await.succeeded();
+    run(&mut figures, w.reconcile(&url)).await.report();
     let outbox = w.outbox();
     assert_eq!(outbox[0].2, 2, "tried again: {outbox:?}");
     assert!(outbox[0].3.as_deref().unwrap_or_default().contains("421"), "{outbox:?}");
     w.backoff_passes();
-    run(&mut figures, w.reconcile(&url)).await.succeeded();
+    run(&mut figures, w.reconcile(&url)).await.report();
     let outbox = w.outbox();
     assert_eq!(outbox[0].2, 3, "{outbox:?}");
     assert!(outbox[0].3.as_deref().unwrap_or_default().contains("451"), "{outbox:?}");
     assert!(sink.received().is_empty(), "nothing accepted yet");
     w.backoff_passes();
-    let report = run(&mut figures, w.reconcile(&url)).await.succeeded();
+    let report = run(&mut figures, w.reconcile(&url)).await.report();
     assert_eq!(report["emails_sent"], MAILED);
     w.assert_each_arrived_once(&sink.received(), &[]);
     figures.print();
@@ -1046,7 +1022,7 @@ async fn a_slow_smtp_server_gets_each_email_once() {
         ..SinkOptions::default()
     });
     figures.fault("smtp slow DATA answer", MAILED);
-    let report = run(&mut figures, w.reconcile(&sink.plain_url())).await.succeeded();
+    let report = run(&mut figures, w.reconcile(&sink.plain_url())).await.report();
     assert_eq!(report["emails_sent"], MAILED);
     w.assert_each_arrived_once(&sink.received(), &[]);
     figures.print();
@@ -1102,7 +1078,7 @@ async fn a_sender_killed_while_a_slow_smtp_server_holds_its_message_repeats_it_o
 
     // The next run takes the dead sender's row at once, without waiting
     // out its lease, and sends everything.
-    let report = run(&mut figures, w.reconcile(&url)).await.succeeded();
+    let report = run(&mut figures, w.reconcile(&url)).await.report();
     assert_eq!(report["emails_sent"], MAILED);
     received.extend(sink.received());
     let repeats = w.assert_each_arrived_once(&received, &killed);
@@ -1120,12 +1096,12 @@ async fn an_smtp_server_that_accepts_then_drops_the_connection_gets_the_message_
     });
     figures.fault("smtp accepted then dropped", 1);
     let url = sink.plain_url();
-    run(&mut figures, w.reconcile(&url)).await.succeeded();
+    run(&mut figures, w.reconcile(&url)).await.report();
     assert_eq!(sink.received().len(), 1, "the server kept the first message");
     w.assert_first_pending_with(&["connection", "Connection", "closed", "incomplete"]);
     let first = w.outbox()[0].0;
     w.backoff_passes();
-    let report = run(&mut figures, w.reconcile(&url)).await.succeeded();
+    let report = run(&mut figures, w.reconcile(&url)).await.report();
     assert_eq!(report["emails_sent"], MAILED);
     let repeats = w.assert_each_arrived_once(&sink.received(), &[first]);
     assert_eq!(repeats, 1, "the one the client never heard about came again");
@@ -1199,7 +1175,7 @@ async fn a_full_disk_under_the_file_transport_keeps_the_email_pending_with_the_e
     figures.fault("disk full (ENOSPC)", 1);
     let url = format!("file://{}", outbox.display());
 
-    let report = run(&mut figures, w.reconcile(&url)).await.succeeded();
+    let report = run(&mut figures, w.reconcile(&url)).await.report();
     assert_eq!(report["emails_sent"], 0);
     w.assert_first_pending_with(&["No space left on device"]);
     // The failed write leaves its file behind: empty here (tmpfs gives
@@ -1209,7 +1185,7 @@ async fn a_full_disk_under_the_file_transport_keeps_the_email_pending_with_the_e
 
     std::fs::remove_file(&filler).unwrap();
     w.backoff_passes();
-    let report = run(&mut figures, w.reconcile(&url)).await.succeeded();
+    let report = run(&mut figures, w.reconcile(&url)).await.report();
     assert_eq!(report["emails_sent"], MAILED);
     let outbox_rows = w.outbox();
     assert!(outbox_rows.iter().all(|o| o.1 == "sent"), "{outbox_rows:?}");
@@ -1410,7 +1386,7 @@ async fn assert_next_run_converges(
     mail: &Path,
 ) {
     let keys_before = keys(url);
-    run(figures, reconcile_on(fake, url, mail)).await.succeeded();
+    run(figures, reconcile_on(fake, url, mail)).await.report();
     assert_eq!(licenses(url), reference.licenses, "the next run converges");
     assert_eq!(history(url), reference.history, "with the same ledger and emails");
     assert_every_license_whole(url);
@@ -1566,7 +1542,7 @@ async fn every_connection_slot_taken_before_or_during_a_run_loses_nothing() {
         // The pages landed; the emails could not be sent (the sender needs a
         // session of its own) and wait for the next run.
         0 => {
-            let report = ran.succeeded();
+            let report = ran.report();
             assert_eq!(report["emails_sent"], 0, "{}", ran.all());
             assert!(ran.stderr.contains("could not deliver license emails"), "{}", ran.all());
             assert!(ran.stderr.contains("too many clients"), "{}", ran.all());

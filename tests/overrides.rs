@@ -7,30 +7,10 @@
 mod common;
 
 use chrono::{SecondsFormat, Utc};
-use common::{TestDb, issue_license, licensync};
+use common::{Ran, TestDb, issue_license, licensync};
 use diesel::prelude::*;
 use fake_stripe::{CheckoutSpec, FakeStripe, SubscriptionSpec};
 use serde_json::Value;
-
-struct Ran {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl Ran {
-    fn all(&self) -> String {
-        format!(
-            "exit {}\n--- stdout\n{}\n--- stderr\n{}",
-            self.code, self.stdout, self.stderr
-        )
-    }
-
-    fn ok_json(&self) -> Value {
-        assert_eq!(self.code, 0, "{}", self.all());
-        serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.all()))
-    }
-}
 
 /// A subscription (1 seat of 2 devices) and a one-time purchase, created an
 /// hour ago (outside the overlap window), with a file outbox.
@@ -85,11 +65,7 @@ impl World {
                 .env("STRIPE_API_KEY", self.fake.api_key());
         }
         let out = tokio::process::Command::from(cmd).output().await.unwrap();
-        Ran {
-            code: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
+        Ran::new(&out)
     }
 
     /// `reconcile --output json [extra]`, which must succeed.

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use chrono::{DateTime, SecondsFormat};
-use common::{TestDb, licensync};
+use common::{Ran, TestDb, licensync};
 use diesel::prelude::*;
 use fake_stripe::{
     CheckoutSpec, CreatedSession, CreatedSubscription, FakeStripe, Fault, FaultKind, Options, SubscriptionSpec,
@@ -20,35 +20,6 @@ use fake_stripe::{
 use serde_json::{Value, json};
 
 const DAY: i64 = 86_400;
-
-/// What one invocation of the binary left behind.
-struct Ran {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl Ran {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.stdout)
-            .unwrap_or_else(|e| panic!("stdout is not one JSON value ({e}):\n{}", self.all()))
-    }
-
-    fn all(&self) -> String {
-        format!(
-            "exit {}\n--- stdout\n{}\n--- stderr\n{}",
-            self.code, self.stdout, self.stderr
-        )
-    }
-
-    /// The JSON report of a run that must have succeeded.
-    fn report(&self) -> Value {
-        assert_eq!(self.code, 0, "the run failed:\n{}", self.all());
-        let report = self.json();
-        assert_eq!(report["outcome"], "succeeded", "{report:#}");
-        report
-    }
-}
 
 /// One database with its file outbox, and the Stripe account it reconciles.
 struct World {
@@ -86,11 +57,7 @@ impl World {
             .output()
             .await
             .expect("running the licensync binary");
-        Ran {
-            code: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
+        Ran::new(&out)
     }
 
     /// Full runs: this file is about what a full scan makes of Stripe's

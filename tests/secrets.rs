@@ -27,7 +27,7 @@ use std::sync::{Mutex, Once, OnceLock};
 use std::time::Duration;
 
 use chrono::Utc;
-use common::licensync;
+use common::{Ran, licensync};
 use diesel::prelude::*;
 use fake_stripe::{FakeStripe, Fault, FaultKind, Options, SubscriptionSpec};
 use licensync::pg::{Binaries, Cluster, Tuning};
@@ -245,21 +245,6 @@ struct Given {
     stripe_key: Option<String>,
     database_url: Option<String>,
     mail_url: Option<String>,
-}
-
-/// What one invocation of the binary left behind.
-struct Ran {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl Ran {
-    fn all(&self) -> String {
-        let stdout: String = self.stdout.chars().take(3000).collect();
-        let stderr: String = self.stderr.chars().take(6000).collect();
-        format!("exit {}\n--- stdout\n{stdout}\n--- stderr\n{stderr}", self.code)
-    }
 }
 
 struct World {

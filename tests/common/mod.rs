@@ -197,3 +197,46 @@ pub fn email_status(db: &TestDb) -> serde_json::Value {
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     report["emails"].clone()
 }
+
+/// What one invocation of the binary left behind.
+pub struct Ran {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Ran {
+    pub fn new(out: &std::process::Output) -> Ran {
+        Ran {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// Everything, for a failed assertion (a long report cut short).
+    pub fn all(&self) -> String {
+        let stdout: String = self.stdout.chars().take(3000).collect();
+        let stderr: String = self.stderr.chars().take(6000).collect();
+        format!("exit {}\n--- stdout\n{stdout}\n--- stderr\n{stderr}", self.code)
+    }
+
+    /// Stdout as the one JSON value it must be.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not one JSON value ({e}):\n{}", self.all()))
+    }
+
+    /// The JSON output of a command that must have exited 0.
+    pub fn ok_json(&self) -> serde_json::Value {
+        assert_eq!(self.code, 0, "the command failed:\n{}", self.all());
+        self.json()
+    }
+
+    /// The JSON report of a run that must have succeeded.
+    pub fn report(&self) -> serde_json::Value {
+        let report = self.ok_json();
+        assert_eq!(report["outcome"], "succeeded", "{report:#}");
+        report
+    }
+}
