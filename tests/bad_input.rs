@@ -16,36 +16,11 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use common::{TestDb, licensync};
+use common::{Ran, TestDb, licensync};
 use fake_stripe::{CheckoutSpec, FakeStripe, InvoiceSpec, SubscriptionSpec};
 use serde_json::{Value, json};
 
 const DAY: i64 = 86_400;
-
-/// What one invocation of the binary left behind.
-struct Ran {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl Ran {
-    fn all(&self) -> String {
-        format!(
-            "exit {}\n--- stdout\n{}\n--- stderr\n{}",
-            self.code, self.stdout, self.stderr
-        )
-    }
-
-    /// The JSON report of a run that must have succeeded.
-    fn report(&self) -> Value {
-        assert_eq!(self.code, 0, "the run failed:\n{}", self.all());
-        let report: Value = serde_json::from_str(&self.stdout)
-            .unwrap_or_else(|e| panic!("stdout is not one JSON value ({e}):\n{}", self.all()));
-        assert_eq!(report["outcome"], "succeeded", "{report:#}");
-        report
-    }
-}
 
 /// One database and file outbox reconciling one fake account.
 struct World {
@@ -77,11 +52,7 @@ impl World {
             .output()
             .await
             .expect("running the licensync binary");
-        Ran {
-            code: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
+        Ran::new(&out)
     }
 
     async fn reconcile(&self) -> Ran {
