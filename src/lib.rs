@@ -27,3 +27,5 @@ pub mod reconcile;
 pub mod secret;
 pub mod store;
 pub mod stripe;
+#[cfg(test)]
+mod testing;

@@ -32,19 +32,6 @@ const CATALOG_CASES: u32 = 512;
 /// Cases per planner property.
 const PLAN_CASES: u32 = 256;
 
-/// `default` cases unless `PROPTEST_CASES` says otherwise; no regression files.
-fn config(default: u32) -> ProptestConfig {
-    let cases = std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(default);
-    ProptestConfig {
-        cases,
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    }
-}
-
 const KEYS: [&str; 5] = [PRODUCT_ID, IP_LIMIT, HWID_LIMIT, EXPIRATION_DAYS, EXPIRATION_START];
 
 // ---- hostile metadata ---------------------------------------------------------
@@ -525,7 +512,7 @@ fn anonymous(licensing: Licensing) -> Licensing {
 }
 
 proptest! {
-    #![proptest_config(config(CATALOG_CASES))]
+    #![proptest_config(crate::testing::proptest_config(CATALOG_CASES))]
 
     /// Never a panic; `NotLicensed` exactly when no `product_id` is set;
     /// `Misconfigured` names the record and key of a value the rules reject
@@ -1149,7 +1136,7 @@ fn check_each_grant(input: &Input, plan: &Plan, now: Timestamp, config: &PlanCon
 }
 
 proptest! {
-    #![proptest_config(config(PLAN_CASES))]
+    #![proptest_config(crate::testing::proptest_config(PLAN_CASES))]
 
     /// For any catalog and any facts: no panic, every skip names a Stripe
     /// object of the input, every issue is a usable license with quantity

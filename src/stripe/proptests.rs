@@ -33,18 +33,6 @@ use crate::domain::{GrantFact, OneTimeLineFact, SubscriptionItemFact, Subscripti
 /// Cases per property; each starts its own fake Stripe (tens of ms).
 const STRIPE_CASES: u32 = 40;
 
-fn config(default: u32) -> ProptestConfig {
-    let cases = std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(default);
-    ProptestConfig {
-        cases,
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    }
-}
-
 static RUNTIME: LazyLock<tokio::runtime::Runtime> = LazyLock::new(|| {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -818,7 +806,7 @@ async fn catalog_case(shapes: Vec<CatalogShape>) -> Result<(), TestCaseError> {
 }
 
 proptest! {
-    #![proptest_config(config(STRIPE_CASES))]
+    #![proptest_config(crate::testing::proptest_config(STRIPE_CASES))]
 
     /// A subscription bent by up to four shapes reads as the shapes say (or
     /// fails naming itself when a timestamp is past chrono's range), and the
