@@ -441,7 +441,7 @@ async fn daemon(config: &Config, args: DaemonArgs) -> Result<()> {
         match reconcile_once(config, &reconcile_args, stop.clone()).await {
             Ok((report, Ok(()))) => tracing::info!(
                 run_id = report.run_id.as_deref().unwrap_or("-"),
-                mode = report.mode,
+                mode = report.mode.as_ref(),
                 counts = %serde_json::to_string(&report.counts).unwrap_or_default(),
                 stripe_requests = report.stripe_requests,
                 emails_sent = report.emails_sent,

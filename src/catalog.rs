@@ -41,6 +41,9 @@ pub struct PriceRecord {
     /// `type=recurring`: expiration metadata is ignored with a warning.
     pub recurring: bool,
     pub metadata: BTreeMap<String, String>,
+    /// Unix seconds. No purchase of this price is older: the engine reads
+    /// lists in `created` segments starting at the oldest price.
+    pub created: i64,
 }
 
 /// The metadata keys of licensing-rules §2.
@@ -102,6 +105,24 @@ impl Catalog {
 
     pub fn contains_product(&self, product_id: &str) -> bool {
         self.products.contains_key(product_id)
+    }
+
+    /// One-time prices a one-off invoice or a payment-mode Checkout Session
+    /// can grant through: licensed, or meant to be (misconfigured, so the
+    /// run still reports them). Empty: those lists cannot grant and a full
+    /// scan skips them.
+    pub fn one_time_prices_that_grant(&self) -> std::collections::BTreeSet<String> {
+        self.prices
+            .values()
+            .filter(|p| !p.recurring)
+            .filter(|p| !matches!(self.resolve(&p.id, &p.product), Licensing::NotLicensed))
+            .map(|p| p.id.clone())
+            .collect()
+    }
+
+    /// The `created` of the oldest price: no purchase is older.
+    pub fn oldest_price(&self) -> Option<i64> {
+        self.prices.values().map(|p| p.created).min()
     }
 
     pub fn product_name(&self, product_id: &str) -> Option<&str> {

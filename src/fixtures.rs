@@ -47,6 +47,7 @@ pub fn one_time_price(id: &str, product: &str, pairs: &[(&str, &str)]) -> PriceR
         active: true,
         recurring: false,
         metadata: metadata(pairs),
+        created: 0,
     }
 }
 

@@ -199,6 +199,55 @@ async fn a_429_with_retry_after_is_waited_out_and_then_succeeds() {
 }
 
 #[tokio::test]
+async fn a_429_holds_the_endpoint_for_every_request_in_flight_not_only_its_own() {
+    // The first request is rate limited for 2 s; a second request to the
+    // same endpoint, started after that answer, waits it out too rather
+    // than earning its own 429. Another endpoint is not held.
+    let server = TinyStripe::start(vec![Step::Reply {
+        status: 429,
+        headers: vec![("Retry-After", "2")],
+        body: r#"{"error":{"type":"invalid_request_error","code":"rate_limit","message":"Too many requests"}}"#,
+    }])
+    .await;
+    let transport = Arc::new(Transport::new(&config(&server.base, 5)).unwrap());
+    let first = {
+        let t = transport.clone();
+        tokio::spawn(async move { list_products(&t).await })
+    };
+    while server.requests().is_empty() {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let second = {
+        let t = transport.clone();
+        tokio::spawn(async move { list_products(&t).await })
+    };
+    stripe_core::customer::ListCustomer::new()
+        .customize()
+        .send(&*transport)
+        .await
+        .unwrap();
+    first.await.unwrap().unwrap();
+    second.await.unwrap().unwrap();
+    let log = server.requests();
+    assert_eq!(log.len(), 4, "{:?}", log.iter().map(|l| &l.target).collect::<Vec<_>>());
+    let start = log[0].at;
+    let other = log.iter().find(|l| l.target.starts_with("/v1/customers")).unwrap();
+    assert!(
+        other.at.duration_since(start) < Duration::from_millis(1_000),
+        "another endpoint is not held"
+    );
+    for later in log.iter().skip(1).filter(|l| l.target.starts_with("/v1/products")) {
+        assert!(
+            later.at.duration_since(start) >= Duration::from_millis(1_900),
+            "a request to the held endpoint started {:?} after the 429",
+            later.at.duration_since(start)
+        );
+    }
+    assert_eq!(transport.rate_limited(), 1, "only the first request was rate limited");
+}
+
+#[tokio::test]
 async fn server_errors_are_retried_then_surfaced_with_the_path_and_request_id() {
     let fail = Step::Reply {
         status: 500,

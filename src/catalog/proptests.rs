@@ -313,7 +313,7 @@ prop_compose! {
     ) -> (ProductRecord, PriceRecord) {
         (
             ProductRecord { id: product_id.clone(), name, active: active.0, metadata: product_meta },
-            PriceRecord { id: price_id, product: product_id, active: active.1, recurring, metadata: price_meta },
+            PriceRecord { id: price_id, product: product_id, active: active.1, recurring, metadata: price_meta, created: 0 },
         )
     }
 }
@@ -593,6 +593,7 @@ proptest! {
                 active: true,
                 recurring,
                 metadata: price_meta,
+                created: 0,
             });
         }
         let catalog = Catalog::new(products.clone(), prices.clone());
@@ -670,6 +671,7 @@ fn catalog() -> impl Strategy<Value = Catalog> {
                     active: n % 2 == 0,
                     recurring,
                     metadata,
+                    created: 0,
                 }),
         )
     })

@@ -12,6 +12,7 @@ use std::collections::{BTreeMap, HashMap};
 use chrono::DateTime;
 use miniserde::json::Value;
 use stripe_billing::invoice::{ListInvoice, RetrieveInvoice};
+use stripe_billing::invoice_item::ListInvoiceItem;
 use stripe_billing::invoice_line_item::ListInvoiceInvoiceLineItem;
 use stripe_billing::subscription::{ListSubscription, ListSubscriptionStatus, RetrieveSubscription};
 use stripe_billing::subscription_item::ListSubscriptionItem;
@@ -62,12 +63,46 @@ pub const RELEVANT_EVENT_TYPES: [&str; 17] = [
     "price.updated",
 ];
 
+/// Where a page sits in its list: the `created` of its first (newest) and
+/// last (oldest) top-level object, as Stripe ordered them. The engine
+/// splits the rest of a list into `created` segments from it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Span {
+    pub newest: Option<i64>,
+    pub oldest: Option<i64>,
+    /// Top-level objects Stripe listed on the page (before any filtering).
+    pub listed: usize,
+}
+
+impl Span {
+    fn of<T>(list: &List<T>, created: impl Fn(&T) -> i64) -> Span {
+        Span {
+            newest: list.data.first().map(&created),
+            oldest: list.data.last().map(&created),
+            listed: list.data.len(),
+        }
+    }
+}
+
 /// One page of a plain list.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Page<T> {
     pub items: Vec<T>,
     /// The `starting_after` cursor of the next page; `None` on the last page.
     pub next: Option<String>,
+    pub span: Span,
+}
+
+/// An item of a one-off invoice (`GET /v1/invoiceitems`), as far as it can
+/// point at a license: the invoice it was billed on and its price.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvoiceItemFact {
+    pub id: String,
+    /// `None` while the item is pending (not on an invoice yet).
+    pub invoice: Option<String>,
+    pub price: Option<String>,
+    /// Created by a subscription (a proration): its subscription grants.
+    pub of_subscription: bool,
 }
 
 /// One page of purchases turned into grants.
@@ -87,6 +122,7 @@ pub struct GrantPage {
     pub next: Option<String>,
     /// Stripe objects read to build this page (top-level and sub-paged).
     pub objects: usize,
+    pub span: Span,
 }
 
 /// One event, as a trigger to re-fetch `object_id` (never a source of truth).
@@ -303,6 +339,7 @@ impl StripeSource {
                 active: p.active,
                 recurring: p.recurring.is_some(),
                 metadata: p.metadata.into_iter().collect::<BTreeMap<_, _>>(),
+                created: p.created,
             }));
             if after.is_none() {
                 break;
@@ -342,6 +379,7 @@ impl StripeSource {
         let mut page = GrantPage {
             next: next_cursor(&list, |s| s.id.as_str().to_owned()),
             objects: list.data.len() + customers.len(),
+            span: Span::of(&list, |s| s.created),
             ..GrantPage::default()
         };
         for subscription in list.data {
@@ -516,6 +554,7 @@ impl StripeSource {
         let mut page = GrantPage {
             next: next_cursor(&list, |s| s.id.as_str().to_owned()),
             objects: list.data.len() + customers.len(),
+            span: Span::of(&list, |s| s.created),
             ..GrantPage::default()
         };
         for session in list.data {
@@ -660,6 +699,7 @@ impl StripeSource {
                 i.id.as_ref().map(|id| id.as_str().to_owned()).unwrap_or_default()
             }),
             objects: list.data.len() + customers.len(),
+            span: Span::of(&list, |i| i.created),
             ..GrantPage::default()
         };
         for invoice in list.data {
@@ -668,19 +708,76 @@ impl StripeSource {
         Ok(page)
     }
 
+    /// One page of invoice items already billed on an invoice
+    /// (`pending=false`), created in `created`, newest first. One-off
+    /// invoices are made of invoice items and subscription renewals are not,
+    /// so a full scan finds the one-off invoices that can grant here
+    /// instead of paging every renewal invoice (see `reconcile::read`).
+    pub async fn invoice_items_page(
+        &self,
+        after: Option<&str>,
+        created: &CreatedRange,
+    ) -> Result<Page<InvoiceItemFact>, StripeError> {
+        let mut request = ListInvoiceItem::new().pending(false).limit(PAGE);
+        if let Some(cursor) = after {
+            request = request.starting_after(cursor);
+        }
+        if let Some(range) = created.query() {
+            request = request.created(range);
+        }
+        let list = self.fetch(&request).await?;
+        let next = next_cursor(&list, |i| i.id.as_str().to_owned());
+        let span = Span::of(&list, |i| i.date);
+        let items = list
+            .data
+            .into_iter()
+            .map(|item| InvoiceItemFact {
+                id: item.id.as_str().to_owned(),
+                invoice: item
+                    .invoice
+                    .as_ref()
+                    .and_then(|i| i.id().as_ref())
+                    .map(|id| id.as_str().to_owned()),
+                price: item
+                    .pricing
+                    .as_ref()
+                    .and_then(|p| p.price_details.as_ref())
+                    .map(|d| d.price.id().as_str().to_owned()),
+                of_subscription: item.parent.as_ref().is_some_and(|p| p.subscription_details.is_some()),
+            })
+            .collect();
+        Ok(Page { items, next, span })
+    }
+
+    /// One invoice found through its items in a full scan, whose caller
+    /// already knows the invoices Checkout Sessions created (the sessions
+    /// are read first), so unlike [`StripeSource::invoice`] it does not ask.
+    pub async fn one_off_invoice(&self, id: &str) -> Result<GrantPage, StripeError> {
+        let (invoice, customers) = self.retrieve_invoice(id).await?;
+        let mut page = GrantPage {
+            objects: 1 + customers.len(),
+            ..GrantPage::default()
+        };
+        self.add_invoice(invoice, &customers, &mut page).await?;
+        Ok(page)
+    }
+
+    async fn retrieve_invoice(&self, id: &str) -> Result<(Invoice, Customers), StripeError> {
+        let request = |expand: &[&str]| {
+            RetrieveInvoice::new(id).expand(expand.iter().map(|e| (*e).to_owned()).collect::<Vec<_>>())
+        };
+        self.fetch_with_customers(&request(&["customer", "payments"]), &request(&["payments"]), |i| {
+            invoice_customer(i).into_iter().collect()
+        })
+        .await
+    }
+
     /// One invoice, re-fetched. Unlike the page scan it finds out itself
     /// whether a Checkout Session created the invoice (a session paid with
     /// the same payment intent whose `invoice` is this one): then it yields
     /// no grant and lists the invoice in `session_invoices`.
     pub async fn invoice(&self, id: &str) -> Result<GrantPage, StripeError> {
-        let request = |expand: &[&str]| {
-            RetrieveInvoice::new(id).expand(expand.iter().map(|e| (*e).to_owned()).collect::<Vec<_>>())
-        };
-        let (invoice, customers) = self
-            .fetch_with_customers(&request(&["customer", "payments"]), &request(&["payments"]), |i| {
-                invoice_customer(i).into_iter().collect()
-            })
-            .await?;
+        let (invoice, customers) = self.retrieve_invoice(id).await?;
         let mut page = GrantPage {
             objects: 1 + customers.len(),
             ..GrantPage::default()
@@ -773,6 +870,7 @@ impl StripeSource {
         }
         let list = self.fetch(&request).await?;
         let next = next_cursor(&list, |r| r.id.as_str().to_owned());
+        let span = Span::of(&list, |r| r.created);
         let mut items = Vec::new();
         for refund in list.data {
             if refund.status.as_deref() != Some("succeeded") {
@@ -801,7 +899,7 @@ impl StripeSource {
                 stripe_object: refund.id.as_str().to_owned(),
             });
         }
-        Ok(Page { items, next })
+        Ok(Page { items, next, span })
     }
 
     /// One page of disputes; only lost ones matter.
@@ -812,6 +910,7 @@ impl StripeSource {
         }
         let list = self.fetch(&request).await?;
         let next = next_cursor(&list, |d| d.id.as_str().to_owned());
+        let span = Span::of(&list, |d| d.created);
         let items = list
             .data
             .into_iter()
@@ -828,7 +927,7 @@ impl StripeSource {
                 })
             })
             .collect();
-        Ok(Page { items, next })
+        Ok(Page { items, next, span })
     }
 
     /// One page of relevant events created at or after `created_gte`,
@@ -838,15 +937,27 @@ impl StripeSource {
         created_gte: Timestamp,
         after: Option<&str>,
     ) -> Result<Page<EventFact>, StripeError> {
+        let range = CreatedRange {
+            gte: Some(created_gte),
+            lt: None,
+        };
+        self.events_in(&range, after).await
+    }
+
+    /// One page of relevant events created in `created` (see `events_page`).
+    pub async fn events_in(&self, created: &CreatedRange, after: Option<&str>) -> Result<Page<EventFact>, StripeError> {
         let mut request = ListEvent::new()
-            .created(RangeQueryTs::gte(created_gte.timestamp()))
             .types(RELEVANT_EVENT_TYPES.iter().map(|t| (*t).to_owned()).collect::<Vec<_>>())
             .limit(PAGE);
+        if let Some(range) = created.query() {
+            request = request.created(range);
+        }
         if let Some(cursor) = after {
             request = request.starting_after(cursor);
         }
         let list = self.fetch(&request).await?;
         let next = next_cursor(&list, |e| e.id.as_str().to_owned());
+        let span = Span::of(&list, |e| e.created);
         let mut items = Vec::with_capacity(list.data.len());
         for event in list.data {
             let id = event.id.as_str().to_owned();
@@ -873,7 +984,7 @@ impl StripeSource {
                 id,
             });
         }
-        Ok(Page { items, next })
+        Ok(Page { items, next, span })
     }
 }
 

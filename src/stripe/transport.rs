@@ -6,8 +6,14 @@
 //! honour `Retry-After` and `Stripe-Should-Retry`, a client-side rate
 //! ceiling (governor), a per-attempt timeout, and counters of every HTTP
 //! attempt made and of the 429s among them.
+//!
+//! A `429` is not only a retry: its `Retry-After` (or the computed backoff)
+//! holds the whole endpoint, so the other requests a run has in flight to
+//! it wait too instead of each earning its own 429.
 
+use std::collections::HashMap;
 use std::num::NonZeroU32;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -122,6 +128,8 @@ pub struct Transport {
     ceiling: RateCeiling,
     global: DefaultDirectRateLimiter,
     per_endpoint: Option<DefaultKeyedRateLimiter<String>>,
+    /// Endpoints Stripe answered 429, held until the time it asked for.
+    held: Mutex<HashMap<String, tokio::time::Instant>>,
     timeout: Duration,
     max_retries: u32,
     initial_backoff: Duration,
@@ -277,6 +285,7 @@ impl Transport {
             ceiling,
             global: RateLimiter::direct(quota(ceiling.global_rps)),
             per_endpoint: ceiling.per_endpoint_rps.map(|r| RateLimiter::keyed(quota(r))),
+            held: Mutex::new(HashMap::new()),
             timeout: config.timeout,
             max_retries: config.max_retries,
             initial_backoff: config.initial_backoff,
@@ -298,6 +307,32 @@ impl Transport {
 
     pub fn ceiling(&self) -> RateCeiling {
         self.ceiling
+    }
+
+    /// Holds `endpoint` for `wait`: requests to it start no sooner.
+    fn hold(&self, endpoint: &str, wait: Duration) {
+        let until = tokio::time::Instant::now() + wait;
+        let mut held = self.held.lock().expect("held endpoints lock");
+        let entry = held.entry(endpoint.to_owned()).or_insert(until);
+        *entry = (*entry).max(until);
+    }
+
+    /// Waits until `endpoint` is no longer held by a 429.
+    async fn wait_while_held(&self, endpoint: &str) {
+        loop {
+            let until = {
+                let mut held = self.held.lock().expect("held endpoints lock");
+                match held.get(endpoint) {
+                    Some(&until) if until > tokio::time::Instant::now() => until,
+                    Some(_) => {
+                        held.remove(endpoint);
+                        return;
+                    }
+                    None => return,
+                }
+            };
+            tokio::time::sleep_until(until).await;
+        }
     }
 
     /// The computed wait before retry number `retry` (0-based): full
@@ -331,6 +366,7 @@ impl Transport {
         let timeout = timeout.unwrap_or(self.timeout);
         let mut attempts: u32 = 0;
         loop {
+            self.wait_while_held(&endpoint).await;
             self.global.until_ready().await;
             if let Some(limiter) = &self.per_endpoint {
                 limiter.until_key_ready(&endpoint).await;
@@ -419,6 +455,9 @@ impl Transport {
             };
             if retryable && may_retry {
                 let wait = retry_after(&headers).unwrap_or_else(|| self.backoff(attempts - 1));
+                if status == 429 {
+                    self.hold(&endpoint, wait);
+                }
                 tracing::warn!(%method, %path, status, attempts, ?wait, request_id = request_id.as_deref().unwrap_or("-"), "Stripe answered with a retryable error; retrying");
                 tokio::time::sleep(wait).await;
                 continue;

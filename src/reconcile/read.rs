@@ -1,0 +1,279 @@
+//! Reading Stripe: one stream of pages per list, read by several requests
+//! at once over `created` segments (see `segments`), and read ahead of the
+//! planner in its own task so that Stripe's latency and the database work
+//! overlap. The transport paces every request within Stripe's rate limits
+//! (one budget per endpoint and one global, fed back by `429`s), so the
+//! width here only has to be enough to fill them.
+//!
+//! Memory: at most [`WIDTH`] requests in flight per list and [`AHEAD`]
+//! pages waiting for the planner, whatever the size of the account.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use futures::stream::{self, FuturesUnordered, Stream, StreamExt};
+
+use super::segments::{self, PAGE, Segment};
+use crate::stripe::{CreatedRange, GrantPage, Page, Span, StripeError};
+
+/// Requests in flight per list: Stripe allows 25 requests/s per endpoint
+/// and answers a list page in 50-300 ms, so about 8 keep an endpoint busy.
+pub const WIDTH: usize = 10;
+/// Pages read ahead of the planner.
+pub const AHEAD: usize = 2 * WIDTH;
+
+/// A page the segmented reader can continue from.
+pub trait Paged {
+    fn next_cursor(&self) -> Option<&str>;
+    fn span(&self) -> Span;
+}
+
+impl Paged for GrantPage {
+    fn next_cursor(&self) -> Option<&str> {
+        self.next.as_deref()
+    }
+    fn span(&self) -> Span {
+        self.span
+    }
+}
+
+impl<T> Paged for Page<T> {
+    fn next_cursor(&self) -> Option<&str> {
+        self.next.as_deref()
+    }
+    fn span(&self) -> Span {
+        self.span
+    }
+}
+
+type Flight<P> = Pin<Box<dyn Future<Output = (Segment, Result<P, StripeError>)> + Send>>;
+
+struct Segmented<P, F> {
+    pending: VecDeque<Segment>,
+    flight: FuturesUnordered<Flight<P>>,
+    fetch: F,
+    failed: bool,
+    first: bool,
+}
+
+/// Every page of one list within `range`, up to `width` requests at once.
+/// `fetch` reads one page of a segment; `floor` is the oldest `created` the
+/// account can have (guides the split only). When `estimate` is given, the
+/// list's estimated size in objects is added to it after the first page.
+/// The stream ends after the first error.
+pub fn pages<P, F, Fut>(
+    range: CreatedRange,
+    floor: Option<i64>,
+    width: usize,
+    estimate: Option<Arc<AtomicU64>>,
+    fetch: F,
+) -> impl Stream<Item = Result<P, StripeError>> + Send + 'static
+where
+    P: Paged + Send + 'static,
+    F: Fn(Segment) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<P, StripeError>> + Send + 'static,
+{
+    let state = Segmented {
+        pending: VecDeque::from([Segment::of(&range)]),
+        flight: FuturesUnordered::new(),
+        fetch,
+        failed: false,
+        first: true,
+    };
+    stream::unfold(state, move |mut st| {
+        let estimate = estimate.clone();
+        async move {
+            if st.failed {
+                return None;
+            }
+            while st.flight.len() < width.max(1) {
+                let Some(segment) = st.pending.pop_front() else { break };
+                let request = (st.fetch)(segment.clone());
+                st.flight.push(Box::pin(async move { (segment, request.await) }));
+            }
+            let (segment, result) = st.flight.next().await?;
+            match result {
+                Ok(page) => {
+                    let span = page.span();
+                    let low = segment.gte.or(floor);
+                    if std::mem::take(&mut st.first)
+                        && let Some(estimate) = estimate
+                    {
+                        let rest = if page.next_cursor().is_some() {
+                            segments::pages_left(&span, low).max(1) * PAGE as u64
+                        } else {
+                            0
+                        };
+                        estimate.fetch_add(span.listed as u64 + rest, Ordering::Relaxed);
+                    }
+                    st.pending
+                        .extend(segments::rest(&segment, &span, page.next_cursor(), floor));
+                    Some((Ok(page), st))
+                }
+                Err(e) => {
+                    st.failed = true;
+                    Some((Err(e), st))
+                }
+            }
+        }
+    })
+}
+
+/// A stream read ahead of its consumer in its own task, up to `ahead`
+/// items buffered. Dropping it stops the reading (requests in flight are
+/// cancelled).
+pub struct Ahead<T> {
+    rx: tokio::sync::mpsc::Receiver<T>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl<T: Send + 'static> Ahead<T> {
+    pub fn new(items: impl Stream<Item = T> + Send + 'static, ahead: usize) -> Ahead<T> {
+        let (tx, rx) = tokio::sync::mpsc::channel(ahead.max(1));
+        let task = tokio::spawn(async move {
+            let mut items = std::pin::pin!(items);
+            while let Some(item) = items.next().await {
+                if tx.send(item).await.is_err() {
+                    break;
+                }
+            }
+        });
+        Ahead { rx, task }
+    }
+
+    pub async fn next(&mut self) -> Option<T> {
+        self.rx.recv().await
+    }
+}
+
+impl<T> Drop for Ahead<T> {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    /// A model list of `n` objects, one per second, served a page at a
+    /// time with a delay, counting the requests in flight.
+    struct Model {
+        created: Vec<i64>,
+        in_flight: AtomicU64,
+        max_in_flight: AtomicU64,
+        requests: AtomicU64,
+    }
+
+    impl Model {
+        async fn page(self: Arc<Self>, s: Segment) -> Result<Page<i64>, StripeError> {
+            let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+            self.max_in_flight.fetch_max(now, Ordering::SeqCst);
+            self.requests.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            // Newest first; ids are the created seconds (unique here).
+            let after: Option<i64> = s.after.as_deref().map(|a| a.parse().unwrap());
+            let matching: Vec<i64> = self
+                .created
+                .iter()
+                .rev()
+                .copied()
+                .filter(|c| after.is_none_or(|a| *c < a))
+                .filter(|c| s.gte.is_none_or(|g| *c >= g) && s.lt.is_none_or(|l| *c < l))
+                .collect();
+            let items: Vec<i64> = matching.iter().take(PAGE).copied().collect();
+            let has_more = matching.len() > PAGE;
+            self.in_flight.fetch_sub(1, Ordering::SeqCst);
+            Ok(Page {
+                next: has_more.then(|| items.last().unwrap().to_string()),
+                span: Span {
+                    newest: items.first().copied(),
+                    oldest: items.last().copied(),
+                    listed: items.len(),
+                },
+                items,
+            })
+        }
+    }
+
+    fn model(n: i64) -> Arc<Model> {
+        Arc::new(Model {
+            created: (0..n).collect(),
+            in_flight: AtomicU64::new(0),
+            max_in_flight: AtomicU64::new(0),
+            requests: AtomicU64::new(0),
+        })
+    }
+
+    async fn read(m: &Arc<Model>, width: usize) -> (Vec<i64>, u64) {
+        let estimate = Arc::new(AtomicU64::new(0));
+        let m2 = m.clone();
+        let stream = pages(
+            CreatedRange::default(),
+            Some(0),
+            width,
+            Some(estimate.clone()),
+            move |s| m2.clone().page(s),
+        );
+        let mut ahead = Ahead::new(stream, 4);
+        let mut seen = Vec::new();
+        while let Some(page) = ahead.next().await {
+            seen.extend(page.unwrap().items);
+        }
+        seen.sort();
+        (seen, estimate.load(Ordering::SeqCst))
+    }
+
+    #[tokio::test]
+    async fn a_large_list_is_read_once_with_requests_side_by_side() {
+        let m = model(5_000);
+        let (seen, estimate) = read(&m, WIDTH).await;
+        assert_eq!(seen, (0..5_000).collect::<Vec<_>>());
+        let max = m.max_in_flight.load(Ordering::SeqCst);
+        assert!(max > 1 && max <= WIDTH as u64, "in flight at most: {max}");
+        // 50 pages of data plus the few the split costs.
+        let requests = m.requests.load(Ordering::SeqCst);
+        assert!((50..=70).contains(&requests), "requests: {requests}");
+        assert!(
+            (4_500..=5_500).contains(&estimate),
+            "estimated from the first page: {estimate}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_small_list_costs_a_serial_read_and_width_one_is_serial() {
+        let m = model(150);
+        let (seen, _) = read(&m, WIDTH).await;
+        assert_eq!(seen.len(), 150);
+        assert_eq!(m.requests.load(Ordering::SeqCst), 2);
+        let m = model(2_000);
+        let (seen, _) = read(&m, 1).await;
+        assert_eq!(seen.len(), 2_000);
+        assert_eq!(m.max_in_flight.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn the_stream_ends_after_an_error_and_dropping_it_stops_the_reading() {
+        let calls = Arc::new(Mutex::new(0));
+        let c = calls.clone();
+        let stream = pages(CreatedRange::default(), Some(0), 4, None, move |_s: Segment| {
+            let c = c.clone();
+            async move {
+                *c.lock().unwrap() += 1;
+                Err::<Page<i64>, _>(StripeError::Decode {
+                    path: "/v1/x".into(),
+                    message: "bad".into(),
+                })
+            }
+        });
+        let mut ahead = Ahead::new(stream, 2);
+        assert!(ahead.next().await.unwrap().is_err());
+        assert!(ahead.next().await.is_none());
+        assert_eq!(*calls.lock().unwrap(), 1);
+    }
+}
