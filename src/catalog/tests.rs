@@ -387,3 +387,41 @@ fn the_catalog_reports_its_size_and_product_names() {
     assert!(catalog.contains_price("price_y") && catalog.contains_product("prod_x"));
     assert_eq!(catalog.len(), 2);
 }
+
+#[test]
+fn only_one_time_prices_of_licensed_or_misconfigured_products_can_grant_a_one_off_purchase() {
+    let catalog = Catalog::new(
+        [
+            product("prod_lic", &[("product_id", "pro")]),
+            product("prod_bad", &[("product_id", "pro"), ("ip_limit", "many")]),
+            product("prod_free", &[]),
+        ],
+        [
+            one_time_price("price_lic_once", "prod_lic", &[]),
+            recurring_price("price_lic_monthly", "prod_lic", &[]),
+            one_time_price("price_bad_once", "prod_bad", &[]),
+            one_time_price("price_free_once", "prod_free", &[]),
+            // A licensed price of an unlicensed product.
+            one_time_price("price_meta_once", "prod_free", &[("product_id", "addon")]),
+        ],
+    );
+    let grant: Vec<String> = catalog.one_time_prices_that_grant().into_iter().collect();
+    assert_eq!(grant, ["price_bad_once", "price_lic_once", "price_meta_once"]);
+
+    let subscriptions_only = Catalog::new(
+        [product("prod_lic", &[("product_id", "pro")])],
+        [recurring_price("price_lic_monthly", "prod_lic", &[])],
+    );
+    assert!(subscriptions_only.one_time_prices_that_grant().is_empty());
+}
+
+#[test]
+fn the_oldest_price_bounds_every_purchase() {
+    let mut old = one_time_price("price_old", "prod_x", &[]);
+    old.created = 1_500_000_000;
+    let mut new = one_time_price("price_new", "prod_x", &[]);
+    new.created = 1_700_000_000;
+    let catalog = Catalog::new([product("prod_x", &[])], [new, old]);
+    assert_eq!(catalog.oldest_price(), Some(1_500_000_000));
+    assert_eq!(Catalog::default().oldest_price(), None);
+}

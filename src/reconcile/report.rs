@@ -137,6 +137,8 @@ impl Report {
                     reason: s.reason.clone(),
                 });
             } else {
+                // Past the report's limit, the log is where a skip is named.
+                tracing::warn!(stripe_object = %s.stripe_object, reason = %s.reason, "grant skipped");
                 self.skipped_omitted += 1;
             }
         }
@@ -352,6 +354,32 @@ mod tests {
         assert_eq!(json["actions_omitted"], 4);
         assert_eq!(json["actions"].as_array().unwrap().len(), 3);
         assert_eq!(report_of(2, 3).actions_omitted, 0);
+    }
+
+    #[test]
+    fn the_report_keeps_the_first_skips_and_counts_the_rest() {
+        let grants = (0..5)
+            .map(|i| sub_item().id(&format!("si_{i}")).quantity(0).fact())
+            .collect();
+        let plan = World::new(grants).plan(&[], day(1));
+        assert_eq!(plan.skipped.len(), 5);
+        let mut report = Report::new(RunMode::Full, true, 2);
+        report.record(&plan, None, &[]);
+        assert_eq!(report.skipped.len(), 2);
+        assert_eq!(report.skipped_omitted, 3);
+        assert_eq!(report.counts["skipped"], 5, "counts cover every skip");
+        let text = render_text(&report);
+        assert!(text.contains("... and 3 more skips"), "{text}");
+    }
+
+    #[test]
+    fn unchanged_counts_licenses_looked_at_that_no_page_changed() {
+        let mut report = report_of(0, 10);
+        report.record(&World::new(vec![]).plan(&[], day(1)), None, &[1, 2, 3, 2]);
+        report.record(&World::new(vec![]).plan(&[], day(1)), None, &[3, 4]);
+        report.changed.insert(3);
+        report.count_unchanged();
+        assert_eq!(report.counts["unchanged"], 3, "1, 2 and 4; 3 changed");
     }
 
     #[test]
