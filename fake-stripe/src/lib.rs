@@ -128,6 +128,14 @@ pub struct SubscriptionSpec {
     pub cancel_at: Option<i64>,
     /// Default true; false leaves the latest invoice `open` (a failed payment).
     pub latest_invoice_paid: Option<bool>,
+    /// Billing periods before the current one, each with its paid invoice
+    /// (and payment and charge), one price interval apart (month = 30 days,
+    /// year = 365 days, of the first item's price): the subscription's
+    /// `created` and `start_date` are that many periods before the current
+    /// period's start, its first invoice is `subscription_create` and every
+    /// later one, the latest included, `subscription_cycle`, each created at
+    /// its period's start. Default 0: only the latest invoice, created now.
+    pub past_periods: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -797,6 +797,15 @@ impl State {
         let status = spec.status.as_deref().unwrap_or("active").to_owned();
         let start = spec.current_period_start.unwrap_or(self.now);
         let end = spec.current_period_end.unwrap_or(start + 30 * DAY);
+        let past = i64::from(spec.past_periods);
+        let step = if past > 0 {
+            interval_secs(self.must("price", &spec.items[0].0))
+        } else {
+            0
+        };
+        // With a history the subscription began `past` periods ago.
+        let began = start - past * step;
+        let created = if past > 0 { began } else { self.now };
         let id = self.next_id("sub");
         let mut item_ids = Vec::new();
         for (price, quantity) in &spec.items {
@@ -809,7 +818,7 @@ impl State {
             set(
                 &mut item,
                 json!({
-                    "id": si, "created": self.now, "discounts": [], "metadata": {}, "price": price,
+                    "id": si, "created": created, "discounts": [], "metadata": {}, "price": price,
                     "quantity": quantity, "subscription": id, "tax_rates": [], "plan": null,
                     "current_period_start": start, "current_period_end": end, "billing_thresholds": null,
                 }),
@@ -826,10 +835,10 @@ impl State {
             &mut sub,
             json!({
                 "id": id, "application": null, "application_fee_percent": null,
-                "billing_cycle_anchor": start, "billing_cycle_anchor_config": null,
+                "billing_cycle_anchor": began, "billing_cycle_anchor_config": null,
                 "cancel_at": cancel_at, "cancel_at_period_end": spec.cancel_at_period_end,
                 "canceled_at": if ended || cancel_at.is_some() { Value::from(self.now) } else { Value::Null },
-                "collection_method": "charge_automatically", "created": self.now, "currency": "usd",
+                "collection_method": "charge_automatically", "created": created, "currency": "usd",
                 "customer": spec.customer, "days_until_due": null, "default_payment_method": null,
                 "default_source": null, "default_tax_rates": [], "description": null, "discounts": [],
                 "ended_at": if ended { Value::from(self.now) } else { Value::Null },
@@ -838,7 +847,7 @@ impl State {
                 "next_pending_invoice_item_invoice": null, "on_behalf_of": null,
                 "pause_collection": null, "pending_invoice_item_interval": null,
                 "pending_setup_intent": null, "pending_update": null, "schedule": null,
-                "start_date": start, "status": status, "test_clock": null, "transfer_data": null,
+                "start_date": began, "status": status, "test_clock": null, "transfer_data": null,
                 "trial_end": trial_end, "trial_start": trial_end.map(|_| start),
                 "billing_thresholds": null, "customer_account": null, "managed_payments": null,
                 "billing_schedules": [],
@@ -846,17 +855,49 @@ impl State {
         );
         self.put(sub);
         let paid = spec.latest_invoice_paid.unwrap_or(true);
+        let wall = self.now;
+        let mut history = Vec::new();
+        for k in 0..past {
+            let period = (began + k * step, began + (k + 1) * step);
+            // Each past invoice was made, and paid, as its period began.
+            self.now = period.0;
+            let parts = self
+                .item_lines(&id)
+                .into_iter()
+                .map(|part| LinePart { period, ..part })
+                .collect();
+            let reason = if k == 0 {
+                "subscription_create"
+            } else {
+                "subscription_cycle"
+            };
+            history.push(
+                self.build_invoice(Some(&spec.customer), parts, "paid", Some(&id), reason, None)
+                    .0,
+            );
+        }
+        if past > 0 {
+            self.now = start;
+        }
         let parts = self.item_lines(&id);
         let (invoice, _) = self.build_invoice(
             Some(&spec.customer),
             parts,
             if paid { "paid" } else { "open" },
             Some(&id),
-            "subscription_create",
+            if past > 0 {
+                "subscription_cycle"
+            } else {
+                "subscription_create"
+            },
             None,
         );
+        self.now = wall;
         self.raw_mut("subscription", &id)["latest_invoice"] = invoice.clone().into();
         self.record_for("customer.subscription.created", "subscription", &id);
+        for past_invoice in &history {
+            self.record_invoice_events(past_invoice);
+        }
         self.record_invoice_events(&invoice);
         CreatedSubscription {
             id,
