@@ -18,6 +18,11 @@
 //!   current API no longer fills, are null: the subscription is under `parent`;
 //! - invoices also accept `expand[]=payments` (Stripe's includable list of
 //!   `invoice_payment`s), the current API's only link from an invoice to its payment.
+//! - every invoice line that is not a subscription item's (the lines of
+//!   one-off invoices and of Checkout Sessions' invoices) has its invoice item
+//!   (`ii_` and the line's number), listed at `/v1/invoiceitems` by its `date`;
+//!   subscription invoices have none. An invoice without a customer gets none
+//!   (an invoice item needs one). Invoice items record no events.
 
 // Large json! literals (Stripe objects have many fields) need a deeper macro recursion.
 #![recursion_limit = "256"]

@@ -309,6 +309,7 @@ const COLLECTIONS: &[(&str, &str)] = &[
     ("/v1/subscription_items", "subscription_item"),
     ("/v1/checkout/sessions", "checkout.session"),
     ("/v1/invoices", "invoice"),
+    ("/v1/invoiceitems", "invoiceitem"),
     ("/v1/refunds", "refund"),
     ("/v1/disputes", "dispute"),
     ("/v1/charges", "charge"),

@@ -120,11 +120,14 @@ fn plan_of(price: &Value) -> Value {
 /// An object's place in list order: ascending keys are newest first.
 pub(crate) type ListKey = (Reverse<i64>, Reverse<String>);
 
+/// When an object was created: `created`, or `date` for invoice items,
+/// which are listed and filtered by it.
+pub(crate) fn created_of(v: &Value) -> i64 {
+    v["created"].as_i64().or_else(|| v["date"].as_i64()).unwrap_or_default()
+}
+
 pub(crate) fn list_key(v: &Value) -> ListKey {
-    (
-        Reverse(v["created"].as_i64().unwrap_or_default()),
-        Reverse(str_of(v, "id").to_owned()),
-    )
+    (Reverse(created_of(v)), Reverse(str_of(v, "id").to_owned()))
 }
 
 fn list_of(data: Vec<Value>, has_more: bool, url: String) -> Value {
@@ -665,6 +668,12 @@ impl State {
                 }),
             );
             self.put(line);
+            if part.subscription_item.is_none()
+                && let Some(customer) = customer
+            {
+                let item = self.invoice_item(&lid, &id, customer, subscription, &price, &product, part);
+                self.put(item);
+            }
             line_ids.push(lid);
         }
         let (email, name) = customer
@@ -715,6 +724,41 @@ impl State {
             self.invoice_payments.insert(id.clone(), pi);
         }
         (id, line_ids)
+    }
+
+    /// The invoice item behind a line that is not a subscription item's
+    /// (its `parent.invoice_item_details.invoice_item`): `ii_` and the line's number.
+    #[allow(clippy::too_many_arguments)]
+    fn invoice_item(
+        &self,
+        line: &str,
+        invoice: &str,
+        customer: &str,
+        subscription: Option<&str>,
+        price: &Value,
+        product: &Value,
+        part: &LinePart,
+    ) -> Value {
+        let amount = price["unit_amount"].as_i64().unwrap_or(0) * part.quantity;
+        let parent =
+            subscription.map(|s| json!({"type": "subscription_details", "subscription_details": {"subscription": s}}));
+        let mut item = template("invoiceitem");
+        set(
+            &mut item,
+            json!({
+                "id": format!("ii_{}", &line[3..]), "amount": amount, "currency": price["currency"],
+                "customer": customer, "date": self.now, "description": product["name"],
+                "discountable": true, "discounts": [], "invoice": invoice, "livemode": self.livemode,
+                "metadata": {}, "net_amount": null, "parent": parent,
+                "period": {"start": part.period.0, "end": part.period.1},
+                "pricing": {"type": "price_details",
+                    "price_details": {"price": price["id"], "product": product["id"]},
+                    "unit_amount_decimal": price["unit_amount_decimal"]},
+                "proration": false, "quantity": part.quantity, "quantity_decimal": part.quantity.to_string(),
+                "tax_rates": [], "test_clock": null, "customer_account": null,
+            }),
+        );
+        item
     }
 
     /// The events of a new invoice; an open subscription invoice is a failed renewal.
