@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use serde_json::{Value, json};
 
-use crate::state::State;
+use crate::state::{State, created_of};
 
 /// A Stripe error response: HTTP status and the `{"error": {...}}` body.
 #[derive(Debug)]
@@ -165,6 +165,11 @@ fn filters(ty: &str) -> Vec<(&'static str, Filter)> {
             ("customer", Eq("/customer")),
             ("subscription", Eq("/parent/subscription_details/subscription")),
         ],
+        "invoiceitem" => vec![
+            ("invoice", Eq("/invoice")),
+            ("customer", Eq("/customer")),
+            ("pending", Custom(invoice_item_pending)),
+        ],
         "refund" | "dispute" => vec![("payment_intent", Eq("/payment_intent")), ("charge", Eq("/charge"))],
         "charge" => vec![("customer", Eq("/customer")), ("payment_intent", Eq("/payment_intent"))],
         "payment_intent" => vec![("customer", Eq("/customer"))],
@@ -182,6 +187,11 @@ fn subscription_status(_: &State, sub: &Value, status: &str) -> bool {
         "ended" => sub["status"] == "canceled" || sub["status"] == "incomplete_expired",
         status => sub["status"] == status,
     }
+}
+
+/// `pending=true`: not yet on an invoice; `false`: on one.
+fn invoice_item_pending(_: &State, item: &Value, pending: &str) -> bool {
+    item["invoice"].is_null() == (pending == "true")
 }
 
 fn subscription_has_price(st: &State, sub: &Value, price: &str) -> bool {
@@ -218,7 +228,7 @@ fn matches(st: &State, obj: &Value, param: &str, filter: &Filter, value: &str) -
 }
 
 fn created_ok(obj: &Value, created: &[(String, i64)]) -> bool {
-    let at = obj["created"].as_i64().unwrap_or_default();
+    let at = created_of(obj);
     created.iter().all(|(op, bound)| match op.as_str() {
         "gt" => at > *bound,
         "gte" => at >= *bound,
@@ -397,8 +407,10 @@ enum Link {
 fn link(ty: &str, field: &str) -> Option<Link> {
     use Link::*;
     Some(match (ty, field) {
-        ("subscription" | "invoice" | "checkout.session" | "charge" | "payment_intent", "customer") => Id("customer"),
-        ("subscription", "latest_invoice") | ("checkout.session", "invoice") => Id("invoice"),
+        ("subscription" | "invoice" | "checkout.session" | "charge" | "payment_intent" | "invoiceitem", "customer") => {
+            Id("customer")
+        }
+        ("subscription", "latest_invoice") | ("checkout.session" | "invoiceitem", "invoice") => Id("invoice"),
         ("subscription", "items") => EmbeddedList("subscription_item"),
         ("subscription_item" | "item", "price") => Embedded("price"),
         ("price", "product") => Id("product"),

@@ -18,15 +18,22 @@
 //!   current API no longer fills, are null: the subscription is under `parent`;
 //! - invoices also accept `expand[]=payments` (Stripe's includable list of
 //!   `invoice_payment`s), the current API's only link from an invoice to its payment.
+//! - every invoice line that is not a subscription item's (the lines of
+//!   one-off invoices and of Checkout Sessions' invoices) has its invoice item
+//!   (`ii_` and the line's number), listed at `/v1/invoiceitems` by its `date`;
+//!   subscription invoices have none. An invoice without a customer gets none
+//!   (an invoice item needs one). Invoice items record no events.
 
 // Large json! literals (Stripe objects have many fields) need a deeper macro recursion.
 #![recursion_limit = "256"]
 
 mod api;
+mod conditions;
 mod sample;
 mod server;
 mod state;
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -44,6 +51,7 @@ pub const DEFAULT_API_KEY: &str = "sk_test_fake_0123456789";
 #[derive(Clone)]
 pub struct FakeStripe {
     state: Arc<Mutex<State>>,
+    conditions: Arc<conditions::Conditions>,
     server: Arc<server::ServerTask>,
 }
 
@@ -61,6 +69,47 @@ impl Default for Options {
         Options {
             api_key: DEFAULT_API_KEY.to_owned(),
             seed_sample: false,
+        }
+    }
+}
+
+/// Per-request latency, drawn uniformly from `[min, max]` for each request
+/// and slept outside any lock, so that concurrent requests overlap as they
+/// do against Stripe (e.g. 50..300 ms for a client far from Stripe).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Latency {
+    pub min: Duration,
+    pub max: Duration,
+}
+
+impl Latency {
+    pub fn ms(min: u64, max: u64) -> Latency {
+        Latency {
+            min: Duration::from_millis(min),
+            max: Duration::from_millis(max),
+        }
+    }
+}
+
+/// Stripe's request rate limits, enforced as Stripe does: a request over
+/// either limit is answered 429 with the `rate_limit` error and a
+/// `Retry-After` header in whole seconds. Each limit is a token bucket
+/// holding one second's worth of requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimits {
+    /// Requests per second per endpoint, `/v1/<first path segment>`
+    /// (`/v1/subscriptions`, `/v1/checkout`, ...).
+    pub per_endpoint_rps: u32,
+    /// Requests per second over the whole account.
+    pub global_rps: u32,
+}
+
+impl RateLimits {
+    /// Stripe's defaults: 25/s per endpoint; 100/s overall in live mode, 25/s in test mode.
+    pub fn stripe(livemode: bool) -> RateLimits {
+        RateLimits {
+            per_endpoint_rps: 25,
+            global_rps: if livemode { 100 } else { 25 },
         }
     }
 }
@@ -84,6 +133,14 @@ pub struct SubscriptionSpec {
     pub cancel_at: Option<i64>,
     /// Default true; false leaves the latest invoice `open` (a failed payment).
     pub latest_invoice_paid: Option<bool>,
+    /// Billing periods before the current one, each with its paid invoice
+    /// (and payment and charge), one price interval apart (month = 30 days,
+    /// year = 365 days, of the first item's price): the subscription's
+    /// `created` and `start_date` are that many periods before the current
+    /// period's start, its first invoice is `subscription_create` and every
+    /// later one, the latest included, `subscription_cycle`, each created at
+    /// its period's start. Default 0: only the latest invoice, created now.
+    pub past_periods: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -199,9 +256,11 @@ impl FakeStripe {
     /// Serves on a given address (the binary's `--addr`).
     pub async fn start_on(addr: SocketAddr, opts: Options) -> std::io::Result<FakeStripe> {
         let state = Arc::new(Mutex::new(State::new(opts.api_key)));
-        let server = server::ServerTask::spawn(addr, state.clone()).await?;
+        let conditions = Arc::new(conditions::Conditions::new(u64::from(addr.port())));
+        let server = server::ServerTask::spawn(addr, state.clone(), conditions.clone()).await?;
         let fake = FakeStripe {
             state,
+            conditions,
             server: Arc::new(server),
         };
         if opts.seed_sample {
@@ -314,6 +373,29 @@ impl FakeStripe {
     /// runs that read `/v1/events` need them.
     pub fn set_record_events(&self, on: bool) {
         self.st().record_events = on;
+    }
+
+    /// Sets (or, with `None`, removes) the latency of every later request.
+    /// Off by default.
+    pub fn set_latency(&self, latency: Option<Latency>) {
+        self.conditions.set_latency(latency)
+    }
+
+    pub fn latency(&self) -> Option<Latency> {
+        self.conditions.latency()
+    }
+
+    /// Enforces (or, with `None`, lifts) rate limits on every later request,
+    /// starting from full buckets. Off by default; `RateLimits::stripe(fake.livemode())`
+    /// gives Stripe's.
+    pub fn set_rate_limits(&self, limits: Option<RateLimits>) {
+        self.conditions.set_rate_limits(limits)
+    }
+
+    /// The 429s the rate limits answered, per endpoint (`/v1/<first path
+    /// segment>`), since the server started. Injected faults do not count.
+    pub fn rate_limited(&self) -> BTreeMap<String, u64> {
+        self.conditions.rate_limited()
     }
 
     pub fn requests(&self) -> Vec<LoggedRequest> {

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use fake_stripe::{DEFAULT_API_KEY, FakeStripe, Options};
+use fake_stripe::{DEFAULT_API_KEY, FakeStripe, Latency, Options, RateLimits};
 
 #[derive(Parser)]
 #[command(
@@ -28,9 +28,44 @@ struct Args {
     /// for trying a first import at scale, e.g. with --mail-since.
     #[arg(long, value_name = "N", conflicts_with = "sample")]
     purchases: Option<usize>,
+    /// Answer each request after a latency drawn uniformly from MIN..MAX
+    /// milliseconds (e.g. 50..300, a client far from Stripe; or one number).
+    /// Concurrent requests overlap their latencies. Default: none.
+    #[arg(long, value_name = "MIN..MAX", value_parser = parse_latency)]
+    latency_ms: Option<Latency>,
+    /// Enforce Stripe's rate limits: 25 requests/s per endpoint
+    /// (/v1/<first path segment>) and 100/s overall in live mode, 25/s in
+    /// test mode. A request over a limit gets 429 with Stripe's rate_limit
+    /// error and Retry-After; the 429s per endpoint are printed to stderr at
+    /// exit. Default: no limits.
+    #[arg(long)]
+    rate_limits: bool,
+    /// The per-endpoint limit in requests/s instead of 25 (implies --rate-limits).
+    #[arg(long, value_name = "RPS", value_parser = clap::value_parser!(u32).range(1..))]
+    endpoint_rps: Option<u32>,
+    /// The overall limit in requests/s instead of the mode's (implies --rate-limits).
+    #[arg(long, value_name = "RPS", value_parser = clap::value_parser!(u32).range(1..))]
+    global_rps: Option<u32>,
     /// Run this command against the server, then stop with its exit code.
     #[arg(long, num_args = 1.., allow_hyphen_values = true, trailing_var_arg = true, value_name = "CMD")]
     exec: Vec<String>,
+}
+
+/// `50..300`, `50..=300` or `120` (milliseconds).
+fn parse_latency(raw: &str) -> Result<Latency, String> {
+    let number = |s: &str| {
+        s.trim()
+            .parse::<u64>()
+            .map_err(|_| format!("`{s}` is not a number of milliseconds; write MIN..MAX, e.g. 50..300"))
+    };
+    let (min, max) = match raw.split_once("..") {
+        Some((min, max)) => (number(min)?, number(max.trim_start_matches('='))?),
+        None => (number(raw)?, number(raw)?),
+    };
+    if min > max {
+        return Err(format!("the minimum {min} is above the maximum {max}"));
+    }
+    Ok(Latency::ms(min, max))
 }
 
 #[tokio::main]
@@ -55,6 +90,27 @@ async fn main() -> anyhow::Result<ExitCode> {
     if let Some(n) = args.purchases {
         fake.seed_purchases(n);
     }
+    // Loading is done: the conditions apply to the clients from here on.
+    fake.set_latency(args.latency_ms);
+    let limited = args.rate_limits || args.endpoint_rps.is_some() || args.global_rps.is_some();
+    if limited {
+        let stripe = RateLimits::stripe(fake.livemode());
+        fake.set_rate_limits(Some(RateLimits {
+            per_endpoint_rps: args.endpoint_rps.unwrap_or(stripe.per_endpoint_rps),
+            global_rps: args.global_rps.unwrap_or(stripe.global_rps),
+        }));
+    }
+    let report_limits = |fake: &FakeStripe| {
+        if limited {
+            let counts = fake.rate_limited();
+            let total: u64 = counts.values().sum();
+            let each: Vec<String> = counts.iter().map(|(e, n)| format!("{e} {n}")).collect();
+            eprintln!(
+                "fake-stripe: answered {total} requests 429 (rate limited): {}",
+                each.join(", ")
+            );
+        }
+    };
 
     let Some((program, program_args)) = args.exec.split_first() else {
         println!("fake-stripe listening on {}", fake.base_url());
@@ -62,6 +118,7 @@ async fn main() -> anyhow::Result<ExitCode> {
         println!("STRIPE_API_KEY={}", fake.api_key());
         println!("Press Ctrl-C to stop.");
         tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
+        report_limits(&fake);
         return Ok(ExitCode::SUCCESS);
     };
     let status = tokio::process::Command::new(program)
@@ -71,6 +128,7 @@ async fn main() -> anyhow::Result<ExitCode> {
         .status()
         .await
         .with_context(|| format!("cannot run `{program}`"))?;
+    report_limits(&fake);
     // A command killed by a signal has no code; report it as a failure.
     let code = status.code().unwrap_or(1);
     Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))

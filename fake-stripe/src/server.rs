@@ -22,6 +22,7 @@ use tokio::task::JoinHandle;
 use tower::ServiceExt;
 
 use crate::api::{self, ApiError};
+use crate::conditions::Conditions;
 use crate::state::State;
 use crate::{FaultKind, LoggedRequest};
 
@@ -40,7 +41,7 @@ impl Drop for ServerTask {
 }
 
 impl ServerTask {
-    pub async fn spawn(addr: SocketAddr, state: Shared) -> std::io::Result<ServerTask> {
+    pub async fn spawn(addr: SocketAddr, state: Shared, conditions: Arc<Conditions>) -> std::io::Result<ServerTask> {
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let router = router(state.clone());
@@ -54,8 +55,10 @@ impl ServerTask {
                         continue;
                     }
                 };
-                let (state, router) = (state.clone(), router.clone());
-                let service = hyper::service::service_fn(move |req| handle(state.clone(), router.clone(), req));
+                let (state, router, conditions) = (state.clone(), router.clone(), conditions.clone());
+                let service = hyper::service::service_fn(move |req| {
+                    handle(state.clone(), conditions.clone(), router.clone(), req)
+                });
                 tokio::spawn(async move {
                     // A dropped connection (fault or client gone) ends here; nothing to report.
                     let _ = hyper::server::conn::http1::Builder::new()
@@ -80,14 +83,49 @@ impl std::fmt::Display for DropConnection {
 
 impl std::error::Error for DropConnection {}
 
-async fn handle(state: Shared, router: Router, req: Request<Incoming>) -> Result<Response<Body>, DropConnection> {
+const RATE_LIMIT_MESSAGE: &str =
+    "Request rate limit exceeded. Learn more about rate limits here https://stripe.com/docs/rate-limits.";
+
+/// Stripe's answer to a request over a rate limit.
+fn rate_limited(retry_after_secs: u64) -> Response<Body> {
+    let err = ApiError::new(
+        429,
+        "invalid_request_error",
+        Some("rate_limit"),
+        RATE_LIMIT_MESSAGE.into(),
+        None,
+    );
+    let mut resp = error_response(err);
+    let headers = resp.headers_mut();
+    headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+    headers.insert("stripe-should-retry", HeaderValue::from_static("true"));
+    resp
+}
+
+async fn handle(
+    state: Shared,
+    conditions: Arc<Conditions>,
+    router: Router,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, DropConnection> {
     let at = Instant::now();
     let method = req.method().to_string();
     let path = req.uri().path().to_owned();
     let query = req.uri().query().unwrap_or_default().to_owned();
+    // The limits count requests as they arrive; the latency (the way there
+    // and back, and Stripe's own time) is slept with no lock held.
+    let over_limit = conditions.admit(&path);
+    if let Some(delay) = conditions.draw_latency() {
+        tokio::time::sleep(delay).await;
+    }
     let (fault, request_id, api_key) = {
         let mut st = lock(&state);
-        (st.take_fault(&path), st.next_request_id(), st.api_key.clone())
+        let fault = if over_limit.is_some() {
+            None
+        } else {
+            st.take_fault(&path)
+        };
+        (fault, st.next_request_id(), st.api_key.clone())
     };
     let log = |status: u16| {
         let entry = LoggedRequest {
@@ -99,62 +137,53 @@ async fn handle(state: Shared, router: Router, req: Request<Incoming>) -> Result
         };
         lock(&state).requests.push(entry);
     };
-    let mut response = match fault {
-        Some(FaultKind::DropConnection) => {
-            log(0);
-            return Err(DropConnection);
-        }
-        Some(FaultKind::TooManyRequests { retry_after_secs }) => {
-            let message =
-                "Request rate limit exceeded. Learn more about rate limits here https://stripe.com/docs/rate-limits.";
-            let err = ApiError::new(429, "invalid_request_error", Some("rate_limit"), message.into(), None);
-            let mut resp = error_response(err);
-            let headers = resp.headers_mut();
-            headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
-            headers.insert("stripe-should-retry", HeaderValue::from_static("true"));
-            resp
-        }
-        Some(FaultKind::ServerError(status)) => {
-            let message = "An unknown error occurred. Please retry your request (injected fault).";
-            let mut resp = error_response(ApiError::new(status, "api_error", None, message.into(), None));
-            resp.headers_mut()
-                .insert("stripe-should-retry", HeaderValue::from_static("true"));
-            resp
-        }
-        Some(FaultKind::TooManyRequestsWithoutRetryAfter) => {
-            let message =
-                "Request rate limit exceeded. Learn more about rate limits here https://stripe.com/docs/rate-limits.";
-            error_response(ApiError::new(
+    let mut response = if let Some(retry_after_secs) = over_limit {
+        rate_limited(retry_after_secs)
+    } else {
+        match fault {
+            Some(FaultKind::DropConnection) => {
+                log(0);
+                return Err(DropConnection);
+            }
+            Some(FaultKind::TooManyRequests { retry_after_secs }) => rate_limited(retry_after_secs),
+            Some(FaultKind::ServerError(status)) => {
+                let message = "An unknown error occurred. Please retry your request (injected fault).";
+                let mut resp = error_response(ApiError::new(status, "api_error", None, message.into(), None));
+                resp.headers_mut()
+                    .insert("stripe-should-retry", HeaderValue::from_static("true"));
+                resp
+            }
+            Some(FaultKind::TooManyRequestsWithoutRetryAfter) => error_response(ApiError::new(
                 429,
                 "invalid_request_error",
                 Some("rate_limit"),
-                message.into(),
+                RATE_LIMIT_MESSAGE.into(),
                 None,
-            ))
-        }
-        Some(FaultKind::NonJsonBody(status)) => Response::builder()
-            .status(StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY))
-            .header(header::CONTENT_TYPE, "text/html; charset=utf-8")
-            .body(Body::from(
-                "<html><head><title>Gateway</title></head><body><h1>Upstream unavailable</h1>\n\
-                 <p>injected fault: this is not Stripe's JSON</p></body></html>\n",
-            ))
-            .expect("a static response is valid"),
-        fault => {
-            if let Some(FaultKind::Latency(delay)) = fault {
-                tokio::time::sleep(delay).await;
-            }
-            let response = match authenticate(req.headers(), &api_key) {
-                Err(err) => error_response(err),
-                Ok(()) => match router.oneshot(req.map(Body::new)).await {
-                    Ok(resp) => resp,
-                    Err(never) => match never {},
-                },
-            };
-            if let Some(FaultKind::TruncatedBody) = fault {
-                truncated(response).await
-            } else {
-                response
+            )),
+            Some(FaultKind::NonJsonBody(status)) => Response::builder()
+                .status(StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY))
+                .header(header::CONTENT_TYPE, "text/html; charset=utf-8")
+                .body(Body::from(
+                    "<html><head><title>Gateway</title></head><body><h1>Upstream unavailable</h1>\n\
+                     <p>injected fault: this is not Stripe's JSON</p></body></html>\n",
+                ))
+                .expect("a static response is valid"),
+            fault => {
+                if let Some(FaultKind::Latency(delay)) = fault {
+                    tokio::time::sleep(delay).await;
+                }
+                let response = match authenticate(req.headers(), &api_key) {
+                    Err(err) => error_response(err),
+                    Ok(()) => match router.oneshot(req.map(Body::new)).await {
+                        Ok(resp) => resp,
+                        Err(never) => match never {},
+                    },
+                };
+                if let Some(FaultKind::TruncatedBody) = fault {
+                    truncated(response).await
+                } else {
+                    response
+                }
             }
         }
     };
@@ -280,6 +309,7 @@ const COLLECTIONS: &[(&str, &str)] = &[
     ("/v1/subscription_items", "subscription_item"),
     ("/v1/checkout/sessions", "checkout.session"),
     ("/v1/invoices", "invoice"),
+    ("/v1/invoiceitems", "invoiceitem"),
     ("/v1/refunds", "refund"),
     ("/v1/disputes", "dispute"),
     ("/v1/charges", "charge"),

@@ -120,11 +120,14 @@ fn plan_of(price: &Value) -> Value {
 /// An object's place in list order: ascending keys are newest first.
 pub(crate) type ListKey = (Reverse<i64>, Reverse<String>);
 
+/// When an object was created: `created`, or `date` for invoice items,
+/// which are listed and filtered by it.
+pub(crate) fn created_of(v: &Value) -> i64 {
+    v["created"].as_i64().or_else(|| v["date"].as_i64()).unwrap_or_default()
+}
+
 pub(crate) fn list_key(v: &Value) -> ListKey {
-    (
-        Reverse(v["created"].as_i64().unwrap_or_default()),
-        Reverse(str_of(v, "id").to_owned()),
-    )
+    (Reverse(created_of(v)), Reverse(str_of(v, "id").to_owned()))
 }
 
 fn list_of(data: Vec<Value>, has_more: bool, url: String) -> Value {
@@ -665,6 +668,12 @@ impl State {
                 }),
             );
             self.put(line);
+            if part.subscription_item.is_none()
+                && let Some(customer) = customer
+            {
+                let item = self.invoice_item(&lid, &id, customer, subscription, &price, &product, part);
+                self.put(item);
+            }
             line_ids.push(lid);
         }
         let (email, name) = customer
@@ -715,6 +724,41 @@ impl State {
             self.invoice_payments.insert(id.clone(), pi);
         }
         (id, line_ids)
+    }
+
+    /// The invoice item behind a line that is not a subscription item's
+    /// (its `parent.invoice_item_details.invoice_item`): `ii_` and the line's number.
+    #[allow(clippy::too_many_arguments)]
+    fn invoice_item(
+        &self,
+        line: &str,
+        invoice: &str,
+        customer: &str,
+        subscription: Option<&str>,
+        price: &Value,
+        product: &Value,
+        part: &LinePart,
+    ) -> Value {
+        let amount = price["unit_amount"].as_i64().unwrap_or(0) * part.quantity;
+        let parent =
+            subscription.map(|s| json!({"type": "subscription_details", "subscription_details": {"subscription": s}}));
+        let mut item = template("invoiceitem");
+        set(
+            &mut item,
+            json!({
+                "id": format!("ii_{}", &line[3..]), "amount": amount, "currency": price["currency"],
+                "customer": customer, "date": self.now, "description": product["name"],
+                "discountable": true, "discounts": [], "invoice": invoice, "livemode": self.livemode,
+                "metadata": {}, "net_amount": null, "parent": parent,
+                "period": {"start": part.period.0, "end": part.period.1},
+                "pricing": {"type": "price_details",
+                    "price_details": {"price": price["id"], "product": product["id"]},
+                    "unit_amount_decimal": price["unit_amount_decimal"]},
+                "proration": false, "quantity": part.quantity, "quantity_decimal": part.quantity.to_string(),
+                "tax_rates": [], "test_clock": null, "customer_account": null,
+            }),
+        );
+        item
     }
 
     /// The events of a new invoice; an open subscription invoice is a failed renewal.
@@ -797,6 +841,15 @@ impl State {
         let status = spec.status.as_deref().unwrap_or("active").to_owned();
         let start = spec.current_period_start.unwrap_or(self.now);
         let end = spec.current_period_end.unwrap_or(start + 30 * DAY);
+        let past = i64::from(spec.past_periods);
+        let step = if past > 0 {
+            interval_secs(self.must("price", &spec.items[0].0))
+        } else {
+            0
+        };
+        // With a history the subscription began `past` periods ago.
+        let began = start - past * step;
+        let created = if past > 0 { began } else { self.now };
         let id = self.next_id("sub");
         let mut item_ids = Vec::new();
         for (price, quantity) in &spec.items {
@@ -809,7 +862,7 @@ impl State {
             set(
                 &mut item,
                 json!({
-                    "id": si, "created": self.now, "discounts": [], "metadata": {}, "price": price,
+                    "id": si, "created": created, "discounts": [], "metadata": {}, "price": price,
                     "quantity": quantity, "subscription": id, "tax_rates": [], "plan": null,
                     "current_period_start": start, "current_period_end": end, "billing_thresholds": null,
                 }),
@@ -826,10 +879,10 @@ impl State {
             &mut sub,
             json!({
                 "id": id, "application": null, "application_fee_percent": null,
-                "billing_cycle_anchor": start, "billing_cycle_anchor_config": null,
+                "billing_cycle_anchor": began, "billing_cycle_anchor_config": null,
                 "cancel_at": cancel_at, "cancel_at_period_end": spec.cancel_at_period_end,
                 "canceled_at": if ended || cancel_at.is_some() { Value::from(self.now) } else { Value::Null },
-                "collection_method": "charge_automatically", "created": self.now, "currency": "usd",
+                "collection_method": "charge_automatically", "created": created, "currency": "usd",
                 "customer": spec.customer, "days_until_due": null, "default_payment_method": null,
                 "default_source": null, "default_tax_rates": [], "description": null, "discounts": [],
                 "ended_at": if ended { Value::from(self.now) } else { Value::Null },
@@ -838,7 +891,7 @@ impl State {
                 "next_pending_invoice_item_invoice": null, "on_behalf_of": null,
                 "pause_collection": null, "pending_invoice_item_interval": null,
                 "pending_setup_intent": null, "pending_update": null, "schedule": null,
-                "start_date": start, "status": status, "test_clock": null, "transfer_data": null,
+                "start_date": began, "status": status, "test_clock": null, "transfer_data": null,
                 "trial_end": trial_end, "trial_start": trial_end.map(|_| start),
                 "billing_thresholds": null, "customer_account": null, "managed_payments": null,
                 "billing_schedules": [],
@@ -846,17 +899,49 @@ impl State {
         );
         self.put(sub);
         let paid = spec.latest_invoice_paid.unwrap_or(true);
+        let wall = self.now;
+        let mut history = Vec::new();
+        for k in 0..past {
+            let period = (began + k * step, began + (k + 1) * step);
+            // Each past invoice was made, and paid, as its period began.
+            self.now = period.0;
+            let parts = self
+                .item_lines(&id)
+                .into_iter()
+                .map(|part| LinePart { period, ..part })
+                .collect();
+            let reason = if k == 0 {
+                "subscription_create"
+            } else {
+                "subscription_cycle"
+            };
+            history.push(
+                self.build_invoice(Some(&spec.customer), parts, "paid", Some(&id), reason, None)
+                    .0,
+            );
+        }
+        if past > 0 {
+            self.now = start;
+        }
         let parts = self.item_lines(&id);
         let (invoice, _) = self.build_invoice(
             Some(&spec.customer),
             parts,
             if paid { "paid" } else { "open" },
             Some(&id),
-            "subscription_create",
+            if past > 0 {
+                "subscription_cycle"
+            } else {
+                "subscription_create"
+            },
             None,
         );
+        self.now = wall;
         self.raw_mut("subscription", &id)["latest_invoice"] = invoice.clone().into();
         self.record_for("customer.subscription.created", "subscription", &id);
+        for past_invoice in &history {
+            self.record_invoice_events(past_invoice);
+        }
         self.record_invoice_events(&invoice);
         CreatedSubscription {
             id,

@@ -42,3 +42,43 @@ fn a_busy_address_is_a_clear_error() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains(&addr) && stderr.contains("--addr"), "{stderr}");
 }
+
+#[test]
+fn latency_and_rate_limit_flags_are_documented_checked_and_reported() {
+    let help = Command::new(env!("CARGO_BIN_EXE_fake-stripe"))
+        .arg("--help")
+        .output()
+        .expect("the binary runs");
+    let help = String::from_utf8_lossy(&help.stdout);
+    for flag in [
+        "--latency-ms",
+        "--rate-limits",
+        "--endpoint-rps",
+        "--global-rps",
+        "Retry-After",
+    ] {
+        assert!(help.contains(flag), "--help mentions {flag}: {help}");
+    }
+    let bad = Command::new(env!("CARGO_BIN_EXE_fake-stripe"))
+        .args(["--addr", "127.0.0.1:0", "--latency-ms", "300..50", "--exec", "true"])
+        .output()
+        .expect("the binary runs");
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("above the maximum"));
+    let ok = Command::new(env!("CARGO_BIN_EXE_fake-stripe"))
+        .args([
+            "--addr",
+            "127.0.0.1:0",
+            "--latency-ms",
+            "5..10",
+            "--endpoint-rps",
+            "3",
+            "--exec",
+            "true",
+        ])
+        .output()
+        .expect("the binary runs");
+    assert!(ok.status.success());
+    let stderr = String::from_utf8_lossy(&ok.stderr);
+    assert!(stderr.contains("answered 0 requests 429"), "{stderr}");
+}

@@ -111,6 +111,15 @@ async fn every_retrieved_object_has_the_fields_of_stripes_example() {
             "event",
             format!("/v1/events/{}", fake.events()[0]["id"].as_str().unwrap()),
         ),
+        (
+            "invoiceitem",
+            format!(
+                "/v1/invoiceitems/{}",
+                get(&fake, "/v1/invoiceitems?limit=1").await["data"][0]["id"]
+                    .as_str()
+                    .unwrap()
+            ),
+        ),
     ];
     for (ty, path) in &cases {
         assert_shape(&fx, ty, &get(&fake, path).await, path);
@@ -141,6 +150,7 @@ async fn every_listed_and_embedded_object_has_the_fields_of_stripes_example() {
         ("/v1/subscriptions?status=all", "subscription"),
         ("/v1/checkout/sessions", "checkout.session"),
         ("/v1/invoices", "invoice"),
+        ("/v1/invoiceitems", "invoiceitem"),
         ("/v1/refunds", "refund"),
         ("/v1/disputes", "dispute"),
         ("/v1/events", "event"),
