@@ -400,9 +400,11 @@ impl Run {
         // started: those count as handled, so the next run does not replay
         // them (a product change would otherwise mean another full scan
         // within the overlap window).
+        // Stripe's `created` has whole seconds: the run's own second is in
+        // (events of it may predate the run, and the cursor starts there).
         let window = CreatedRange {
             gte: Some(self.now - OVERLAP),
-            lt: Some(self.now),
+            lt: chrono::DateTime::from_timestamp(self.now.timestamp() + 1, 0),
         };
         let (_, listed) = self.events(window, &HashSet::new()).await?;
         Ok((RunMode::Full, Some(scope::next_cursor(self.now, &listed))))
