@@ -15,7 +15,8 @@ use chrono::{DateTime, SecondsFormat};
 use common::{Ran, TestDb, licensync};
 use diesel::prelude::*;
 use fake_stripe::{
-    CheckoutSpec, CreatedSession, CreatedSubscription, FakeStripe, Fault, FaultKind, Options, SubscriptionSpec,
+    CheckoutSpec, CreatedSession, CreatedSubscription, FakeStripe, Fault, FaultKind, InvoiceSpec, Options,
+    SubscriptionSpec,
 };
 use serde_json::{Value, json};
 
@@ -719,7 +720,10 @@ async fn a_stripe_outage_fails_the_run_without_half_applying_and_the_next_run_co
     let after = w.by_source().await;
     for license in &during {
         let source = license["source_id"].as_str().unwrap();
-        assert_eq!(after[source]["key"], license["key"], "a key issued during the outage stays");
+        assert_eq!(
+            after[source]["key"], license["key"],
+            "a key issued during the outage stays"
+        );
     }
     w.assert_one_email_per_license().await;
 }
@@ -1361,4 +1365,115 @@ async fn a_purchase_refunded_or_disputed_before_any_run_issues_and_mails_nothing
     let grant = format!("{}/{}", later.id, later.line_ids[0]);
     assert!(!w.by_source().await.contains_key(&grant), "{report:#}");
     w.assert_one_email_per_license().await;
+}
+
+/// Paths the run requested, with how many times (query strings dropped).
+fn requested(f: &FakeStripe) -> BTreeMap<String, usize> {
+    let mut paths = BTreeMap::new();
+    for r in f.requests() {
+        *paths.entry(r.path.clone()).or_default() += 1;
+    }
+    paths
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_catalog_without_one_time_prices_reads_no_checkout_sessions_and_no_invoices() {
+    let w = World::new().await;
+    let f = &w.fake;
+    let pro = f.create_product("Pro", &[("product_id", "pro")]);
+    let monthly = f.create_price(&pro, Some("month"), 1_000, &[]);
+    // A one-time price of a product that is not licensed cannot grant.
+    let mug = f.create_product("Mug", &[]);
+    let mug_once = f.create_price(&mug, None, 900, &[]);
+    let customer = f.create_customer(Some("sub@example.test"), None);
+    for _ in 0..3 {
+        f.create_subscription(SubscriptionSpec {
+            customer: customer.clone(),
+            items: vec![(monthly.clone(), 1)],
+            past_periods: 12,
+            ..SubscriptionSpec::default()
+        });
+    }
+    f.create_checkout_session(CheckoutSpec {
+        customer: Some(customer.clone()),
+        lines: vec![(mug_once, 1)],
+        ..CheckoutSpec::default()
+    });
+    f.clear_requests();
+
+    let report = w.reconcile(&[]).await.report();
+    assert_eq!(nonzero_counts(&report), counts(&[("issued", 3)]));
+    let paths = requested(f);
+    for list in ["/v1/checkout/sessions", "/v1/invoices", "/v1/invoiceitems"] {
+        assert!(!paths.contains_key(list), "{list} was read: {paths:?}");
+    }
+    assert!(paths.contains_key("/v1/subscriptions"), "{paths:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_off_invoices_are_found_through_their_items_without_paging_renewal_invoices() {
+    let w = World::new().await;
+    let f = &w.fake;
+    let shop = Shop::open(f);
+    let pro = f.create_product("Pro yearly", &[("product_id", "pro")]);
+    let monthly = f.create_price(&pro, Some("month"), 1_000, &[]);
+    // 150 subscriptions, each with a year of paid renewal invoices: 1,950
+    // invoices Stripe's invoice list would page through.
+    for n in 0..150 {
+        let customer = f.create_customer(Some(&format!("renewing{n}@example.test")), None);
+        f.create_subscription(SubscriptionSpec {
+            customer,
+            items: vec![(monthly.clone(), 1)],
+            past_periods: 12,
+            ..SubscriptionSpec::default()
+        });
+    }
+    let one_off = |lines: Vec<(String, i64)>| {
+        f.create_invoice(InvoiceSpec {
+            customer: shop.customer.clone(),
+            lines,
+            ..InvoiceSpec::default()
+        })
+    };
+    let paid = one_off(vec![(shop.tool_once.clone(), 1), (shop.addon_once.clone(), 2)]);
+    let paid_too = one_off(vec![(shop.addon_once.clone(), 1)]);
+    let unpaid = f.create_invoice(InvoiceSpec {
+        customer: shop.customer.clone(),
+        lines: vec![(shop.tool_once.clone(), 1)],
+        status: Some("open".into()),
+        ..InvoiceSpec::default()
+    });
+    f.clear_requests();
+
+    let report = w.reconcile(&[]).await.report();
+    let licenses = w.by_source().await;
+    for (invoice, lines) in [(&paid, 2), (&paid_too, 1)] {
+        let issued = licenses
+            .keys()
+            .filter(|s| s.starts_with(&format!("{}/", invoice.id)))
+            .count();
+        assert_eq!(issued, lines, "{} issues a license per line: {report:#}", invoice.id);
+    }
+    assert!(
+        !licenses.keys().any(|s| s.starts_with(&format!("{}/", unpaid.id))),
+        "an open invoice issues nothing"
+    );
+    // 151 subscriptions, the shop's session (2 lines) and 3 invoice lines.
+    assert_eq!(report["counts"]["issued"], 151 + 2 + 3, "{report:#}");
+
+    let paths = requested(f);
+    assert!(
+        !paths.contains_key("/v1/invoices"),
+        "the invoice list was paged: {paths:?}"
+    );
+    assert_eq!(paths.get("/v1/invoiceitems"), Some(&1), "{paths:?}");
+    let retrieved: Vec<&String> = paths.keys().filter(|p| p.starts_with("/v1/invoices/")).collect();
+    assert_eq!(
+        retrieved.len(),
+        3,
+        "only the invoices whose items have a licensed one-time price: {paths:?}"
+    );
+    // A rerun changes nothing.
+    let again = w.reconcile(&[]).await.report();
+    assert_eq!(nonzero_counts(&again), counts(&[("unchanged", 151 + 2 + 3)]));
 }
