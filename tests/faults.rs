@@ -7,7 +7,10 @@
 //!   mid-transfer, an HTML page instead of JSON, an answer slower than the
 //!   client's timeout. A burst is retried and the run lands like a clean
 //!   one; a storm (more than the retries) fails the run with exit 1 and a
-//!   message naming the request, after the pages before it landed whole.
+//!   message naming the request. The lists are read side by side, so which
+//!   pages committed before a failure depends on the order they reached
+//!   the writer; what the tests hold does not: the table keeps exactly the
+//!   pages the failed run committed, each whole, nothing of the failed one.
 //! - PostgreSQL: restarted while a page's transaction waits, a
 //!   `statement_timeout` hit by a page's write, every connection slot taken.
 //! - SMTP (a real server, `mail_support/smtp_sink.py`): down, refusing,
@@ -34,9 +37,14 @@ use fake_stripe::{CheckoutSpec, FakeStripe, Fault, FaultKind, SubscriptionSpec};
 use serde_json::Value;
 
 const DAY: i64 = 86_400;
-/// Three pages of subscriptions (100 + 100 + 50): a fault on the third
-/// request of `/v1/subscriptions` comes after two pages were applied.
+/// Three pages of subscriptions (100 + 100 + 50), read one after the
+/// other: the shop creates them all in one second, which the segmented
+/// reader cannot split (`src/reconcile/segments.rs`), so the third request
+/// of `/v1/subscriptions` is the third page, asked once the first two were
+/// answered. The other lists are read alongside it.
 const SUBSCRIPTIONS: usize = 250;
+/// The licenses of subscriptions (a query for [`count_now`]).
+const SUBSCRIPTION_LICENSES: &str = "SELECT id FROM licenses WHERE source_kind = 'subscription_item'";
 const SESSIONS: usize = 20;
 /// Retries of licensync's Stripe transport after the first attempt
 /// (`StripeConfig::new`): a storm is one more fault than that.
@@ -469,35 +477,13 @@ async fn stripe_get(fake: &FakeStripe, path_and_query: &str) -> Value {
     serde_json::from_slice(&bytes[split + 4..]).unwrap()
 }
 
-/// The subscription item grants (`subscription_item:si_...`) of the first
-/// `pages` pages of `/v1/subscriptions`, as licensync lists them.
-async fn subscription_pages(fake: &FakeStripe, pages: usize) -> BTreeSet<String> {
-    let mut grants = BTreeSet::new();
-    let mut after: Option<String> = None;
-    for _ in 0..pages {
-        let mut path = "/v1/subscriptions?limit=100&status=all".to_owned();
-        if let Some(last) = &after {
-            path.push_str(&format!("&starting_after={last}"));
-        }
-        let page = stripe_get(fake, &path).await;
-        for sub in page["data"].as_array().unwrap() {
-            for item in sub["items"]["data"].as_array().unwrap() {
-                grants.insert(format!("subscription_item:{}", item["id"].as_str().unwrap()));
-            }
-            after = Some(sub["id"].as_str().unwrap().to_owned());
-        }
-    }
-    grants
-}
-
 /// What a database that never saw a fault holds after one clean run of a
-/// [`shop`], and the grants of the shop's first two subscription pages.
+/// [`shop`].
 struct Reference {
     /// Requests per path of the clean run.
     requests: BTreeMap<String, usize>,
     licenses: BTreeMap<String, Value>,
     history: BTreeMap<String, String>,
-    first_two_pages: BTreeSet<String>,
 }
 
 /// Made once per process, by the first test that asks, on a shop and a
@@ -525,13 +511,10 @@ async fn reference(figures: &mut Figures) -> &'static Reference {
             );
             side.assert_one_email_per_license();
             assert_every_license_whole(side.url());
-            let first_two_pages = subscription_pages(&fake, 2).await;
-            assert_eq!(first_two_pages.len(), 200);
             Reference {
                 requests,
                 licenses,
                 history: history(side.url()),
-                first_two_pages,
             }
         })
         .await
@@ -542,27 +525,146 @@ fn log(fake: &FakeStripe) -> Vec<(String, u16)> {
     fake.requests().into_iter().map(|r| (r.path, r.status)).collect()
 }
 
+/// How often the fake was asked for each query of the list at `path`
+/// (exactly that path: not the retrieval of one object).
+fn asked(fake: &FakeStripe, path: &str) -> BTreeMap<String, usize> {
+    let mut asked = BTreeMap::new();
+    for r in fake.requests().into_iter().filter(|r| r.path == path) {
+        *asked.entry(r.query).or_default() += 1;
+    }
+    asked
+}
+
+/// The lists whose pages a full scan of a [`shop`] applies one transaction
+/// each (refunds and disputes grant nothing; the shop has no one-off invoice).
+const PURCHASE_LISTS: [&str; 2] = ["/v1/subscriptions", "/v1/checkout/sessions"];
+
+/// The ids of the objects (subscriptions, Checkout Sessions) of the page of
+/// the list at `path` that `query` asks for, read again from the fake: the
+/// account has not changed since the run read it.
+async fn page_objects(fake: &FakeStripe, path: &str, query: &str) -> BTreeSet<String> {
+    let page = stripe_get(fake, &format!("{path}?{query}")).await;
+    page["data"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{path}?{query} is a list page: {page}"))
+        .iter()
+        .map(|o| o["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// Every page of [`PURCHASE_LISTS`] the fake answered 200 since the last
+/// clear, by list and query, as the objects it holds. A fault logged with
+/// 200 (a cut body, an HTML page) counts too: its page is asked for again.
+async fn answered_pages(fake: &FakeStripe) -> Vec<(String, BTreeSet<String>)> {
+    let mut pages = Vec::new();
+    for path in PURCHASE_LISTS {
+        let answered: BTreeSet<String> = fake
+            .requests()
+            .into_iter()
+            .filter(|r| r.path == path && r.status == 200)
+            .map(|r| r.query)
+            .collect();
+        for query in answered {
+            let objects = page_objects(fake, path, &query).await;
+            pages.push((format!("{path}?{query}"), objects));
+        }
+    }
+    pages
+}
+
+/// The purchase a license of the reference was granted by: its
+/// subscription, or the Checkout Session before the `/` of its source.
+fn purchase(license: &Value) -> String {
+    match license["stripe_subscription_id"].as_str() {
+        Some(sub) if license["source_kind"] == "subscription_item" => sub.to_owned(),
+        _ => license["source_id"]
+            .as_str()
+            .unwrap()
+            .split('/')
+            .next()
+            .unwrap()
+            .to_owned(),
+    }
+}
+
+/// What a failed run left, whichever order the lists read side by side
+/// reached the writer in: every license in the table is the reference's,
+/// as the reference has it, and came from a page of a purchase list the
+/// fake answered; every such page landed whole or not at all (a page is
+/// one transaction). Returns the pages that landed.
+async fn assert_whole_pages(reference: &Reference, fake: &FakeStripe, url: &str) -> usize {
+    let landed = licenses(url);
+    for (grant, license) in &landed {
+        assert_eq!(
+            reference.licenses.get(grant),
+            Some(license),
+            "{grant} landed as the reference has it"
+        );
+    }
+    let mut from_answered = BTreeSet::new();
+    let mut whole = 0;
+    for (page, objects) in answered_pages(fake).await {
+        let grants: BTreeSet<&String> = reference
+            .licenses
+            .iter()
+            .filter(|(_, l)| objects.contains(&purchase(l)))
+            .map(|(g, _)| g)
+            .collect();
+        let got: BTreeSet<&String> = grants.iter().copied().filter(|g| landed.contains_key(*g)).collect();
+        assert!(
+            got.is_empty() || got == grants,
+            "{page} landed half: {} of its {} licenses",
+            got.len(),
+            grants.len()
+        );
+        whole += usize::from(!got.is_empty());
+        from_answered.extend(got);
+    }
+    let stray: Vec<&String> = landed.keys().filter(|g| !from_answered.contains(g)).collect();
+    assert!(stray.is_empty(), "licenses of no page the fake answered: {stray:?}");
+    whole
+}
+
+/// `{grant: key}` of every license a run's JSON report says it issued:
+/// the pages it committed (a page is counted once its transaction
+/// committed). The report must list every action.
+fn issued_in(report: &Value) -> BTreeMap<String, String> {
+    assert_eq!(report["actions_omitted"], 0, "the report lists every action");
+    report["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["action"] == "issue")
+        .map(|a| {
+            (
+                format!(
+                    "{}:{}",
+                    a["source_kind"].as_str().unwrap(),
+                    a["source_id"].as_str().unwrap()
+                ),
+                a["license_key"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
 /// A burst of faults, fewer than the retries, on several endpoints: the run
 /// retries each and lands exactly like a clean one.
 struct Burst {
     faults: Vec<(&'static str, FaultKind, usize)>,
-    /// Per path, the first requests the fake logged for it, in order; the
-    /// rest are the clean run's.
-    expect: Vec<(&'static str, Vec<Logged>)>,
+    /// Per path, the statuses the fake logs the injected faults with (0: a
+    /// dropped connection; a cut body carries the status of its headers),
+    /// in any order: the lists are read side by side, so the requests of
+    /// one path may reach the fake in any order relative to the others.
+    faults_logged: Vec<(&'static str, Vec<u16>)>,
     /// Attempts the client gave up on before the fake answered (and logged) them.
     abandoned: usize,
     /// What the retry warnings on stderr must say.
     stderr_mentions: Vec<&'static str>,
 }
 
-/// One request in the fake's log.
-#[derive(Debug, Clone, Copy)]
-enum Logged {
-    /// One of the clean run's, answered 200.
-    Clean,
-    /// A fault, logged with this status (0: a dropped connection).
-    Fault(u16),
-}
+/// Statuses and how often each was logged.
+type Tally = BTreeMap<u16, usize>;
 
 async fn stripe_burst(test: &'static str, burst: Burst) {
     let mut figures = Figures::new(test);
@@ -576,18 +678,30 @@ async fn stripe_burst(test: &'static str, burst: Burst) {
     let report = ran.report();
     assert_eq!(fake.faults_left(), 0, "every injected fault happened");
     let log = log(&fake);
-    for (path, first) in &burst.expect {
-        let got: Vec<u16> = log.iter().filter(|(p, _)| p == path).map(|(_, s)| *s).collect();
-        let clean = reference.requests[*path] - first.iter().filter(|l| matches!(l, Logged::Clean)).count();
-        let expected: Vec<u16> = first
-            .iter()
-            .map(|l| match l {
-                Logged::Clean => 200,
-                Logged::Fault(status) => *status,
-            })
-            .chain(std::iter::repeat_n(200, clean))
-            .collect();
-        assert_eq!(got, expected, "requests of {path}");
+    // Per path, as a tally rather than a sequence (the order of concurrent
+    // requests is the scheduler's): the clean run's requests, each answered
+    // 200 in the end, plus one logged answer per injected fault.
+    let mut got: BTreeMap<&str, Tally> = BTreeMap::new();
+    for (path, status) in &log {
+        *got.entry(path).or_default().entry(*status).or_default() += 1;
+    }
+    let mut expected: BTreeMap<&str, Tally> = reference
+        .requests
+        .iter()
+        .map(|(path, n)| (path.as_str(), Tally::from([(200, *n)])))
+        .collect();
+    for (path, statuses) in &burst.faults_logged {
+        assert!(reference.requests.contains_key(*path), "the clean run reads {path}");
+        for status in statuses {
+            *expected.entry(path).or_default().entry(*status).or_default() += 1;
+        }
+    }
+    for path in got.keys().chain(expected.keys()).collect::<BTreeSet<_>>() {
+        assert_eq!(
+            got.get(path),
+            expected.get(path),
+            "requests of {path} by status: the clean run's, each answered 200, and one per fault"
+        );
     }
     for text in &burst.stderr_mentions {
         assert!(ran.stderr.contains(text), "stderr mentions `{text}`:\n{}", ran.stderr);
@@ -609,10 +723,16 @@ async fn stripe_burst(test: &'static str, burst: Burst) {
     figures.print();
 }
 
-/// A storm on the third page of subscriptions: the first two pages land
-/// whole, the run fails with exit 1 naming the request, the failed run is
-/// recorded as failed; the next run without faults converges to the
-/// reference, keeping every key the failed run issued.
+/// A storm on the third page of subscriptions (the list is read one page
+/// after the other, see [`SUBSCRIPTIONS`]) while the Checkout Sessions and
+/// one-off invoices are read alongside: the run fails with exit 1 naming
+/// the request and is recorded as failed. Which pages of the other lists
+/// committed before the failure depends on the order they reached the
+/// writer, so the test holds what does not: every page the run committed
+/// (its report's issues) is in the table with its keys and nothing else,
+/// each page whole, each license the reference's with its issue and sent
+/// email, none of the page the storm hit. The next run without faults
+/// converges to the reference, keeping every key the failed run issued.
 async fn stripe_storm(test: &'static str, kind: FaultKind, times: usize) {
     let mut figures = Figures::new(test);
     let reference = reference(&mut figures).await;
@@ -622,14 +742,43 @@ async fn stripe_storm(test: &'static str, kind: FaultKind, times: usize) {
     figures.inject(&fake, "/v1/subscriptions", kind, times);
     let side = Side::new();
     let failed = run(&mut figures, side.reconcile(&fake)).await;
-    failed.failed_naming("GET /v1/subscriptions");
+    let report = failed.failed_naming("GET /v1/subscriptions");
     assert_eq!(fake.faults_left(), 0, "every injected fault happened");
 
-    let landed: BTreeSet<String> = licenses(side.url()).into_keys().collect();
+    // Two pages answered once each, then the third asked `times` times (the
+    // first attempt and every retry) before the run gave up on it.
+    let asked = asked(&fake, "/v1/subscriptions");
+    let mut tally: Vec<usize> = asked.values().copied().collect();
+    tally.sort_unstable();
     assert_eq!(
-        landed, reference.first_two_pages,
-        "exactly the two pages before the fault landed"
+        tally,
+        [1, 1, times],
+        "requests of /v1/subscriptions by query: {asked:?}"
     );
+    let stormed = asked.iter().find(|(_, n)| **n == times).unwrap().0;
+    let stormed = page_objects(&fake, "/v1/subscriptions", stormed).await;
+    assert_eq!(stormed.len(), SUBSCRIPTIONS - 200, "the storm hit the third page");
+
+    let pages = assert_whole_pages(reference, &fake, side.url()).await;
+    figures.add("pages committed before the failure", pages);
+    let landed = licenses(side.url());
+    let of_stormed: Vec<&String> = landed
+        .keys()
+        .filter(|g| stormed.contains(&purchase(&landed[*g])))
+        .collect();
+    assert!(
+        of_stormed.is_empty(),
+        "nothing of the page the storm hit landed: {of_stormed:?}"
+    );
+    let keys_before = keys(side.url());
+    assert_eq!(
+        issued_in(&report),
+        keys_before,
+        "the table holds exactly the pages the failed run committed, with their keys"
+    );
+    // Not vacuous: a list's pages reach the writer in the order they were
+    // read, so the two answered before the storm come ahead of its error.
+    assert!(!keys_before.is_empty(), "the pages before the storm committed");
     assert!(
         history(side.url()).values().all(|h| h == "issue / license_issued=sent"),
         "each landed license has its issue and its (sent) email, nothing else: {:?}",
@@ -647,7 +796,6 @@ async fn stripe_storm(test: &'static str, kind: FaultKind, times: usize) {
             .is_some_and(|e| e.contains("GET /v1/subscriptions")),
         "{recorded:?}"
     );
-    let keys_before = keys(side.url());
 
     run(&mut figures, side.reconcile(&fake)).await.report();
     assert_eq!(licenses(side.url()), reference.licenses, "the next run converges");
@@ -668,7 +816,6 @@ async fn stripe_storm(test: &'static str, kind: FaultKind, times: usize) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn stripe_bursts_of_429_with_and_without_retry_after_are_retried() {
-    use Logged::Fault;
     stripe_burst(
         "stripe 429 bursts",
         Burst {
@@ -680,9 +827,9 @@ async fn stripe_bursts_of_429_with_and_without_retry_after_are_retried() {
                 ),
                 ("/v1/checkout/sessions", FaultKind::TooManyRequestsWithoutRetryAfter, 3),
             ],
-            expect: vec![
-                ("/v1/subscriptions", vec![Fault(429), Fault(429), Fault(429)]),
-                ("/v1/checkout/sessions", vec![Fault(429), Fault(429), Fault(429)]),
+            faults_logged: vec![
+                ("/v1/subscriptions", vec![429; 3]),
+                ("/v1/checkout/sessions", vec![429; 3]),
             ],
             abandoned: 0,
             // The Retry-After of the first is honoured as given.
@@ -694,7 +841,6 @@ async fn stripe_bursts_of_429_with_and_without_retry_after_are_retried() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn stripe_bursts_of_5xx_dropped_connections_cut_bodies_and_html_pages_are_retried() {
-    use Logged::{Clean, Fault};
     stripe_burst(
         "stripe 5xx/drop/truncated/non-JSON bursts",
         Burst {
@@ -704,17 +850,20 @@ async fn stripe_bursts_of_5xx_dropped_connections_cut_bodies_and_html_pages_are_
                 ("/v1/subscriptions", FaultKind::Pass, 1),
                 ("/v1/subscriptions", FaultKind::DropConnection, 2),
                 ("/v1/checkout/sessions", FaultKind::TruncatedBody, 2),
-                ("/v1/invoices", FaultKind::NonJsonBody(502), 2),
+                // A full scan finds one-off invoices through their items
+                // (it no longer lists `/v1/invoices`).
+                ("/v1/invoiceitems", FaultKind::NonJsonBody(502), 2),
                 ("/v1/refunds", FaultKind::NonJsonBody(200), 2),
             ],
-            expect: vec![
-                ("/v1/products", vec![Fault(500), Fault(500)]),
-                ("/v1/prices", vec![Fault(503), Fault(503)]),
-                ("/v1/subscriptions", vec![Clean, Fault(0), Fault(0)]),
+            faults_logged: vec![
+                ("/v1/products", vec![500, 500]),
+                ("/v1/prices", vec![503, 503]),
+                // After the first page answered: the second page's request, twice.
+                ("/v1/subscriptions", vec![0, 0]),
                 // A cut body is logged with the status its headers carried.
-                ("/v1/checkout/sessions", vec![Fault(200), Fault(200)]),
-                ("/v1/invoices", vec![Fault(502), Fault(502)]),
-                ("/v1/refunds", vec![Fault(200), Fault(200)]),
+                ("/v1/checkout/sessions", vec![200, 200]),
+                ("/v1/invoiceitems", vec![502, 502]),
+                ("/v1/refunds", vec![200, 200]),
             ],
             abandoned: 0,
             stderr_mentions: vec![
@@ -736,7 +885,7 @@ async fn a_stripe_answer_slower_than_the_client_timeout_is_abandoned_and_retried
         "stripe slow answer",
         Burst {
             faults: vec![("/v1/checkout/sessions", FaultKind::Latency(Duration::from_secs(35)), 1)],
-            expect: vec![("/v1/checkout/sessions", vec![])],
+            faults_logged: vec![("/v1/checkout/sessions", vec![])],
             abandoned: 1,
             stderr_mentions: vec!["no complete response within 30s"],
         },
@@ -1325,7 +1474,9 @@ async fn wait_for(what: &str, mut condition: impl FnMut() -> bool) {
 }
 
 /// Makes the third page of subscriptions come 3 s late, so that the test
-/// can act between the second page's commit and the third's write.
+/// can act between the second page's commit and the third's write. The
+/// Checkout Sessions, read alongside, may be written before, in or after
+/// that gap.
 fn hold_third_page(figures: &mut Figures, fake: &FakeStripe) {
     figures.inject(fake, "/v1/subscriptions", FaultKind::Pass, 2);
     fake.inject_fault(Fault {
@@ -1335,39 +1486,59 @@ fn hold_third_page(figures: &mut Figures, fake: &FakeStripe) {
     });
 }
 
-/// Once the first two pages committed, takes a SHARE lock on the licenses
-/// (reads go on, the third page's upsert waits) and waits until the run's
-/// write waits on it; returns the connection holding the lock.
-async fn block_the_third_page(url: &str) -> PgConnection {
-    wait_for("the first two pages to commit", || {
-        count_now(url, "SELECT id FROM licenses") >= 200
+/// Once the first two pages of subscriptions committed, takes a SHARE lock
+/// on the licenses (reads go on, page writes wait) and waits until the
+/// run's next page write waits on it: the third page of subscriptions, or
+/// the Checkout Sessions' page if that was not written yet. A run writes
+/// one page at a time, so the table then holds every page the run
+/// committed and nothing else, and keeps it while the write waits. Returns
+/// the connection holding the lock and those licenses, `{grant: key}`.
+async fn block_the_next_page_write(url: &str) -> (PgConnection, BTreeMap<String, String>) {
+    wait_for("the first two pages of subscriptions to commit", || {
+        count_now(url, SUBSCRIPTION_LICENSES) >= 200
     })
     .await;
-    assert_eq!(
-        count(url, "SELECT id FROM licenses"),
-        200,
-        "the third page is not written yet"
-    );
     let mut lock = PgConnection::establish(url).unwrap();
     lock.batch_execute("BEGIN; LOCK TABLE licenses IN SHARE MODE").unwrap();
-    wait_for("the third page's write to wait on the lock", || {
+    wait_for("the next page's write to wait on the lock", || {
         count_now(
             url,
             "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()",
         ) > 0
     })
     .await;
-    lock
+    assert_eq!(
+        count(url, SUBSCRIPTION_LICENSES),
+        200,
+        "the third page of subscriptions is not written yet"
+    );
+    (lock, keys(url))
 }
 
-/// After a run that failed on its third page: the first two pages, whole;
-/// no run recorded as succeeded.
-fn assert_two_whole_pages_and_no_success(reference: &Reference, url: &str) {
-    let landed: BTreeSet<String> = licenses(url).into_keys().collect();
+/// After a run that failed writing a page: the table holds exactly the
+/// pages it committed before (`committed`, with their keys), so nothing of
+/// the failed page nor of any page after it; each page whole and each
+/// license the reference's with its issue and email; no run recorded as
+/// succeeded.
+async fn assert_committed_pages_and_no_success(
+    reference: &Reference,
+    fake: &FakeStripe,
+    url: &str,
+    committed: &BTreeMap<String, String>,
+) {
     assert_eq!(
-        landed, reference.first_two_pages,
-        "exactly the two pages before the fault landed"
+        &keys(url),
+        committed,
+        "exactly the pages committed before the failed write, with their keys"
     );
+    assert_landed_whole_and_no_success(reference, fake, url).await;
+}
+
+/// After a failed run: every page of a purchase list landed whole or not at
+/// all, every license in the table is the reference's with its issue and
+/// email; no run recorded as succeeded.
+async fn assert_landed_whole_and_no_success(reference: &Reference, fake: &FakeStripe, url: &str) {
+    assert_whole_pages(reference, fake, url).await;
     assert_every_license_whole(url);
     let recorded = runs(url);
     assert!(
@@ -1411,6 +1582,10 @@ async fn assert_next_run_converges(
     assert!(mailed.values().all(|n| *n == 1), "none twice: {mailed:?}");
 }
 
+/// The server restarts while a page's transaction waits on a lock: the
+/// run fails writing that page (whichever list's page it is: the lists are
+/// read side by side), keeps exactly the pages it committed before, whole,
+/// and records its failure once the server is back; the next run converges.
 #[tokio::test(flavor = "multi_thread")]
 async fn postgres_restarted_while_a_page_is_written_fails_the_run_which_the_next_run_repairs() {
     let mut figures = Figures::new("postgres restarted mid-run");
@@ -1422,7 +1597,8 @@ async fn postgres_restarted_while_a_page_is_written_fails_the_run_which_the_next
     hold_third_page(&mut figures, &fake);
 
     let child = spawn(&mut figures, reconcile_on(&fake, &url, mail.path()));
-    let lock = block_the_third_page(&url).await;
+    let (lock, committed) = block_the_next_page_write(&url).await;
+    figures.add("licenses committed before the page write that failed", committed.len());
     // The page's transaction is open and waiting: restart the server under it.
     figures.fault("postgres restart", 1);
     let restart = tokio::task::spawn_blocking(move || {
@@ -1440,7 +1616,12 @@ async fn postgres_restarted_while_a_page_is_written_fails_the_run_which_the_next
         .unwrap_or_default()
         .to_owned();
     assert!(error.contains("writing a page of license changes"), "{}", ran.all());
-    assert_two_whole_pages_and_no_success(reference, &url);
+    assert_committed_pages_and_no_success(reference, &fake, &url, &committed).await;
+    assert_eq!(
+        issued_in(&ran.json()),
+        committed,
+        "the failed run reports the pages it committed"
+    );
     // The failed run records itself once the server is back.
     let recorded = runs(&url);
     assert_eq!(recorded.len(), 1, "{recorded:?}");
@@ -1451,6 +1632,9 @@ async fn postgres_restarted_while_a_page_is_written_fails_the_run_which_the_next
     figures.print();
 }
 
+/// A page's write outlives `statement_timeout` (it waits on a lock): the
+/// run fails naming the timeout, keeps exactly the pages it committed
+/// before, whole, and records its failure; the next run converges.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_statement_timeout_on_a_page_write_fails_the_run_which_the_next_run_repairs() {
     let mut figures = Figures::new("postgres statement_timeout");
@@ -1464,13 +1648,19 @@ async fn a_statement_timeout_on_a_page_write_fails_the_run_which_the_next_run_re
     let timed = format!("{}&options=-c%20statement_timeout%3D1500", db.url);
     figures.fault("postgres statement_timeout", 1);
     let child = spawn(&mut figures, reconcile_on(&fake, &timed, mail.path()));
-    let mut lock = block_the_third_page(&db.url).await;
+    let (mut lock, committed) = block_the_next_page_write(&db.url).await;
+    figures.add("licenses committed before the page write that failed", committed.len());
     let ran = finish(child).await;
     lock.batch_execute("ROLLBACK").unwrap();
     drop(lock);
     let report = ran.failed_naming("canceling statement due to statement timeout");
     assert_eq!(report["outcome"], "failed");
-    assert_two_whole_pages_and_no_success(reference, &db.url);
+    assert_committed_pages_and_no_success(reference, &fake, &db.url, &committed).await;
+    assert_eq!(
+        issued_in(&report),
+        committed,
+        "the failed run reports the pages it committed"
+    );
     assert_eq!(outcomes(&db.url), ["failed"], "the run recorded its own failure");
 
     assert_next_run_converges(&mut figures, reference, &fake, &db.url, mail.path()).await;
@@ -1478,6 +1668,10 @@ async fn a_statement_timeout_on_a_page_write_fails_the_run_which_the_next_run_re
     figures.print();
 }
 
+/// Every connection slot taken before a run: it cannot start and writes
+/// nothing. Taken once two pages of subscriptions committed: the run either
+/// lands everything with the connections its pool holds (the emails wait),
+/// or fails leaving only whole pages. Either way the next run converges.
 #[tokio::test(flavor = "multi_thread")]
 async fn every_connection_slot_taken_before_or_during_a_run_loses_nothing() {
     let mut figures = Figures::new("postgres connection slots exhausted");
@@ -1521,8 +1715,8 @@ async fn every_connection_slot_taken_before_or_during_a_run_loses_nothing() {
     // connections its pool holds; what needs a new one fails.
     hold_third_page(&mut figures, &fake);
     let child = spawn(&mut figures, reconcile_on(&fake, &url, mail.path()));
-    wait_for("the first two pages to commit", || {
-        count_now(&url, "SELECT id FROM licenses") >= 200
+    wait_for("the first two pages of subscriptions to commit", || {
+        count_now(&url, SUBSCRIPTION_LICENSES) >= 200
     })
     .await;
     let mut held = Some(take_all());
@@ -1551,7 +1745,7 @@ async fn every_connection_slot_taken_before_or_during_a_run_loses_nothing() {
             assert_eq!(pending, reference.licenses.len(), "every email still pending");
             figures.add("runs that went on without a new connection", 1);
         }
-        1 => assert_two_whole_pages_and_no_success(reference, &url),
+        1 => assert_landed_whole_and_no_success(reference, &fake, &url).await,
         _ => panic!("{}", ran.all()),
     }
     assert_next_run_converges(&mut figures, reference, &fake, &url, mail.path()).await;
@@ -1576,8 +1770,8 @@ async fn a_run_that_lost_its_lock_in_a_postgres_restart_does_not_overlap_another
         times: 1,
     });
     let first = spawn(&mut figures, reconcile_on(&fake, &url, mail.path()));
-    wait_for("the first two pages to commit", || {
-        count_now(&url, "SELECT id FROM licenses") >= 200
+    wait_for("the first two pages of subscriptions to commit", || {
+        count_now(&url, SUBSCRIPTION_LICENSES) >= 200
     })
     .await;
     // The run waits on Stripe, not on the database: restart the server.
