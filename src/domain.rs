@@ -1,7 +1,9 @@
 //! The plain domain vocabulary shared by every layer: what the Stripe adapter
 //! reports (facts), what the license table holds (licenses), and the names of
 //! the statuses and sources of the licensing rules. Nothing here knows about
-//! Stripe's wire types or about diesel.
+//! Stripe's wire types; the enums stored in text columns only carry
+//! diesel's derives (their text is strum's, read and written by
+//! `store::enums`), so a status is a type everywhere and a string nowhere.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -9,8 +11,27 @@ use serde::{Deserialize, Serialize};
 pub type Timestamp = DateTime<Utc>;
 
 /// Where a grant comes from; `(source_kind, source_id)` is a license's natural key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    strum::AsRefStr,
+    strum::IntoStaticStr,
+    strum::EnumString,
+    strum::Display,
+    diesel::AsExpression,
+    diesel::FromSqlRow,
+)]
 #[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
+#[diesel(sql_type = diesel::sql_types::Text)]
 pub enum SourceKind {
     /// `si_...`
     SubscriptionItem,
@@ -22,20 +43,11 @@ pub enum SourceKind {
 
 impl SourceKind {
     pub fn as_str(self) -> &'static str {
-        match self {
-            SourceKind::SubscriptionItem => "subscription_item",
-            SourceKind::CheckoutLine => "checkout_line",
-            SourceKind::InvoiceLine => "invoice_line",
-        }
+        self.into()
     }
 
     pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "subscription_item" => Some(SourceKind::SubscriptionItem),
-            "checkout_line" => Some(SourceKind::CheckoutLine),
-            "invoice_line" => Some(SourceKind::InvoiceLine),
-            _ => None,
-        }
+        s.parse().ok()
     }
 }
 
@@ -67,8 +79,25 @@ impl GrantKey {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    Deserialize,
+    strum::AsRefStr,
+    strum::IntoStaticStr,
+    strum::EnumString,
+    strum::Display,
+    diesel::AsExpression,
+    diesel::FromSqlRow,
+)]
 #[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
+#[diesel(sql_type = diesel::sql_types::Text)]
 pub enum LicenseStatus {
     Active,
     Suspended,
@@ -77,24 +106,67 @@ pub enum LicenseStatus {
 }
 
 impl LicenseStatus {
+    pub const ALL: [LicenseStatus; 4] = [
+        LicenseStatus::Active,
+        LicenseStatus::Suspended,
+        LicenseStatus::Expired,
+        LicenseStatus::Revoked,
+    ];
+
     pub fn as_str(self) -> &'static str {
-        match self {
-            LicenseStatus::Active => "active",
-            LicenseStatus::Suspended => "suspended",
-            LicenseStatus::Expired => "expired",
-            LicenseStatus::Revoked => "revoked",
-        }
+        self.into()
     }
 
     pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "active" => Some(LicenseStatus::Active),
-            "suspended" => Some(LicenseStatus::Suspended),
-            "expired" => Some(LicenseStatus::Expired),
-            "revoked" => Some(LicenseStatus::Revoked),
-            _ => None,
-        }
+        s.parse().ok()
     }
+}
+
+/// The kind of a reconcile run, as reports, the `runs` table and metrics name it.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Serialize,
+    strum::AsRefStr,
+    strum::EnumString,
+    strum::Display,
+    diesel::AsExpression,
+    diesel::FromSqlRow,
+)]
+#[serde(rename_all = "lowercase")]
+#[strum(serialize_all = "lowercase")]
+#[diesel(sql_type = diesel::sql_types::Text)]
+pub enum RunMode {
+    Full,
+    Incremental,
+    Since,
+}
+
+/// How a run ended (`running` until it does, or forever if it was killed
+/// and no later run has closed it yet).
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Serialize,
+    strum::AsRefStr,
+    strum::EnumString,
+    strum::Display,
+    diesel::AsExpression,
+    diesel::FromSqlRow,
+)]
+#[serde(rename_all = "lowercase")]
+#[strum(serialize_all = "lowercase")]
+#[diesel(sql_type = diesel::sql_types::Text)]
+pub enum RunOutcome {
+    Running,
+    Succeeded,
+    Failed,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

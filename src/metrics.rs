@@ -61,7 +61,7 @@ pub struct RunMetrics {
 impl RunMetrics {
     pub fn of(report: &Report) -> RunMetrics {
         RunMetrics {
-            succeeded: report.outcome == crate::reconcile::Outcome::Succeeded,
+            succeeded: report.outcome == crate::domain::RunOutcome::Succeeded,
             duration_seconds: report.duration_ms as f64 / 1000.0,
             actions: report
                 .counts

@@ -18,6 +18,7 @@ use fake_stripe::{
     CheckoutSpec, CreatedSession, CreatedSubscription, FakeStripe, Fault, FaultKind, InvoiceSpec, Options,
     SubscriptionSpec,
 };
+use licensync::domain::RunOutcome;
 use serde_json::{Value, json};
 
 const DAY: i64 = 86_400;
@@ -507,7 +508,7 @@ async fn a_second_run_while_one_holds_the_lock_exits_75_and_does_nothing() {
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
         let running = w.db.store.recent_runs(1).unwrap();
-        if running.first().is_some_and(|r| r.outcome == "running") {
+        if running.first().is_some_and(|r| r.outcome == RunOutcome::Running) {
             break;
         }
         assert!(std::time::Instant::now() < deadline, "the first run never started");
@@ -530,7 +531,7 @@ async fn a_second_run_while_one_holds_the_lock_exits_75_and_does_nothing() {
     assert_eq!(nonzero_counts(&first.report()), counts(&[("issued", 3)]));
     let runs = w.db.store.recent_runs(10).unwrap();
     assert_eq!(runs.len(), 1, "the locked-out run records nothing");
-    assert_eq!(runs[0].outcome, "succeeded");
+    assert_eq!(runs[0].outcome, RunOutcome::Succeeded);
     assert_eq!(w.licenses().await.len(), 3);
     w.assert_one_email_per_license().await;
 }
@@ -688,7 +689,7 @@ async fn a_stripe_outage_fails_the_run_without_half_applying_and_the_next_run_co
     let error = report["error"].as_str().expect("the report says why");
     assert!(error.contains("/v1/subscriptions") && error.contains("500"), "{error}");
     let run = &w.db.store.recent_runs(1).unwrap()[0];
-    assert_eq!(run.outcome, "failed");
+    assert_eq!(run.outcome, RunOutcome::Failed);
     assert!(run.finished_at.is_some());
     assert!(run.error.as_deref().is_some_and(|e| e.contains("500")), "{run:?}");
     let served: Vec<u16> = f
@@ -865,7 +866,7 @@ async fn a_run_that_fails_part_way_keeps_its_committed_pages_whole_and_the_next_
     // Each committed license is whole: its ledger row and its email.
     assert_eq!((w.count("license_ledger"), w.count("email_outbox")), (3, 3));
     w.assert_one_email_per_license().await;
-    assert_eq!(w.db.store.recent_runs(1).unwrap()[0].outcome, "failed");
+    assert_eq!(w.db.store.recent_runs(1).unwrap()[0].outcome, RunOutcome::Failed);
 
     let report = w.reconcile(&[]).await.report();
     assert_eq!(

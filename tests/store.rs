@@ -142,7 +142,7 @@ fn an_upsert_on_the_natural_key_keeps_the_issued_key() {
         .unwrap();
     let mut again = write("ZZZZZ-ZZZZZ-ZZZZZ-ZZZZZ-ZZZZZ", "si_1", Some("a@x.test"));
     again.action = ActionKind::Extend;
-    again.license.status = "expired".into();
+    again.license.status = licensync::domain::LicenseStatus::Expired;
     let second = db.store.write_page(None, &[again]).unwrap();
     assert_eq!(first[0].license_id, second[0].license_id);
     assert_eq!(second[0].key, "AAAAA-AAAAA-AAAAA-AAAAA-AAAAA");
@@ -193,7 +193,8 @@ fn a_page_that_fails_writes_nothing() {
     let db = TestDb::new();
     let good = write("AAAAA-AAAAA-AAAAA-AAAAA-AAAAA", "si_1", None);
     let mut bad = write("BBBBB-BBBBB-BBBBB-BBBBB-BBBBB", "si_2", None);
-    bad.license.status = "sold".into(); // violates the status constraint
+    // PostgreSQL text cannot hold NUL: the second row of the page fails.
+    bad.license.customer_email = Some("nul\0@example.test".into());
     assert!(db.store.write_page(None, &[good, bad]).is_err());
     assert!(db.store.list_licenses(&LicenseFilter::default()).unwrap().is_empty());
 }
@@ -233,7 +234,10 @@ fn a_fenced_page_write_fails_once_its_run_lock_is_gone_and_a_killed_runs_row_is_
 
     // A run killed mid-way left its row `running`; the run holding the lock
     // closes it as failed, and leaves finished runs alone.
-    let killed = db.store.start_run("full", Some(false)).unwrap();
+    let killed = db
+        .store
+        .start_run(licensync::domain::RunMode::Full, Some(false))
+        .unwrap();
     assert_eq!(db.store.fenced(&other).abandon_unfinished_runs().unwrap(), 1);
     let row = db
         .store
@@ -242,7 +246,7 @@ fn a_fenced_page_write_fails_once_its_run_lock_is_gone_and_a_killed_runs_row_is_
         .into_iter()
         .find(|r| r.id == killed)
         .unwrap();
-    assert_eq!(row.outcome, "failed");
+    assert_eq!(row.outcome, licensync::domain::RunOutcome::Failed);
     assert!(row.finished_at.is_some() && row.error.is_some(), "{row:?}");
     assert_eq!(db.store.abandon_unfinished_runs().unwrap(), 0);
 }

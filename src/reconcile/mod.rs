@@ -59,12 +59,12 @@ use anyhow::{Context, Result, anyhow};
 use chrono::Utc;
 use futures::stream::{self, Stream, StreamExt};
 
-pub use report::{Outcome, Report, ReportAction, ReportSkip, TEXT_ACTIONS, render_json, render_text};
+pub use report::{Report, ReportAction, ReportSkip, TEXT_ACTIONS, render_json, render_text};
 pub use scope::{EVENT_RETENTION, EVENTS_CURSOR, EventCursor, OVERLAP, RunMode, Scope};
 
 use crate::catalog::Catalog;
 use crate::delivery::deliver_due;
-use crate::domain::{GrantFact, PaymentReversal, ReversalKind, Timestamp};
+use crate::domain::{GrantFact, PaymentReversal, ReversalKind, RunOutcome, Timestamp};
 use crate::error::{Failure, usage};
 use crate::mail::MailService;
 use crate::plan::PlanConfig;
@@ -682,7 +682,7 @@ pub async fn reconcile(
     let run_id = if dry_run {
         None
     } else {
-        Some(store.start_run(planned_mode.as_ref(), Some(source.livemode()))?)
+        Some(store.start_run(planned_mode, Some(source.livemode()))?)
     };
     let mut run = Run {
         store: store.clone(),
@@ -719,7 +719,7 @@ pub async fn reconcile(
     report.stripe_rate_limited = run.source.rate_limited();
     report.duration_ms = started.elapsed().as_millis() as u64;
     if let Err(e) = &outcome {
-        report.outcome = Outcome::Failed;
+        report.outcome = RunOutcome::Failed;
         report.error = Some(crate::secret::redact(&format!("{e:#}")));
     }
     // Sending happens after the pages committed; an email that fails stays
@@ -740,7 +740,7 @@ pub async fn reconcile(
             &counts,
             report.stripe_requests,
             report.emails_sent as i32,
-            report.mode.as_ref(),
+            report.mode,
             report.note.as_deref(),
             report.error.as_deref(),
         )?;

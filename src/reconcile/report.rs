@@ -12,17 +12,8 @@ use serde_json::{Map, Value};
 
 use super::scope::RunMode;
 use crate::apply::Applied;
-use crate::domain::ActionKind;
+use crate::domain::{ActionKind, RunOutcome};
 use crate::plan::{Action, Held, Plan};
-
-/// How a run ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, strum::AsRefStr, strum::Display)]
-#[serde(rename_all = "lowercase")]
-#[strum(serialize_all = "lowercase")]
-pub enum Outcome {
-    Succeeded,
-    Failed,
-}
 
 /// One entry of the report's `actions` (cli.md JSON shape).
 #[derive(Debug, Clone, Serialize)]
@@ -51,7 +42,7 @@ pub struct Report {
     pub run_id: Option<String>,
     pub mode: RunMode,
     pub dry_run: bool,
-    pub outcome: Outcome,
+    pub outcome: RunOutcome,
     pub counts: BTreeMap<&'static str, usize>,
     /// The first `--report-actions` skips; `counts.skipped` counts them all.
     pub skipped: Vec<ReportSkip>,
@@ -100,7 +91,7 @@ impl Report {
             run_id: None,
             mode,
             dry_run,
-            outcome: Outcome::Succeeded,
+            outcome: RunOutcome::Succeeded,
             counts,
             skipped: Vec::new(),
             skipped_omitted: 0,

@@ -18,6 +18,7 @@ use std::collections::HashSet;
 use chrono::DateTime;
 use serde::{Deserialize, Serialize};
 
+pub use crate::domain::RunMode;
 use crate::domain::Timestamp;
 use crate::stripe::CreatedRange;
 
@@ -30,16 +31,6 @@ pub enum Scope {
     Full,
     /// Everything that changed in a window (backfill after an outage).
     Since { since: Timestamp, until: Option<Timestamp> },
-}
-
-/// The kind of run, as reports, the `runs` table and metrics name it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, strum::AsRefStr, strum::Display, strum::EnumString)]
-#[serde(rename_all = "lowercase")]
-#[strum(serialize_all = "lowercase")]
-pub enum RunMode {
-    Full,
-    Incremental,
-    Since,
 }
 
 /// Name of the Events API cursor in `sync_state`.

@@ -2,6 +2,7 @@
 //! pool, the run lock, and every query licensync makes. The rest of the code
 //! calls the typed functions here and never writes SQL or touches `schema`.
 
+mod enums;
 pub mod models;
 mod overrides;
 #[rustfmt::skip]
@@ -18,7 +19,7 @@ use diesel::r2d2::{ConnectionManager, Pool, PooledConnection};
 use diesel::upsert::excluded;
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 
-use crate::domain::{ActionKind, EmailStatus, GrantKey, License, LicenseStatus, SourceKind};
+use crate::domain::{ActionKind, EmailStatus, GrantKey, License, LicenseStatus, RunMode, RunOutcome, SourceKind};
 use crate::secret::redact;
 use models::{LedgerRow, LicenseRow, NewLedgerRow, NewLicenseRow, NewOutboxRow, OutboxRow, RunRow};
 use schema::{email_outbox, license_ledger, licenses, runs, sync_state};
@@ -310,9 +311,9 @@ impl Store {
     /// run lock, so no other run is alive. Returns how many.
     pub fn abandon_unfinished_runs(&self) -> Result<usize> {
         let mut conn = self.conn()?;
-        diesel::update(runs::table.filter(runs::outcome.eq("running")))
+        diesel::update(runs::table.filter(runs::outcome.eq(RunOutcome::Running)))
             .set((
-                runs::outcome.eq("failed"),
+                runs::outcome.eq(RunOutcome::Failed),
                 runs::finished_at.eq(diesel::dsl::now),
                 runs::error.eq(
                     "the run ended without finishing (its process was killed or lost the database); \
@@ -329,7 +330,7 @@ impl Store {
         let mut conn = self.conn()?;
         let mut query = licenses::table.select(LicenseRow::as_select()).into_boxed();
         if let Some(status) = filter.status {
-            query = query.filter(licenses::status.eq(status.as_str()));
+            query = query.filter(licenses::status.eq(status));
         }
         if let Some(email) = &filter.customer_email {
             query = query.filter(
@@ -384,7 +385,7 @@ impl Store {
         let rows = licenses::table
             .filter(
                 licenses::source_kind
-                    .eq_any(ALL_SOURCE_KINDS.map(SourceKind::as_str))
+                    .eq_any(ALL_SOURCE_KINDS)
                     .and(licenses::source_id.eq_any(source_ids))
                     .or(licenses::stripe_subscription_id.eq_any(subscription_ids))
                     .or(licenses::stripe_payment_intent.eq_any(payment_intents)),
@@ -402,7 +403,7 @@ impl Store {
     pub fn licenses_expired_by_clock(&self, now: DateTime<Utc>, after_id: i64, limit: i64) -> Result<Vec<License>> {
         let mut conn = self.conn()?;
         let rows = licenses::table
-            .filter(licenses::status.eq(LicenseStatus::Active.as_str()))
+            .filter(licenses::status.eq(LicenseStatus::Active))
             .filter(licenses::id.gt(after_id))
             .filter(licenses::expires_at.le(now))
             .order(licenses::id.asc())
@@ -425,16 +426,13 @@ impl Store {
 
     pub fn license_counts(&self) -> Result<BTreeMap<String, i64>> {
         let mut conn = self.conn()?;
-        let rows: Vec<(String, i64)> = licenses::table
+        let rows: Vec<(LicenseStatus, i64)> = licenses::table
             .group_by(licenses::status)
             .select((licenses::status, diesel::dsl::count_star()))
             .load(&mut conn)
             .context("counting licenses")?;
-        let mut counts: BTreeMap<String, i64> = ["active", "suspended", "expired", "revoked"]
-            .iter()
-            .map(|s| (s.to_string(), 0))
-            .collect();
-        counts.extend(rows);
+        let mut counts: BTreeMap<String, i64> = LicenseStatus::ALL.iter().map(|s| (s.to_string(), 0)).collect();
+        counts.extend(rows.into_iter().map(|(status, n)| (status.to_string(), n)));
         Ok(counts)
     }
 
@@ -485,11 +483,11 @@ impl Store {
             let same_override = diesel::dsl::sql::<diesel::sql_types::Bool>(
                 "(licenses.operator_override - 'stripe') IS NOT DISTINCT FROM (excluded.operator_override - 'stripe')",
             );
-            let saved: Vec<(i64, String, String, String)> =
+            let saved: Vec<(i64, String, SourceKind, String)> =
                 diesel::query_dsl::methods::FilterDsl::filter(upsert, same_override)
                     .returning((licenses::id, licenses::key, licenses::source_kind, licenses::source_id))
                     .get_results(conn)?;
-            let by_grant: BTreeMap<(String, String), (i64, String)> = saved
+            let by_grant: BTreeMap<(SourceKind, String), (i64, String)> = saved
                 .into_iter()
                 .map(|(id, key, kind, sid)| ((kind, sid), (id, key)))
                 .collect();
@@ -497,7 +495,7 @@ impl Store {
             let mut ledger = Vec::with_capacity(writes.len());
             let mut outbox = Vec::new();
             for w in writes {
-                let grant = (w.license.source_kind.clone(), w.license.source_id.clone());
+                let grant = (w.license.source_kind, w.license.source_id.clone());
                 let Some((license_id, key)) = by_grant.get(&grant).cloned() else {
                     // Left alone: an operator changed its override meanwhile.
                     continue;
@@ -524,7 +522,7 @@ impl Store {
                         recipient: w.license.customer_email.clone(),
                     });
                 }
-                let source_kind = SourceKind::parse(&grant.0).expect("written source kinds are valid");
+                let source_kind = grant.0;
                 written.push(Written {
                     license_id,
                     key,
@@ -553,7 +551,7 @@ impl Store {
 
     // ---- runs and cursors --------------------------------------------------
 
-    pub fn start_run(&self, mode: &str, livemode: Option<bool>) -> Result<i64> {
+    pub fn start_run(&self, mode: RunMode, livemode: Option<bool>) -> Result<i64> {
         let mut conn = self.conn()?;
         diesel::insert_into(runs::table)
             .values((runs::mode.eq(mode), runs::livemode.eq(livemode)))
@@ -570,7 +568,7 @@ impl Store {
         counts: &serde_json::Value,
         stripe_requests: u64,
         emails_sent: i32,
-        mode: &str,
+        mode: RunMode,
         note: Option<&str>,
         error: Option<&str>,
     ) -> Result<()> {
@@ -580,7 +578,11 @@ impl Store {
                 runs::finished_at.eq(diesel::dsl::now),
                 // An incremental run that fell back to a full scan says so.
                 runs::mode.eq(mode),
-                runs::outcome.eq(if succeeded { "succeeded" } else { "failed" }),
+                runs::outcome.eq(if succeeded {
+                    RunOutcome::Succeeded
+                } else {
+                    RunOutcome::Failed
+                }),
                 runs::counts.eq(counts),
                 runs::stripe_requests.eq(i64::try_from(stripe_requests).unwrap_or(i64::MAX)),
                 runs::emails_sent.eq(emails_sent),
@@ -596,7 +598,7 @@ impl Store {
     pub fn last_success(&self) -> Result<Option<DateTime<Utc>>> {
         let mut conn = self.conn()?;
         let finished: Option<Option<DateTime<Utc>>> = runs::table
-            .filter(runs::outcome.eq("succeeded"))
+            .filter(runs::outcome.eq(RunOutcome::Succeeded))
             .order(runs::id.desc())
             .select(runs::finished_at)
             .first(&mut conn)

@@ -7,7 +7,7 @@ use diesel::prelude::*;
 use serde::Serialize;
 
 use super::schema::{email_outbox, license_key_history, license_ledger, licenses, runs};
-use crate::domain::{ExpirationStart, GrantKey, License, LicenseState, LicenseStatus, SourceKind};
+use crate::domain::{ExpirationStart, GrantKey, License, LicenseState, LicenseStatus, RunMode, RunOutcome, SourceKind};
 
 #[derive(Debug, Clone, Queryable, Selectable)]
 #[diesel(table_name = licenses)]
@@ -15,9 +15,9 @@ use crate::domain::{ExpirationStart, GrantKey, License, LicenseState, LicenseSta
 pub struct LicenseRow {
     pub id: i64,
     pub key: String,
-    pub status: String,
+    pub status: LicenseStatus,
     pub product_ids: Vec<Option<String>>,
-    pub source_kind: String,
+    pub source_kind: SourceKind,
     pub source_id: String,
     pub stripe_customer_id: Option<String>,
     pub stripe_subscription_id: Option<String>,
@@ -42,8 +42,8 @@ impl LicenseRow {
         let bad = |column: &str, value: &str| anyhow!("license {} has an unknown {column} `{value}`", self.id);
         Ok(License {
             id: self.id,
-            status: LicenseStatus::parse(&self.status).ok_or_else(|| bad("status", &self.status))?,
-            source_kind: SourceKind::parse(&self.source_kind).ok_or_else(|| bad("source_kind", &self.source_kind))?,
+            status: self.status,
+            source_kind: self.source_kind,
             expiration_start: match &self.expiration_start {
                 None => None,
                 Some(s) => Some(ExpirationStart::parse(s).ok_or_else(|| bad("expiration_start", s))?),
@@ -81,9 +81,9 @@ impl LicenseRow {
 #[diesel(table_name = licenses)]
 pub struct NewLicenseRow {
     pub key: String,
-    pub status: String,
+    pub status: LicenseStatus,
     pub product_ids: Vec<Option<String>>,
-    pub source_kind: String,
+    pub source_kind: SourceKind,
     pub source_id: String,
     pub stripe_customer_id: Option<String>,
     pub stripe_subscription_id: Option<String>,
@@ -107,9 +107,9 @@ impl NewLicenseRow {
     pub fn new(key: String, grant: &GrantKey, state: &LicenseState) -> NewLicenseRow {
         NewLicenseRow {
             key,
-            status: state.status.as_str().to_owned(),
+            status: state.status,
             product_ids: state.product_ids.iter().cloned().map(Some).collect(),
-            source_kind: grant.source_kind.as_str().to_owned(),
+            source_kind: grant.source_kind,
             source_id: grant.source_id.clone(),
             stripe_customer_id: state.stripe_customer_id.clone(),
             stripe_subscription_id: state.stripe_subscription_id.clone(),
@@ -217,10 +217,10 @@ pub struct NewOutboxRow {
 #[diesel(check_for_backend(diesel::pg::Pg))]
 pub struct RunRow {
     pub id: i64,
-    pub mode: String,
+    pub mode: RunMode,
     pub started_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,
-    pub outcome: String,
+    pub outcome: RunOutcome,
     pub counts: serde_json::Value,
     pub stripe_requests: i64,
     pub emails_sent: i32,

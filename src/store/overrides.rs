@@ -135,7 +135,7 @@ fn write_change(conn: &mut PgConnection, before: License, write: OperatorWrite) 
     let after: LicenseRow = diesel::update(licenses::table.find(before.id))
         .set((
             licenses::key.eq(&key),
-            licenses::status.eq(state.status.as_str()),
+            licenses::status.eq(state.status),
             licenses::ip_limit.eq(state.ip_limit),
             licenses::hwid_limit.eq(state.hwid_limit),
             licenses::expires_at.eq(state.expires_at),
