@@ -14,8 +14,8 @@ use common::{TestDb, email_status, issue_license};
 use licensync::delivery::{CLAIM_LEASE, DeliveryCounts, deliver_due, license_email};
 use licensync::mail::{Delivery, MailService, MailUrl};
 use licensync::secret::Secret;
-use licensync::store::Store;
 use licensync::store::models::OutboxRow;
+use licensync::store::{Mark, Outcome, Store};
 use mail_support::*;
 
 const MAX_ATTEMPTS: u32 = 8;
@@ -467,6 +467,155 @@ fn a_stale_failure_does_not_move_the_retry_time_of_the_claim_that_took_over() {
     assert_eq!(row.status, "pending");
     assert_eq!(row.last_error.as_deref(), Some("451 busy"));
     assert_eq!(row.next_attempt_at.timestamp_micros(), retry_at.timestamp_micros());
+}
+
+fn mark(job: &licensync::store::OutboxJob, outcome: Outcome) -> Mark {
+    Mark {
+        outbox_id: job.outbox.id,
+        attempt: job.outbox.attempts,
+        outcome,
+    }
+}
+
+#[test]
+fn a_stale_mark_in_a_batch_is_refused_for_its_row_only_and_the_rest_of_the_batch_is_recorded() {
+    let db = TestDb::new();
+    for n in 0..4 {
+        issue_license(&db.store, n, Some(&format!("customer{n}@customer.test")));
+    }
+    let t0 = Utc::now();
+    let first = db.store.sender_session().unwrap();
+    let batch = db.store.claim_due_emails(&first, t0, t0 + lease(), 10).unwrap();
+    assert_eq!(batch.len(), 4);
+    // The first sender's lease runs out and another sender takes the second
+    // row over (and only it) while the first is still sending.
+    let t1 = t0 + lease() + Duration::seconds(1);
+    let second = db.store.sender_session().unwrap();
+    let taken = db
+        .store
+        .claim_due_emails_after(second.id(), batch[0].outbox.id, t1, t1 + lease(), 1)
+        .unwrap();
+    assert_eq!(taken.len(), 1);
+    assert_eq!((taken[0].outbox.id, taken[0].outbox.attempts), (batch[1].outbox.id, 2));
+
+    // The first sender records its whole batch in one statement.
+    let retry_at = t1 + Duration::minutes(5);
+    let recorded = db
+        .store
+        .record_outcomes(&[
+            mark(
+                &batch[0],
+                Outcome::Retry {
+                    error: "451 busy".into(),
+                    at: retry_at,
+                },
+            ),
+            mark(
+                &batch[1],
+                Outcome::Failed {
+                    error: "550 stale".into(),
+                },
+            ),
+            mark(
+                &batch[2],
+                Outcome::Failed {
+                    error: "550 no such user".into(),
+                },
+            ),
+            mark(&batch[3], Outcome::Released),
+        ])
+        .unwrap();
+    assert_eq!(
+        recorded.iter().copied().collect::<std::collections::BTreeSet<_>>(),
+        [batch[0].outbox.id, batch[2].outbox.id, batch[3].outbox.id].into(),
+        "every row but the one taken over"
+    );
+    // No other stale outcome gets through either.
+    for outcome in [
+        Outcome::Retry {
+            error: "451 stale".into(),
+            at: retry_at,
+        },
+        Outcome::Released,
+        Outcome::NoRecipient,
+    ] {
+        assert_eq!(
+            db.store.record_outcomes(&[mark(&batch[1], outcome)]).unwrap(),
+            Vec::<i64>::new()
+        );
+    }
+
+    let row = |job: &licensync::store::OutboxJob| outbox(&db.store, job.license.id);
+    let retried = row(&batch[0]);
+    assert_eq!((retried.status.as_str(), retried.attempts), ("pending", 1));
+    assert_eq!(retried.last_error.as_deref(), Some("451 busy"));
+    assert_eq!(retried.next_attempt_at.timestamp_micros(), retry_at.timestamp_micros());
+    assert_eq!(retried.claimed_by, None);
+    let kept = row(&batch[1]);
+    assert_eq!((kept.status.as_str(), kept.attempts), ("pending", 2));
+    assert_eq!((kept.claimed_by, kept.last_error.as_deref()), (Some(second.id()), None));
+    assert_eq!(
+        kept.next_attempt_at.timestamp_micros(),
+        (t1 + lease()).timestamp_micros(),
+        "the second sender's lease stands"
+    );
+    let failed = row(&batch[2]);
+    assert_eq!(
+        (failed.status.as_str(), failed.last_error.as_deref()),
+        ("failed", Some("550 no such user"))
+    );
+    let released = row(&batch[3]);
+    assert_eq!((released.status.as_str(), released.attempts), ("pending", 0));
+    assert_eq!(released.claimed_by, None);
+
+    // The sender that holds the row records its outcome.
+    assert_eq!(
+        db.store.record_outcomes(&[mark(&taken[0], Outcome::Sent)]).unwrap(),
+        [batch[1].outbox.id]
+    );
+    assert_eq!(row(&batch[1]).status, "sent");
+}
+
+#[test]
+fn a_message_the_server_accepted_is_marked_sent_even_after_its_claim_went_stale() {
+    let db = TestDb::new();
+    let license = issue_license(&db.store, 1, Some("ada@customer.test"));
+    let t0 = Utc::now();
+    let first = db.store.sender_session().unwrap();
+    let stale = db
+        .store
+        .claim_due_emails(&first, t0, t0 + lease(), 10)
+        .unwrap()
+        .remove(0);
+    let t1 = t0 + lease() + Duration::seconds(1);
+    let second = db.store.sender_session().unwrap();
+    let current = db
+        .store
+        .claim_due_emails(&second, t1, t1 + lease(), 10)
+        .unwrap()
+        .remove(0);
+
+    // The slow first sender's message was accepted after all: that is a fact,
+    // whichever claim is the latest.
+    assert_eq!(
+        db.store.record_outcomes(&[mark(&stale, Outcome::Sent)]).unwrap(),
+        [stale.outbox.id]
+    );
+    // The second sender's failure to send it again does not undo it.
+    assert_eq!(
+        db.store
+            .record_outcomes(&[mark(
+                &current,
+                Outcome::Failed {
+                    error: "550 refused".into()
+                }
+            )])
+            .unwrap(),
+        Vec::<i64>::new()
+    );
+    let row = outbox(&db.store, license.license_id);
+    assert_eq!((row.status.as_str(), row.attempts), ("sent", 2));
+    assert_eq!((row.claimed_by, row.last_error), (None, None));
 }
 
 #[tokio::test]

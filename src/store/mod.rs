@@ -24,7 +24,7 @@ use crate::secret::redact;
 use models::{LedgerRow, LicenseRow, NewLedgerRow, NewLicenseRow, NewOutboxRow, RunRow};
 use schema::{email_outbox, license_ledger, licenses, runs, sync_state};
 
-pub use outbox::{OutboxCounts, OutboxJob};
+pub use outbox::{Mark, OutboxCounts, OutboxJob, Outcome};
 pub use overrides::{Operated, OperatorWrite};
 
 pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use anyhow::{Context, Result};
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
+use diesel::sql_types::{Array, BigInt, Integer, Nullable, Text, Timestamptz};
 
 use super::models::{LicenseRow, NewOutboxRow, OutboxRow};
 use super::schema::{email_outbox, licenses};
@@ -28,18 +29,62 @@ fn claimer_gone() -> String {
     )
 }
 
-/// An outbox row still held by one claim (see `Store::claimed`).
-type ClaimedRow = diesel::dsl::Filter<
-    diesel::dsl::Find<email_outbox::table, i64>,
-    diesel::dsl::And<diesel::dsl::Eq<email_outbox::status, &'static str>, diesel::dsl::Eq<email_outbox::attempts, i32>>,
->;
-
 /// One email to send, claimed for this sender.
 #[derive(Debug, Clone)]
 pub struct OutboxJob {
     pub outbox: OutboxRow,
     pub license: License,
 }
+
+/// What became of one claimed row, recorded with the others of its batch
+/// by [`Store::record_outcomes`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Accepted by the server, or written as a file: `sent`. Not fenced by
+    /// the claim: a message the server accepted is sent, even when this
+    /// sender's lease ran out meanwhile and another claim holds the row.
+    Sent,
+    /// Handed back untouched (the `none` transport queues without sending,
+    /// or the sender stopped before starting it): the attempt is not
+    /// counted and the row is due again at once.
+    Released,
+    /// Failed this time: tried again at `at`.
+    Retry { error: String, at: DateTime<Utc> },
+    /// Given up for good: `failed`.
+    Failed { error: String },
+    /// No usable address: `no_recipient`, never sent (the attempt is not counted).
+    NoRecipient,
+}
+
+/// One claimed row's outcome.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mark {
+    pub outbox_id: i64,
+    /// The row's `attempts` as its claim returned it: the fence (unused for
+    /// [`Outcome::Sent`]).
+    pub attempt: i32,
+    pub outcome: Outcome,
+}
+
+/// [`Store::record_outcomes`]: one UPDATE for a whole batch of marks, each
+/// row fenced by its own (id, attempt) pair unless it was sent.
+const RECORD_OUTCOMES: &str = "\
+    UPDATE email_outbox AS o SET \
+        status = CASE m.outcome WHEN 'sent' THEN 'sent' WHEN 'failed' THEN 'failed' \
+            WHEN 'no_recipient' THEN 'no_recipient' ELSE o.status END, \
+        sent_at = CASE WHEN m.outcome = 'sent' THEN now() ELSE o.sent_at END, \
+        last_error = CASE m.outcome WHEN 'sent' THEN NULL WHEN 'retry' THEN m.error \
+            WHEN 'failed' THEN m.error ELSE o.last_error END, \
+        next_attempt_at = CASE m.outcome WHEN 'retry' THEN m.retry_at WHEN 'released' THEN now() \
+            ELSE o.next_attempt_at END, \
+        attempts = CASE WHEN m.outcome IN ('released', 'no_recipient') THEN o.attempts - 1 \
+            ELSE o.attempts END, \
+        claimed_by = NULL \
+    FROM unnest($1::bigint[], $2::int4[], $3::text[], $4::text[], $5::timestamptz[]) \
+        AS m(id, attempt, outcome, error, retry_at) \
+    WHERE o.id = m.id \
+        AND (m.outcome = 'sent' OR (o.status = 'pending' AND o.attempts = m.attempt)) \
+    RETURNING o.id";
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct OutboxCounts {
@@ -133,16 +178,11 @@ impl Store {
     /// Not fenced by the claim like the other outcomes: a message the server
     /// accepted is sent, even when this sender's lease ran out meanwhile.
     pub fn mark_email_sent(&self, outbox_id: i64) -> Result<()> {
-        let mut conn = self.conn()?;
-        diesel::update(email_outbox::table.find(outbox_id))
-            .set((
-                email_outbox::status.eq("sent"),
-                email_outbox::sent_at.eq(diesel::dsl::now),
-                email_outbox::last_error.eq(None::<String>),
-                email_outbox::claimed_by.eq(None::<i32>),
-            ))
-            .execute(&mut conn)
-            .context("marking an email sent")?;
+        self.record_outcomes(&[Mark {
+            outbox_id,
+            attempt: 0,
+            outcome: Outcome::Sent,
+        }])?;
         Ok(())
     }
 
@@ -152,16 +192,7 @@ impl Store {
     /// another claim has taken the row since (this one's lease ran out)
     /// nothing changes and `false` comes back.
     pub fn release_email(&self, outbox_id: i64, attempt: i32) -> Result<bool> {
-        let mut conn = self.conn()?;
-        let changed = diesel::update(Self::claimed(outbox_id, attempt))
-            .set((
-                email_outbox::attempts.eq(email_outbox::attempts - 1),
-                email_outbox::next_attempt_at.eq(diesel::dsl::now),
-                email_outbox::claimed_by.eq(None::<i32>),
-            ))
-            .execute(&mut conn)
-            .context("releasing a queued email")?;
-        Ok(changed == 1)
+        self.record_one(outbox_id, attempt, Outcome::Released)
     }
 
     /// Records a failed attempt: retried at `retry_at`, or `failed` for good.
@@ -175,50 +206,73 @@ impl Store {
         error: &str,
         retry_at: Option<DateTime<Utc>>,
     ) -> Result<bool> {
-        let mut conn = self.conn()?;
-        let error = redact(error);
-        let row = Self::claimed(outbox_id, attempt);
-        match retry_at {
-            Some(at) => diesel::update(row)
-                .set((
-                    email_outbox::last_error.eq(error),
-                    email_outbox::next_attempt_at.eq(at),
-                    email_outbox::claimed_by.eq(None::<i32>),
-                ))
-                .execute(&mut conn),
-            None => diesel::update(row)
-                .set((
-                    email_outbox::last_error.eq(error),
-                    email_outbox::status.eq("failed"),
-                    email_outbox::claimed_by.eq(None::<i32>),
-                ))
-                .execute(&mut conn),
-        }
-        .map(|changed| changed == 1)
-        .context("recording a failed email")
+        let error = error.to_owned();
+        let outcome = match retry_at {
+            Some(at) => Outcome::Retry { error, at },
+            None => Outcome::Failed { error },
+        };
+        self.record_one(outbox_id, attempt, outcome)
     }
 
     /// A pending row with no usable address: nothing to send, ever.
     pub fn mark_email_no_recipient(&self, outbox_id: i64, attempt: i32) -> Result<bool> {
-        let mut conn = self.conn()?;
-        diesel::update(Self::claimed(outbox_id, attempt))
-            .set((
-                email_outbox::status.eq("no_recipient"),
-                email_outbox::attempts.eq(email_outbox::attempts - 1),
-                email_outbox::claimed_by.eq(None::<i32>),
-            ))
-            .execute(&mut conn)
-            .map(|changed| changed == 1)
-            .context("recording an email without recipient")
+        self.record_one(outbox_id, attempt, Outcome::NoRecipient)
     }
 
-    /// The row `outbox_id` while the claim that counted `attempt` still holds it.
-    fn claimed(outbox_id: i64, attempt: i32) -> ClaimedRow {
-        email_outbox::table.find(outbox_id).filter(
-            email_outbox::status
-                .eq("pending")
-                .and(email_outbox::attempts.eq(attempt)),
-        )
+    fn record_one(&self, outbox_id: i64, attempt: i32, outcome: Outcome) -> Result<bool> {
+        let recorded = self.record_outcomes(&[Mark {
+            outbox_id,
+            attempt,
+            outcome,
+        }])?;
+        Ok(!recorded.is_empty())
+    }
+
+    /// Records the outcomes of many claimed rows in one statement (one mark
+    /// per row) and returns the ids of the rows it changed. Every outcome
+    /// but [`Outcome::Sent`] is fenced by its own claim: recorded only while
+    /// the row is still `pending` with the `attempts` that claim counted, so
+    /// a stale mark (its sender's lease ran out and another claim took the
+    /// row) leaves that row alone and the others of the batch are recorded.
+    pub fn record_outcomes(&self, marks: &[Mark]) -> Result<Vec<i64>> {
+        if marks.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut ids = Vec::with_capacity(marks.len());
+        let mut attempts = Vec::with_capacity(marks.len());
+        let mut outcomes = Vec::with_capacity(marks.len());
+        let mut errors = Vec::with_capacity(marks.len());
+        let mut retry_at = Vec::with_capacity(marks.len());
+        for mark in marks {
+            ids.push(mark.outbox_id);
+            attempts.push(mark.attempt);
+            let (tag, error, at) = match &mark.outcome {
+                Outcome::Sent => ("sent", None, None),
+                Outcome::Released => ("released", None, None),
+                Outcome::Retry { error, at } => ("retry", Some(redact(error)), Some(*at)),
+                Outcome::Failed { error } => ("failed", Some(redact(error)), None),
+                Outcome::NoRecipient => ("no_recipient", None, None),
+            };
+            outcomes.push(tag);
+            errors.push(error);
+            retry_at.push(at);
+        }
+
+        #[derive(QueryableByName)]
+        struct Recorded {
+            #[diesel(sql_type = BigInt)]
+            id: i64,
+        }
+        let mut conn = self.conn()?;
+        let recorded: Vec<Recorded> = diesel::sql_query(RECORD_OUTCOMES)
+            .bind::<Array<BigInt>, _>(ids)
+            .bind::<Array<Integer>, _>(attempts)
+            .bind::<Array<Text>, _>(outcomes)
+            .bind::<Array<Nullable<Text>>, _>(errors)
+            .bind::<Array<Nullable<Timestamptz>>, _>(retry_at)
+            .load(&mut conn)
+            .context("recording the outcomes of sent emails")?;
+        Ok(recorded.into_iter().map(|r| r.id).collect())
     }
 
     /// Queues another copy of a license's email (support's resend); the kind
