@@ -251,13 +251,30 @@ impl MailService {
         let message = self.compose(email)?;
         match &self.inner.mailer {
             Mailer::Smtp(smtp) => {
-                let sent = smtp.transport().send(message).await;
-                // lettre hands the connection back to its pool from a task it
-                // spawns as the send ends: let that task run before this one
-                // goes on to the next message, which then reuses the connection
-                // instead of opening another.
-                tokio::task::yield_now().await;
-                sent.map_err(|e| self.smtp_error(email, &e))?;
+                // The exchange runs in a task of its own, which finishes it even
+                // when this call is dropped midway: a pooled connection given
+                // back in the middle of a transaction would answer the next
+                // message's commands with this one's replies.
+                let transport = smtp.transport().clone();
+                let exchange = tokio::spawn(async move {
+                    let sent = transport.send(message).await;
+                    // lettre hands the connection back to its pool from a task it
+                    // spawns as the send ends: let that task run before the caller
+                    // goes on to the next message, which then reuses the connection
+                    // instead of opening another.
+                    tokio::task::yield_now().await;
+                    sent
+                });
+                match exchange.await {
+                    Ok(sent) => sent.map_err(|e| self.smtp_error(email, &e))?,
+                    Err(e) => {
+                        return Err(SendError::transient(format!(
+                            "outbox row {}: the SMTP exchange with {} stopped: {e}",
+                            email.outbox_id,
+                            self.settings().url
+                        )));
+                    }
+                };
                 Ok(Delivery::Sent)
             }
             Mailer::File(transport) => {
