@@ -9,8 +9,9 @@
 //! "marked sent" repeats the message once, with the same Message-ID, after
 //! the lease (at once when the sender's session is gone); a message that
 //! kills its sender every time is given up after `max_attempts` like any
-//! other. Outcomes wait at most [`FLUSH_ROWS`] rows or [`FLUSH_AFTER`]
-//! before they are recorded, which bounds what a killed sender repeats.
+//! other. Outcomes are recorded while sending goes on, one statement at a
+//! time, as soon as [`FLUSH_ROWS`] wait or the oldest has waited
+//! [`FLUSH_AFTER`]: that bounds what a killed sender repeats.
 //! Every outcome but "sent" is recorded only while this sender's claim is
 //! the row's latest (the store fences each row by its attempt), so a sender
 //! whose lease ran out cannot undo what the next one recorded.
@@ -24,9 +25,9 @@
 use std::collections::{HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use chrono::{DateTime, Utc};
-use tokio::task::JoinSet;
+use tokio::task::{JoinHandle, JoinSet};
 
 use crate::domain::EmailKind;
 use crate::mail::{Delivery, LicenseEmail, MailService, SendError};
@@ -41,12 +42,15 @@ const MAX_RETRY: Duration = Duration::from_secs(6 * 60 * 60);
 /// attempt by the claim, so a sender killed mid-batch charges the rows it
 /// never started too; they are due again at once (its session is gone).
 pub const CLAIM_BATCH: i64 = 500;
-/// Outcomes are recorded (one statement) once this many are waiting...
-pub const FLUSH_ROWS: usize = 100;
-/// ... or once the oldest has waited this long: a sender killed mid-batch
-/// leaves at most this many messages sent and not marked, plus those in
-/// flight, each sent again with the same Message-ID.
-pub const FLUSH_AFTER: Duration = Duration::from_millis(200);
+/// Outcomes are recorded (one statement, while sending goes on) once this
+/// many are waiting...
+pub const FLUSH_ROWS: usize = 32;
+/// ... or once the oldest has waited this long. Together they bound what a
+/// sender killed mid-batch leaves sent and not marked (plus the messages
+/// in flight and those of the statement under way), each sent again with
+/// the same Message-ID, while keeping the statements per email well under
+/// one for any transport fast enough for it to matter.
+pub const FLUSH_AFTER: Duration = Duration::from_millis(50);
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct DeliveryCounts {
@@ -173,7 +177,7 @@ enum Tally {
 /// Outcomes waiting to be recorded.
 #[derive(Default)]
 struct Pending {
-    marks: Vec<(Mark, Tally)>,
+    marks: Marks,
     oldest: Option<Instant>,
 }
 
@@ -257,6 +261,7 @@ impl Pass<'_> {
         drop(jobs);
 
         let mut in_flight: JoinSet<Sending> = JoinSet::new();
+        let mut recording = Recording::default();
         let mut next = Next::Continue;
         let mut panicked = None;
         loop {
@@ -287,39 +292,48 @@ impl Pass<'_> {
             if in_flight.is_empty() {
                 break;
             }
-            let done = match pending.deadline() {
-                Some(deadline) => tokio::select! {
-                    done = in_flight.join_next() => done,
-                    () = tokio::time::sleep_until(deadline.into()) => None,
-                },
-                None => in_flight.join_next().await,
-            };
-            match done {
-                Some(Ok(sending)) => {
-                    if self.outcome(sending, &mut pending) {
-                        // A transient failure is most often the server itself (down,
-                        // refusing, wrong password): start nothing more, so the rows
-                        // behind it are not each charged an attempt. They are due
-                        // again at the next run; the failed row waits out its backoff.
-                        next = Next::Stop;
+            // Sends go on while outcomes are recorded: one statement in
+            // progress at a time, the next one started as soon as enough
+            // outcomes wait.
+            let deadline = pending.deadline().filter(|_| !recording.busy());
+            tokio::select! {
+                done = in_flight.join_next() => match done {
+                    Some(Ok(sending)) => {
+                        if self.outcome(sending, &mut pending) {
+                            // A transient failure is most often the server itself (down,
+                            // refusing, wrong password): start nothing more, so the rows
+                            // behind it are not each charged an attempt. They are due
+                            // again at the next run; the failed row waits out its backoff.
+                            next = Next::Stop;
+                        }
                     }
-                }
-                Some(Err(e)) if e.is_panic() => {
-                    // Its row stays claimed, like a crash's; the others are recorded first.
-                    next = Next::Stop;
-                    panicked.get_or_insert(e.into_panic());
-                }
-                Some(Err(_)) | None => {}
+                    Some(Err(e)) if e.is_panic() => {
+                        // Its row stays claimed, like a crash's; the others are recorded first.
+                        next = Next::Stop;
+                        panicked.get_or_insert(e.into_panic());
+                    }
+                    Some(Err(_)) | None => {}
+                },
+                recorded = recording.finished(), if recording.busy() => self.count(recorded?),
+                () = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now).into()), if deadline.is_some() => {}
             }
-            if pending.due() {
-                self.flush(&mut pending).await?;
+            if !recording.busy() && pending.due() {
+                recording.start(self.store, &mut pending);
             }
+        }
+        if recording.busy() {
+            let recorded = recording.finished().await?;
+            self.count(recorded);
         }
         // Never started: handed back untouched, not charged, due again.
         for (outbox_id, attempt, _) in to_send {
             pending.push(outbox_id, attempt, Outcome::Released, Tally::Nothing);
         }
-        self.flush(&mut pending).await?;
+        recording.start(self.store, &mut pending);
+        if recording.busy() {
+            let recorded = recording.finished().await?;
+            self.count(recorded);
+        }
         if let Some(panic) = panicked {
             std::panic::resume_unwind(panic);
         }
@@ -361,19 +375,9 @@ impl Pass<'_> {
         }
     }
 
-    /// Records the waiting outcomes in one statement and counts those that held.
-    async fn flush(&mut self, pending: &mut Pending) -> Result<()> {
-        let waiting = std::mem::take(pending).marks;
-        if waiting.is_empty() {
-            return Ok(());
-        }
-        let marks: Vec<Mark> = waiting.iter().map(|(mark, _)| mark.clone()).collect();
-        let store = self.store.clone();
-        let recorded: HashSet<i64> = blocking(move || store.record_outcomes(&marks))
-            .await?
-            .into_iter()
-            .collect();
-        for (mark, tally) in &waiting {
+    /// Counts the outcomes that one recording statement held.
+    fn count(&mut self, (marks, recorded): (Marks, HashSet<i64>)) {
+        for (mark, tally) in &marks {
             if !recorded.contains(&mark.outbox_id) {
                 if !matches!(tally, Tally::Nothing) {
                     tracing::info!(
@@ -392,7 +396,45 @@ impl Pass<'_> {
                 Tally::Nothing => {}
             }
         }
-        Ok(())
+    }
+}
+
+/// Outcomes with what each adds to the counts once recorded.
+type Marks = Vec<(Mark, Tally)>;
+
+/// The statement recording a set of outcomes, while one runs.
+#[derive(Default)]
+struct Recording {
+    running: Option<(JoinHandle<Result<Vec<i64>>>, Marks)>,
+}
+
+impl Recording {
+    fn busy(&self) -> bool {
+        self.running.is_some()
+    }
+
+    /// Records every waiting outcome in one statement, off the async workers.
+    fn start(&mut self, store: &Store, pending: &mut Pending) {
+        debug_assert!(!self.busy());
+        let waiting = std::mem::take(pending).marks;
+        if waiting.is_empty() {
+            return;
+        }
+        let marks: Vec<Mark> = waiting.iter().map(|(mark, _)| mark.clone()).collect();
+        let store = store.clone();
+        let statement = tokio::task::spawn_blocking(move || store.record_outcomes(&marks));
+        self.running = Some((statement, waiting));
+    }
+
+    /// The statement's end: the marks it recorded and the rows that held.
+    /// Waits forever when none runs (guard with [`Recording::busy`]).
+    async fn finished(&mut self) -> Result<(Marks, HashSet<i64>)> {
+        let Some((statement, _)) = &mut self.running else {
+            return std::future::pending().await;
+        };
+        let recorded = statement.await.context("a database task stopped");
+        let (_, marks) = self.running.take().expect("a statement was running");
+        Ok((marks, recorded??.into_iter().collect()))
     }
 }
 

@@ -819,10 +819,11 @@ async fn a_large_queue_is_claimed_and_marked_in_batches_not_row_by_row() {
         marks <= N.div_ceil(FLUSH_ROWS) + N.div_ceil(batch) + timed_flushes,
         "{marks} mark statements for {N} emails in {elapsed:?}"
     );
-    // Everything the pass sent counts: transactions, pool probes, the sender session.
+    // Everything the pass sent counts: transactions, the pool's checkout
+    // probes, the sender session. Row by row it was 8 per email.
     assert!(
-        statements.len() * 10 < N,
-        "{} statements for {N} emails (row by row it was 8 per email)",
+        statements.len() * 5 < N,
+        "{} statements for {N} emails: not under 0.2 per email",
         statements.len()
     );
 }
