@@ -1,35 +1,56 @@
 //! Delivering the email outbox after a commit (licensing-rules §6): claim
-//! due rows (a lease, `SKIP LOCKED`), render and send each through the
-//! configured transport, then mark it sent, or record the error and the next
-//! attempt with capped exponential backoff, or give it up as `failed`.
+//! due rows in batches (a lease, `SKIP LOCKED`), render and send them
+//! through the configured transport with a bounded number in flight, then
+//! record the outcomes in batches: sent, or the error and the next attempt
+//! with capped exponential backoff, or given up as `failed`.
 //!
 //! The claim counts the attempt before anything is sent, so an attempt whose
 //! sender died mid-way still counts: a crash between "server accepted" and
 //! "marked sent" repeats the message once, with the same Message-ID, after
-//! the lease; a message that kills its sender every time is given up after
-//! `max_attempts` like any other. Every outcome but "sent" is recorded only
-//! while this sender's claim is the row's latest (the store fences it), so a
-//! sender whose lease ran out cannot undo what the next one recorded.
+//! the lease (at once when the sender's session is gone); a message that
+//! kills its sender every time is given up after `max_attempts` like any
+//! other. Outcomes are recorded while sending goes on, one statement at a
+//! time, as soon as [`FLUSH_ROWS`] wait or the oldest has waited
+//! [`FLUSH_AFTER`]: that bounds what a killed sender repeats.
+//! Every outcome but "sent" is recorded only while this sender's claim is
+//! the row's latest (the store fences each row by its attempt), so a sender
+//! whose lease ran out cannot undo what the next one recorded.
+//!
+//! A batch is claimed under one lease, so a message is started only during
+//! the lease's first half: each exchange then has at least half the lease
+//! to finish, however slow the server was with the rows before it. Rows
+//! not started by then (or when a transient failure stops the pass) are
+//! handed back uncharged.
 
+use std::collections::{HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use chrono::{DateTime, Utc};
+use tokio::task::{JoinHandle, JoinSet};
 
 use crate::domain::EmailKind;
-use crate::mail::{Delivery, LicenseEmail, MailService, MailUrl};
-use crate::store::{OutboxJob, Store, blocking};
+use crate::mail::{Delivery, LicenseEmail, MailService, SendError};
+use crate::store::{Mark, OutboxJob, Outcome, Store, blocking};
 
 /// How long a claimed row is left alone before another sender may take it:
 /// longer than any SMTP exchange, short enough to retry after a crash.
 pub const CLAIM_LEASE: Duration = Duration::from_secs(10 * 60);
 const FIRST_RETRY: Duration = Duration::from_secs(60);
 const MAX_RETRY: Duration = Duration::from_secs(6 * 60 * 60);
-/// Rows claimed at once by the `none` transport. It sends nothing, so a
-/// batch cannot outlive its lease; a sending transport claims one row at a
-/// time, so that the lease covers one SMTP exchange however slow the server
-/// was with the rows before it.
-const QUEUE_ONLY_BATCH: i64 = 50;
+/// Rows one claim takes (one statement claims them all). Each is charged an
+/// attempt by the claim, so a sender killed mid-batch charges the rows it
+/// never started too; they are due again at once (its session is gone).
+pub const CLAIM_BATCH: i64 = 500;
+/// Outcomes are recorded (one statement, while sending goes on) once this
+/// many are waiting...
+pub const FLUSH_ROWS: usize = 32;
+/// ... or once the oldest has waited this long. Together they bound what a
+/// sender killed mid-batch leaves sent and not marked (plus the messages
+/// in flight and those of the statement under way), each sent again with
+/// the same Message-ID, while keeping the statements per email well under
+/// one for any transport fast enough for it to matter.
+pub const FLUSH_AFTER: Duration = Duration::from_millis(50);
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct DeliveryCounts {
@@ -74,10 +95,13 @@ pub fn license_email(job: &OutboxJob) -> Option<LicenseEmail> {
     })
 }
 
-/// Sends every email due at `now`, each at most once per call. A permanent
-/// failure of one email never stops the others; a transient one ends the
-/// pass (the server is likely down), so an outage costs one attempt per run
-/// instead of one per email. Only database errors are returned.
+/// Sends every email due at `now`, each at most once per call, up to
+/// [`MailService::concurrency`] at a time. A permanent failure of one email
+/// never stops the others; a transient one ends the pass (the server is
+/// likely down), so an outage costs one attempt per run instead of one per
+/// email: the pass sends one message alone until one has gone through, and
+/// only then as many at once as the transport allows. Only database errors
+/// are returned.
 ///
 /// `now` is the clock at the start of the call (tests pass a later one to
 /// step over leases and backoff). Leases and retry times follow the wall
@@ -89,117 +113,328 @@ pub async fn deliver_due(
     max_attempts: u32,
     now: DateTime<Utc>,
 ) -> Result<DeliveryCounts> {
-    let started = Instant::now();
-    let clock = move || now + chrono::Duration::from_std(started.elapsed()).unwrap_or_default();
     let lease = chrono::Duration::from_std(CLAIM_LEASE).expect("the lease fits a chrono duration");
-    let batch = if matches!(mail.settings().url, MailUrl::None) {
-        QUEUE_ONLY_BATCH
-    } else {
-        1
-    };
-    let sender = Sender {
-        store,
-        mail,
-        max_attempts: i32::try_from(max_attempts).unwrap_or(i32::MAX),
-    };
     // Alive until this call returns: were the process to die mid-pass, the
     // rows it claimed would be due again at once for the next sender.
     let session_store = store.clone();
     let session = blocking(move || session_store.sender_session()).await?;
     let sender_id = session.id();
-    let mut counts = DeliveryCounts::default();
+    let mut pass = Pass {
+        store,
+        mail,
+        max_attempts: i32::try_from(max_attempts).unwrap_or(i32::MAX),
+        width: mail.concurrency().max(1),
+        proven: false,
+        now,
+        started: Instant::now(),
+        counts: DeliveryCounts::default(),
+    };
     // Keyset over the ids: a row handed back as due (`none`) or retried
     // within this call's clock is not taken again by the same call.
     let mut after_id = 0;
     loop {
-        let claimed_at = clock();
+        let claimed_at = pass.clock();
+        let start_by = Instant::now() + CLAIM_LEASE / 2;
         let claim_store = store.clone();
         let jobs = blocking(move || {
-            claim_store.claim_due_emails_after(sender_id, after_id, claimed_at, claimed_at + lease, batch)
+            claim_store.claim_due_emails_after(sender_id, after_id, claimed_at, claimed_at + lease, CLAIM_BATCH)
         })
         .await?;
         let Some(last) = jobs.last() else {
-            return Ok(counts);
+            return Ok(pass.counts);
         };
-        after_id = last.outbox.id;
+        let last_id = last.outbox.id;
+        match pass.batch(jobs, start_by).await? {
+            Next::Continue => after_id = last_id,
+            // Handed back unstarted from here on: claimed again, under a new lease.
+            Next::ResumeBefore(id) => after_id = id - 1,
+            Next::Stop => return Ok(pass.counts),
+        }
+    }
+}
+
+/// What the pass does after a batch.
+enum Next {
+    Continue,
+    /// The lease's first half ran out; the rows from this id on were handed back.
+    ResumeBefore(i64),
+    /// A transient failure: the server is likely down, try again next run.
+    Stop,
+}
+
+/// What a counted outcome adds to [`DeliveryCounts`] once recorded.
+#[derive(Debug, Clone, Copy)]
+enum Tally {
+    Sent,
+    Queued,
+    Retrying,
+    Failed,
+    NoRecipient,
+    /// Handed back unstarted: not an outcome of this pass.
+    Nothing,
+}
+
+/// Outcomes waiting to be recorded.
+#[derive(Default)]
+struct Pending {
+    marks: Marks,
+    oldest: Option<Instant>,
+}
+
+impl Pending {
+    fn push(&mut self, outbox_id: i64, attempt: i32, outcome: Outcome, tally: Tally) {
+        self.oldest.get_or_insert_with(Instant::now);
+        self.marks.push((
+            Mark {
+                outbox_id,
+                attempt,
+                outcome,
+            },
+            tally,
+        ));
+    }
+
+    /// When the waiting outcomes must be recorded at the latest.
+    fn deadline(&self) -> Option<Instant> {
+        self.oldest.map(|t| t + FLUSH_AFTER)
+    }
+
+    fn due(&self) -> bool {
+        self.marks.len() >= FLUSH_ROWS || self.deadline().is_some_and(|d| Instant::now() >= d)
+    }
+}
+
+/// One message in flight.
+struct Sending {
+    outbox_id: i64,
+    attempt: i32,
+    result: Result<Delivery, SendError>,
+}
+
+struct Pass<'a> {
+    store: &'a Store,
+    mail: &'a MailService,
+    max_attempts: i32,
+    /// Messages in flight at most, once one went through.
+    width: usize,
+    /// Whether a message went through in this pass (until then one at a time).
+    proven: bool,
+    now: DateTime<Utc>,
+    started: Instant,
+    counts: DeliveryCounts,
+}
+
+impl Pass<'_> {
+    /// `now` advanced by the time this pass has taken.
+    fn clock(&self) -> DateTime<Utc> {
+        self.now + chrono::Duration::from_std(self.started.elapsed()).unwrap_or_default()
+    }
+
+    /// One claimed batch, from rendering to its recorded outcomes.
+    async fn batch(&mut self, jobs: Vec<OutboxJob>, start_by: Instant) -> Result<Next> {
+        let mut pending = Pending::default();
+        let mut to_send = VecDeque::with_capacity(jobs.len());
         for job in &jobs {
-            let retrying = counts.retrying;
-            sender.deliver(job, clock(), &mut counts).await?;
-            if counts.retrying > retrying {
-                // A transient failure is most often the server itself (down,
-                // refusing, wrong password): stop this pass so the rows behind
-                // it are not each charged an attempt. They are due again at the
-                // next run; the failed row waits out its backoff.
-                return Ok(counts);
+            let (id, attempt) = (job.outbox.id, job.outbox.attempts);
+            match license_email(job) {
+                None => {
+                    tracing::warn!(
+                        outbox_id = id,
+                        "license email without a recipient address; nothing to send"
+                    );
+                    pending.push(id, attempt, Outcome::NoRecipient, Tally::NoRecipient);
+                }
+                Some(_) if attempt > self.max_attempts => {
+                    // Failures give up at `max_attempts`, so the attempts beyond it
+                    // ended without an outcome: their sender stopped mid-way.
+                    let error = format!(
+                        "outbox row {id}: given up after {} attempts; the last ended before its outcome was recorded \
+                         (the sender stopped), so the message may have arrived",
+                        attempt - 1
+                    );
+                    tracing::warn!(outbox_id = id, attempts = attempt - 1, "license email given up");
+                    pending.push(id, attempt, Outcome::Failed { error }, Tally::Failed);
+                }
+                Some(email) => to_send.push_back((id, attempt, email)),
+            }
+        }
+        drop(jobs);
+
+        let mut in_flight: JoinSet<Sending> = JoinSet::new();
+        let mut recording = Recording::default();
+        let mut next = Next::Continue;
+        let mut panicked = None;
+        loop {
+            let width = if self.proven { self.width } else { 1 };
+            while matches!(next, Next::Continue) && in_flight.len() < width {
+                let Some(&(first_left, ..)) = to_send.front() else {
+                    break;
+                };
+                if Instant::now() >= start_by {
+                    tracing::info!(
+                        outbox_id = first_left,
+                        "half the claim's lease has gone by; handing the rest of the batch back to claim it anew"
+                    );
+                    next = Next::ResumeBefore(first_left);
+                    break;
+                }
+                let (outbox_id, attempt, email) = to_send.pop_front().expect("a row is left");
+                let mail = self.mail.clone();
+                in_flight.spawn(async move {
+                    let result = mail.send(&email).await;
+                    Sending {
+                        outbox_id,
+                        attempt,
+                        result,
+                    }
+                });
+            }
+            if in_flight.is_empty() {
+                break;
+            }
+            // Sends go on while outcomes are recorded: one statement in
+            // progress at a time, the next one started as soon as enough
+            // outcomes wait.
+            let deadline = pending.deadline().filter(|_| !recording.busy());
+            tokio::select! {
+                done = in_flight.join_next() => match done {
+                    Some(Ok(sending)) => {
+                        if self.outcome(sending, &mut pending) {
+                            // A transient failure is most often the server itself (down,
+                            // refusing, wrong password): start nothing more, so the rows
+                            // behind it are not each charged an attempt. They are due
+                            // again at the next run; the failed row waits out its backoff.
+                            next = Next::Stop;
+                        }
+                    }
+                    Some(Err(e)) if e.is_panic() => {
+                        // Its row stays claimed, like a crash's; the others are recorded first.
+                        next = Next::Stop;
+                        panicked.get_or_insert(e.into_panic());
+                    }
+                    Some(Err(_)) | None => {}
+                },
+                recorded = recording.finished(), if recording.busy() => self.count(recorded?),
+                () = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now).into()), if deadline.is_some() => {}
+            }
+            if !recording.busy() && pending.due() {
+                recording.start(self.store, &mut pending);
+            }
+        }
+        if recording.busy() {
+            let recorded = recording.finished().await?;
+            self.count(recorded);
+        }
+        // Never started: handed back untouched, not charged, due again.
+        for (outbox_id, attempt, _) in to_send {
+            pending.push(outbox_id, attempt, Outcome::Released, Tally::Nothing);
+        }
+        recording.start(self.store, &mut pending);
+        if recording.busy() {
+            let recorded = recording.finished().await?;
+            self.count(recorded);
+        }
+        if let Some(panic) = panicked {
+            std::panic::resume_unwind(panic);
+        }
+        Ok(next)
+    }
+
+    /// Queues the outcome of one message; true for a failure worth retrying.
+    fn outcome(&mut self, sending: Sending, pending: &mut Pending) -> bool {
+        let Sending {
+            outbox_id: id,
+            attempt,
+            result,
+        } = sending;
+        match result {
+            Ok(Delivery::Sent) => {
+                self.proven = true;
+                pending.push(id, attempt, Outcome::Sent, Tally::Sent);
+                false
+            }
+            Ok(Delivery::Queued) => {
+                // Not sent: give the attempt back so it is retried when a transport is configured.
+                self.proven = true;
+                pending.push(id, attempt, Outcome::Released, Tally::Queued);
+                false
+            }
+            Err(e) => {
+                let give_up = e.permanent || attempt >= self.max_attempts;
+                tracing::warn!(outbox_id = id, attempts = attempt, give_up, error = %e.message, "license email not delivered");
+                let error = e.message;
+                if give_up {
+                    pending.push(id, attempt, Outcome::Failed { error }, Tally::Failed);
+                } else {
+                    let at = self.clock()
+                        + chrono::Duration::from_std(retry_delay(attempt)).expect("the backoff fits a chrono duration");
+                    pending.push(id, attempt, Outcome::Retry { error, at }, Tally::Retrying);
+                }
+                !give_up
+            }
+        }
+    }
+
+    /// Counts the outcomes that one recording statement held.
+    fn count(&mut self, (marks, recorded): (Marks, HashSet<i64>)) {
+        for (mark, tally) in &marks {
+            if !recorded.contains(&mark.outbox_id) {
+                if !matches!(tally, Tally::Nothing) {
+                    tracing::info!(
+                        outbox_id = mark.outbox_id,
+                        "another sender took the email over; its outcome stands"
+                    );
+                }
+                continue;
+            }
+            match tally {
+                Tally::Sent => self.counts.sent += 1,
+                Tally::Queued => self.counts.queued += 1,
+                Tally::Retrying => self.counts.retrying += 1,
+                Tally::Failed => self.counts.failed += 1,
+                Tally::NoRecipient => self.counts.no_recipient += 1,
+                Tally::Nothing => {}
             }
         }
     }
 }
 
-struct Sender<'a> {
-    store: &'a Store,
-    mail: &'a MailService,
-    max_attempts: i32,
+/// Outcomes with what each adds to the counts once recorded.
+type Marks = Vec<(Mark, Tally)>;
+
+/// The statement recording a set of outcomes, while one runs.
+#[derive(Default)]
+struct Recording {
+    running: Option<(JoinHandle<Result<Vec<i64>>>, Marks)>,
 }
 
-impl Sender<'_> {
-    /// One claimed row, from rendering to its recorded outcome.
-    async fn deliver(&self, job: &OutboxJob, now: DateTime<Utc>, counts: &mut DeliveryCounts) -> Result<()> {
-        let (id, attempt) = (job.outbox.id, job.outbox.attempts);
-        let store = self.store.clone();
-        let Some(email) = license_email(job) else {
-            tracing::warn!(
-                outbox_id = id,
-                "license email without a recipient address; nothing to send"
-            );
-            if blocking(move || store.mark_email_no_recipient(id, attempt)).await? {
-                counts.no_recipient += 1;
-            }
-            return Ok(());
+impl Recording {
+    fn busy(&self) -> bool {
+        self.running.is_some()
+    }
+
+    /// Records every waiting outcome in one statement, off the async workers.
+    fn start(&mut self, store: &Store, pending: &mut Pending) {
+        debug_assert!(!self.busy());
+        let waiting = std::mem::take(pending).marks;
+        if waiting.is_empty() {
+            return;
+        }
+        let marks: Vec<Mark> = waiting.iter().map(|(mark, _)| mark.clone()).collect();
+        let store = store.clone();
+        let statement = tokio::task::spawn_blocking(move || store.record_outcomes(&marks));
+        self.running = Some((statement, waiting));
+    }
+
+    /// The statement's end: the marks it recorded and the rows that held.
+    /// Waits forever when none runs (guard with [`Recording::busy`]).
+    async fn finished(&mut self) -> Result<(Marks, HashSet<i64>)> {
+        let Some((statement, _)) = &mut self.running else {
+            return std::future::pending().await;
         };
-        if attempt > self.max_attempts {
-            // Failures give up at `max_attempts`, so the attempts beyond it
-            // ended without an outcome: their sender stopped mid-way.
-            let message = format!(
-                "outbox row {id}: given up after {} attempts; the last ended before its outcome was recorded \
-                 (the sender stopped), so the message may have arrived",
-                attempt - 1
-            );
-            tracing::warn!(outbox_id = id, attempts = attempt - 1, "license email given up");
-            if blocking(move || store.mark_email_failed(id, attempt, &message, None)).await? {
-                counts.failed += 1;
-            }
-            return Ok(());
-        }
-        match self.mail.send(&email).await {
-            Ok(Delivery::Sent) => {
-                blocking(move || store.mark_email_sent(id)).await?;
-                counts.sent += 1;
-            }
-            Ok(Delivery::Queued) => {
-                // Not sent: give the attempt back so it is retried when a transport is configured.
-                if blocking(move || store.release_email(id, attempt)).await? {
-                    counts.queued += 1;
-                }
-            }
-            Err(e) => {
-                let give_up = e.permanent || attempt >= self.max_attempts;
-                let retry_at = (!give_up).then(|| {
-                    now + chrono::Duration::from_std(retry_delay(attempt)).expect("the backoff fits a chrono duration")
-                });
-                tracing::warn!(outbox_id = id, attempts = attempt, give_up, error = %e.message, "license email not delivered");
-                let message = e.message;
-                let recorded = blocking(move || store.mark_email_failed(id, attempt, &message, retry_at)).await?;
-                match (recorded, give_up) {
-                    (false, _) => {
-                        tracing::info!(outbox_id = id, "another sender took the email over; its outcome stands")
-                    }
-                    (true, true) => counts.failed += 1,
-                    (true, false) => counts.retrying += 1,
-                }
-            }
-        }
-        Ok(())
+        let recorded = statement.await.context("a database task stopped");
+        let (_, marks) = self.running.take().expect("a statement was running");
+        Ok((marks, recorded??.into_iter().collect()))
     }
 }
 

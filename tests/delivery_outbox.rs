@@ -7,15 +7,19 @@
 mod common;
 mod mail_support;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, Once, OnceLock};
 
 use chrono::{DateTime, Duration, Utc};
 use common::{TestDb, email_status, issue_license};
-use licensync::delivery::{CLAIM_LEASE, DeliveryCounts, deliver_due, license_email};
-use licensync::mail::{Delivery, MailService, MailUrl};
+use diesel::connection::{Instrumentation, InstrumentationEvent, set_default_instrumentation};
+use licensync::delivery::{
+    CLAIM_BATCH, CLAIM_LEASE, DeliveryCounts, FLUSH_AFTER, FLUSH_ROWS, deliver_due, license_email,
+};
+use licensync::mail::{DEFAULT_SMTP_CONCURRENCY, Delivery, MailService, MailUrl};
 use licensync::secret::Secret;
-use licensync::store::Store;
 use licensync::store::models::OutboxRow;
+use licensync::store::{Mark, Outcome, Store};
 use mail_support::*;
 
 const MAX_ATTEMPTS: u32 = 8;
@@ -54,6 +58,92 @@ fn counts(sent: usize, queued: usize, retrying: usize, failed: usize) -> Deliver
 
 async fn deliver(store: &Store, mail: &MailService, max_attempts: u32, now: DateTime<Utc>) -> DeliveryCounts {
     deliver_due(store, mail, max_attempts, now).await.unwrap()
+}
+
+/// Every statement this process sends to a registered test database, in
+/// order: diesel's instrumentation hook sees each one on every connection
+/// (BEGIN/COMMIT and the pool's checkout probe included). Only the session
+/// setup diesel runs while connecting is not seen; no connection is opened
+/// during the passes measured here but the sender session's, whose lock
+/// statement is counted.
+type StatementLog = Arc<Mutex<Vec<String>>>;
+
+fn logs() -> &'static Mutex<HashMap<String, StatementLog>> {
+    static LOGS: OnceLock<Mutex<HashMap<String, StatementLog>>> = OnceLock::new();
+    LOGS.get_or_init(Mutex::default)
+}
+
+/// Records the statements of a connection to a registered database.
+#[derive(Default)]
+struct Recorder {
+    log: Option<StatementLog>,
+}
+
+impl Instrumentation for Recorder {
+    fn on_connection_event(&mut self, event: InstrumentationEvent<'_>) {
+        match event {
+            InstrumentationEvent::StartEstablishConnection { url, .. } => {
+                let database = url::Url::parse(url)
+                    .map(|u| u.path().trim_start_matches('/').to_owned())
+                    .unwrap_or_default();
+                self.log = logs().lock().unwrap().get(&database).cloned();
+            }
+            InstrumentationEvent::StartQuery { query, .. } => {
+                if let Some(log) = &self.log {
+                    log.lock().unwrap().push(query.to_string());
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Starts logging the statements sent to `db`; call it before the test
+/// first uses `db.store` (the hook is taken as a connection opens).
+fn log_statements(db: &TestDb) -> StatementLog {
+    static INSTALL: Once = Once::new();
+    INSTALL.call_once(|| set_default_instrumentation(|| Some(Box::new(Recorder::default()))).unwrap());
+    logs().lock().unwrap().entry(db.name.clone()).or_default().clone()
+}
+
+/// Queues `n` license emails in two statements (a run would write them a
+/// page at a time; how they were written does not matter to delivery).
+fn queue_emails(store: &Store, n: usize) {
+    store
+        .batch_execute(&format!(
+            "INSERT INTO licenses (key, status, product_ids, source_kind, source_id, customer_email, \
+             customer_name, quantity, livemode) \
+             SELECT 'BULK-' || n, 'active', ARRAY['acme-pro'], 'subscription_item', 'si_bulk_' || n, \
+             'customer' || n || '@customer.test', 'Customer ' || n, 1, false FROM generate_series(1, {n}) n; \
+             INSERT INTO email_outbox (license_id, kind, recipient) \
+             SELECT id, 'license_issued', customer_email FROM licenses WHERE source_id LIKE 'si_bulk_%'"
+        ))
+        .unwrap();
+}
+
+/// The sink's URL (STARTTLS, AUTH) with `?concurrency=`.
+fn tls_url_with_concurrency(sink: &SmtpSink, concurrency: usize) -> MailUrl {
+    format!("{}&concurrency={concurrency}", tls_url_string(sink))
+        .parse()
+        .unwrap()
+}
+
+fn tls_url_string(sink: &SmtpSink) -> String {
+    let ca = &sink.tls.as_ref().expect("a TLS sink").ca_file;
+    format!(
+        "smtp://{SINK_USER}:{SINK_PASSWORD_ENCODED}@127.0.0.1:{}?tls_ca={}",
+        sink.port,
+        ca.display()
+    )
+}
+
+fn slow_tls_sink(delay: std::time::Duration) -> SmtpSink {
+    SmtpSink::start_with(SinkOptions {
+        tls: true,
+        auth: Some((SINK_USER.to_owned(), SINK_PASSWORD.to_owned())),
+        delay_data: Some(delay),
+        ..SinkOptions::default()
+    })
 }
 
 /// Delivers as soon as the server has ended the session of a sender that
@@ -469,6 +559,155 @@ fn a_stale_failure_does_not_move_the_retry_time_of_the_claim_that_took_over() {
     assert_eq!(row.next_attempt_at.timestamp_micros(), retry_at.timestamp_micros());
 }
 
+fn mark(job: &licensync::store::OutboxJob, outcome: Outcome) -> Mark {
+    Mark {
+        outbox_id: job.outbox.id,
+        attempt: job.outbox.attempts,
+        outcome,
+    }
+}
+
+#[test]
+fn a_stale_mark_in_a_batch_is_refused_for_its_row_only_and_the_rest_of_the_batch_is_recorded() {
+    let db = TestDb::new();
+    for n in 0..4 {
+        issue_license(&db.store, n, Some(&format!("customer{n}@customer.test")));
+    }
+    let t0 = Utc::now();
+    let first = db.store.sender_session().unwrap();
+    let batch = db.store.claim_due_emails(&first, t0, t0 + lease(), 10).unwrap();
+    assert_eq!(batch.len(), 4);
+    // The first sender's lease runs out and another sender takes the second
+    // row over (and only it) while the first is still sending.
+    let t1 = t0 + lease() + Duration::seconds(1);
+    let second = db.store.sender_session().unwrap();
+    let taken = db
+        .store
+        .claim_due_emails_after(second.id(), batch[0].outbox.id, t1, t1 + lease(), 1)
+        .unwrap();
+    assert_eq!(taken.len(), 1);
+    assert_eq!((taken[0].outbox.id, taken[0].outbox.attempts), (batch[1].outbox.id, 2));
+
+    // The first sender records its whole batch in one statement.
+    let retry_at = t1 + Duration::minutes(5);
+    let recorded = db
+        .store
+        .record_outcomes(&[
+            mark(
+                &batch[0],
+                Outcome::Retry {
+                    error: "451 busy".into(),
+                    at: retry_at,
+                },
+            ),
+            mark(
+                &batch[1],
+                Outcome::Failed {
+                    error: "550 stale".into(),
+                },
+            ),
+            mark(
+                &batch[2],
+                Outcome::Failed {
+                    error: "550 no such user".into(),
+                },
+            ),
+            mark(&batch[3], Outcome::Released),
+        ])
+        .unwrap();
+    assert_eq!(
+        recorded.iter().copied().collect::<std::collections::BTreeSet<_>>(),
+        [batch[0].outbox.id, batch[2].outbox.id, batch[3].outbox.id].into(),
+        "every row but the one taken over"
+    );
+    // No other stale outcome gets through either.
+    for outcome in [
+        Outcome::Retry {
+            error: "451 stale".into(),
+            at: retry_at,
+        },
+        Outcome::Released,
+        Outcome::NoRecipient,
+    ] {
+        assert_eq!(
+            db.store.record_outcomes(&[mark(&batch[1], outcome)]).unwrap(),
+            Vec::<i64>::new()
+        );
+    }
+
+    let row = |job: &licensync::store::OutboxJob| outbox(&db.store, job.license.id);
+    let retried = row(&batch[0]);
+    assert_eq!((retried.status.as_str(), retried.attempts), ("pending", 1));
+    assert_eq!(retried.last_error.as_deref(), Some("451 busy"));
+    assert_eq!(retried.next_attempt_at.timestamp_micros(), retry_at.timestamp_micros());
+    assert_eq!(retried.claimed_by, None);
+    let kept = row(&batch[1]);
+    assert_eq!((kept.status.as_str(), kept.attempts), ("pending", 2));
+    assert_eq!((kept.claimed_by, kept.last_error.as_deref()), (Some(second.id()), None));
+    assert_eq!(
+        kept.next_attempt_at.timestamp_micros(),
+        (t1 + lease()).timestamp_micros(),
+        "the second sender's lease stands"
+    );
+    let failed = row(&batch[2]);
+    assert_eq!(
+        (failed.status.as_str(), failed.last_error.as_deref()),
+        ("failed", Some("550 no such user"))
+    );
+    let released = row(&batch[3]);
+    assert_eq!((released.status.as_str(), released.attempts), ("pending", 0));
+    assert_eq!(released.claimed_by, None);
+
+    // The sender that holds the row records its outcome.
+    assert_eq!(
+        db.store.record_outcomes(&[mark(&taken[0], Outcome::Sent)]).unwrap(),
+        [batch[1].outbox.id]
+    );
+    assert_eq!(row(&batch[1]).status, "sent");
+}
+
+#[test]
+fn a_message_the_server_accepted_is_marked_sent_even_after_its_claim_went_stale() {
+    let db = TestDb::new();
+    let license = issue_license(&db.store, 1, Some("ada@customer.test"));
+    let t0 = Utc::now();
+    let first = db.store.sender_session().unwrap();
+    let stale = db
+        .store
+        .claim_due_emails(&first, t0, t0 + lease(), 10)
+        .unwrap()
+        .remove(0);
+    let t1 = t0 + lease() + Duration::seconds(1);
+    let second = db.store.sender_session().unwrap();
+    let current = db
+        .store
+        .claim_due_emails(&second, t1, t1 + lease(), 10)
+        .unwrap()
+        .remove(0);
+
+    // The slow first sender's message was accepted after all: that is a fact,
+    // whichever claim is the latest.
+    assert_eq!(
+        db.store.record_outcomes(&[mark(&stale, Outcome::Sent)]).unwrap(),
+        [stale.outbox.id]
+    );
+    // The second sender's failure to send it again does not undo it.
+    assert_eq!(
+        db.store
+            .record_outcomes(&[mark(
+                &current,
+                Outcome::Failed {
+                    error: "550 refused".into()
+                }
+            )])
+            .unwrap(),
+        Vec::<i64>::new()
+    );
+    let row = outbox(&db.store, license.license_id);
+    assert_eq!((row.status.as_str(), row.attempts), ("sent", 2));
+    assert_eq!((row.claimed_by, row.last_error), (None, None));
+}
+
 #[tokio::test]
 async fn an_smtp_outage_costs_one_attempt_per_run_not_one_per_email() {
     let db = TestDb::new();
@@ -543,4 +782,170 @@ async fn a_claim_whose_sender_is_gone_is_due_at_once_and_a_live_senders_claim_is
         "a hung sender's lease still ends"
     );
     drop(live);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_queue_is_claimed_and_marked_in_batches_not_row_by_row() {
+    const N: usize = 1_200;
+    let db = TestDb::new();
+    let log = log_statements(&db);
+    queue_emails(&db.store, N);
+    let dir = tempfile::tempdir().unwrap();
+    let mail = service(format!("file://{}", dir.path().display()).parse().unwrap());
+
+    let before = log.lock().unwrap().len();
+    let started = std::time::Instant::now();
+    assert_eq!(
+        deliver(&db.store, &mail, MAX_ATTEMPTS, Utc::now()).await,
+        counts(N, 0, 0, 0)
+    );
+    let elapsed = started.elapsed();
+    let statements: Vec<String> = log.lock().unwrap()[before..].to_vec();
+
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), N, "one .eml per email");
+    assert_eq!(email_status(&db)["sent"], N);
+    let batch = usize::try_from(CLAIM_BATCH).unwrap();
+    let claims = statements.iter().filter(|s| s.contains("SKIP LOCKED")).count();
+    assert_eq!(
+        claims,
+        N.div_ceil(batch) + 1,
+        "one claim per {batch} rows and the one that finds the queue empty"
+    );
+    // Outcomes are recorded when FLUSH_ROWS are waiting, when the oldest has
+    // waited FLUSH_AFTER, and at the end of each batch.
+    let marks = statements.iter().filter(|s| s.contains("unnest(")).count();
+    let timed_flushes = (elapsed.as_millis() / FLUSH_AFTER.as_millis()) as usize;
+    assert!(
+        marks <= N.div_ceil(FLUSH_ROWS) + N.div_ceil(batch) + timed_flushes,
+        "{marks} mark statements for {N} emails in {elapsed:?}"
+    );
+    // Everything the pass sent counts: transactions, the pool's checkout
+    // probes, the sender session. Row by row it was 8 per email.
+    assert!(
+        statements.len() * 5 < N,
+        "{} statements for {N} emails: not under 0.2 per email",
+        statements.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_outbox_keeps_up_to_its_concurrency_in_flight_over_a_few_reused_connections() {
+    const N: usize = 40;
+    const WIDTH: usize = 4;
+    let db = TestDb::new();
+    // Each DATA is answered 100 ms late: messages sent one after another
+    // would never be in DATA together.
+    let sink = slow_tls_sink(std::time::Duration::from_millis(100));
+    assert_eq!(service(sink.tls_url()).concurrency(), DEFAULT_SMTP_CONCURRENCY);
+    let mail = service(tls_url_with_concurrency(&sink, WIDTH));
+    assert_eq!(mail.concurrency(), WIDTH);
+    let rows: Vec<_> = (0..N)
+        .map(|n| issue_license(&db.store, n, Some(&format!("customer{n}@customer.test"))))
+        .collect();
+
+    assert_eq!(
+        deliver(&db.store, &mail, MAX_ATTEMPTS, Utc::now()).await,
+        counts(N, 0, 0, 0)
+    );
+
+    let stats = sink.stats();
+    assert!(
+        stats.max_in_data > 1,
+        "messages were never in flight together: {stats:?}"
+    );
+    assert!(
+        stats.max_in_data <= WIDTH as u32,
+        "more than {WIDTH} at once: {stats:?}"
+    );
+    assert!(
+        stats.connections <= WIDTH as u32,
+        "a connection per message in flight at most, reused for the next: {stats:?}"
+    );
+    let mut times_received: BTreeMap<String, usize> = BTreeMap::new();
+    for id in received_ids(&sink) {
+        *times_received.entry(id).or_default() += 1;
+    }
+    let expected: BTreeMap<String, usize> = rows
+        .iter()
+        .map(|l| {
+            (
+                format!("licensync-outbox-{}@acme.test", outbox(&db.store, l.license_id).id),
+                1,
+            )
+        })
+        .collect();
+    assert_eq!(times_received, expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pass_killed_mid_batch_leaves_the_rest_to_the_next_sender_and_repeats_only_what_it_had_not_marked() {
+    const N: usize = 24;
+    let db = TestDb::new();
+    let sink = slow_tls_sink(std::time::Duration::from_millis(200));
+    let rows: Vec<_> = (0..N)
+        .map(|n| issue_license(&db.store, n, Some(&format!("customer{n}@customer.test"))))
+        .collect();
+    let message_id = |license_id: i64| format!("licensync-outbox-{}@acme.test", outbox(&db.store, license_id).id);
+
+    // The pass is dropped (its sender session, its sends in flight and all)
+    // once the server has stored five messages: mid-batch, since one claim
+    // took all 24 rows.
+    {
+        let mail = service(tls_url_with_concurrency(&sink, 4));
+        let pass = deliver_due(&db.store, &mail, MAX_ATTEMPTS, Utc::now());
+        tokio::select! {
+            ended = pass => panic!("the pass ended before it was stopped: {ended:?}"),
+            () = async {
+                while sink.received().len() < 5 {
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                }
+            } => {}
+        }
+    }
+    // Messages in DATA when the pass stopped may still arrive.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let arrived: BTreeSet<String> = received_ids(&sink).into_iter().collect();
+    let marked: BTreeSet<String> = rows
+        .iter()
+        .filter(|l| outbox(&db.store, l.license_id).status == "sent")
+        .map(|l| message_id(l.license_id))
+        .collect();
+    assert!(
+        (5..N).contains(&arrived.len()),
+        "stopped mid-batch: {} of {N} arrived",
+        arrived.len()
+    );
+    assert!(marked.is_subset(&arrived));
+    for l in &rows {
+        let row = outbox(&db.store, l.license_id);
+        if row.status == "pending" {
+            assert!(row.claimed_by.is_some(), "left claimed by the dead sender: {row:?}");
+        }
+    }
+
+    // The next sender (a new process: a new transport) takes the dead
+    // sender's claims at once, not after their lease.
+    let mail = service(tls_url_with_concurrency(&sink, 4));
+    let next = deliver_once_the_claimer_is_gone(&db.store, &mail, Utc::now()).await;
+    assert_eq!(next, counts(N - marked.len(), 0, 0, 0));
+
+    let mut times_received: BTreeMap<String, usize> = BTreeMap::new();
+    for id in received_ids(&sink) {
+        *times_received.entry(id).or_default() += 1;
+    }
+    for l in &rows {
+        let row = outbox(&db.store, l.license_id);
+        assert_eq!(row.status, "sent", "{row:?}");
+        let id = message_id(l.license_id);
+        let times = times_received.get(&id).copied().unwrap_or(0);
+        if !arrived.contains(&id) || marked.contains(&id) {
+            // Not started, or started and recorded: exactly once.
+            assert_eq!(times, 1, "{id}: {times_received:#?}");
+        } else {
+            // Arrived but not recorded when the pass died: the documented
+            // at-worst case, one repeat with the same Message-ID.
+            assert!((1..=2).contains(&times), "{id}: {times_received:#?}");
+        }
+    }
+    assert_eq!(times_received.len(), N);
 }

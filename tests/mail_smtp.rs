@@ -213,3 +213,46 @@ async fn a_customer_name_carrying_a_bcc_header_reaches_only_the_customer() {
     // The attempt survives only as harmless text inside the display name.
     assert_eq!(to.first().unwrap().name(), Some("Mallory Bcc: victim@evil.test"));
 }
+
+#[tokio::test]
+async fn messages_sent_one_after_another_share_one_pooled_connection() {
+    let sink = SmtpSink::start_tls_with_auth();
+    let mail = service(tls_url(&sink, SINK_PASSWORD_ENCODED));
+
+    for n in 0..5 {
+        assert_eq!(mail.send(&sample_email(n)).await.unwrap(), Delivery::Sent);
+    }
+
+    assert_eq!(sink.received().len(), 5);
+    let stats = sink.stats();
+    assert_eq!(
+        stats.connections, 1,
+        "one STARTTLS and AUTH for five messages: {stats:?}"
+    );
+    // The connection stays open in the pool for the next pass.
+    assert_eq!(stats.open, 1, "{stats:?}");
+}
+
+#[tokio::test]
+async fn a_failed_message_does_not_leave_its_connection_in_the_pool_for_the_next() {
+    let sink = SmtpSink::start_tls_with_auth();
+    let mail = service(tls_url(&sink, SINK_PASSWORD_ENCODED));
+    let refused = LicenseEmail {
+        to_email: "reject-me@customer.test".to_owned(),
+        ..sample_email(1)
+    };
+
+    assert!(mail.send(&refused).await.expect_err("refused").permanent);
+    assert_eq!(mail.send(&sample_email(2)).await.unwrap(), Delivery::Sent);
+    assert_eq!(mail.send(&sample_email(3)).await.unwrap(), Delivery::Sent);
+
+    let ids: Vec<String> = sink
+        .received()
+        .iter()
+        .map(|r| parse(&r.raw).message_id().expect("a Message-ID").to_owned())
+        .collect();
+    assert_eq!(ids, ["licensync-outbox-2@acme.test", "licensync-outbox-3@acme.test"]);
+    // lettre closes a session that failed mid-transaction; the next one is new
+    // and is then reused.
+    assert_eq!(sink.stats().connections, 2, "{:?}", sink.stats());
+}

@@ -26,6 +26,10 @@ pub enum MailUrl {
         /// A PEM file of extra root certificates to trust (`?tls_ca=/path`),
         /// for relays behind a private CA. The public web roots stay trusted.
         tls_ca: Option<PathBuf>,
+        /// `?concurrency=N`: messages sent at once over pooled connections
+        /// (at most [`MAX_SMTP_CONCURRENCY`]); unset, the default
+        /// [`DEFAULT_SMTP_CONCURRENCY`].
+        concurrency: Option<usize>,
     },
     /// One `.eml` file per message in this directory.
     File(PathBuf),
@@ -45,6 +49,13 @@ pub enum SmtpTls {
     /// (a local relay on the same host or private network).
     None,
 }
+
+/// Messages sent at once to an SMTP relay when its URL does not say
+/// (`?concurrency=N`): enough to hide the round trips of one session, few
+/// enough for any relay's per-client connection limit.
+pub const DEFAULT_SMTP_CONCURRENCY: usize = 8;
+/// The most `?concurrency=` accepts.
+pub const MAX_SMTP_CONCURRENCY: usize = 64;
 
 /// A `LICENSYNC_MAIL_URL` that cannot be used; the message says why and how
 /// to fix it, and never contains the password.
@@ -130,6 +141,7 @@ fn parse_smtp(s: &str) -> Result<MailUrl, MailUrlError> {
 
     let mut tls = if implicit { SmtpTls::Implicit } else { SmtpTls::StartTls };
     let mut tls_ca = None;
+    let mut concurrency = None;
     for (key, value) in url.query_pairs() {
         match key.as_ref() {
             "tls" => {
@@ -155,9 +167,23 @@ fn parse_smtp(s: &str) -> Result<MailUrl, MailUrlError> {
                 }
                 tls_ca = Some(PathBuf::from(value.as_ref()));
             }
+            "concurrency" => {
+                let n = value
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|n| (1..=MAX_SMTP_CONCURRENCY).contains(n))
+                    .ok_or_else(|| {
+                        invalid(format!(
+                            "concurrency={value} is not a number from 1 to {MAX_SMTP_CONCURRENCY} \
+                             (messages sent at once; default {DEFAULT_SMTP_CONCURRENCY})"
+                        ))
+                    })?;
+                concurrency = Some(n);
+            }
             other => {
                 return Err(invalid(format!(
-                    "unknown query parameter `{other}`; the SMTP URL accepts tls=starttls|implicit|none and tls_ca=/path/ca.pem"
+                    "unknown query parameter `{other}`; the SMTP URL accepts tls=starttls|implicit|none, \
+                     tls_ca=/path/ca.pem and concurrency=N"
                 )));
             }
         }
@@ -196,6 +222,7 @@ fn parse_smtp(s: &str) -> Result<MailUrl, MailUrlError> {
         tls,
         credentials,
         tls_ca,
+        concurrency,
     })
 }
 
@@ -216,6 +243,7 @@ impl fmt::Display for MailUrl {
                 tls,
                 credentials,
                 tls_ca,
+                concurrency,
             } => {
                 let scheme = if *tls == SmtpTls::Implicit { "smtps" } else { "smtp" };
                 let host = if host.contains(':') {
@@ -235,6 +263,10 @@ impl fmt::Display for MailUrl {
                 }
                 if let Some(ca) = tls_ca {
                     write!(f, "{sep}tls_ca={}", ca.display())?;
+                    sep = '&';
+                }
+                if let Some(n) = concurrency {
+                    write!(f, "{sep}concurrency={n}")?;
                 }
                 Ok(())
             }
@@ -253,6 +285,7 @@ impl fmt::Debug for MailUrl {
                 tls,
                 credentials,
                 tls_ca,
+                concurrency,
             } => f
                 .debug_struct("Smtp")
                 .field("host", host)
@@ -260,6 +293,7 @@ impl fmt::Debug for MailUrl {
                 .field("tls", tls)
                 .field("credentials", credentials)
                 .field("tls_ca", tls_ca)
+                .field("concurrency", concurrency)
                 .finish(),
             MailUrl::File(path) => f.debug_tuple("File").field(path).finish(),
             MailUrl::None => f.write_str("None"),
@@ -278,6 +312,7 @@ mod tests {
             tls,
             credentials: creds.map(|(u, p)| (u.to_owned(), Secret::new(p))),
             tls_ca: None,
+            concurrency: None,
         }
     }
 
@@ -368,6 +403,23 @@ mod tests {
     }
 
     #[test]
+    fn the_concurrency_parameter_sets_how_many_messages_go_at_once_and_shows_in_display() {
+        let parsed: MailUrl = "smtp://u:p@relay.internal:587?concurrency=16".parse().unwrap();
+        let MailUrl::Smtp { concurrency, .. } = &parsed else {
+            panic!("not smtp")
+        };
+        assert_eq!(*concurrency, Some(16));
+        assert_eq!(parsed.to_string(), "smtp://u:***@relay.internal:587?concurrency=16");
+        let both: MailUrl = "smtp://relay:25?tls=none&concurrency=1".parse().unwrap();
+        assert_eq!(both.to_string(), "smtp://relay:25?tls=none&concurrency=1");
+        assert_eq!(both.to_string().parse::<MailUrl>().unwrap(), both);
+        let MailUrl::Smtp { concurrency, .. } = "smtp://relay".parse().unwrap() else {
+            panic!("not smtp")
+        };
+        assert_eq!(concurrency, None, "unset: the transport's default");
+    }
+
+    #[test]
     fn bad_values_are_rejected_with_an_error_naming_the_setting_and_the_fix() {
         let table = [
             ("", "empty"),
@@ -385,6 +437,9 @@ mod tests {
             ("smtp://mail.example.com/inbox", "takes no path"),
             ("smtp://mail.example.com:99999", "cannot parse"),
             ("smtp://h?tls=none&tls_ca=/ca.pem", "no effect with tls=none"),
+            ("smtp://h?concurrency=0", "concurrency=0 is not a number from 1 to 64"),
+            ("smtp://h?concurrency=65", "from 1 to 64"),
+            ("smtp://h?concurrency=many", "from 1 to 64"),
             ("file://mailhost/outbox", "absolute local path"),
             ("file:///", "names no directory"),
         ];

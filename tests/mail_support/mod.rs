@@ -72,6 +72,20 @@ pub struct Received {
     pub raw: Vec<u8>,
 }
 
+/// What the server saw of its clients' connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+pub struct SinkStats {
+    /// Connections accepted (refused ones, `refuse_first`, not counted).
+    pub connections: u32,
+    /// Connections open now.
+    pub open: u32,
+    /// The most connections open at once.
+    pub max_open: u32,
+    /// The most messages in DATA at once (from DATA to its answer): with
+    /// `delay_data`, how many messages the client really had in flight.
+    pub max_in_data: u32,
+}
+
 pub struct SinkTls {
     /// PEM of the server's self-signed certificate, to pass as `tls_ca`.
     pub ca_file: PathBuf,
@@ -162,6 +176,7 @@ impl SmtpSink {
 
         let mut cmd = Command::new(&python);
         cmd.arg(&script).arg("--spool").arg(&spool);
+        cmd.arg("--stats").arg(dir.path().join("stats.json"));
         let refusals = options.defer_first;
         if refusals > 0 {
             cmd.arg("--defer-first").arg(refusals.to_string());
@@ -230,6 +245,12 @@ impl SmtpSink {
     /// A plain URL for a sink without TLS or AUTH (a local relay).
     pub fn plain_url(&self) -> String {
         format!("smtp://127.0.0.1:{}?tls=none", self.port)
+    }
+
+    /// Connections and concurrency so far (see [`SinkStats`]).
+    pub fn stats(&self) -> SinkStats {
+        let raw = std::fs::read(self.dir.path().join("stats.json")).unwrap();
+        serde_json::from_slice(&raw).unwrap()
     }
 
     /// The messages the server accepted, in order of arrival.

@@ -20,6 +20,11 @@ connection instead of answering 250 (the client cannot know it arrived);
 --delay-data SECONDS waits that long before answering each DATA (a slow
 server); --port P listens on that port instead of a free one (a server
 that comes back where it was).
+
+With --stats FILE it keeps FILE (JSON, replaced whole on every change)
+up to date with the connections it accepted, the most it had open at
+once, and the most messages it was handling at once (from the start of
+DATA to its answer): how a test sees connection reuse and concurrency.
 """
 
 import argparse
@@ -32,13 +37,60 @@ import sys
 from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
 
 
+class Stats:
+    """Connections and concurrency, written to a JSON file when asked for."""
+
+    def __init__(self, path):
+        self.path = path
+        self.connections = 0
+        self.open = 0
+        self.max_open = 0
+        self.in_data = 0
+        self.max_in_data = 0
+
+    def connected(self):
+        self.connections += 1
+        self.open += 1
+        self.max_open = max(self.max_open, self.open)
+        self.write()
+
+    def disconnected(self):
+        self.open -= 1
+        self.write()
+
+    def data_started(self):
+        self.in_data += 1
+        self.max_in_data = max(self.max_in_data, self.in_data)
+        self.write()
+
+    def data_ended(self):
+        self.in_data -= 1
+        self.write()
+
+    def write(self):
+        if not self.path:
+            return
+        with open(self.path + ".tmp", "w") as f:
+            json.dump(
+                {
+                    "connections": self.connections,
+                    "open": self.open,
+                    "max_open": self.max_open,
+                    "max_in_data": self.max_in_data,
+                },
+                f,
+            )
+        os.replace(self.path + ".tmp", self.path)
+
+
 class Spool:
-    def __init__(self, directory, defer_first=0, drop_after_data=0, delay_data=0.0):
+    def __init__(self, directory, defer_first=0, drop_after_data=0, delay_data=0.0, stats=None):
         self.directory = directory
         self.count = 0
         self.deferrals_left = defer_first
         self.drops_left = drop_after_data
         self.delay_data = delay_data
+        self.stats = stats or Stats(None)
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
         local = address.split("@", 1)[0]
@@ -50,6 +102,13 @@ class Spool:
         return "250 2.1.5 OK"
 
     async def handle_DATA(self, server, session, envelope):
+        self.stats.data_started()
+        try:
+            return await self.answer_DATA(server, session, envelope)
+        finally:
+            self.stats.data_ended()
+
+    async def answer_DATA(self, server, session, envelope):
         if self.delay_data > 0:
             await asyncio.sleep(self.delay_data)
         if self.deferrals_left > 0:
@@ -108,6 +167,29 @@ def refusing(smtp_class, refusals):
     return Refusing
 
 
+def counting(smtp_class, stats):
+    """An SMTP protocol class that reports its connections to `stats`."""
+
+    class Counting(smtp_class):
+        # STARTTLS makes aiosmtpd call connection_made again for the
+        # encrypted transport: one connection is counted once.
+        _counted = False
+
+        def connection_made(self, transport):
+            if not self._counted:
+                self._counted = True
+                stats.connected()
+            super().connection_made(transport)
+
+        def connection_lost(self, exc):
+            if self._counted:
+                self._counted = False
+                stats.disconnected()
+            super().connection_lost(exc)
+
+    return Counting
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--spool", required=True)
@@ -120,6 +202,7 @@ def main():
     parser.add_argument("--drop-after-data", type=int, default=0)
     parser.add_argument("--delay-data", type=float, default=0.0)
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--stats")
     args = parser.parse_args()
 
     tls_context = None
@@ -137,8 +220,10 @@ def main():
 
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
-    handler = Spool(args.spool, args.defer_first, args.drop_after_data, args.delay_data)
-    smtp_class = refusing(SMTP, Refusals(args.refuse_first))
+    stats = Stats(args.stats)
+    stats.write()
+    handler = Spool(args.spool, args.defer_first, args.drop_after_data, args.delay_data, stats)
+    smtp_class = refusing(counting(SMTP, stats), Refusals(args.refuse_first))
 
     def factory():
         return smtp_class(

@@ -1,0 +1,347 @@
+//! The store's side of the email outbox (licensing-rules §6): claiming due
+//! rows for a sender (a lease, `SKIP LOCKED`, the sender's session), and
+//! recording each outcome only while the claim that made it is the row's
+//! latest. Sending itself is `crate::delivery`'s.
+
+use std::collections::BTreeMap;
+
+use anyhow::{Context, Result};
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use diesel::sql_types::{Array, BigInt, Integer, Nullable, Text, Timestamptz};
+
+use super::models::{LicenseRow, NewOutboxRow, OutboxRow};
+use super::schema::{email_outbox, licenses};
+use super::{SENDER_LOCK_CLASS, SenderSession, Store};
+use crate::domain::{EmailStatus, License};
+use crate::secret::redact;
+
+/// SQL that is true for an outbox row claimed by a sender whose session has
+/// ended (crashed, killed): its advisory lock is gone with its connection.
+fn claimer_gone() -> String {
+    format!(
+        "email_outbox.claimed_by IS NOT NULL AND NOT EXISTS (\
+         SELECT 1 FROM pg_locks l \
+         WHERE l.locktype = 'advisory' \
+         AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+         AND l.classid = {SENDER_LOCK_CLASS} AND l.objsubid = 2 \
+         AND l.objid = email_outbox.claimed_by::oid AND l.granted)"
+    )
+}
+
+/// One email to send, claimed for this sender.
+#[derive(Debug, Clone)]
+pub struct OutboxJob {
+    pub outbox: OutboxRow,
+    pub license: License,
+}
+
+/// What became of one claimed row, recorded with the others of its batch
+/// by [`Store::record_outcomes`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Accepted by the server, or written as a file: `sent`. Not fenced by
+    /// the claim: a message the server accepted is sent, even when this
+    /// sender's lease ran out meanwhile and another claim holds the row.
+    Sent,
+    /// Handed back untouched (the `none` transport queues without sending,
+    /// or the sender stopped before starting it): the attempt is not
+    /// counted and the row is due again at once.
+    Released,
+    /// Failed this time: tried again at `at`.
+    Retry { error: String, at: DateTime<Utc> },
+    /// Given up for good: `failed`.
+    Failed { error: String },
+    /// No usable address: `no_recipient`, never sent (the attempt is not counted).
+    NoRecipient,
+}
+
+/// One claimed row's outcome.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mark {
+    pub outbox_id: i64,
+    /// The row's `attempts` as its claim returned it: the fence (unused for
+    /// [`Outcome::Sent`]).
+    pub attempt: i32,
+    pub outcome: Outcome,
+}
+
+/// [`Store::record_outcomes`]: one UPDATE for a whole batch of marks, each
+/// row fenced by its own (id, attempt) pair unless it was sent.
+const RECORD_OUTCOMES: &str = "\
+    UPDATE email_outbox AS o SET \
+        status = CASE m.outcome WHEN 'sent' THEN 'sent' WHEN 'failed' THEN 'failed' \
+            WHEN 'no_recipient' THEN 'no_recipient' ELSE o.status END, \
+        sent_at = CASE WHEN m.outcome = 'sent' THEN now() ELSE o.sent_at END, \
+        last_error = CASE m.outcome WHEN 'sent' THEN NULL WHEN 'retry' THEN m.error \
+            WHEN 'failed' THEN m.error ELSE o.last_error END, \
+        next_attempt_at = CASE m.outcome WHEN 'retry' THEN m.retry_at WHEN 'released' THEN now() \
+            ELSE o.next_attempt_at END, \
+        attempts = CASE WHEN m.outcome IN ('released', 'no_recipient') THEN o.attempts - 1 \
+            ELSE o.attempts END, \
+        claimed_by = NULL \
+    FROM unnest($1::bigint[], $2::int4[], $3::text[], $4::text[], $5::timestamptz[]) \
+        AS m(id, attempt, outcome, error, retry_at) \
+    WHERE o.id = m.id \
+        AND (m.outcome = 'sent' OR (o.status = 'pending' AND o.attempts = m.attempt)) \
+    RETURNING o.id";
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct OutboxCounts {
+    pub pending: i64,
+    pub sent: i64,
+    pub failed: i64,
+    pub no_recipient: i64,
+    /// Issued silently under `--mail-since`; `mail resend` can still send them.
+    pub skipped: i64,
+}
+
+impl Store {
+    /// Claims up to `limit` due emails for this sender. The claim is a lease:
+    /// it counts the attempt and pushes `next_attempt_at` past `lease_until`,
+    /// so a sender that dies after the server accepted a message but before
+    /// it was marked sent gets it retried once, with the same Message-ID.
+    /// `SKIP LOCKED` keeps two concurrent senders off the same row.
+    pub fn claim_due_emails(
+        &self,
+        sender: &SenderSession,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+        limit: i64,
+    ) -> Result<Vec<OutboxJob>> {
+        self.claim_due_emails_after(sender.id(), 0, now, lease_until, limit)
+    }
+
+    /// [`Store::claim_due_emails`] for rows with an id above `after_id`, so
+    /// that one pass over the queue never takes a row twice, even one handed
+    /// back as due again ([`Store::release_email`]).
+    pub fn claim_due_emails_after(
+        &self,
+        sender: i32,
+        after_id: i64,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+        limit: i64,
+    ) -> Result<Vec<OutboxJob>> {
+        let mut conn = self.conn()?;
+        conn.transaction(|conn| {
+            let ids: Vec<i64> = email_outbox::table
+                .filter(email_outbox::status.eq("pending"))
+                .filter(
+                    email_outbox::next_attempt_at
+                        .le(now)
+                        .or(diesel::dsl::sql::<diesel::sql_types::Bool>(&claimer_gone())),
+                )
+                .filter(email_outbox::id.gt(after_id))
+                .order(email_outbox::id.asc())
+                .limit(limit)
+                .select(email_outbox::id)
+                .for_update()
+                .skip_locked()
+                .load(conn)?;
+            let claimed: Vec<OutboxRow> = diesel::update(email_outbox::table.filter(email_outbox::id.eq_any(&ids)))
+                .set((
+                    email_outbox::attempts.eq(email_outbox::attempts + 1),
+                    email_outbox::next_attempt_at.eq(lease_until),
+                    email_outbox::claimed_by.eq(Some(sender)),
+                ))
+                .returning(OutboxRow::as_returning())
+                .get_results(conn)?;
+            let license_ids: Vec<i64> = claimed.iter().map(|o| o.license_id).collect();
+            let rows: Vec<LicenseRow> = licenses::table
+                .filter(licenses::id.eq_any(&license_ids))
+                .select(LicenseRow::as_select())
+                .load(conn)?;
+            Ok::<_, diesel::result::Error>((claimed, rows))
+        })
+        .context("claiming due emails")
+        .and_then(|(claimed, rows)| {
+            let mut by_id = BTreeMap::new();
+            for row in rows {
+                let license = row.into_domain()?;
+                by_id.insert(license.id, license);
+            }
+            let mut jobs: Vec<OutboxJob> = claimed
+                .into_iter()
+                .filter_map(|outbox| {
+                    by_id
+                        .get(&outbox.license_id)
+                        .cloned()
+                        .map(|license| OutboxJob { outbox, license })
+                })
+                .collect();
+            jobs.sort_by_key(|j| j.outbox.id);
+            Ok(jobs)
+        })
+    }
+
+    /// Not fenced by the claim like the other outcomes: a message the server
+    /// accepted is sent, even when this sender's lease ran out meanwhile.
+    pub fn mark_email_sent(&self, outbox_id: i64) -> Result<()> {
+        self.record_outcomes(&[Mark {
+            outbox_id,
+            attempt: 0,
+            outcome: Outcome::Sent,
+        }])?;
+        Ok(())
+    }
+
+    /// Hands a claimed row back untouched (the `none` transport queues
+    /// without sending): the attempt is not counted and it is due again.
+    /// `attempt` is the row's `attempts` as its claim returned it; when
+    /// another claim has taken the row since (this one's lease ran out)
+    /// nothing changes and `false` comes back.
+    pub fn release_email(&self, outbox_id: i64, attempt: i32) -> Result<bool> {
+        self.record_one(outbox_id, attempt, Outcome::Released)
+    }
+
+    /// Records a failed attempt: retried at `retry_at`, or `failed` for good.
+    /// Like [`Store::release_email`], only while the claim that made
+    /// `attempt` is still the row's latest and the row is still pending: a
+    /// sender whose lease ran out must not undo what the next one recorded.
+    pub fn mark_email_failed(
+        &self,
+        outbox_id: i64,
+        attempt: i32,
+        error: &str,
+        retry_at: Option<DateTime<Utc>>,
+    ) -> Result<bool> {
+        let error = error.to_owned();
+        let outcome = match retry_at {
+            Some(at) => Outcome::Retry { error, at },
+            None => Outcome::Failed { error },
+        };
+        self.record_one(outbox_id, attempt, outcome)
+    }
+
+    /// A pending row with no usable address: nothing to send, ever.
+    pub fn mark_email_no_recipient(&self, outbox_id: i64, attempt: i32) -> Result<bool> {
+        self.record_one(outbox_id, attempt, Outcome::NoRecipient)
+    }
+
+    fn record_one(&self, outbox_id: i64, attempt: i32, outcome: Outcome) -> Result<bool> {
+        let recorded = self.record_outcomes(&[Mark {
+            outbox_id,
+            attempt,
+            outcome,
+        }])?;
+        Ok(!recorded.is_empty())
+    }
+
+    /// Records the outcomes of many claimed rows in one statement (one mark
+    /// per row) and returns the ids of the rows it changed. Every outcome
+    /// but [`Outcome::Sent`] is fenced by its own claim: recorded only while
+    /// the row is still `pending` with the `attempts` that claim counted, so
+    /// a stale mark (its sender's lease ran out and another claim took the
+    /// row) leaves that row alone and the others of the batch are recorded.
+    pub fn record_outcomes(&self, marks: &[Mark]) -> Result<Vec<i64>> {
+        if marks.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut ids = Vec::with_capacity(marks.len());
+        let mut attempts = Vec::with_capacity(marks.len());
+        let mut outcomes = Vec::with_capacity(marks.len());
+        let mut errors = Vec::with_capacity(marks.len());
+        let mut retry_at = Vec::with_capacity(marks.len());
+        for mark in marks {
+            ids.push(mark.outbox_id);
+            attempts.push(mark.attempt);
+            let (tag, error, at) = match &mark.outcome {
+                Outcome::Sent => ("sent", None, None),
+                Outcome::Released => ("released", None, None),
+                Outcome::Retry { error, at } => ("retry", Some(redact(error)), Some(*at)),
+                Outcome::Failed { error } => ("failed", Some(redact(error)), None),
+                Outcome::NoRecipient => ("no_recipient", None, None),
+            };
+            outcomes.push(tag);
+            errors.push(error);
+            retry_at.push(at);
+        }
+
+        #[derive(QueryableByName)]
+        struct Recorded {
+            #[diesel(sql_type = BigInt)]
+            id: i64,
+        }
+        let mut conn = self.conn()?;
+        let recorded: Vec<Recorded> = diesel::sql_query(RECORD_OUTCOMES)
+            .bind::<Array<BigInt>, _>(ids)
+            .bind::<Array<Integer>, _>(attempts)
+            .bind::<Array<Text>, _>(outcomes)
+            .bind::<Array<Nullable<Text>>, _>(errors)
+            .bind::<Array<Nullable<Timestamptz>>, _>(retry_at)
+            .load(&mut conn)
+            .context("recording the outcomes of sent emails")?;
+        Ok(recorded.into_iter().map(|r| r.id).collect())
+    }
+
+    /// Queues another copy of a license's email (support's resend); the kind
+    /// `resend:<n>` keeps the one-per-kind rule while allowing many resends.
+    pub fn queue_resend(&self, license: &License) -> Result<i64> {
+        let mut conn = self.conn()?;
+        conn.transaction(|conn| {
+            let previous: i64 = email_outbox::table
+                .filter(email_outbox::license_id.eq(license.id))
+                .filter(email_outbox::kind.like("resend:%"))
+                .count()
+                .get_result(conn)?;
+            diesel::insert_into(email_outbox::table)
+                .values(NewOutboxRow {
+                    license_id: license.id,
+                    kind: format!("resend:{}", previous + 1),
+                    status: if license.customer_email.is_some() {
+                        "pending"
+                    } else {
+                        "no_recipient"
+                    }
+                    .to_owned(),
+                    recipient: license.customer_email.clone(),
+                })
+                .returning(email_outbox::id)
+                .get_result(conn)
+        })
+        .context("queueing a resend")
+    }
+
+    pub fn outbox_counts(&self) -> Result<OutboxCounts> {
+        let mut conn = self.conn()?;
+        let rows: Vec<(String, i64)> = email_outbox::table
+            .group_by(email_outbox::status)
+            .select((email_outbox::status, diesel::dsl::count_star()))
+            .load(&mut conn)
+            .context("counting emails")?;
+        let mut counts = OutboxCounts::default();
+        for (status, n) in rows {
+            match status.parse::<EmailStatus>() {
+                Ok(EmailStatus::Pending) => counts.pending = n,
+                Ok(EmailStatus::Sent) => counts.sent = n,
+                Ok(EmailStatus::Failed) => counts.failed = n,
+                Ok(EmailStatus::NoRecipient) => counts.no_recipient = n,
+                Ok(EmailStatus::Skipped) => counts.skipped = n,
+                Err(_) => {}
+            }
+        }
+        Ok(counts)
+    }
+
+    /// When the oldest email still `pending` was queued (`None`: none is),
+    /// retries in backoff included: the customer is waiting for it either way.
+    pub fn oldest_pending_email(&self) -> Result<Option<DateTime<Utc>>> {
+        let mut conn = self.conn()?;
+        email_outbox::table
+            .filter(email_outbox::status.eq("pending"))
+            .select(diesel::dsl::min(email_outbox::created_at))
+            .first(&mut conn)
+            .context("reading the oldest pending email")
+    }
+
+    pub fn outbox_for_license(&self, license_id: i64) -> Result<Vec<OutboxRow>> {
+        let mut conn = self.conn()?;
+        email_outbox::table
+            .filter(email_outbox::license_id.eq(license_id))
+            .order(email_outbox::id.asc())
+            .select(OutboxRow::as_select())
+            .load(&mut conn)
+            .context("reading a license's emails")
+    }
+}
