@@ -99,9 +99,10 @@ pub fn license_email(job: &OutboxJob) -> Option<LicenseEmail> {
 /// [`MailService::concurrency`] at a time. A permanent failure of one email
 /// never stops the others; a transient one ends the pass (the server is
 /// likely down), so an outage costs one attempt per run instead of one per
-/// email: the pass sends one message alone until one has gone through, and
-/// only then as many at once as the transport allows. Only database errors
-/// are returned.
+/// email: the pass claims and sends one message alone until one has gone
+/// through, and only then claims [`CLAIM_BATCH`] rows at a time and sends
+/// as many at once as the transport allows. Only database errors are
+/// returned.
 ///
 /// `now` is the clock at the start of the call (tests pass a later one to
 /// step over leases and backoff). Leases and retry times follow the wall
@@ -135,9 +136,14 @@ pub async fn deliver_due(
     loop {
         let claimed_at = pass.clock();
         let start_by = Instant::now() + CLAIM_LEASE / 2;
+        // Until a message has gone through, claim only the one about to be
+        // tried: a claim charges every row it takes an attempt, and a sender
+        // that hangs on (or is killed during) its first message must not
+        // have charged the rows it would never have sent.
+        let limit = if pass.proven { CLAIM_BATCH } else { 1 };
         let claim_store = store.clone();
         let jobs = blocking(move || {
-            claim_store.claim_due_emails_after(sender_id, after_id, claimed_at, claimed_at + lease, CLAIM_BATCH)
+            claim_store.claim_due_emails_after(sender_id, after_id, claimed_at, claimed_at + lease, limit)
         })
         .await?;
         let Some(last) = jobs.last() else {

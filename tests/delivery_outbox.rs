@@ -808,8 +808,8 @@ async fn a_large_queue_is_claimed_and_marked_in_batches_not_row_by_row() {
     let claims = statements.iter().filter(|s| s.contains("SKIP LOCKED")).count();
     assert_eq!(
         claims,
-        N.div_ceil(batch) + 1,
-        "one claim per {batch} rows and the one that finds the queue empty"
+        1 + (N - 1).div_ceil(batch) + 1,
+        "the first row alone, then one claim per {batch} rows, and the one that finds the queue empty"
     );
     // Outcomes are recorded when FLUSH_ROWS are waiting, when the oldest has
     // waited FLUSH_AFTER, and at the end of each batch.
@@ -948,4 +948,35 @@ async fn a_pass_killed_mid_batch_leaves_the_rest_to_the_next_sender_and_repeats_
         }
     }
     assert_eq!(times_received.len(), N);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sender_stuck_on_its_first_message_has_claimed_and_charged_only_that_one() {
+    let db = TestDb::new();
+    // The server holds each DATA for a long time: the pass is stuck on its
+    // first message, as with a server that hangs.
+    let sink = slow_tls_sink(std::time::Duration::from_secs(3));
+    let rows: Vec<_> = (0..5)
+        .map(|n| issue_license(&db.store, n, Some(&format!("customer{n}@customer.test"))))
+        .collect();
+    let mail = service(sink.tls_url());
+
+    let pass = deliver_due(&db.store, &mail, MAX_ATTEMPTS, Utc::now());
+    tokio::select! {
+        ended = pass => panic!("the pass ended while the server held its message: {ended:?}"),
+        () = tokio::time::sleep(std::time::Duration::from_millis(1500)) => {}
+    }
+
+    let attempts: Vec<(i32, bool)> = rows
+        .iter()
+        .map(|l| {
+            let row = outbox(&db.store, l.license_id);
+            (row.attempts, row.claimed_by.is_some())
+        })
+        .collect();
+    assert_eq!(
+        attempts,
+        [(1, true), (0, false), (0, false), (0, false), (0, false)],
+        "the rows behind the first were neither claimed nor charged"
+    );
 }
