@@ -8,10 +8,11 @@
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use serde_json::{Map, Value, json};
 
+use crate::generated::Generated;
 use crate::{
     CheckoutSpec, CreatedInvoice, CreatedSession, CreatedSubscription, Fault, FaultKind, InvoiceSpec, LoggedRequest,
     SubscriptionSpec,
@@ -83,7 +84,7 @@ fn event_prefix(ty: &str) -> &str {
     }
 }
 
-fn interval_secs(price: &Value) -> i64 {
+pub(crate) fn interval_secs(price: &Value) -> i64 {
     let recurring = &price["recurring"];
     let unit = match recurring["interval"].as_str() {
         Some("day") => DAY,
@@ -146,7 +147,8 @@ pub(crate) struct State {
     pub api_key: String,
     pub livemode: bool,
     pub now: i64,
-    seq: u64,
+    /// The id counter: the next id is `seq + 1`.
+    pub seq: u64,
     /// object type -> id -> stored object
     store: HashMap<String, BTreeMap<String, Value>>,
     /// object type -> the list order (newest first: `created`, then id,
@@ -163,6 +165,14 @@ pub(crate) struct State {
     /// which at 100k purchases is most of the fake's memory and load time.
     pub record_events: bool,
     request_seq: u64,
+    /// A generated account: its purchases are built on demand, not stored.
+    pub generated: Option<Arc<Generated>>,
+    /// Scratch builds of a generated purchase that serve one object: build
+    /// only the past-period invoice `Some(k)` (or none of them, for any other
+    /// value) of a subscription with a history, reserving the ids of the
+    /// others so that every id stays what a full build gives it. `None`
+    /// (always, outside such builds): every invoice.
+    pub history_only: Option<i64>,
 }
 
 impl State {
@@ -181,6 +191,8 @@ impl State {
             faults: Vec::new(),
             record_events: true,
             request_seq: 0,
+            generated: None,
+            history_only: None,
         }
     }
 
@@ -204,7 +216,11 @@ impl State {
 
     // ---- storage -------------------------------------------------------------
 
-    fn put(&mut self, obj: Value) {
+    pub fn generated(&self) -> Option<&Generated> {
+        self.generated.as_deref()
+    }
+
+    pub(crate) fn put(&mut self, obj: Value) {
         let ty = str_of(&obj, "object").to_owned();
         let id = str_of(&obj, "id").to_owned();
         let order = self.order.entry(ty.clone()).or_default();
@@ -354,6 +370,9 @@ impl State {
     }
 
     pub fn get(&self, id: &str) -> Option<Value> {
+        if let Some(found) = self.generated().and_then(|g| g.get(self, id)) {
+            return found;
+        }
         let ty = self.type_of(id)?;
         Some(self.render(self.raw(&ty, id)?))
     }
@@ -902,6 +921,11 @@ impl State {
         let wall = self.now;
         let mut history = Vec::new();
         for k in 0..past {
+            if self.history_only.is_some_and(|keep| keep != k) {
+                // Reserve its ids (invoice, lines, payment intent, charge) unbuilt.
+                self.seq += 3 + spec.items.len() as u64;
+                continue;
+            }
             let period = (began + k * step, began + (k + 1) * step);
             // Each past invoice was made, and paid, as its period began.
             self.now = period.0;
