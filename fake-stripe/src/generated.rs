@@ -38,12 +38,13 @@
 //! `payment_intent=` filter is refused (400).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use serde_json::Value;
 
 use crate::api::{self, ApiError, ListRequest};
 use crate::conditions::mix;
-use crate::state::{DAY, State, created_of};
+use crate::state::{Catalog, DAY, State, created_of, str_of};
 use crate::{CheckoutSpec, GeneratedAccount, GeneratedSummary, InvoiceSpec, SubscriptionSpec};
 
 /// Generated ids start above anything a stored counter reaches.
@@ -54,6 +55,20 @@ pub(crate) const STRIDE: u64 = 256;
 pub const MAX_PAST_PERIODS: u32 = 48;
 const MONTH: i64 = 30 * DAY;
 const YEAR: i64 = 365 * DAY;
+
+/// How much of a purchase a scratch build makes (the ids are always the whole purchase's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) enum Part {
+    /// Everything.
+    Whole,
+    /// Only its customer.
+    Customer,
+    /// All but a subscription's past invoices.
+    Purchase,
+    /// A subscription with only its invoice of past period `m` (the latest
+    /// invoice when `m` is the current period).
+    PastInvoice(i64),
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Kind {
@@ -100,8 +115,8 @@ struct Elem {
     time: i64,
     seq: u64,
     i: u64,
-    /// The billing period of a subscription invoice, else -1.
-    m: i64,
+    /// What of the purchase must be built to serve it.
+    part: Part,
 }
 
 fn id_number(id: &str) -> Option<u64> {
@@ -203,13 +218,23 @@ impl Generated {
         lines
     }
 
-    /// Purchase `i`, made with the stored mode's builders into `st`.
-    pub fn build_into(&self, st: &mut State, i: u64) {
+    /// Purchase `i` (or the `part` of it a list element needs), made with
+    /// the stored mode's builders into `st`.
+    pub fn build_into(&self, st: &mut State, i: u64, part: Part) {
+        st.history_only = match part {
+            Part::Whole | Part::Customer => None,
+            Part::Purchase => Some(-1),
+            Part::PastInvoice(m) => Some(m),
+        };
         st.now = self.created(i);
         st.seq = ID_BASE + i * STRIDE;
         let h = self.hash(i);
         let email = format!("buyer{i}@example.com");
         let name = format!("Buyer {i}");
+        if part == Part::Customer {
+            st.create_customer(Some(&email), Some(&name));
+            return;
+        }
         match self.kind(i) {
             Kind::Subscription => {
                 let customer = st.create_customer(Some(&email), Some(&name));
@@ -256,39 +281,45 @@ impl Generated {
                 });
             }
         }
+        st.history_only = None;
         debug_assert!(
             st.seq < ID_BASE + (i + 1) * STRIDE,
             "purchase {i} used more than {STRIDE} ids"
         );
     }
 
-    /// A state with the account's current catalog and nothing else.
-    fn catalog_only(&self, st: &State) -> State {
+    /// The account's current catalog, to share between the builds of one request.
+    fn catalog(st: &State) -> Arc<Catalog> {
+        let mut catalog = Catalog::new();
+        for ty in ["product", "price"] {
+            catalog.insert(
+                ty.to_owned(),
+                st.all(ty).map(|o| (str_of(o, "id").to_owned(), o.clone())).collect(),
+            );
+        }
+        Arc::new(catalog)
+    }
+
+    /// A state with the catalog and nothing else.
+    fn catalog_only(&self, st: &State, catalog: &Arc<Catalog>) -> State {
         let mut scratch = State::new(st.api_key.clone());
         scratch.record_events = false;
-        for ty in ["product", "price"] {
-            for obj in st.all(ty) {
-                scratch.put(obj.clone());
-            }
-        }
+        scratch.catalog = Some(catalog.clone());
         scratch
     }
 
     /// The catalog and purchase `i`, built.
-    fn purchase(&self, st: &State, i: u64) -> State {
-        let mut scratch = self.catalog_only(st);
-        self.build_into(&mut scratch, i);
+    fn purchase(&self, st: &State, catalog: &Arc<Catalog>, i: u64) -> State {
+        let mut scratch = self.catalog_only(st, catalog);
+        self.build_into(&mut scratch, i, Part::Whole);
         scratch
     }
 
     /// The catalog and the part of purchase `i` that one list element
-    /// needs: of a subscription's past invoices only the one of period `m`
-    /// (none for `m` < 0); the subscription, its customer and items and its
-    /// latest invoice always. The ids are those of the whole purchase.
-    fn purchase_part(&self, st: &State, i: u64, m: i64) -> State {
-        let mut scratch = self.catalog_only(st);
-        scratch.history_only = Some(m);
-        self.build_into(&mut scratch, i);
+    /// needs; the ids are those of the whole purchase.
+    fn purchase_part(&self, st: &State, catalog: &Arc<Catalog>, i: u64, part: Part) -> State {
+        let mut scratch = self.catalog_only(st, catalog);
+        self.build_into(&mut scratch, i, part);
         scratch
     }
 
@@ -492,15 +523,16 @@ impl Iterator for Walk<'_> {
             }
             let time = self.g.created(i) + Generated::offset(self.src);
             let (bound, desc) = (self.bound, self.desc);
-            let m = match self.src {
-                Source::SubscriptionInvoices { m, .. } => m,
-                _ => -1,
+            let part = match self.src {
+                Source::SubscriptionInvoices { m, .. } => Part::PastInvoice(m),
+                Source::Customers => Part::Customer,
+                _ => Part::Purchase,
             };
             let mut elems: Vec<Elem> = self
                 .g
                 .seqs(self.src, i)
                 .into_iter()
-                .map(|seq| Elem { time, seq, i, m })
+                .map(|seq| Elem { time, seq, i, part })
                 .filter(|e| {
                     if desc {
                         (e.time, e.seq) < bound
@@ -589,8 +621,8 @@ impl Generated {
         };
         if let Some(i) = self.pinned(&req) {
             let scratch = match i {
-                Some(i) => self.purchase(st, i),
-                None => self.catalog_only(st),
+                Some(i) => self.purchase(st, &Self::catalog(st), i),
+                None => self.catalog_only(st, &Self::catalog(st)),
             };
             return Some(api::list(&scratch, ty, url, raw));
         }
@@ -608,14 +640,15 @@ impl Generated {
         if self.matches_nothing(ty, req) {
             return Ok(api::list_value(vec![], false, url));
         }
-        // The purchases built for this page, by index and the period of the invoice they serve.
-        let mut built: HashMap<(u64, i64), State> = HashMap::new();
+        // The purchases built for this page, by index and the part built.
+        let mut built: HashMap<(u64, Part), State> = HashMap::new();
+        let catalog = Self::catalog(st);
         let (lo, hi) = req.created_range();
         let cursor = match &req.cursor {
             Some((id, param)) => {
                 let missing = || ApiError::no_such(400, ty, id, param);
                 let i = self.index_of(id).ok_or_else(missing)?;
-                let scratch = self.purchase(st, i);
+                let scratch = self.purchase(st, &catalog, i);
                 let obj = scratch.raw(ty, id).ok_or_else(missing)?;
                 Some((created_of(obj), id_number(id).ok_or_else(missing)?))
             }
@@ -653,8 +686,8 @@ impl Generated {
             let Some((k, elem)) = best else { break };
             heads[k] = walks[k].next();
             let scratch = built
-                .entry((elem.i, elem.m))
-                .or_insert_with(|| self.purchase_part(st, elem.i, elem.m));
+                .entry((elem.i, elem.part))
+                .or_insert_with(|| self.purchase_part(st, &catalog, elem.i, elem.part));
             let id = self.id(ty, scratch.livemode, elem.seq);
             let obj = scratch
                 .raw(ty, &id)
@@ -672,7 +705,7 @@ impl Generated {
         let data = picked
             .iter()
             .map(|elem| {
-                let scratch = &built[&(elem.i, elem.m)];
+                let scratch = &built[&(elem.i, elem.part)];
                 let id = self.id(ty, scratch.livemode, elem.seq);
                 api::render_one(scratch, scratch.raw(ty, &id).expect("picked above"), &req.expand)
             })
@@ -686,8 +719,8 @@ impl Generated {
             return None;
         }
         let scratch = match self.index_of(id) {
-            Some(i) => self.purchase(st, i),
-            None => self.catalog_only(st),
+            Some(i) => self.purchase(st, &Self::catalog(st), i),
+            None => self.catalog_only(st, &Self::catalog(st)),
         };
         Some(api::retrieve(&scratch, ty, id, raw))
     }
@@ -703,8 +736,8 @@ impl Generated {
         raw: Option<&str>,
     ) -> Option<Result<Value, ApiError>> {
         let scratch = match self.index_of(parent) {
-            Some(i) => self.purchase(st, i),
-            None => self.catalog_only(st),
+            Some(i) => self.purchase(st, &Self::catalog(st), i),
+            None => self.catalog_only(st, &Self::catalog(st)),
         };
         Some(api::list_children(&scratch, parent_ty, parent, child_ty, url, raw))
     }
@@ -717,7 +750,7 @@ impl Generated {
     /// Any generated object by id, as served unexpanded; `None` when the id is not generated.
     pub fn get(&self, st: &State, id: &str) -> Option<Option<Value>> {
         let i = self.index_of(id)?;
-        Some(self.purchase(st, i).get(id))
+        Some(self.purchase(st, &Self::catalog(st), i).get(id))
     }
 }
 
@@ -758,7 +791,7 @@ impl State {
         // Events would take ids from the purchases' ranges.
         self.record_events = false;
         for i in 0..g.n {
-            g.build_into(self, i);
+            g.build_into(self, i, Part::Whole);
         }
         self.now = now;
         self.record_events = events;
@@ -820,7 +853,7 @@ mod tests {
         let (mut st, a) = account(60, 30, 10);
         let g = Generated::new(&mut st, a);
         for i in 0..g.n {
-            let scratch = g.purchase(&st, i);
+            let scratch = g.purchase(&st, &Generated::catalog(&st), i);
             for src in [
                 Source::Customers,
                 Source::Subscriptions,

@@ -66,7 +66,7 @@ fn metadata(pairs: &[(&str, &str)]) -> Value {
     )
 }
 
-fn str_of<'a>(v: &'a Value, key: &str) -> &'a str {
+pub(crate) fn str_of<'a>(v: &'a Value, key: &str) -> &'a str {
     v[key].as_str().unwrap_or_default()
 }
 
@@ -167,13 +167,19 @@ pub(crate) struct State {
     request_seq: u64,
     /// A generated account: its purchases are built on demand, not stored.
     pub generated: Option<Arc<Generated>>,
-    /// Scratch builds of a generated purchase that serve one object: build
-    /// only the past-period invoice `Some(k)` (or none of them, for any other
-    /// value) of a subscription with a history, reserving the ids of the
-    /// others so that every id stays what a full build gives it. `None`
-    /// (always, outside such builds): every invoice.
+    /// Scratch builds of a generated purchase that serve one object: of a
+    /// subscription's invoices build only the past period's `Some(k)` (and
+    /// the latest only when `k` is its period or negative), reserving the
+    /// ids of the others so that every id stays what a full build gives it.
+    /// `None` (always, outside such builds): every invoice.
     pub history_only: Option<i64>,
+    /// A scratch build's read-only catalog (products and prices by id),
+    /// shared by the builds of one request instead of copied into each.
+    pub catalog: Option<Arc<Catalog>>,
 }
+
+/// Object type -> id -> object.
+pub(crate) type Catalog = HashMap<String, BTreeMap<String, Value>>;
 
 impl State {
     pub fn new(api_key: String) -> State {
@@ -193,12 +199,20 @@ impl State {
             request_seq: 0,
             generated: None,
             history_only: None,
+            catalog: None,
         }
     }
 
     fn next_id(&mut self, prefix: &str) -> String {
         self.seq += 1;
         format!("{prefix}_{:014}", self.seq)
+    }
+
+    /// Takes `count` ids unbuilt; returns the first, as `next_id(prefix)` would have made it.
+    fn reserve_ids(&mut self, prefix: &str, count: u64) -> String {
+        let first = format!("{prefix}_{:014}", self.seq + 1);
+        self.seq += count;
+        first
     }
 
     pub fn next_request_id(&mut self) -> String {
@@ -254,7 +268,10 @@ impl State {
     }
 
     pub fn raw(&self, ty: &str, id: &str) -> Option<&Value> {
-        self.store.get(ty)?.get(id)
+        match self.store.get(ty).and_then(|m| m.get(id)) {
+            Some(v) => Some(v),
+            None => self.catalog.as_ref()?.get(ty)?.get(id),
+        }
     }
 
     /// Changes in place; must not change `created` (the list order is kept by `put`).
@@ -923,7 +940,7 @@ impl State {
         for k in 0..past {
             if self.history_only.is_some_and(|keep| keep != k) {
                 // Reserve its ids (invoice, lines, payment intent, charge) unbuilt.
-                self.seq += 3 + spec.items.len() as u64;
+                self.reserve_ids("in", 3 + spec.items.len() as u64);
                 continue;
             }
             let period = (began + k * step, began + (k + 1) * step);
@@ -948,25 +965,36 @@ impl State {
             self.now = start;
         }
         let parts = self.item_lines(&id);
-        let (invoice, _) = self.build_invoice(
-            Some(&spec.customer),
-            parts,
-            if paid { "paid" } else { "open" },
-            Some(&id),
-            if past > 0 {
-                "subscription_cycle"
-            } else {
-                "subscription_create"
-            },
-            None,
-        );
+        // A scratch build for one past invoice does not need the latest one.
+        let skip_latest = self.history_only.is_some_and(|keep| keep >= 0 && keep != past);
+        let invoice = if skip_latest {
+            // Its id, and the ids of its lines and payment, reserved unbuilt.
+            let ids = 1 + spec.items.len() as u64 + if paid { 2 } else { 0 };
+            self.reserve_ids("in", ids)
+        } else {
+            self.build_invoice(
+                Some(&spec.customer),
+                parts,
+                if paid { "paid" } else { "open" },
+                Some(&id),
+                if past > 0 {
+                    "subscription_cycle"
+                } else {
+                    "subscription_create"
+                },
+                None,
+            )
+            .0
+        };
         self.now = wall;
         self.raw_mut("subscription", &id)["latest_invoice"] = invoice.clone().into();
         self.record_for("customer.subscription.created", "subscription", &id);
         for past_invoice in &history {
             self.record_invoice_events(past_invoice);
         }
-        self.record_invoice_events(&invoice);
+        if !skip_latest {
+            self.record_invoice_events(&invoice);
+        }
         CreatedSubscription {
             id,
             item_ids,
