@@ -1,16 +1,22 @@
-//! The full-run benchmark (testing.md "Benchmarks are not tests"): loads the
-//! in-process fake Stripe with subscriptions and one-time Checkout Sessions,
-//! runs the real release binary's `reconcile --full` against a throwaway
-//! PostgreSQL cluster twice (the second run has nothing to do), and prints
-//! throughput, Stripe requests per object, database statements per page,
-//! peak memory and CPU per process. It prints figures and asserts nothing
-//! about speed; it only refuses to report figures of a run that failed or
-//! did not produce the licenses the load implies.
+//! The full-run benchmark (testing.md "Benchmarks are not tests"): serves a
+//! real account's mix of purchases from the in-process fake Stripe (85%
+//! subscriptions, each with a paid invoice per past billing period up to a
+//! year; 14% one-time Checkout Sessions; 1% one-off invoices), optionally
+//! with Stripe's latency and rate limits, runs the real release binary's
+//! `reconcile --full` against a throwaway PostgreSQL cluster with license
+//! emails written by the file transport, and prints wall time next to the
+//! bound Stripe's rate limits imply, requests per object, peak memory,
+//! objects/s and emails/s end to end, database time next to a `COPY` of the
+//! same license rows, and CPU per process; then a second, no-op run. It
+//! prints figures and asserts nothing about speed; it only refuses to report
+//! figures of a run that failed or did not produce the licenses and emails
+//! the account implies.
 //!
-//! Run: `cargo build --release --bin licensync --example bench &&
-//! cargo run --release --example bench -- --subscriptions 5000 --sessions 5000`
-//! (cargo does not build the binary for an example on its own).
+//! Run (BENCHMARKS.md): `cargo build --release --bin licensync --example bench &&
+//! target/release/examples/bench --n 10000` (cargo does not build the binary
+//! for an example on its own).
 
+use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -19,29 +25,71 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 use clap::Parser;
 use diesel::prelude::*;
-use diesel::sql_types::{BigInt, Text};
-use fake_stripe::{CheckoutSpec, FakeStripe, SubscriptionSpec};
+use diesel::sql_types::{BigInt, Double, Text};
+use fake_stripe::{FakeStripe, GeneratedAccount, GeneratedSummary, Latency, Options, RateLimits};
 use licensync::pg::{Binaries, Cluster, Tuning};
 use serde_json::Value;
 
 #[derive(Debug, Parser)]
-#[command(about = "Benchmarks a full reconcile of the release binary against the fake Stripe")]
+#[command(about = "Benchmarks a full reconcile of the release binary against a real account's mix in the fake Stripe")]
 struct Args {
-    /// Subscriptions to load (1 or 2 items each, recurring licensed prices).
-    #[arg(long, default_value_t = 5_000)]
-    subscriptions: usize,
-    /// Paid payment-mode Checkout Sessions to load (one licensed line each).
-    #[arg(long, default_value_t = 5_000)]
-    sessions: usize,
-    /// Customers the purchases are spread over; default a quarter of the purchases.
+    /// Stripe purchases: 85% subscriptions, 14% one-time Checkout Sessions, 1% one-off invoices.
+    #[arg(long, default_value_t = 10_000)]
+    n: usize,
+    /// The most past billing periods (each with its paid invoice) of a
+    /// subscription; purchases spread over (this + 1) * 30 days.
+    #[arg(long, default_value_t = 12)]
+    max_past_periods: u32,
+    /// Seed of the generated account.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Store the account in the fake (FakeStripe::load_generated) instead of
+    /// computing it per request: the same objects, for comparing the fake's
+    /// own cost at small N (it takes memory per object).
     #[arg(long)]
-    customers: Option<usize>,
+    stored: bool,
+    /// Stripe's latency per request, uniform in MIN..MAX milliseconds (e.g. 50..300).
+    #[arg(long, value_name = "MIN..MAX", value_parser = parse_latency)]
+    latency_ms: Option<Latency>,
+    /// Enforce Stripe's rate limits in the fake (25/s per endpoint; 100/s
+    /// overall live, 25/s test): over them it answers 429. licensync then
+    /// keeps its own default ceiling for the key's mode instead of the
+    /// benchmark's unlimited one.
+    #[arg(long)]
+    rate_limits: bool,
+    /// A live-mode key (sk_live_): Stripe's live limits, 100/s overall.
+    #[arg(long)]
+    live: bool,
+    /// LICENSYNC_STRIPE_RPS for licensync; default unlimited (100000)
+    /// without --rate-limits, licensync's own default with them.
+    #[arg(long, value_name = "RPS")]
+    client_rps: Option<u32>,
     /// The licensync binary; default `licensync` next to this example's directory.
     #[arg(long)]
     licensync: Option<PathBuf>,
     /// Run PostgreSQL with `fsync=off` (the test harness's settings) instead of durable commits.
     #[arg(long)]
     unsafe_fast_db: bool,
+    /// Skip the second (no-op) run.
+    #[arg(long)]
+    skip_noop: bool,
+}
+
+/// `50..300` or `120` (milliseconds).
+fn parse_latency(raw: &str) -> Result<Latency, String> {
+    let number = |s: &str| {
+        s.trim()
+            .parse::<u64>()
+            .map_err(|_| format!("`{s}` is not a number of milliseconds"))
+    };
+    let (min, max) = match raw.split_once("..") {
+        Some((min, max)) => (number(min)?, number(max)?),
+        None => (number(raw)?, number(raw)?),
+    };
+    if min > max {
+        return Err(format!("the minimum {min} is above the maximum {max}"));
+    }
+    Ok(Latency::ms(min, max))
 }
 
 /// The list endpoints whose pages the full scan plans and applies one by one.
@@ -72,20 +120,58 @@ fn main() -> Result<()> {
         licensync.display()
     );
     let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
-    let fake = runtime.block_on(FakeStripe::start());
+    let key = if args.live {
+        "sk_live_bench_0123456789"
+    } else {
+        fake_stripe::DEFAULT_API_KEY
+    };
+    let fake = runtime.block_on(FakeStripe::start_with(Options {
+        api_key: key.into(),
+        seed_sample: false,
+    }));
 
     println!("# licensync full-run benchmark");
     println!("binary: {}", licensync.display());
     let load_started = Instant::now();
-    let expected = load(&fake, &args);
+    let account = load(&fake, &args);
+    let limits = RateLimits::stripe(fake.livemode());
     println!(
-        "loaded fake Stripe: {} subscriptions ({} items), {} paid payment-mode sessions, {} customers in {:.1} s",
-        args.subscriptions,
-        expected.subscription_items,
-        args.sessions,
-        expected.customers,
+        "fake Stripe ({}, {} mode): {} subscriptions ({} items; {} invoices with their history), \
+         {} payment-mode Checkout Sessions ({} guest, {} lines), {} one-off invoices ({} lines), {} customers; \
+         ready in {:.1} s",
+        if args.stored { "stored" } else { "generated per request" },
+        if fake.livemode() { "live" } else { "test" },
+        account.subscriptions,
+        account.subscription_items,
+        account.invoices,
+        account.sessions,
+        account.guest_sessions,
+        account.session_lines,
+        account.one_off_invoices,
+        account.one_off_lines,
+        account.customers,
         load_started.elapsed().as_secs_f64()
     );
+    println!(
+        "conditions: latency {}, rate limits {}",
+        args.latency_ms.map_or("none".to_owned(), |l| format!(
+            "{}..{} ms",
+            l.min.as_millis(),
+            l.max.as_millis()
+        )),
+        if args.rate_limits {
+            format!(
+                "{}/s per endpoint, {}/s overall (429 over them)",
+                limits.per_endpoint_rps, limits.global_rps
+            )
+        } else {
+            "none".to_owned()
+        }
+    );
+    fake.set_latency(args.latency_ms);
+    if args.rate_limits {
+        fake.set_rate_limits(Some(limits));
+    }
 
     let db = BenchDb::start(!args.unsafe_fast_db)?;
     println!(
@@ -95,43 +181,72 @@ fn main() -> Result<()> {
         db.counter.describe()
     );
 
-    let objects = args.subscriptions + args.sessions;
-    let licenses = expected.subscription_items + args.sessions;
-    let first = run_once(&runtime, &fake, &db, &licensync, "first (cold)")?;
+    let objects = account.subscriptions + account.sessions + account.one_off_invoices;
+    let licenses = account.subscription_items + account.session_lines + account.one_off_lines;
+    let client_rps = match (args.client_rps, args.rate_limits) {
+        (Some(rps), _) => Some(rps),
+        // Far above what the local fake serves, so the client never waits on its own limiter.
+        (None, false) => Some(100_000),
+        (None, true) => None,
+    };
+    let first = run_once(&runtime, &fake, &db, &licensync, "first (cold)", client_rps)?;
     let issued = first.count("issued");
     ensure!(
         issued == licenses as u64,
-        "the first run issued {issued} licenses, the load implies {licenses}: not reporting figures of a wrong run. \
+        "the first run issued {issued} licenses, the account implies {licenses}: not reporting figures of a wrong run. \
          Counts: {}; first skips: {}",
         first.report["counts"],
         first.report["skipped"]
             .as_array()
             .map_or(Value::Null, |s| Value::from(s[..s.len().min(3)].to_vec()))
     );
-    let second = run_once(&runtime, &fake, &db, &licensync, "second (no-op)")?;
-    let changed: u64 = second
-        .report
-        .get("counts")
-        .and_then(Value::as_object)
-        .into_iter()
-        .flatten()
-        .filter(|(k, _)| !matches!(k.as_str(), "unchanged" | "skipped"))
-        .filter_map(|(_, v)| v.as_u64())
-        .sum();
     ensure!(
-        changed == 0,
-        "the second run changed {changed} licenses; it should have had nothing to do"
+        first.emails == licenses,
+        "the first run wrote {} .eml files for {licenses} licenses (report emails_sent {})",
+        first.emails,
+        first.report["emails_sent"]
     );
+    let copy = db.copy_licenses()?;
+    let second = if args.skip_noop {
+        None
+    } else {
+        let second = run_once(&runtime, &fake, &db, &licensync, "second (no-op)", client_rps)?;
+        let changed: u64 = second
+            .report
+            .get("counts")
+            .and_then(Value::as_object)
+            .into_iter()
+            .flatten()
+            .filter(|(k, _)| !matches!(k.as_str(), "unchanged" | "skipped"))
+            .filter_map(|(_, v)| v.as_u64())
+            .sum();
+        ensure!(
+            changed == 0,
+            "the second run changed {changed} licenses; it should have had nothing to do"
+        );
+        Some(second)
+    };
 
     println!();
-    println!("## Figures (N = {objects} Stripe purchase objects, {licenses} licenses)");
-    for run in [&first, &second] {
-        run.print(objects);
-    }
     println!(
-        "no-op run / first run wall time: {:.3}",
-        second.wall.as_secs_f64() / first.wall.as_secs_f64()
+        "## Figures (N = {objects} Stripe purchases, {} Stripe objects with invoices and customers, {licenses} licenses)",
+        objects + account.invoices - account.one_off_invoices + account.customers
     );
+    first.print(objects, limits, args.latency_ms);
+    println!(
+        "COPY of the same {} license rows: out {:.3} s, into a copy of the table with its indexes {:.3} s \
+         (the run's database time also writes the ledger, the outbox and the runs table)",
+        copy.rows,
+        copy.out.as_secs_f64(),
+        copy.into.as_secs_f64()
+    );
+    if let Some(second) = &second {
+        second.print(objects, limits, args.latency_ms);
+        println!(
+            "no-op run / first run wall time: {:.3}",
+            second.wall.as_secs_f64() / first.wall.as_secs_f64()
+        );
+    }
     db.stop();
     Ok(())
 }
@@ -142,82 +257,27 @@ fn default_binary() -> Result<PathBuf> {
     let profile_dir = exe
         .parent()
         .and_then(Path::parent)
-        .context("the benchmark is not inside a cargo target directory; pass --licensync")?;
+        .context("the benchmark is not inside a cargo target directory; pass --licensync PATH")?;
     Ok(profile_dir.join("licensync"))
 }
 
-struct Expected {
-    subscription_items: usize,
-    customers: usize,
-}
-
-/// A catalog of three licensed products (one with a product-id list, one a
-/// 30-day pass), then purchases spread over the customers deterministically.
-fn load(fake: &FakeStripe, args: &Args) -> Expected {
-    // The planner judges periods against the real clock: purchases made now are current.
+/// The account: a real mix of `--n` purchases, generated per request (or
+/// stored with `--stored`), laid out up to the real clock so that every
+/// purchase is current and yields a license.
+fn load(fake: &FakeStripe, args: &Args) -> GeneratedSummary {
+    // The planner judges periods against the real clock.
     fake.set_now(chrono::Utc::now().timestamp());
     // A full run never reads events; their snapshots would take most of the memory.
     fake.set_record_events(false);
-    let editor = fake.create_product(
-        "Bench Editor",
-        &[("product_id", "bench-editor"), ("hwid_limit", "3"), ("ip_limit", "5")],
-    );
-    let suite = fake.create_product(
-        "Bench Suite",
-        &[("product_id", "bench-pro,bench-cli"), ("hwid_limit", "10")],
-    );
-    let pass = fake.create_product("Bench Pass", &[("product_id", "bench-pass"), ("expiration_days", "30")]);
-    let recurring = [
-        fake.create_price(&editor, Some("month"), 900, &[]),
-        fake.create_price(&editor, Some("year"), 9_000, &[("hwid_limit", "5")]),
-        fake.create_price(&suite, Some("month"), 2_900, &[]),
-    ];
-    let one_time = [
-        fake.create_price(&suite, None, 29_900, &[]),
-        fake.create_price(&pass, None, 1_500, &[]),
-        fake.create_price(&editor, None, 4_900, &[]),
-    ];
-    let n_customers = args
-        .customers
-        .unwrap_or((args.subscriptions + args.sessions) / 4)
-        .max(1);
-    let customers: Vec<String> = (0..n_customers)
-        .map(|i| {
-            let email = format!("buyer{i}@example.com");
-            fake.create_customer(Some(&email), Some(&format!("Buyer {i}")))
-        })
-        .collect();
-    let mut subscription_items = 0;
-    for i in 0..args.subscriptions {
-        // Every third subscription has a second item on the other product.
-        let mut items = vec![(recurring[i % 2].clone(), 1 + (i % 3) as i64)];
-        if i % 3 == 0 {
-            items.push((recurring[2].clone(), 1));
-        }
-        subscription_items += items.len();
-        fake.create_subscription(SubscriptionSpec {
-            customer: customers[i % customers.len()].clone(),
-            items,
-            ..SubscriptionSpec::default()
-        });
-    }
-    for i in 0..args.sessions {
-        // Half the sessions are guest checkouts that only carry an email.
-        let (customer, customer_email) = if i % 2 == 0 {
-            (Some(customers[(i / 2) % customers.len()].clone()), None)
-        } else {
-            (None, Some(format!("guest{i}@example.com")))
-        };
-        fake.create_checkout_session(CheckoutSpec {
-            customer,
-            customer_email,
-            lines: vec![(one_time[i % one_time.len()].clone(), 1)],
-            ..CheckoutSpec::default()
-        });
-    }
-    Expected {
-        subscription_items,
-        customers: customers.len(),
+    let account = GeneratedAccount {
+        max_past_periods: args.max_past_periods,
+        ..GeneratedAccount::real_mix(args.n, args.seed)
+    };
+    if args.stored {
+        fake.load_generated(account)
+    } else {
+        fake.generate(account);
+        fake.generated_summary().expect("a generated account")
     }
 }
 
@@ -254,6 +314,18 @@ struct BenchDb {
 struct Row {
     #[diesel(sql_type = BigInt)]
     n: i64,
+}
+
+#[derive(QueryableByName)]
+struct Millis {
+    #[diesel(sql_type = Double)]
+    ms: f64,
+}
+
+struct CopyFigures {
+    rows: i64,
+    out: Duration,
+    into: Duration,
 }
 
 #[derive(QueryableByName)]
@@ -343,6 +415,42 @@ impl BenchDb {
         Ok(diesel::sql_query(sql).get_result::<Row>(&mut conn)?.n)
     }
 
+    /// Milliseconds the server spent executing the bench database's
+    /// statements since the last reset (COMMITs and their WAL flushes
+    /// included); `None` without pg_stat_statements.
+    fn exec_ms(&self) -> Result<Option<f64>> {
+        if let Counter::Transactions = self.counter {
+            return Ok(None);
+        }
+        let sql = "SELECT coalesce(sum(s.total_exec_time), 0)::float8 AS ms FROM pg_stat_statements s \
+                   JOIN pg_database d ON d.oid = s.dbid \
+                   WHERE d.datname = 'bench' AND s.query NOT ILIKE '%pg_stat_statements%'";
+        Ok(Some(diesel::sql_query(sql).get_result::<Millis>(&mut self.conn()?)?.ms))
+    }
+
+    /// `COPY` of the licenses table out to a file and back into a copy of
+    /// the table with the same indexes and constraints: what writing the
+    /// same rows costs the server in bulk.
+    fn copy_licenses(&self) -> Result<CopyFigures> {
+        let mut conn = self.conn()?;
+        // In the data directory: the server (the postgres user) writes and reads it.
+        let file = self.cluster.data_dir().join("bench-licenses.copy");
+        let file = file.display().to_string().replace('\'', "''");
+        let rows = diesel::sql_query("SELECT count(*)::bigint AS n FROM licenses")
+            .get_result::<Row>(&mut conn)?
+            .n;
+        let started = Instant::now();
+        diesel::sql_query(format!("COPY licenses TO '{file}' (FORMAT binary)")).execute(&mut conn)?;
+        let out = started.elapsed();
+        diesel::sql_query("CREATE TABLE bench_licenses_copy (LIKE licenses INCLUDING ALL)").execute(&mut conn)?;
+        let started = Instant::now();
+        diesel::sql_query(format!("COPY bench_licenses_copy FROM '{file}' (FORMAT binary)")).execute(&mut conn)?;
+        let into = started.elapsed();
+        diesel::sql_query("DROP TABLE bench_licenses_copy").execute(&mut conn)?;
+        std::fs::remove_file(self.cluster.data_dir().join("bench-licenses.copy")).ok();
+        Ok(CopyFigures { rows, out, into })
+    }
+
     fn top_statements(&self) -> Result<Vec<TopStatement>> {
         if let Counter::Transactions = self.counter {
             return Ok(Vec::new());
@@ -407,6 +515,13 @@ struct RunFigures {
     /// Requests the fake logged during the run, and how many were pages of the scan.
     fake_requests: usize,
     pages: usize,
+    /// Requests per rate-limit endpoint (`/v1/<first segment>`), and the 429s among them.
+    per_endpoint: BTreeMap<String, usize>,
+    rate_limited: BTreeMap<String, u64>,
+    /// `.eml` files the file transport wrote.
+    emails: usize,
+    /// Server time of the run's statements (pg_stat_statements), when known.
+    db_ms: Option<f64>,
     statements: i64,
     statement_unit: &'static str,
     top: Vec<TopStatement>,
@@ -421,22 +536,73 @@ impl RunFigures {
         self.report["counts"][key].as_u64().unwrap_or(0)
     }
 
-    fn print(&self, objects: usize) {
+    fn print(&self, objects: usize, limits: RateLimits, latency: Option<Latency>) {
         let secs = self.wall.as_secs_f64();
         let reported = self.report["stripe_requests"].as_u64().unwrap_or(0);
+        let run_secs = self.report["duration_ms"].as_f64().unwrap_or(0.0) / 1000.0;
+        // Stripe's limits: every endpoint at most per_endpoint_rps, all at most global_rps.
+        let (busiest, busiest_requests) = self
+            .per_endpoint
+            .iter()
+            .max_by_key(|(_, n)| **n)
+            .map_or(("-", 0), |(e, n)| (e.as_str(), *n));
+        let bound = (busiest_requests as f64 / f64::from(limits.per_endpoint_rps))
+            .max(self.fake_requests as f64 / f64::from(limits.global_rps));
         println!();
         println!("### {} run", self.label);
         println!(
-            "wall time:                 {secs:.2} s (report duration_ms {})",
-            self.report["duration_ms"]
+            "wall time:                 {secs:.2} s, process start to exit (reconcile {run_secs:.2} s, then emails {:.2} s)",
+            secs - run_secs
         );
-        println!("objects/s:                 {:.0}", objects as f64 / secs);
+        println!(
+            "rate-limit bound:          {bound:.2} s = max({busiest_requests} requests to {busiest} / {} per s, \
+             {} requests / {} per s); wall / bound {:.2}",
+            limits.per_endpoint_rps,
+            self.fake_requests,
+            limits.global_rps,
+            secs / bound.max(f64::MIN_POSITIVE)
+        );
+        if let Some(l) = latency {
+            // licensync reads one page at a time: each request waits its whole latency.
+            let mean = (l.min + l.max).as_secs_f64() / 2.0;
+            println!(
+                "latency floor:             {:.2} s = {} requests one at a time × {:.0} ms mean latency",
+                self.fake_requests as f64 * mean,
+                self.fake_requests,
+                mean * 1000.0
+            );
+        }
+        println!("objects/s end to end:      {:.0}", objects as f64 / secs);
+        println!(
+            "emails:                    {} .eml files; {:.0} emails/s of sending, {:.0} per s end to end",
+            self.emails,
+            self.emails as f64 / (secs - run_secs).max(f64::MIN_POSITIVE),
+            self.emails as f64 / secs
+        );
         println!(
             "Stripe requests:           {reported} reported, {} logged by the fake; {:.4} per object",
             self.fake_requests,
             reported as f64 / objects as f64
         );
+        let per_endpoint: Vec<String> = self.per_endpoint.iter().map(|(e, n)| format!("{e} {n}")).collect();
+        println!("  per endpoint:            {}", per_endpoint.join(", "));
+        let limited: u64 = self.rate_limited.values().sum();
+        let limited_each: Vec<String> = self.rate_limited.iter().map(|(e, n)| format!("{e} {n}")).collect();
+        println!(
+            "  answered 429:            {limited} (licensync counted {}){}{}",
+            self.report["stripe_rate_limited"],
+            if limited_each.is_empty() { "" } else { ": " },
+            limited_each.join(", ")
+        );
         println!("pages planned and applied: {}", self.pages);
+        println!(
+            "database time:             {}",
+            self.db_ms
+                .map_or("unknown (pg_stat_statements not installed)".to_owned(), |ms| format!(
+                    "{:.2} s executing statements (pg_stat_statements total_exec_time, commits included)",
+                    ms / 1000.0
+                ))
+        );
         println!(
             "database {}:      {} total, {:.1} per page",
             self.statement_unit,
@@ -496,6 +662,15 @@ fn measure_child(args: &[String]) -> Result<()> {
     Ok(())
 }
 
+/// Stripe's rate-limit bucket of a path: `/v1/<first path segment>`.
+fn endpoint_of(path: &str) -> String {
+    let mut segments = path.trim_start_matches('/').split('/');
+    match (segments.next(), segments.next()) {
+        (Some("v1"), Some(first)) => format!("/v1/{first}"),
+        (first, _) => format!("/{}", first.unwrap_or_default()),
+    }
+}
+
 fn self_cpu() -> f64 {
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
     // SAFETY: getrusage writes into the struct we own.
@@ -513,6 +688,7 @@ fn run_once(
     db: &BenchDb,
     licensync: &Path,
     label: &'static str,
+    client_rps: Option<u32>,
 ) -> Result<RunFigures> {
     db.reset_counts()?;
     let statements_before = match db.counter {
@@ -526,6 +702,13 @@ fn run_once(
         .join(format!("licensync-{}.log", label.split(' ').next().unwrap_or("run")));
     let stderr = std::fs::File::create(&stderr_path)?;
     let usage_path = db.dir.path().join("rusage");
+    // The file transport writes one .eml per email here.
+    let outbox = db
+        .dir
+        .path()
+        .join(format!("outbox-{}", label.split(' ').next().unwrap_or("run")));
+    std::fs::create_dir_all(&outbox).with_context(|| format!("creating {}", outbox.display()))?;
+    let limited_before = fake.rate_limited();
     let self_exe = std::env::current_exe().context("finding this benchmark's own path")?;
     let mut cmd = Command::new(self_exe);
     for (key, _) in std::env::vars() {
@@ -540,13 +723,14 @@ fn run_once(
         .env("STRIPE_API_BASE", fake.base_url())
         .env("STRIPE_API_KEY", fake.api_key())
         .env("DATABASE_URL", &db.url)
-        .env("LICENSYNC_MAIL_URL", "none")
-        // Far above what the local fake can serve, so the client never waits on its own limiter.
-        .env("LICENSYNC_STRIPE_RPS", "100000")
+        .env("LICENSYNC_MAIL_URL", format!("file://{}", outbox.display()))
         .env("LICENSYNC_LOG_FORMAT", "text")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(stderr);
+    if let Some(rps) = client_rps {
+        cmd.env("LICENSYNC_STRIPE_RPS", rps.to_string());
+    }
 
     let postgres_before = db.backends_cpu();
     let fake_before = self_cpu();
@@ -604,8 +788,27 @@ fn run_once(
     let requests = fake.requests();
     let pages = requests
         .iter()
-        .filter(|r| r.method == "GET" && PAGED.contains(&r.path.as_str()))
+        .filter(|r| r.method == "GET" && PAGED.contains(&r.path.as_str()) && r.status == 200)
         .count();
+    let mut per_endpoint = BTreeMap::new();
+    for r in &requests {
+        *per_endpoint.entry(endpoint_of(&r.path)).or_insert(0) += 1;
+    }
+    let rate_limited = fake
+        .rate_limited()
+        .into_iter()
+        .map(|(e, n)| {
+            let before = limited_before.get(&e).copied().unwrap_or(0);
+            (e, n - before)
+        })
+        .filter(|(_, n)| *n > 0)
+        .collect();
+    let emails = std::fs::read_dir(&outbox)
+        .with_context(|| format!("reading {}", outbox.display()))?
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().extension().is_some_and(|x| x == "eml"))
+        .count();
+    let db_ms = db.exec_ms()?;
     let statements = db.count()? - statements_before;
     let cpu_postgres = db.backends_cpu().zip(postgres_before).map(|(a, b)| a - b);
     Ok(RunFigures {
@@ -614,6 +817,10 @@ fn run_once(
         report,
         fake_requests: requests.len(),
         pages,
+        per_endpoint,
+        rate_limited,
+        emails,
+        db_ms,
         statements,
         statement_unit: match db.counter {
             Counter::Statements => "statements",

@@ -242,28 +242,79 @@ fn created_ok(obj: &Value, created: &[(String, i64)]) -> bool {
 
 const COMMON: [&str; 5] = ["limit", "starting_after", "ending_before", "expand", "created"];
 
-/// `GET /v1/<collection>`: newest first (created, then id, descending).
-pub(crate) fn list(st: &State, ty: &str, url: &str, raw: Option<&str>) -> Result<Value, ApiError> {
-    let filters = filters(ty);
-    let allowed: Vec<&str> = COMMON.iter().copied().chain(filters.iter().map(|(p, _)| *p)).collect();
-    let q = Query::parse(raw, &allowed)?;
-    if ty == "subscription_item" && q.get("subscription").is_none() {
-        return Err(ApiError::invalid(
-            "Missing required param: subscription.".into(),
-            Some("subscription"),
-        ));
+/// A parsed, validated list request: its filters, expansions, page size and cursor.
+pub(crate) struct ListRequest {
+    ty: String,
+    q: Query,
+    filters: Vec<(&'static str, Filter)>,
+    pub expand: Vec<Vec<String>>,
+    pub limit: usize,
+    /// `(id, param)` of `starting_after` or `ending_before`.
+    pub cursor: Option<(String, &'static str)>,
+    /// Paging back (`ending_before`).
+    pub backwards: bool,
+}
+
+impl ListRequest {
+    pub fn parse(ty: &str, raw: Option<&str>) -> Result<ListRequest, ApiError> {
+        let filters = filters(ty);
+        let allowed: Vec<&str> = COMMON.iter().copied().chain(filters.iter().map(|(p, _)| *p)).collect();
+        let q = Query::parse(raw, &allowed)?;
+        if ty == "subscription_item" && q.get("subscription").is_none() {
+            return Err(ApiError::invalid(
+                "Missing required param: subscription.".into(),
+                Some("subscription"),
+            ));
+        }
+        let expand = validate_expansions(ty, q.expand(), true)?;
+        let limit = q.limit()?;
+        let (cursor, backwards) = match (q.get("starting_after"), q.get("ending_before")) {
+            (Some(_), Some(_)) => return Err(only_one_cursor()),
+            (Some(after), None) => (Some((after.to_owned(), "starting_after")), false),
+            (None, Some(before)) => (Some((before.to_owned(), "ending_before")), true),
+            (None, None) => (None, false),
+        };
+        Ok(ListRequest {
+            ty: ty.to_owned(),
+            q,
+            filters,
+            expand,
+            limit,
+            cursor,
+            backwards,
+        })
     }
-    let expand = validate_expansions(ty, q.expand(), true)?;
-    let keep = |obj: &Value| -> Result<bool, ApiError> {
-        if !created_ok(obj, &q.created) {
+
+    /// The value of a scalar filter parameter.
+    pub fn param(&self, name: &str) -> Option<&str> {
+        self.q.get(name)
+    }
+
+    /// The `created` bounds as an inclusive range.
+    pub fn created_range(&self) -> (i64, i64) {
+        self.q
+            .created
+            .iter()
+            .fold((i64::MIN, i64::MAX), |(lo, hi), (op, bound)| match op.as_str() {
+                "gt" => (lo.max(bound.saturating_add(1)), hi),
+                "gte" => (lo.max(*bound), hi),
+                "lt" => (lo, hi.min(bound.saturating_sub(1))),
+                "lte" => (lo, hi.min(*bound)),
+                _ => (lo.max(*bound), hi.min(*bound)),
+            })
+    }
+
+    /// Whether an object passes the `created` range and every filter.
+    pub fn keep(&self, st: &State, obj: &Value) -> Result<bool, ApiError> {
+        if !created_ok(obj, &self.q.created) {
             return Ok(false);
         }
         let mut keep = true;
-        for (param, filter) in &filters {
-            if let Some(value) = q.get(param) {
+        for (param, filter) in &self.filters {
+            if let Some(value) = self.q.get(param) {
                 keep &= matches(st, obj, param, filter, value)?;
             }
-            if let Some(values) = q.arrays.get(*param) {
+            if let Some(values) = self.q.arrays.get(*param) {
                 let mut any = false;
                 for value in values {
                     any |= matches(st, obj, param, filter, value)?;
@@ -271,37 +322,42 @@ pub(crate) fn list(st: &State, ty: &str, url: &str, raw: Option<&str>) -> Result
                 keep &= any;
             }
         }
-        if ty == "subscription" && q.get("status").is_none() {
+        if self.ty == "subscription" && self.q.get("status").is_none() {
             keep &= !subscription_status(st, obj, "ended");
         }
         Ok(keep)
-    };
-    let limit = q.limit()?;
-    let cursor = |id: &str, param: &str| st.raw(ty, id).ok_or_else(|| ApiError::no_such(400, ty, id, param));
-    let (from, backwards) = match (q.get("starting_after"), q.get("ending_before")) {
-        (Some(_), Some(_)) => return Err(only_one_cursor()),
-        (Some(after), None) => (Some(cursor(after, "starting_after")?), false),
-        (None, Some(before)) => (Some(cursor(before, "ending_before")?), true),
-        (None, None) => (None, false),
+    }
+}
+
+/// `GET /v1/<collection>`: newest first (created, then id, descending).
+pub(crate) fn list(st: &State, ty: &str, url: &str, raw: Option<&str>) -> Result<Value, ApiError> {
+    if let Some(answer) = st.generated().and_then(|g| g.list(st, ty, url, raw)) {
+        return answer;
+    }
+    let req = ListRequest::parse(ty, raw)?;
+    let from = match &req.cursor {
+        Some((id, param)) => Some(st.raw(ty, id).ok_or_else(|| ApiError::no_such(400, ty, id, param))?),
+        None => None,
     };
     // Walk the kept order from the cursor and stop one past the page (to
     // know `has_more`): a page costs its own size, not the collection's
     // (BENCHMARKS.md: sorting 100k objects per request dominated full runs).
-    let mut picked = Vec::with_capacity(limit + 1);
-    for obj in st.ordered(ty, from, backwards) {
-        if keep(obj)? {
+    let mut picked = Vec::with_capacity(req.limit + 1);
+    for obj in st.ordered(ty, from, req.backwards) {
+        if req.keep(st, obj)? {
             picked.push(obj);
-            if picked.len() > limit {
+            if picked.len() > req.limit {
                 break;
             }
         }
     }
-    let has_more = picked.len() > limit;
-    picked.truncate(limit);
-    if backwards {
+    let has_more = picked.len() > req.limit;
+    picked.truncate(req.limit);
+    if req.backwards {
         picked.reverse();
     }
-    Ok(render_list(st, &picked, has_more, &expand, url))
+    let data = picked.iter().map(|obj| render_one(st, obj, &req.expand)).collect();
+    Ok(list_value(data, has_more, url))
 }
 
 fn only_one_cursor() -> ApiError {
@@ -321,6 +377,12 @@ pub(crate) fn list_children(
     url: &str,
     raw: Option<&str>,
 ) -> Result<Value, ApiError> {
+    if let Some(answer) = st
+        .generated()
+        .and_then(|g| g.list_children(st, parent_ty, parent, child_ty, url, raw))
+    {
+        return answer;
+    }
     let q = Query::parse(raw, &["limit", "starting_after", "ending_before", "expand"])?;
     if st.raw(parent_ty, parent).is_none() {
         return Err(ApiError::no_such(404, parent_ty, parent, "id"));
@@ -365,21 +427,28 @@ fn page(
 
 /// A served list: each object rendered and expanded.
 fn render_list(st: &State, slice: &[&Value], has_more: bool, expand: &[Vec<String>], url: &str) -> Value {
-    let data: Vec<Value> = slice
-        .iter()
-        .map(|obj| {
-            let mut v = st.render(obj);
-            for path in expand {
-                apply_expansion(st, &mut v, &path[1..]);
-            }
-            v
-        })
-        .collect();
+    let data = slice.iter().map(|obj| render_one(st, obj, expand)).collect();
+    list_value(data, has_more, url)
+}
+
+/// One listed object as served: rendered, then each `data.` path expanded.
+pub(crate) fn render_one(st: &State, obj: &Value, expand: &[Vec<String>]) -> Value {
+    let mut v = st.render(obj);
+    for path in expand {
+        apply_expansion(st, &mut v, &path[1..]);
+    }
+    v
+}
+
+pub(crate) fn list_value(data: Vec<Value>, has_more: bool, url: &str) -> Value {
     json!({"object": "list", "data": data, "has_more": has_more, "url": url})
 }
 
 /// `GET /v1/<collection>/{id}`.
 pub(crate) fn retrieve(st: &State, ty: &str, id: &str, raw: Option<&str>) -> Result<Value, ApiError> {
+    if let Some(answer) = st.generated().and_then(|g| g.retrieve(st, ty, id, raw)) {
+        return answer;
+    }
     let q = Query::parse(raw, &["expand"])?;
     let expand = validate_expansions(ty, q.expand(), false)?;
     let obj = st.raw(ty, id).ok_or_else(|| ApiError::no_such(404, ty, id, "id"))?;

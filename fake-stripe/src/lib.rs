@@ -16,6 +16,10 @@
 //!   year = 365 days;
 //! - the top-level `subscription` fields of invoices and invoice lines, which the
 //!   current API no longer fills, are null: the subscription is under `parent`;
+//! - a generated account ([`FakeStripe::generate`], `fake-stripe --generate N`)
+//!   computes its purchases from their index on every request instead of
+//!   storing them: a million purchases with a year of invoices each cost no
+//!   memory, and every list page costs only its own objects;
 //! - invoices also accept `expand[]=payments` (Stripe's includable list of
 //!   `invoice_payment`s), the current API's only link from an invoice to its payment.
 //! - every invoice line that is not a subscription item's (the lines of
@@ -29,6 +33,7 @@
 
 mod api;
 mod conditions;
+mod generated;
 mod sample;
 mod server;
 mod state;
@@ -40,6 +45,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub use generated::MAX_PAST_PERIODS;
 pub use state::DEFAULT_NOW;
 use state::State;
 
@@ -112,6 +118,80 @@ impl RateLimits {
             global_rps: if livemode { 100 } else { 25 },
         }
     }
+}
+
+/// A generated account ([`FakeStripe::generate`]): a real account's mix of
+/// purchases, computed from their index on demand instead of stored, so that a
+/// million of them cost no memory. The purchases are spread evenly over the
+/// `(max_past_periods + 1) * 30` days up to the clock, kinds interleaved:
+/// - each subscription has its own customer (`buyer<i>@example.com`), one
+///   item (every third a second one on the other product), monthly (three in
+///   four) or yearly, is `active` with its current period holding now, and has
+///   a paid invoice (payment intent, charge) for every period since it began:
+///   up to `max_past_periods` past ones;
+/// - each Checkout Session is complete, paid, payment mode, with one line
+///   (every fifth two) of a one-time price; half are guest checkouts with only
+///   `customer_email` (`guest<i>@example.com`), half have their own customer;
+/// - each one-off invoice is paid, has its own customer and one line (every
+///   fifth two) of a one-time price, each with its invoice item.
+///
+/// The catalog (two licensed products with a monthly, a yearly and a one-time
+/// price each) is stored as usual.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GeneratedAccount {
+    pub subscriptions: usize,
+    pub sessions: usize,
+    pub one_off_invoices: usize,
+    /// At most [`MAX_PAST_PERIODS`]. Default 12: a year of monthly invoices.
+    pub max_past_periods: u32,
+    /// Chooses each purchase's intervals, items, lines, quantities and guests.
+    pub seed: u64,
+}
+
+impl Default for GeneratedAccount {
+    fn default() -> Self {
+        GeneratedAccount {
+            subscriptions: 0,
+            sessions: 0,
+            one_off_invoices: 0,
+            max_past_periods: 12,
+            seed: 1,
+        }
+    }
+}
+
+impl GeneratedAccount {
+    /// `n` purchases as a real account has them: 85% subscriptions, 14%
+    /// one-time Checkout Sessions, 1% one-off invoices.
+    pub fn real_mix(n: usize, seed: u64) -> GeneratedAccount {
+        let subscriptions = n * 85 / 100;
+        let one_off_invoices = n / 100;
+        GeneratedAccount {
+            subscriptions,
+            sessions: n - subscriptions - one_off_invoices,
+            one_off_invoices,
+            seed,
+            ..GeneratedAccount::default()
+        }
+    }
+}
+
+/// What a generated account holds, counted from its layout (nothing is built).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GeneratedSummary {
+    pub subscriptions: usize,
+    pub subscription_items: usize,
+    pub sessions: usize,
+    pub guest_sessions: usize,
+    pub session_lines: usize,
+    pub one_off_invoices: usize,
+    pub one_off_lines: usize,
+    /// Every invoice: the subscriptions' (one per period, past and current) and the one-off ones.
+    pub invoices: usize,
+    pub customers: usize,
+    /// `created` of the oldest and the newest purchase.
+    pub oldest: i64,
+    pub newest: i64,
 }
 
 /// A subscription to create; unset fields take the defaults documented per field.
@@ -275,6 +355,44 @@ impl FakeStripe {
         self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// The account for a step that stores a purchase or changes one, which a
+    /// generated account (computed, not stored) cannot take.
+    fn stored(&self, step: &str) -> MutexGuard<'_, State> {
+        let st = self.st();
+        assert!(
+            st.generated.is_none(),
+            "fake-stripe: `{step}` changes stored purchases; a generated account has none (use load_generated)"
+        );
+        st
+    }
+
+    /// A test-mode fake serving a generated account (see [`GeneratedAccount`])
+    /// laid out from the clock at [`DEFAULT_NOW`].
+    pub async fn generated(account: GeneratedAccount) -> FakeStripe {
+        let fake = FakeStripe::start().await;
+        fake.generate(account);
+        fake
+    }
+
+    /// Makes this new, empty account a generated one, laid out from the
+    /// current clock (a later `set_now` does not move it): the catalog is
+    /// created and stored, the purchases are computed on every request.
+    pub fn generate(&self, account: GeneratedAccount) {
+        self.st().generate(account)
+    }
+
+    /// Stores the catalog and every purchase that `generate` with the same
+    /// settings would serve, with the same ids: the stored twin of a
+    /// generated account, for comparing the two or changing its objects.
+    pub fn load_generated(&self, account: GeneratedAccount) -> GeneratedSummary {
+        self.st().load_generated(account)
+    }
+
+    /// The counts of a generated account; `None` for a stored one.
+    pub fn generated_summary(&self) -> Option<GeneratedSummary> {
+        self.st().generated().map(|g| g.summary())
+    }
+
     /// `http://127.0.0.1:PORT`, without a trailing slash.
     pub fn base_url(&self) -> String {
         format!("http://{}", self.server.addr)
@@ -302,7 +420,7 @@ impl FakeStripe {
     }
 
     pub fn create_customer(&self, email: Option<&str>, name: Option<&str>) -> String {
-        self.st().create_customer(email, name)
+        self.stored("create_customer").create_customer(email, name)
     }
 
     pub fn create_product(&self, name: &str, metadata: &[(&str, &str)]) -> String {
@@ -322,26 +440,26 @@ impl FakeStripe {
     }
 
     pub fn create_subscription(&self, spec: SubscriptionSpec) -> CreatedSubscription {
-        self.st().create_subscription(spec)
+        self.stored("create_subscription").create_subscription(spec)
     }
 
     pub fn create_checkout_session(&self, spec: CheckoutSpec) -> CreatedSession {
-        self.st().create_checkout_session(spec)
+        self.stored("create_checkout_session").create_checkout_session(spec)
     }
 
     pub fn create_invoice(&self, spec: InvoiceSpec) -> CreatedInvoice {
-        self.st().create_invoice(spec)
+        self.stored("create_invoice").create_invoice(spec)
     }
 
     /// Refunds a payment intent's charge (`None` = what is left of it); returns the `re_` id.
     pub fn refund(&self, payment_intent: &str, amount: Option<i64>) -> String {
-        self.st().refund(payment_intent, amount)
+        self.stored("refund").refund(payment_intent, amount)
     }
 
     /// Opens the dispute of a payment intent's charge, or moves it to `status`
     /// (`needs_response`, `under_review`, `won`, `lost`, ...); returns the `dp_` id.
     pub fn dispute(&self, payment_intent: &str, status: &str) -> String {
-        self.st().dispute(payment_intent, status)
+        self.stored("dispute").dispute(payment_intent, status)
     }
 
     /// Changes any stored object by id through its served JSON, then records
@@ -349,18 +467,24 @@ impl FakeStripe {
     /// (`customer.subscription.deleted`, `checkout.session.async_payment_succeeded`,
     /// `invoice.paid`, ...). Changing an embedded item or line records its parent's event.
     pub fn update(&self, id: &str, f: impl FnOnce(&mut Value)) {
-        self.st().update(id, f)
+        let mut st = self.st();
+        assert!(
+            !st.generated().is_some_and(|g| g.owns(id)),
+            "fake-stripe: `update` of {id}, a generated object, which is computed, not stored (use load_generated)"
+        );
+        st.update(id, f)
     }
 
     /// Starts the next period of every item (old end to old end + interval) with a
     /// new latest invoice, paid (status `active`) or open (status `past_due`).
     pub fn renew_subscription(&self, sub: &str, paid: bool) {
-        self.st().renew_subscription(sub, paid)
+        self.stored("renew_subscription").renew_subscription(sub, paid)
     }
 
     /// `canceled` (and `incomplete_expired`) also set `ended_at` to now.
     pub fn set_subscription_status(&self, sub: &str, status: &str) {
-        self.st().set_subscription_status(sub, status)
+        self.stored("set_subscription_status")
+            .set_subscription_status(sub, status)
     }
 
     /// The object as the API serves it unexpanded.
@@ -426,12 +550,12 @@ impl FakeStripe {
     /// statuses, paid one-time checkouts (one with two lines and quantity 3) and
     /// a one-off paid invoice.
     pub fn seed_sample(&self) {
-        self.st().seed_sample()
+        self.stored("seed_sample").seed_sample()
     }
 
     /// A catalog and `n` purchases spread over the past year, each with its
     /// own customer (see `State::seed_purchases`).
     pub fn seed_purchases(&self, n: usize) {
-        self.st().seed_purchases(n)
+        self.stored("seed_purchases").seed_purchases(n)
     }
 }

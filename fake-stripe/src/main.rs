@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use fake_stripe::{DEFAULT_API_KEY, FakeStripe, Latency, Options, RateLimits};
+use fake_stripe::{DEFAULT_API_KEY, FakeStripe, GeneratedAccount, Latency, Options, RateLimits};
 
 #[derive(Parser)]
 #[command(
@@ -28,6 +28,21 @@ struct Args {
     /// for trying a first import at scale, e.g. with --mail-since.
     #[arg(long, value_name = "N", conflicts_with = "sample")]
     purchases: Option<usize>,
+    /// Serve a generated account of N purchases (85% subscriptions with an
+    /// invoice per past billing period, 14% one-time Checkout Sessions, 1%
+    /// one-off invoices) computed on demand, at no memory per purchase: for
+    /// benchmarks at up to millions of objects. Refunds, disputes and events
+    /// are empty.
+    #[arg(long, value_name = "N", conflicts_with_all = ["sample", "purchases"])]
+    generate: Option<usize>,
+    /// With --generate: the most past billing periods a subscription has
+    /// (purchases are spread over (this + 1) * 30 days).
+    #[arg(long, value_name = "N", default_value_t = 12, requires = "generate",
+          value_parser = clap::value_parser!(u32).range(0..=i64::from(fake_stripe::MAX_PAST_PERIODS)))]
+    max_past_periods: u32,
+    /// With --generate: the seed of each purchase's intervals, items, lines and guests.
+    #[arg(long, default_value_t = 1, requires = "generate")]
+    seed: u64,
     /// Answer each request after a latency drawn uniformly from MIN..MAX
     /// milliseconds (e.g. 50..300, a client far from Stripe; or one number).
     /// Concurrent requests overlap their latencies. Default: none.
@@ -89,6 +104,25 @@ async fn main() -> anyhow::Result<ExitCode> {
     }
     if let Some(n) = args.purchases {
         fake.seed_purchases(n);
+    }
+    if let Some(n) = args.generate {
+        fake.generate(GeneratedAccount {
+            max_past_periods: args.max_past_periods,
+            ..GeneratedAccount::real_mix(n, args.seed)
+        });
+        if let Some(s) = fake.generated_summary() {
+            eprintln!(
+                "fake-stripe: generated {} subscriptions ({} items, {} invoices with their history), \
+                 {} Checkout Sessions ({} guests), {} one-off invoices, {} customers",
+                s.subscriptions,
+                s.subscription_items,
+                s.invoices,
+                s.sessions,
+                s.guest_sessions,
+                s.one_off_invoices,
+                s.customers
+            );
+        }
     }
     // Loading is done: the conditions apply to the clients from here on.
     fake.set_latency(args.latency_ms);

@@ -8,10 +8,11 @@
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use serde_json::{Map, Value, json};
 
+use crate::generated::Generated;
 use crate::{
     CheckoutSpec, CreatedInvoice, CreatedSession, CreatedSubscription, Fault, FaultKind, InvoiceSpec, LoggedRequest,
     SubscriptionSpec,
@@ -65,7 +66,7 @@ fn metadata(pairs: &[(&str, &str)]) -> Value {
     )
 }
 
-fn str_of<'a>(v: &'a Value, key: &str) -> &'a str {
+pub(crate) fn str_of<'a>(v: &'a Value, key: &str) -> &'a str {
     v[key].as_str().unwrap_or_default()
 }
 
@@ -83,7 +84,7 @@ fn event_prefix(ty: &str) -> &str {
     }
 }
 
-fn interval_secs(price: &Value) -> i64 {
+pub(crate) fn interval_secs(price: &Value) -> i64 {
     let recurring = &price["recurring"];
     let unit = match recurring["interval"].as_str() {
         Some("day") => DAY,
@@ -146,7 +147,8 @@ pub(crate) struct State {
     pub api_key: String,
     pub livemode: bool,
     pub now: i64,
-    seq: u64,
+    /// The id counter: the next id is `seq + 1`.
+    pub seq: u64,
     /// object type -> id -> stored object
     store: HashMap<String, BTreeMap<String, Value>>,
     /// object type -> the list order (newest first: `created`, then id,
@@ -163,7 +165,21 @@ pub(crate) struct State {
     /// which at 100k purchases is most of the fake's memory and load time.
     pub record_events: bool,
     request_seq: u64,
+    /// A generated account: its purchases are built on demand, not stored.
+    pub generated: Option<Arc<Generated>>,
+    /// Scratch builds of a generated purchase that serve one object: of a
+    /// subscription's invoices build only the past period's `Some(k)` (and
+    /// the latest only when `k` is its period or negative), reserving the
+    /// ids of the others so that every id stays what a full build gives it.
+    /// `None` (always, outside such builds): every invoice.
+    pub history_only: Option<i64>,
+    /// A scratch build's read-only catalog (products and prices by id),
+    /// shared by the builds of one request instead of copied into each.
+    pub catalog: Option<Arc<Catalog>>,
 }
+
+/// Object type -> id -> object.
+pub(crate) type Catalog = HashMap<String, BTreeMap<String, Value>>;
 
 impl State {
     pub fn new(api_key: String) -> State {
@@ -181,12 +197,22 @@ impl State {
             faults: Vec::new(),
             record_events: true,
             request_seq: 0,
+            generated: None,
+            history_only: None,
+            catalog: None,
         }
     }
 
     fn next_id(&mut self, prefix: &str) -> String {
         self.seq += 1;
         format!("{prefix}_{:014}", self.seq)
+    }
+
+    /// Takes `count` ids unbuilt; returns the first, as `next_id(prefix)` would have made it.
+    fn reserve_ids(&mut self, prefix: &str, count: u64) -> String {
+        let first = format!("{prefix}_{:014}", self.seq + 1);
+        self.seq += count;
+        first
     }
 
     pub fn next_request_id(&mut self) -> String {
@@ -204,7 +230,11 @@ impl State {
 
     // ---- storage -------------------------------------------------------------
 
-    fn put(&mut self, obj: Value) {
+    pub fn generated(&self) -> Option<&Generated> {
+        self.generated.as_deref()
+    }
+
+    pub(crate) fn put(&mut self, obj: Value) {
         let ty = str_of(&obj, "object").to_owned();
         let id = str_of(&obj, "id").to_owned();
         let order = self.order.entry(ty.clone()).or_default();
@@ -238,7 +268,10 @@ impl State {
     }
 
     pub fn raw(&self, ty: &str, id: &str) -> Option<&Value> {
-        self.store.get(ty)?.get(id)
+        match self.store.get(ty).and_then(|m| m.get(id)) {
+            Some(v) => Some(v),
+            None => self.catalog.as_ref()?.get(ty)?.get(id),
+        }
     }
 
     /// Changes in place; must not change `created` (the list order is kept by `put`).
@@ -354,6 +387,9 @@ impl State {
     }
 
     pub fn get(&self, id: &str) -> Option<Value> {
+        if let Some(found) = self.generated().and_then(|g| g.get(self, id)) {
+            return found;
+        }
         let ty = self.type_of(id)?;
         Some(self.render(self.raw(&ty, id)?))
     }
@@ -902,6 +938,11 @@ impl State {
         let wall = self.now;
         let mut history = Vec::new();
         for k in 0..past {
+            if self.history_only.is_some_and(|keep| keep != k) {
+                // Reserve its ids (invoice, lines, payment intent, charge) unbuilt.
+                self.reserve_ids("in", 3 + spec.items.len() as u64);
+                continue;
+            }
             let period = (began + k * step, began + (k + 1) * step);
             // Each past invoice was made, and paid, as its period began.
             self.now = period.0;
@@ -924,25 +965,36 @@ impl State {
             self.now = start;
         }
         let parts = self.item_lines(&id);
-        let (invoice, _) = self.build_invoice(
-            Some(&spec.customer),
-            parts,
-            if paid { "paid" } else { "open" },
-            Some(&id),
-            if past > 0 {
-                "subscription_cycle"
-            } else {
-                "subscription_create"
-            },
-            None,
-        );
+        // A scratch build for one past invoice does not need the latest one.
+        let skip_latest = self.history_only.is_some_and(|keep| keep >= 0 && keep != past);
+        let invoice = if skip_latest {
+            // Its id, and the ids of its lines and payment, reserved unbuilt.
+            let ids = 1 + spec.items.len() as u64 + if paid { 2 } else { 0 };
+            self.reserve_ids("in", ids)
+        } else {
+            self.build_invoice(
+                Some(&spec.customer),
+                parts,
+                if paid { "paid" } else { "open" },
+                Some(&id),
+                if past > 0 {
+                    "subscription_cycle"
+                } else {
+                    "subscription_create"
+                },
+                None,
+            )
+            .0
+        };
         self.now = wall;
         self.raw_mut("subscription", &id)["latest_invoice"] = invoice.clone().into();
         self.record_for("customer.subscription.created", "subscription", &id);
         for past_invoice in &history {
             self.record_invoice_events(past_invoice);
         }
-        self.record_invoice_events(&invoice);
+        if !skip_latest {
+            self.record_invoice_events(&invoice);
+        }
         CreatedSubscription {
             id,
             item_ids,

@@ -82,3 +82,39 @@ fn latency_and_rate_limit_flags_are_documented_checked_and_reported() {
     let stderr = String::from_utf8_lossy(&ok.stderr);
     assert!(stderr.contains("answered 0 requests 429"), "{stderr}");
 }
+
+#[test]
+fn generate_serves_a_computed_account_of_n_purchases() {
+    let out = Command::new(env!("CARGO_BIN_EXE_fake-stripe"))
+        .args([
+            "--addr",
+            "127.0.0.1:0",
+            "--generate",
+            "1000",
+            "--max-past-periods",
+            "3",
+            "--exec",
+            "true",
+        ])
+        .output()
+        .expect("the binary runs");
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("generated 850 subscriptions") && stderr.contains("10 one-off invoices"),
+        "{stderr}"
+    );
+    let both = Command::new(env!("CARGO_BIN_EXE_fake-stripe"))
+        .args([
+            "--addr",
+            "127.0.0.1:0",
+            "--generate",
+            "10",
+            "--sample",
+            "--exec",
+            "true",
+        ])
+        .output()
+        .expect("the binary runs");
+    assert!(!both.status.success(), "--generate makes its own account");
+}
