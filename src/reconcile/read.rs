@@ -98,7 +98,9 @@ where
             match result {
                 Ok(page) => {
                     let span = page.span();
-                    let low = segment.gte.or(floor);
+                    let low = span
+                        .oldest
+                        .and_then(|oldest| segments::lower_bound(&segment, floor, oldest));
                     if std::mem::take(&mut st.first)
                         && let Some(estimate) = estimate
                     {

@@ -34,6 +34,9 @@ pub const SPLIT_ABOVE: u64 = 3;
 pub const PAGES_PER_SEGMENT: u64 = 4;
 /// New segments per split.
 pub const MAX_SPLIT: u64 = 16;
+/// The floor when the one given is no use (at or above the page's oldest
+/// object: purchases older than every price): Stripe's launch, 2011-01-01.
+pub const STRIPE_EPOCH: i64 = 1_293_840_000;
 
 /// A part of a list: objects with `gte <= created < lt` (unix seconds,
 /// open when unset), listed after `after` when set.
@@ -77,11 +80,22 @@ pub fn pages_left(span: &Span, floor: Option<i64>) -> u64 {
     (objects / PAGE as f64).ceil() as u64
 }
 
+/// The lower end of `segment` for the estimate: its own bound, else the
+/// floor when it is below `oldest`, else [`STRIPE_EPOCH`]; `None` without
+/// a floor.
+pub fn lower_bound(segment: &Segment, floor: Option<i64>, oldest: i64) -> Option<i64> {
+    segment
+        .gte
+        .or(floor.map(|f| if f < oldest { f } else { STRIPE_EPOCH.min(oldest - 1) }))
+}
+
 /// What is left of `segment` to read after a page of it (`span`, and the
 /// `next` cursor when Stripe has more): nothing on its last page, else its
 /// continuation, first, and the new segments the rest was split into.
 /// `floor` is the oldest `created` the account can have (the oldest
-/// price), a guess used when the segment has no lower bound.
+/// price), a guess used when the segment has no lower bound; when it is
+/// not below the page's oldest object, [`STRIPE_EPOCH`] is used instead.
+/// Without a floor (`None`) the list is never split.
 pub fn rest(segment: &Segment, span: &Span, next: Option<&str>, floor: Option<i64>) -> Vec<Segment> {
     let (Some(next), Some(oldest)) = (next, span.oldest) else {
         return Vec::new();
@@ -91,7 +105,7 @@ pub fn rest(segment: &Segment, span: &Span, next: Option<&str>, floor: Option<i6
         lt: Some(oldest + 1),
         after: Some(next.to_owned()),
     };
-    let low = segment.gte.or(floor);
+    let low = lower_bound(segment, floor, oldest);
     let pages = pages_left(span, low);
     let Some(low) = low.filter(|_| pages > SPLIT_ABOVE) else {
         return vec![continuation(segment.gte)];
@@ -208,6 +222,21 @@ mod tests {
                     v.push(seg(Some(0), Some(b[0]), None));
                     v
                 },
+            ),
+            (
+                // Prices younger than the purchases: the estimate reaches
+                // back to Stripe's launch instead of giving up.
+                "a floor above the page falls back to Stripe's launch",
+                whole.clone(),
+                span(STRIPE_EPOCH + 1000, STRIPE_EPOCH + 900, 100),
+                Some("o_9"),
+                Some(STRIPE_EPOCH + 5_000),
+                // 900 s below the page at 1 object/s: 9 pages, 3 segments.
+                vec![
+                    seg(Some(STRIPE_EPOCH + 600), Some(STRIPE_EPOCH + 901), Some("o_9")),
+                    seg(Some(STRIPE_EPOCH + 300), Some(STRIPE_EPOCH + 600), None),
+                    seg(None, Some(STRIPE_EPOCH + 300), None),
+                ],
             ),
             (
                 "a dense second cannot be split: continue serially",
