@@ -98,9 +98,9 @@ where
             match result {
                 Ok(page) => {
                     let span = page.span();
-                    let low = span
-                        .oldest
-                        .and_then(|oldest| segments::lower_bound(&segment, floor, oldest));
+                    // The ETA only trusts a real floor: Stripe's launch (the
+                    // split's fallback) would promise hours for a young account.
+                    let low = segment.gte.or(floor.filter(|f| span.oldest.is_some_and(|o| *f < o)));
                     if std::mem::take(&mut st.first)
                         && let Some(estimate) = estimate
                     {
@@ -213,11 +213,15 @@ mod tests {
     }
 
     async fn read(m: &Arc<Model>, width: usize) -> (Vec<i64>, u64) {
+        read_with_floor(m, width, 0).await
+    }
+
+    async fn read_with_floor(m: &Arc<Model>, width: usize, floor: i64) -> (Vec<i64>, u64) {
         let estimate = Arc::new(AtomicU64::new(0));
         let m2 = m.clone();
         let stream = pages(
             CreatedRange::default(),
-            Some(0),
+            Some(floor),
             width,
             Some(estimate.clone()),
             move |s| m2.clone().page(s),
@@ -245,6 +249,22 @@ mod tests {
             (4_500..=5_500).contains(&estimate),
             "estimated from the first page: {estimate}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_floor_above_the_objects_still_splits_but_estimates_nothing_it_cannot_know() {
+        // Purchases older than every price: the split reaches back to
+        // Stripe's launch, the ETA does not (it would promise hours).
+        let m = Arc::new(Model {
+            created: (0..5_000).map(|i| 1_500_000_000 + i * 1_000).collect(),
+            in_flight: AtomicU64::new(0),
+            max_in_flight: AtomicU64::new(0),
+            requests: AtomicU64::new(0),
+        });
+        let (seen, estimate) = read_with_floor(&m, WIDTH, 1_800_000_000).await;
+        assert_eq!(seen.len(), 5_000);
+        assert!(m.max_in_flight.load(Ordering::SeqCst) > 1, "split anyway");
+        assert_eq!(estimate, 200, "the first page and one more, not years of them");
     }
 
     #[tokio::test]
