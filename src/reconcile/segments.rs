@@ -81,12 +81,20 @@ pub fn pages_left(span: &Span, floor: Option<i64>) -> u64 {
 }
 
 /// The lower end of `segment` for the estimate: its own bound, else the
-/// floor when it is below `oldest`, else [`STRIPE_EPOCH`]; `None` without
-/// a floor.
-pub fn lower_bound(segment: &Segment, floor: Option<i64>, oldest: i64) -> Option<i64> {
-    segment
-        .gte
-        .or(floor.map(|f| if f < oldest { f } else { STRIPE_EPOCH.min(oldest - 1) }))
+/// floor when it is below the page's oldest object, else [`STRIPE_EPOCH`]
+/// (unless the page lies within one second); `None` without a floor.
+pub fn lower_bound(segment: &Segment, floor: Option<i64>, span: &Span) -> Option<i64> {
+    let (Some(newest), Some(oldest)) = (span.newest, span.oldest) else {
+        return segment.gte.or(floor);
+    };
+    segment.gte.or(floor.map(|f| {
+        if f < oldest || newest == oldest {
+            // A page within one second says nothing of the density below it.
+            f
+        } else {
+            STRIPE_EPOCH.min(oldest - 1)
+        }
+    }))
 }
 
 /// What is left of `segment` to read after a page of it (`span`, and the
@@ -105,7 +113,7 @@ pub fn rest(segment: &Segment, span: &Span, next: Option<&str>, floor: Option<i6
         lt: Some(oldest + 1),
         after: Some(next.to_owned()),
     };
-    let low = lower_bound(segment, floor, oldest);
+    let low = lower_bound(segment, floor, span);
     let pages = pages_left(span, low);
     let Some(low) = low.filter(|_| pages > SPLIT_ABOVE) else {
         return vec![continuation(segment.gte)];
@@ -237,6 +245,14 @@ mod tests {
                     seg(Some(STRIPE_EPOCH + 300), Some(STRIPE_EPOCH + 600), None),
                     seg(None, Some(STRIPE_EPOCH + 300), None),
                 ],
+            ),
+            (
+                "a floor at a page within one second: continue serially",
+                whole.clone(),
+                span(STRIPE_EPOCH + 900, STRIPE_EPOCH + 900, 100),
+                Some("o_9"),
+                Some(STRIPE_EPOCH + 900),
+                vec![seg(None, Some(STRIPE_EPOCH + 901), Some("o_9"))],
             ),
             (
                 "a dense second cannot be split: continue serially",
