@@ -45,10 +45,6 @@ impl SourceKind {
     pub fn as_str(self) -> &'static str {
         self.into()
     }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        s.parse().ok()
-    }
 }
 
 /// The natural key of a grant and of the license it yields.
