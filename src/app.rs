@@ -6,6 +6,7 @@ use std::io::{IsTerminal, Write};
 
 use anyhow::{Context, Result};
 use chrono::Utc;
+use futures::StreamExt;
 use serde_json::json;
 
 use crate::cli::{Cli, Command, DaemonArgs, LicensesCommand, MailCommand, OperatorArgs, Output, ReconcileArgs};
@@ -17,6 +18,7 @@ use crate::error::{EXIT_USAGE, Failure, exit_status, usage};
 use crate::mail::{MailService, MailUrl};
 use crate::operator;
 use crate::plan::PlanConfig;
+use crate::reconcile::fleet::{self, AccountRun, Fleet};
 use crate::reconcile::{
     EVENTS_CURSOR, Interrupted, ModeMismatch, Report, RunOptions, Scope, reconcile, render_json, render_text,
 };
@@ -42,6 +44,7 @@ pub async fn run(cli: Cli, config: Config) -> Result<()> {
         Command::Licenses(LicensesCommand::List {
             status,
             customer,
+            account,
             output,
         }) => {
             let status = status
@@ -57,6 +60,7 @@ pub async fn run(cli: Cli, config: Config) -> Result<()> {
             let licenses = db.store.list_licenses(&LicenseFilter {
                 status,
                 customer_email: customer,
+                stripe_account: account.map(|a| a.0),
             })?;
             print_licenses(&db.store, &licenses, output)
         }
@@ -109,11 +113,11 @@ pub async fn run(cli: Cli, config: Config) -> Result<()> {
             operate(&config, &args.key_or_id, command, Some(args.reason), &args.operator).await
         }
         Command::Reconcile(args) => {
-            let (report, outcome) = reconcile_once(&config, &args, stop_on_signal()).await?;
+            let (ran, outcome) = reconcile_once(&config, &args, stop_on_signal()).await?;
             match args.output {
-                Output::Json => println!("{}", render_json(&report)?),
+                Output::Json => println!("{}", ran.render_json()?),
                 Output::Text => {
-                    print!("{}", render_text(&report));
+                    print!("{}", ran.render_text());
                     if let (MailUrl::File(dir), false) = (&config.mail.url, args.dry_run) {
                         println!(
                             "License emails are written to {} (one .eml file per message).",
@@ -125,22 +129,24 @@ pub async fn run(cli: Cli, config: Config) -> Result<()> {
             outcome
         }
         Command::Mail(MailCommand::Resend { key_or_id }) => {
-            let mail = MailService::new(config.mail.clone())?;
             let db = open_migrated(&config)?;
             let license = db
                 .store
                 .find_license(&key_or_id)?
                 .ok_or_else(|| usage(anyhow::anyhow!("no license with key or id `{key_or_id}`")))?;
+            // Sent as its account sends (its sender and templates), by a
+            // sender that claims only its account's emails.
+            let mail = account_mail(&config, license.stripe_account.as_deref())?;
+            let store = db.store.for_account(license.stripe_account.as_deref());
             if license.customer_email.is_none() {
                 return Err(usage(anyhow::anyhow!(
                     "license {} has no customer email (Stripe had none); nothing to send",
                     license.key
                 )));
             }
-            let outbox_id = db.store.queue_resend(&license)?;
-            deliver_due(&db.store, &mail, config.mail_max_attempts, Utc::now()).await?;
-            let row = db
-                .store
+            let outbox_id = store.queue_resend(&license)?;
+            deliver_due(&store, &mail, config.mail_max_attempts, Utc::now()).await?;
+            let row = store
                 .outbox_for_license(license.id)?
                 .into_iter()
                 .find(|o| o.id == outbox_id);
@@ -192,10 +198,6 @@ async fn operate(
         by: operator::operator_name(who.by.as_deref())?,
         now: Utc::now(),
     };
-    let mail = match request.command {
-        operator::Command::Reissue { .. } => Some(MailService::new(config.mail.clone())?),
-        _ => None,
-    };
     let db = open_migrated(config)?;
     let done = db
         .store
@@ -207,8 +209,10 @@ async fn operate(
             ))
         })?;
     let mut email = None;
-    if let (Some(mail), Some(outbox_id)) = (&mail, done.outbox_id) {
-        if let Err(e) = deliver_due(&db.store, mail, config.mail_max_attempts, Utc::now()).await {
+    if let Some(outbox_id) = done.outbox_id {
+        let account = done.after.stripe_account.as_deref();
+        let (mail, store) = (account_mail(config, account)?, db.store.for_account(account));
+        if let Err(e) = deliver_due(&store, &mail, config.mail_max_attempts, Utc::now()).await {
             tracing::warn!(error = %format!("{e:#}"), "could not deliver the new key; the next reconcile retries");
         }
         email = db
@@ -282,6 +286,13 @@ async fn operate(
     Ok(())
 }
 
+/// The email service of one account: its sender and templates from the
+/// accounts file, else the deployment's.
+fn account_mail(config: &Config, stripe_account: Option<&str>) -> Result<MailService> {
+    let settings = config.accounts.mail_for(stripe_account, &config.mail).map_err(usage)?;
+    MailService::new(settings)
+}
+
 fn brief(value: &serde_json::Value) -> String {
     match value {
         serde_json::Value::Null => "none".into(),
@@ -290,14 +301,147 @@ fn brief(value: &serde_json::Value) -> String {
     }
 }
 
+/// What one `reconcile` did: one account's run, as before accounts
+/// existed, or several accounts' (`--stripe-account`, `--accounts-file`).
+#[derive(Debug)]
+pub enum Ran {
+    One(Report),
+    Many(Fleet),
+}
+
+impl Ran {
+    pub fn render_json(&self) -> Result<String> {
+        match self {
+            Ran::One(report) => render_json(report),
+            Ran::Many(fleet) => fleet::render_json(fleet),
+        }
+    }
+
+    pub fn render_text(&self) -> String {
+        match self {
+            Ran::One(report) => render_text(report),
+            Ran::Many(fleet) => fleet::render_text(fleet),
+        }
+    }
+}
+
 /// One reconcile as the `reconcile` command and each daemon tick run it.
 pub async fn reconcile_once(
     config: &Config,
     args: &ReconcileArgs,
     stop: tokio::sync::watch::Receiver<bool>,
-) -> Result<(Report, Result<()>)> {
-    let key = config.require_stripe_key().map_err(usage)?.clone();
-    // Flags first: a bad --since is a usage error before any database or network IO.
+) -> Result<(Ran, Result<()>)> {
+    let several = config.accounts.is_configured();
+    if !several {
+        config.require_stripe_key().map_err(usage)?;
+    }
+    // Flags and accounts first: a bad --since or accounts file is a usage
+    // error before any database or network IO.
+    let scope = reconcile_scope(args)?;
+    let configured = config.accounts().map_err(usage)?;
+    let count = configured.len();
+    let accounts = crate::accounts::select(configured, args.shard);
+    let mut mails = Vec::with_capacity(accounts.len());
+    for account in &accounts {
+        mails.push(if args.dry_run {
+            None
+        } else {
+            let mail = MailService::new(account.mail.clone());
+            Some(if several {
+                mail.map_err(|e| usage(e.context(format!("the sender of account {}", account.label()))))?
+            } else {
+                mail?
+            })
+        });
+    }
+    let db = OpenDatabase::open(&config.database)?;
+    if args.dry_run {
+        if db.store.has_pending_migrations()? {
+            return Err(usage(anyhow::anyhow!(
+                "the database has pending migrations and a dry run writes nothing: run `licensync migrate` first"
+            )));
+        }
+    } else {
+        db.store.migrate()?;
+    }
+    let options = RunOptions {
+        scope,
+        stop: Some(stop),
+        progress: !several && args.output == Output::Text && std::io::stderr().is_terminal(),
+        dry_run: args.dry_run,
+        allow_mode_mismatch: args.allow_mode_mismatch,
+        plan: PlanConfig {
+            grace: config.grace,
+            past_due_grace: config.past_due_grace,
+            mail_since: config.mail_since,
+        },
+        mail_max_attempts: config.mail_max_attempts,
+        report_actions: args.report_actions,
+    };
+    let metrics_file = args.metrics_file.as_deref().filter(|_| !args.dry_run);
+    if !several && let (Some(account), Some(mail)) = (accounts.first(), mails.pop()) {
+        let source = account_source(config, account)?;
+        let (report, outcome) = match reconcile(&db.store, source, mail.as_ref(), options).await {
+            Ok(done) => done,
+            Err(e) => {
+                // A refused run did nothing, but alerting must hear of it.
+                if let Some(path) = metrics_file.filter(|_| is_mode_mismatch(&e)) {
+                    write_metrics(path, || {
+                        crate::metrics::render_refused(crate::metrics::Refusal::ModeMismatch, &db.store)
+                    });
+                }
+                return Err(e);
+            }
+        };
+        if let Some(path) = metrics_file {
+            write_metrics(path, || crate::metrics::render(&report, &db.store));
+        }
+        return Ok((Ran::One(report), outcome));
+    }
+    let started = std::time::Instant::now();
+    let shard = args.shard;
+    let runs = futures::stream::iter(accounts.into_iter().zip(mails).enumerate())
+        .map(|(i, (account, mail))| {
+            let (store, options) = (db.store.for_account(account.stripe_account.as_deref()), options.clone());
+            async move {
+                let done = match account_source(config, &account) {
+                    Ok(source) => reconcile(&store, source, mail.as_ref(), options).await,
+                    Err(e) => Err(e),
+                };
+                let run = AccountRun::of(account.stripe_account.clone(), account.name.clone(), done);
+                match &run.error {
+                    None => tracing::info!(stripe_account = run.label(), outcome = %run.outcome, "account reconciled"),
+                    Some(e) => tracing::warn!(
+                        stripe_account = run.label(),
+                        outcome = %run.outcome,
+                        error = %crate::secret::redact(&format!("{e:#}")),
+                        "account not reconciled; the other accounts go on"
+                    ),
+                }
+                (i, run)
+            }
+        })
+        .buffer_unordered(config.account_concurrency)
+        .collect::<Vec<_>>()
+        .await;
+    let mut runs = runs;
+    runs.sort_by_key(|(i, _)| *i);
+    let fleet = Fleet {
+        runs: runs.into_iter().map(|(_, r)| r).collect(),
+        dry_run: args.dry_run,
+        shard,
+        configured: count,
+        duration_ms: started.elapsed().as_millis() as u64,
+    };
+    if let Some(path) = metrics_file {
+        write_metrics(path, || crate::metrics::render_fleet(&fleet, &db.store));
+    }
+    let outcome = fleet.outcome();
+    Ok((Ran::Many(fleet), outcome))
+}
+
+/// `--full`, `--since`/`--until`, or neither.
+fn reconcile_scope(args: &ReconcileArgs) -> Result<Scope> {
     let scope = match (&args.since, args.full) {
         (Some(since), _) => Scope::Since {
             since: parse_timestamp(since, "--since").map_err(usage)?,
@@ -321,57 +465,18 @@ pub async fn reconcile_once(
             "--until ({until}) must be after --since ({since})"
         )));
     }
-    let mail = if args.dry_run {
-        None
-    } else {
-        Some(MailService::new(config.mail.clone())?)
-    };
-    let db = OpenDatabase::open(&config.database)?;
-    if args.dry_run {
-        if db.store.has_pending_migrations()? {
-            return Err(usage(anyhow::anyhow!(
-                "the database has pending migrations and a dry run writes nothing: run `licensync migrate` first"
-            )));
-        }
-    } else {
-        db.store.migrate()?;
-    }
-    let source = StripeSource::new(StripeConfig {
+    Ok(scope)
+}
+
+/// The Stripe client of one account: its key, and the `Stripe-Account`
+/// header for a connected account; each client has its own rate budget.
+fn account_source(config: &Config, account: &crate::accounts::Account) -> Result<StripeSource> {
+    Ok(StripeSource::new(StripeConfig {
         base_url: config.stripe_api_base.clone(),
         rps: config.stripe_rps,
-        ..StripeConfig::new(key)
-    })?;
-    let options = RunOptions {
-        scope,
-        stop: Some(stop),
-        progress: args.output == Output::Text && std::io::stderr().is_terminal(),
-        dry_run: args.dry_run,
-        allow_mode_mismatch: args.allow_mode_mismatch,
-        plan: PlanConfig {
-            grace: config.grace,
-            past_due_grace: config.past_due_grace,
-            mail_since: config.mail_since,
-        },
-        mail_max_attempts: config.mail_max_attempts,
-        report_actions: args.report_actions,
-    };
-    let metrics_file = args.metrics_file.as_deref().filter(|_| !args.dry_run);
-    let (report, outcome) = match reconcile(&db.store, source, mail.as_ref(), options).await {
-        Ok(done) => done,
-        Err(e) => {
-            // A refused run did nothing, but alerting must hear of it.
-            if let Some(path) = metrics_file.filter(|_| is_mode_mismatch(&e)) {
-                write_metrics(path, || {
-                    crate::metrics::render_refused(crate::metrics::Refusal::ModeMismatch, &db.store)
-                });
-            }
-            return Err(e);
-        }
-    };
-    if let Some(path) = metrics_file {
-        write_metrics(path, || crate::metrics::render(&report, &db.store));
-    }
-    Ok((report, outcome))
+        account: account.connect.then(|| account.stripe_account.clone()).flatten(),
+        ..StripeConfig::new(account.api_key.clone())
+    })?)
 }
 
 /// Metrics are for alerting: a failure to write them must not hide the run's own outcome.
@@ -410,7 +515,11 @@ pub fn parse_schedule(expression: &str) -> Result<cron::Schedule> {
 /// run are skipped. A failed run is logged and the daemon goes on.
 async fn daemon(config: &Config, args: DaemonArgs) -> Result<()> {
     let schedule = parse_schedule(&args.schedule)?;
-    config.require_stripe_key().map_err(usage)?;
+    if config.accounts.is_configured() {
+        config.accounts().map_err(usage)?;
+    } else {
+        config.require_stripe_key().map_err(usage)?;
+    }
     let mut stop = stop_on_signal();
     let reconcile_args = ReconcileArgs {
         full: false,
@@ -422,6 +531,7 @@ async fn daemon(config: &Config, args: DaemonArgs) -> Result<()> {
         metrics_file: args.reconcile.metrics_file.clone(),
         // The daemon logs counts, never the actions: keep none.
         report_actions: 0,
+        shard: args.reconcile.shard,
     };
     tracing::info!(schedule = %args.schedule, "daemon started");
     loop {
@@ -439,7 +549,7 @@ async fn daemon(config: &Config, args: DaemonArgs) -> Result<()> {
             return Ok(());
         }
         match reconcile_once(config, &reconcile_args, stop.clone()).await {
-            Ok((report, Ok(()))) => tracing::info!(
+            Ok((Ran::One(report), Ok(()))) => tracing::info!(
                 run_id = report.run_id.as_deref().unwrap_or("-"),
                 mode = report.mode.as_ref(),
                 counts = %serde_json::to_string(&report.counts).unwrap_or_default(),
@@ -448,7 +558,15 @@ async fn daemon(config: &Config, args: DaemonArgs) -> Result<()> {
                 duration_ms = report.duration_ms,
                 "run succeeded"
             ),
-            Ok((_, Err(e))) if e.chain().any(|c| c.is::<Interrupted>()) => {
+            Ok((Ran::Many(fleet), Ok(()))) => tracing::info!(
+                accounts = fleet.runs.len(),
+                counts = %serde_json::to_string(&fleet.counts()).unwrap_or_default(),
+                stripe_requests = fleet.stripe_requests(),
+                emails_sent = fleet.emails_sent(),
+                duration_ms = fleet.duration_ms,
+                "run succeeded"
+            ),
+            Ok((_, Err(e))) if e.chain().any(|c| c.is::<Interrupted>()) || *stop.borrow() => {
                 tracing::info!("stopped on signal after the page in progress");
                 return Ok(());
             }
@@ -501,17 +619,44 @@ fn status(store: &Store, output: Output) -> Result<()> {
     let under_override = store.override_count()?;
     let emails = store.outbox_counts()?;
     let now = Utc::now();
-    let cursor_json = cursor.as_ref().map(|(value, updated_at)| {
-        json!({"value": value, "updated_at": updated_at, "age_seconds": (now - *updated_at).num_seconds()})
-    });
+    let cursor_json = |cursor: &Option<(String, chrono::DateTime<Utc>)>| {
+        cursor.as_ref().map(|(value, updated_at)| {
+            json!({"value": value, "updated_at": updated_at, "age_seconds": (now - *updated_at).num_seconds()})
+        })
+    };
+    // Each account's own figures (licensing-rules §9).
+    let mut accounts = Vec::new();
+    for account in store.known_accounts()? {
+        let scoped = store.for_account(account.as_deref());
+        accounts.push((
+            account,
+            scoped.recent_runs(1)?.into_iter().next(),
+            scoped.cursor(EVENTS_CURSOR)?,
+            scoped.license_counts()?,
+            scoped.outbox_counts()?,
+        ));
+    }
     match output {
         Output::Json => {
+            let by_account: Vec<serde_json::Value> = accounts
+                .iter()
+                .map(|(account, last_run, cursor, licenses, emails)| {
+                    json!({
+                        "stripe_account": account,
+                        "last_run": last_run,
+                        "cursor": cursor_json(cursor),
+                        "licenses": licenses,
+                        "emails": emails,
+                    })
+                })
+                .collect();
             let report = json!({
                 "runs": runs,
-                "cursor": cursor_json,
+                "cursor": cursor_json(&cursor),
                 "licenses": licenses,
                 "licenses_under_override": under_override,
                 "emails": emails,
+                "accounts": by_account,
             });
             println!("{}", serde_json::to_string_pretty(&report)?);
         }
@@ -526,9 +671,13 @@ fn status(store: &Store, output: Output) -> Result<()> {
                     .finished_at
                     .map(|f| format!("{:.1}s", (f - r.started_at).num_milliseconds() as f64 / 1000.0))
                     .unwrap_or_else(|| "still running".into());
+                let account = match (&r.stripe_account, accounts.len() > 1) {
+                    (_, false) => String::new(),
+                    (account, true) => format!("{:<22}", crate::accounts::label(account.as_deref())),
+                };
                 writeln!(
                     out,
-                    "  #{:<5} {:<11} {:<9} started {}  {}  {} Stripe requests{}",
+                    "  #{:<5} {account}{:<11} {:<9} started {}  {}  {} Stripe requests{}",
                     r.id,
                     r.mode,
                     r.outcome,
@@ -557,6 +706,43 @@ fn status(store: &Store, output: Output) -> Result<()> {
                 "Emails: {} pending, {} sent, {} failed, {} without recipient, {} skipped (before --mail-since)",
                 emails.pending, emails.sent, emails.failed, emails.no_recipient, emails.skipped
             )?;
+            if accounts.len() > 1 {
+                writeln!(out, "By account:")?;
+                for (account, last_run, cursor, licenses, emails) in &accounts {
+                    let counts: Vec<String> = licenses
+                        .iter()
+                        .filter(|(_, v)| **v > 0)
+                        .map(|(k, v)| format!("{k} {v}"))
+                        .collect();
+                    let run = last_run
+                        .as_ref()
+                        .map(|r| format!("last run #{} {} {}", r.id, r.mode, r.outcome))
+                        .unwrap_or_else(|| "no run yet".into());
+                    let cursor = cursor
+                        .as_ref()
+                        .map(|(_, at)| {
+                            format!(
+                                "cursor stored {} ago",
+                                humantime::format_duration(std::time::Duration::from_secs(
+                                    (now - *at).num_seconds().max(0) as u64
+                                ))
+                            )
+                        })
+                        .unwrap_or_else(|| "no cursor".into());
+                    writeln!(
+                        out,
+                        "  {:<22} {run}; {cursor}; licenses {}; emails {} pending, {} failed",
+                        crate::accounts::label(account.as_deref()),
+                        if counts.is_empty() {
+                            "none".into()
+                        } else {
+                            counts.join(", ")
+                        },
+                        emails.pending,
+                        emails.failed
+                    )?;
+                }
+            }
         }
     }
     Ok(())

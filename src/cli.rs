@@ -162,6 +162,35 @@ pub struct Settings {
     /// Client-side ceiling on Stripe requests per second (default: below Stripe's limits for the key's mode).
     #[arg(long, env = "LICENSYNC_STRIPE_RPS", global = true, value_name = "N")]
     pub stripe_rps: Option<String>,
+
+    /// Stripe Connect: reconcile this connected account (acct_...) with the platform key, through the
+    /// Stripe-Account header; repeatable (the variable separates them with commas). `self` is the
+    /// platform key's own account, which is not read when only connected accounts are named.
+    #[arg(
+        long = "stripe-account",
+        env = "LICENSYNC_STRIPE_ACCOUNTS",
+        global = true,
+        value_name = "ACCT",
+        value_delimiter = ',',
+        value_parser = crate::accounts::account_arg
+    )]
+    pub stripe_accounts: Vec<crate::accounts::ConnectedAccount>,
+
+    /// Several accounts with keys, senders and templates of their own: a TOML file with one [[account]]
+    /// table each (name, stripe_account, stripe_api_key_file, mail_from, mail_templates).
+    #[arg(long, env = "LICENSYNC_ACCOUNTS_FILE", global = true, value_name = "PATH")]
+    pub accounts_file: Option<std::path::PathBuf>,
+
+    /// Accounts reconciled side by side; each has its own Stripe rate budget.
+    #[arg(
+        long,
+        env = "LICENSYNC_ACCOUNT_CONCURRENCY",
+        global = true,
+        value_name = "N",
+        default_value_t = 4,
+        value_parser = clap::value_parser!(u16).range(1..)
+    )]
+    pub account_concurrency: u16,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
@@ -219,6 +248,10 @@ pub struct ReconcileArgs {
     /// (every action is in the ledger).
     #[arg(long, value_name = "N", default_value_t = 1000)]
     pub report_actions: usize,
+    /// Only the accounts of shard I of N (0 <= I < N), by a stable hash of the account id: a Kubernetes
+    /// Indexed Job passes $(JOB_COMPLETION_INDEX)/N.
+    #[arg(long, env = "LICENSYNC_SHARD", value_name = "I/N")]
+    pub shard: Option<crate::accounts::Shard>,
 }
 
 #[derive(Debug, Args)]
@@ -238,6 +271,9 @@ pub struct DaemonReconcileArgs {
     /// Write Prometheus textfile metrics here after every run.
     #[arg(long, env = "LICENSYNC_METRICS_FILE", value_name = "PATH")]
     pub metrics_file: Option<std::path::PathBuf>,
+    /// Only the accounts of shard I of N, as for `reconcile --shard`.
+    #[arg(long, env = "LICENSYNC_SHARD", value_name = "I/N")]
+    pub shard: Option<crate::accounts::Shard>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -250,6 +286,9 @@ pub enum LicensesCommand {
         /// Only licenses of this customer email (case-insensitive).
         #[arg(long, value_name = "EMAIL")]
         customer: Option<String>,
+        /// Only licenses of this Stripe account (acct_..., or `self` for the key's own account).
+        #[arg(long = "account", value_name = "ACCT", value_parser = crate::accounts::account_arg)]
+        account: Option<crate::accounts::ConnectedAccount>,
         #[arg(long, value_enum, default_value_t)]
         output: Output,
     },

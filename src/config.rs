@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, anyhow, bail};
 use chrono::{DateTime, NaiveDate, Utc};
 
+use crate::accounts::{Account, AccountSettings};
 use crate::cli::Settings;
 use crate::mail::{MailSettings, MailUrl, parse_from, parse_mailbox};
 use crate::secret::{Secret, redact};
@@ -43,6 +44,10 @@ pub struct Config {
     pub log_format: LogFormat,
     /// `--mail-since`: purchases created before it are issued silently.
     pub mail_since: Option<DateTime<Utc>>,
+    /// `--stripe-account`, `--accounts-file`: which accounts to read.
+    pub accounts: AccountSettings,
+    /// `--account-concurrency`.
+    pub account_concurrency: usize,
 }
 
 impl Config {
@@ -120,7 +125,18 @@ impl Config {
             past_due_grace: parse_duration(&s.past_due_grace, "--past-due-grace / LICENSYNC_PAST_DUE_GRACE")?,
             log_format,
             mail_since: s.mail_since,
+            accounts: AccountSettings {
+                connected: s.stripe_accounts.clone(),
+                file: s.accounts_file.clone().filter(|p| !p.as_os_str().is_empty()),
+            },
+            account_concurrency: usize::from(s.account_concurrency),
         })
+    }
+
+    /// The accounts to reconcile (see `crate::accounts`), read and checked
+    /// before any database or network IO.
+    pub fn accounts(&self) -> Result<Vec<Account>> {
+        self.accounts.resolve(self.stripe_api_key.as_ref(), &self.mail)
     }
 
     /// The Stripe key, or the usage error for commands that read Stripe.

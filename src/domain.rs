@@ -375,6 +375,9 @@ pub struct License {
     pub product_name: Option<String>,
     pub source_kind: SourceKind,
     pub source_id: String,
+    /// The Stripe account the purchase was made in (licensing-rules §9):
+    /// `acct_...`, or `None` for the API key's own account.
+    pub stripe_account: Option<String>,
     pub stripe_customer_id: Option<String>,
     pub stripe_subscription_id: Option<String>,
     pub stripe_payment_intent: Option<String>,

@@ -357,6 +357,7 @@ pub fn license_from(action: &Action, id: i64, now: Timestamp) -> License {
         product_name: None,
         source_kind: action.grant.source_kind,
         source_id: action.grant.source_id.clone(),
+        stripe_account: None,
         stripe_customer_id: None,
         stripe_subscription_id: None,
         stripe_payment_intent: None,

@@ -5,6 +5,7 @@
 //! decides (pure); `apply` writes a plan through `store`; `mail` delivers
 //! keys. `pg` runs the embedded database.
 
+pub mod accounts;
 pub mod app;
 pub mod apply;
 pub mod catalog;

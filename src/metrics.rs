@@ -16,12 +16,13 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use chrono::{DateTime, Utc};
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeGaugeValue, EncodeMetric};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 
 use crate::reconcile::Report;
+use crate::reconcile::fleet::{AccountOutcome, Fleet};
 use crate::store::{OutboxCounts, Store};
 
 /// Why a run was refused before it read or wrote anything
@@ -122,137 +123,214 @@ pub fn render_refused(refusal: Refusal, store: &Store) -> Result<String> {
     Ok(encode(&Snapshot::read(store, LastRun::Refused(refusal))?))
 }
 
+/// Renders the metrics of several accounts' runs (licensing-rules §9):
+/// every sample carries `stripe_account` (`acct_...`, or `own` for the key's
+/// own account), and each account's database figures are its own. An
+/// account refused before it ran (locked, a bad key) has no `licensync_run_*`
+/// samples and `licensync_last_run_success` 0, unless another run holds it
+/// (then it is left out: that run writes its metrics).
+pub fn render_fleet(fleet: &Fleet, store: &Store) -> Result<String> {
+    let mut snapshots = Vec::new();
+    for run in &fleet.runs {
+        if run.outcome == AccountOutcome::Locked {
+            continue;
+        }
+        let last_run = match &run.report {
+            Some(report) => LastRun::Ran(RunMetrics::of(report)),
+            None => LastRun::Ran(RunMetrics::default()),
+        };
+        let scoped = store.for_account(run.stripe_account.as_deref());
+        snapshots.push((Some(run.label().to_owned()), Snapshot::read(&scoped, last_run)?));
+    }
+    Ok(encode_all(snapshots))
+}
+
 /// The snapshot in the Prometheus text format, through prometheus-client's
 /// registry and encoder.
 pub fn encode(snapshot: &Snapshot) -> String {
+    encode_all(vec![(None, snapshot.clone())])
+}
+
+/// Snapshots of several accounts in one file: one family per metric, a
+/// sample per account (labelled `stripe_account` when the account is named).
+fn encode_all(snapshots: Vec<(Option<String>, Snapshot)>) -> String {
     let mut registry = Registry::default();
-    registry.register_collector(Box::new(SnapshotCollector(snapshot.clone())));
+    registry.register_collector(Box::new(SnapshotCollector(snapshots)));
     let mut out = String::new();
     prometheus_client::encoding::prometheus_text::encode(&mut out, &registry).expect("writing to a String cannot fail");
     out
 }
 
-/// Hands the snapshot to the encoder as constant gauges, in a fixed order
+/// Hands the snapshots to the encoder as constant gauges, in a fixed order
 /// (labelled samples sorted), so two files of the same state are identical.
 #[derive(Debug)]
-struct SnapshotCollector(Snapshot);
+struct SnapshotCollector(Vec<(Option<String>, Snapshot)>);
 
-/// One unlabelled gauge.
-fn single<N: EncodeGaugeValue>(
-    encoder: &mut DescriptorEncoder,
-    name: &str,
-    help: &str,
-    value: N,
-) -> Result<(), std::fmt::Error> {
-    ConstGauge::new(value).encode(encoder.encode_descriptor(name, help, None, MetricType::Gauge)?)
+/// A gauge's value: integers print as integers.
+#[derive(Debug, Clone, Copy)]
+enum Num {
+    Int(i64),
+    Float(f64),
 }
 
-/// One gauge with one label, a sample per value of the label.
-fn labelled<N: EncodeGaugeValue + Copy>(
-    encoder: &mut DescriptorEncoder,
-    name: &str,
-    help: &str,
-    label: &str,
-    samples: &[(&str, N)],
-) -> Result<(), std::fmt::Error> {
-    let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
-    for (value_of_label, value) in samples {
-        let labels = [(label, *value_of_label)];
-        ConstGauge::new(*value).encode(metric.encode_family(&labels)?)?;
+impl From<i64> for Num {
+    fn from(v: i64) -> Num {
+        Num::Int(v)
     }
-    Ok(())
+}
+
+impl From<u64> for Num {
+    fn from(v: u64) -> Num {
+        Num::Int(i64::try_from(v).unwrap_or(i64::MAX))
+    }
+}
+
+impl From<f64> for Num {
+    fn from(v: f64) -> Num {
+        Num::Float(v)
+    }
+}
+
+/// One metric family: its samples, each with its labels.
+struct Family {
+    name: &'static str,
+    help: &'static str,
+    samples: Vec<(Vec<(&'static str, String)>, Num)>,
+}
+
+impl Family {
+    fn new(name: &'static str, help: &'static str) -> Family {
+        Family {
+            name,
+            help,
+            samples: Vec::new(),
+        }
+    }
+
+    fn add(&mut self, account: &Option<String>, labels: &[(&'static str, &str)], value: impl Into<Num>) {
+        let mut all: Vec<(&'static str, String)> = Vec::new();
+        if let Some(account) = account {
+            all.push(("stripe_account", account.clone()));
+        }
+        all.extend(labels.iter().map(|(k, v)| (*k, (*v).to_owned())));
+        self.samples.push((all, value.into()));
+    }
+
+    fn encode(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        if self.samples.is_empty() {
+            return Ok(());
+        }
+        let mut metric = encoder.encode_descriptor(self.name, self.help, None, MetricType::Gauge)?;
+        for (labels, value) in &self.samples {
+            if labels.is_empty() {
+                // The one sample of an unlabelled gauge.
+                return encode_value(*value, metric);
+            }
+            let labels: Vec<(&str, &str)> = labels.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            encode_value(*value, metric.encode_family(&labels)?)?;
+        }
+        Ok(())
+    }
+}
+
+fn encode_value(value: Num, encoder: prometheus_client::encoding::MetricEncoder) -> Result<(), std::fmt::Error> {
+    match value {
+        Num::Int(v) => ConstGauge::new(v).encode(encoder),
+        Num::Float(v) => ConstGauge::new(v).encode(encoder),
+    }
 }
 
 impl Collector for SnapshotCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let s = &self.0;
-        let e = &mut encoder;
-        single(
-            e,
+        let mut last_run = Family::new(
             "licensync_last_run_timestamp_seconds",
             "When the last run ended (refused runs included), unix seconds.",
-            s.now.timestamp(),
-        )?;
-        let succeeded = matches!(&s.last_run, LastRun::Ran(run) if run.succeeded);
-        single(
-            e,
-            "licensync_last_run_success",
-            "1 when the last run succeeded, else 0.",
-            i64::from(succeeded),
-        )?;
-        let refused: Vec<(&str, i64)> = Refusal::ALL
-            .iter()
-            .map(|r| (r.as_str(), i64::from(s.last_run == LastRun::Refused(*r))))
-            .collect();
-        labelled(
-            e,
+        );
+        let mut success = Family::new("licensync_last_run_success", "1 when the last run succeeded, else 0.");
+        let mut refused = Family::new(
             "licensync_last_run_refused",
             "1 when the last run was refused for this reason before doing anything, else 0.",
-            "reason",
-            &refused,
-        )?;
-        if let Some(at) = s.last_success {
-            single(
-                e,
-                "licensync_last_success_timestamp_seconds",
-                "When the last successful run ended, unix seconds.",
-                at.timestamp(),
-            )?;
-        }
-        if let LastRun::Ran(run) = &s.last_run {
-            single(
-                e,
-                "licensync_run_duration_seconds",
-                "Duration of the last run.",
-                run.duration_seconds,
-            )?;
-            let actions: Vec<(&str, u64)> = run.actions.iter().map(|(k, v)| (k.as_str(), *v)).collect();
-            labelled(
-                e,
-                "licensync_run_actions",
-                "Actions of the last run by kind (and unchanged, skipped).",
-                "action",
-                &actions,
-            )?;
-            single(
-                e,
-                "licensync_run_stripe_requests",
-                "Stripe requests (HTTP attempts, retries included) made by the last run.",
-                run.stripe_requests,
-            )?;
-            single(
-                e,
-                "licensync_run_stripe_rate_limited",
-                "Stripe requests of the last run answered 429 (rate limited), retried while retries remained.",
-                run.stripe_rate_limited,
-            )?;
-        }
-        let m = &s.emails;
-        labelled(
-            e,
-            "licensync_emails",
-            "License emails by delivery status.",
-            "status",
-            &[
+        );
+        let mut last_success = Family::new(
+            "licensync_last_success_timestamp_seconds",
+            "When the last successful run ended, unix seconds.",
+        );
+        let mut duration = Family::new("licensync_run_duration_seconds", "Duration of the last run.");
+        let mut actions = Family::new(
+            "licensync_run_actions",
+            "Actions of the last run by kind (and unchanged, skipped).",
+        );
+        let mut requests = Family::new(
+            "licensync_run_stripe_requests",
+            "Stripe requests (HTTP attempts, retries included) made by the last run.",
+        );
+        let mut rate_limited = Family::new(
+            "licensync_run_stripe_rate_limited",
+            "Stripe requests of the last run answered 429 (rate limited), retried while retries remained.",
+        );
+        let mut emails = Family::new("licensync_emails", "License emails by delivery status.");
+        let mut oldest = Family::new(
+            "licensync_email_oldest_pending_age_seconds",
+            "Seconds since the oldest email still pending was queued (0: none pending).",
+        );
+        let mut licenses = Family::new("licensync_licenses", "Licenses by status.");
+        for (account, s) in &self.0 {
+            last_run.add(account, &[], s.now.timestamp());
+            let succeeded = matches!(&s.last_run, LastRun::Ran(run) if run.succeeded);
+            success.add(account, &[], i64::from(succeeded));
+            for r in Refusal::ALL {
+                refused.add(
+                    account,
+                    &[("reason", r.as_str())],
+                    i64::from(s.last_run == LastRun::Refused(r)),
+                );
+            }
+            if let Some(at) = s.last_success {
+                last_success.add(account, &[], at.timestamp());
+            }
+            if let LastRun::Ran(run) = &s.last_run {
+                duration.add(account, &[], run.duration_seconds);
+                for (k, v) in &run.actions {
+                    actions.add(account, &[("action", k.as_str())], *v);
+                }
+                requests.add(account, &[], run.stripe_requests);
+                rate_limited.add(account, &[], run.stripe_rate_limited);
+            }
+            let m = &s.emails;
+            for (status, n) in [
                 ("failed", m.failed),
                 ("no_recipient", m.no_recipient),
                 ("pending", m.pending),
                 ("sent", m.sent),
                 ("skipped", m.skipped),
-            ],
-        )?;
-        let age = s
-            .oldest_pending_email
-            .map(|at| (s.now - at).num_seconds().max(0))
-            .unwrap_or(0);
-        single(
-            e,
-            "licensync_email_oldest_pending_age_seconds",
-            "Seconds since the oldest email still pending was queued (0: none pending).",
-            age,
-        )?;
-        let licenses: Vec<(&str, i64)> = s.licenses.iter().map(|(k, v)| (k.as_str(), *v)).collect();
-        labelled(e, "licensync_licenses", "Licenses by status.", "status", &licenses)
+            ] {
+                emails.add(account, &[("status", status)], n);
+            }
+            let age = s
+                .oldest_pending_email
+                .map(|at| (s.now - at).num_seconds().max(0))
+                .unwrap_or(0);
+            oldest.add(account, &[], age);
+            for (k, v) in &s.licenses {
+                licenses.add(account, &[("status", k.as_str())], *v);
+            }
+        }
+        for family in [
+            last_run,
+            success,
+            refused,
+            last_success,
+            duration,
+            actions,
+            requests,
+            rate_limited,
+            emails,
+            oldest,
+            licenses,
+        ] {
+            family.encode(&mut encoder)?;
+        }
+        Ok(())
     }
 }
 

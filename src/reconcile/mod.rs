@@ -42,6 +42,7 @@
 //! - A run stopped by a signal stops applying at once; pages read ahead but
 //!   not applied are read again by the next run.
 
+pub mod fleet;
 mod read;
 mod report;
 mod routing;

@@ -63,6 +63,13 @@ pub struct Store {
     /// Set by [`Store::fenced`]: page writes first check that this run still
     /// holds the run lock.
     fence: Option<RunFence>,
+    /// The Stripe account a run's operations are scoped to ([`Store::for_account`]):
+    /// `None`, the key's own account. Commands that read every account
+    /// (`licenses list`, `status`) say so in their own queries.
+    account: Option<String>,
+    /// Set by [`Store::for_account`]: the counts (licenses, emails) are this
+    /// account's too, not the whole database's.
+    scoped: bool,
 }
 
 const LOST_LOCK: &str = "this run no longer holds the run lock (its session ended: the database restarted?); \
@@ -74,6 +81,20 @@ const LOST_LOCK: &str = "this run no longer holds the run lock (its session ende
 struct RunFence {
     pid: i32,
     backend_start: DateTime<Utc>,
+    /// The advisory lock key held.
+    key: i64,
+}
+
+/// The run lock of an account: the one-run-per-database key for the key's
+/// own account (as before accounts existed, so an older licensync and this
+/// one still exclude each other), and a key from the account id's stable
+/// hash for every other account. Two accounts whose hashes collide (about
+/// one chance in 2^64 per pair) only wait for each other.
+fn run_lock_key(account: Option<&str>) -> i64 {
+    match account {
+        None => RUN_LOCK_KEY,
+        Some(_) => crate::accounts::stable_hash(account) as i64,
+    }
 }
 
 impl std::fmt::Debug for Store {
@@ -111,6 +132,8 @@ pub struct RunLock {
 pub struct LicenseFilter {
     pub status: Option<LicenseStatus>,
     pub customer_email: Option<String>,
+    /// One account's licenses (`Some(None)`: the key's own account's).
+    pub stripe_account: Option<Option<String>>,
 }
 
 /// One write of the applier: a license row (new or existing, by natural
@@ -151,7 +174,9 @@ impl Store {
             .map_err(|e| anyhow!("connecting to the license database: {}", redact(&e.to_string())))?;
         let manager = ConnectionManager::<PgConnection>::new(url.expose());
         let pool = Pool::builder()
-            .max_size(4)
+            // One run per account side by side (`--account-concurrency`),
+            // each mostly on one connection at a time.
+            .max_size(16)
             .min_idle(Some(0))
             .connection_timeout(std::time::Duration::from_secs(30))
             .build_unchecked(manager);
@@ -159,6 +184,8 @@ impl Store {
             pool,
             url: url.clone(),
             fence: None,
+            account: None,
+            scoped: false,
         })
     }
 
@@ -208,12 +235,35 @@ impl Store {
         }
     }
 
-    /// Takes the one-run-per-database lock, or `None` when another run has it.
+    /// This store, its run operations (licenses a page reads and writes,
+    /// the clock sweep, runs, the cursor, the run lock, the outbox a sender
+    /// claims) scoped to one Stripe account; `None`: the key's own account.
+    pub fn for_account(&self, account: Option<&str>) -> Store {
+        Store {
+            account: account.map(str::to_owned),
+            scoped: true,
+            ..self.clone()
+        }
+    }
+
+    /// The account this store is scoped to.
+    pub fn account(&self) -> Option<&str> {
+        self.account.as_deref()
+    }
+
+    /// The value of `licenses.account_key` for this store's account.
+    fn account_key(&self) -> &str {
+        self.account.as_deref().unwrap_or("")
+    }
+
+    /// Takes the run lock of this store's account (one run per account at a
+    /// time), or `None` when another run has it.
     pub fn try_lock_run(&self) -> Result<Option<RunLock>> {
+        let key = run_lock_key(self.account.as_deref());
         let mut conn = PgConnection::establish(self.url.expose())
             .map_err(|e| anyhow!("connecting to the license database: {}", redact(&e.to_string())))?;
         let locked: bool = diesel::select(diesel::dsl::sql::<diesel::sql_types::Bool>(&format!(
-            "pg_try_advisory_lock({RUN_LOCK_KEY})"
+            "pg_try_advisory_lock({key})"
         )))
         .get_result(&mut conn)
         .context("taking the run lock")?;
@@ -230,7 +280,11 @@ impl Store {
         .context("reading the run lock's session")?;
         Ok(Some(RunLock {
             _conn: conn,
-            fence: RunFence { pid, backend_start },
+            fence: RunFence {
+                pid,
+                backend_start,
+                key,
+            },
         }))
     }
 
@@ -253,8 +307,8 @@ impl Store {
             "EXISTS (SELECT 1 FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid \
              WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 \
              AND l.classid = {} AND l.objid = {} AND l.pid = {} AND a.backend_start = '{}')",
-            (RUN_LOCK_KEY >> 32) as u32,
-            RUN_LOCK_KEY as u32,
+            (fence.key >> 32) as u32,
+            fence.key as u32,
             fence.pid,
             fence.backend_start.to_rfc3339(),
         )))
@@ -272,22 +326,27 @@ impl Store {
         }
     }
 
-    /// Runs recorded as `running` whose process is gone (killed, or the
-    /// database restarted under it) become `failed`: the caller holds the
-    /// run lock, so no other run is alive. Returns how many.
+    /// This account's runs recorded as `running` whose process is gone
+    /// (killed, or the database restarted under it) become `failed`: the
+    /// caller holds the account's run lock, so no other run of it is alive.
+    /// Returns how many.
     pub fn abandon_unfinished_runs(&self) -> Result<usize> {
         let mut conn = self.conn()?;
-        diesel::update(runs::table.filter(runs::outcome.eq(RunOutcome::Running)))
-            .set((
-                runs::outcome.eq(RunOutcome::Failed),
-                runs::finished_at.eq(diesel::dsl::now),
-                runs::error.eq(
-                    "the run ended without finishing (its process was killed or lost the database); \
+        diesel::update(
+            runs::table
+                .filter(runs::outcome.eq(RunOutcome::Running))
+                .filter(runs::stripe_account.is_not_distinct_from(self.account.clone())),
+        )
+        .set((
+            runs::outcome.eq(RunOutcome::Failed),
+            runs::finished_at.eq(diesel::dsl::now),
+            runs::error.eq(
+                "the run ended without finishing (its process was killed or lost the database); \
                      its committed pages stay and a later run converged",
-                ),
-            ))
-            .execute(&mut conn)
-            .context("closing runs that never finished")
+            ),
+        ))
+        .execute(&mut conn)
+        .context("closing runs that never finished")
     }
 
     // ---- licenses ----------------------------------------------------------
@@ -295,6 +354,9 @@ impl Store {
     pub fn list_licenses(&self, filter: &LicenseFilter) -> Result<Vec<License>> {
         let mut conn = self.conn()?;
         let mut query = licenses::table.select(LicenseRow::as_select()).into_boxed();
+        if let Some(account) = &filter.stripe_account {
+            query = query.filter(licenses::account_key.eq(account.as_deref().unwrap_or("")));
+        }
         if let Some(status) = filter.status {
             query = query.filter(licenses::status.eq(status));
         }
@@ -356,6 +418,7 @@ impl Store {
                     .or(licenses::stripe_subscription_id.eq_any(subscription_ids))
                     .or(licenses::stripe_payment_intent.eq_any(payment_intents)),
             )
+            .filter(licenses::account_key.eq(self.account_key()))
             .order(licenses::id.asc())
             .select(LicenseRow::as_select())
             .load(&mut conn)
@@ -370,6 +433,7 @@ impl Store {
         let mut conn = self.conn()?;
         let rows = licenses::table
             .filter(licenses::status.eq(LicenseStatus::Active))
+            .filter(licenses::account_key.eq(self.account_key()))
             .filter(licenses::id.gt(after_id))
             .filter(licenses::expires_at.le(now))
             .order(licenses::id.asc())
@@ -380,23 +444,29 @@ impl Store {
         rows.into_iter().map(LicenseRow::into_domain).collect()
     }
 
-    /// The modes (test/live) of the stored licenses.
+    /// The modes (test/live) of this account's stored licenses.
     pub fn stored_modes(&self) -> Result<Vec<bool>> {
         let mut conn = self.conn()?;
         licenses::table
+            .filter(licenses::account_key.eq(self.account_key()))
             .select(licenses::livemode)
             .distinct()
             .load(&mut conn)
             .context("reading the mode of stored licenses")
     }
 
+    /// Licenses by status: this account's when the store is scoped to one,
+    /// else the whole database's.
     pub fn license_counts(&self) -> Result<BTreeMap<String, i64>> {
         let mut conn = self.conn()?;
-        let rows: Vec<(LicenseStatus, i64)> = licenses::table
+        let mut query = licenses::table
             .group_by(licenses::status)
             .select((licenses::status, diesel::dsl::count_star()))
-            .load(&mut conn)
-            .context("counting licenses")?;
+            .into_boxed();
+        if self.scoped {
+            query = query.filter(licenses::account_key.eq(self.account_key()));
+        }
+        let rows: Vec<(LicenseStatus, i64)> = query.load(&mut conn).context("counting licenses")?;
         let mut counts: BTreeMap<String, i64> = LicenseStatus::ALL.iter().map(|s| (s.to_string(), 0)).collect();
         counts.extend(rows.into_iter().map(|(status, n)| (status.to_string(), n)));
         Ok(counts)
@@ -416,11 +486,17 @@ impl Store {
             if !self.fence_held(conn)? {
                 return Err(diesel::result::Error::QueryBuilderError(LOST_LOCK.into()));
             }
-            let rows: Vec<&NewLicenseRow> = writes.iter().map(|w| &w.license).collect();
+            let rows: Vec<NewLicenseRow> = writes
+                .iter()
+                .map(|w| NewLicenseRow {
+                    stripe_account: self.account.clone(),
+                    ..w.license.clone()
+                })
+                .collect();
             // The key is never in the update set: a key never changes once issued.
             let upsert = diesel::insert_into(licenses::table)
                 .values(rows)
-                .on_conflict((licenses::source_kind, licenses::source_id))
+                .on_conflict((licenses::source_kind, licenses::source_id, licenses::account_key))
                 .do_update()
                 .set((
                     licenses::status.eq(excluded(licenses::status)),
@@ -486,6 +562,7 @@ impl Store {
                         kind: email.kind.clone(),
                         status: email.status.as_str().to_owned(),
                         recipient: w.license.customer_email.clone(),
+                        stripe_account: self.account.clone(),
                     });
                 }
                 let source_kind = grant.0;
@@ -520,7 +597,11 @@ impl Store {
     pub fn start_run(&self, mode: RunMode, livemode: Option<bool>) -> Result<i64> {
         let mut conn = self.conn()?;
         diesel::insert_into(runs::table)
-            .values((runs::mode.eq(mode), runs::livemode.eq(livemode)))
+            .values((
+                runs::mode.eq(mode),
+                runs::livemode.eq(livemode),
+                runs::stripe_account.eq(self.account.clone()),
+            ))
             .returning(runs::id)
             .get_result(&mut conn)
             .context("recording the start of the run")
@@ -560,11 +641,12 @@ impl Store {
         Ok(())
     }
 
-    /// When the last successful run finished.
+    /// When this account's last successful run finished.
     pub fn last_success(&self) -> Result<Option<DateTime<Utc>>> {
         let mut conn = self.conn()?;
         let finished: Option<Option<DateTime<Utc>>> = runs::table
             .filter(runs::outcome.eq(RunOutcome::Succeeded))
+            .filter(runs::stripe_account.is_not_distinct_from(self.account.clone()))
             .order(runs::id.desc())
             .select(runs::finished_at)
             .first(&mut conn)
@@ -573,9 +655,36 @@ impl Store {
         Ok(finished.flatten())
     }
 
+    /// The accounts the database holds licenses or runs of, the key's own
+    /// account (`None`) first.
+    pub fn known_accounts(&self) -> Result<Vec<Option<String>>> {
+        let mut conn = self.conn()?;
+        let mut accounts: std::collections::BTreeSet<Option<String>> = licenses::table
+            .select(licenses::stripe_account)
+            .distinct()
+            .load(&mut conn)
+            .context("reading the accounts of the licenses")?
+            .into_iter()
+            .collect();
+        accounts.extend(
+            runs::table
+                .select(runs::stripe_account)
+                .distinct()
+                .load::<Option<String>>(&mut conn)
+                .context("reading the accounts of the runs")?,
+        );
+        Ok(accounts.into_iter().collect())
+    }
+
+    /// The last `limit` runs: this account's when the store is scoped to
+    /// one, else every account's.
     pub fn recent_runs(&self, limit: i64) -> Result<Vec<RunRow>> {
         let mut conn = self.conn()?;
-        runs::table
+        let mut query = runs::table.into_boxed();
+        if self.scoped {
+            query = query.filter(runs::stripe_account.is_not_distinct_from(self.account.clone()));
+        }
+        query
             .order(runs::id.desc())
             .limit(limit)
             .select(RunRow::as_select())
@@ -583,10 +692,20 @@ impl Store {
             .context("reading recent runs")
     }
 
+    /// The name a cursor is stored under: `name` for the key's own account,
+    /// `name:acct_...` for another.
+    fn cursor_name(&self, name: &str) -> String {
+        match &self.account {
+            None => name.to_owned(),
+            Some(account) => format!("{name}:{account}"),
+        }
+    }
+
+    /// This account's cursor `name`.
     pub fn cursor(&self, name: &str) -> Result<Option<(String, DateTime<Utc>)>> {
         let mut conn = self.conn()?;
         sync_state::table
-            .find(name)
+            .find(self.cursor_name(name))
             .select((sync_state::value, sync_state::updated_at))
             .first(&mut conn)
             .optional()
@@ -596,7 +715,7 @@ impl Store {
     pub fn set_cursor(&self, name: &str, value: &str) -> Result<()> {
         let mut conn = self.conn()?;
         diesel::insert_into(sync_state::table)
-            .values((sync_state::name.eq(name), sync_state::value.eq(value)))
+            .values((sync_state::name.eq(self.cursor_name(name)), sync_state::value.eq(value)))
             .on_conflict(sync_state::name)
             .do_update()
             .set((sync_state::value.eq(value), sync_state::updated_at.eq(diesel::dsl::now)))

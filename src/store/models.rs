@@ -35,6 +35,7 @@ pub struct LicenseRow {
     pub updated_at: DateTime<Utc>,
     pub operator_override: Option<serde_json::Value>,
     pub product_name: Option<String>,
+    pub stripe_account: Option<String>,
 }
 
 impl LicenseRow {
@@ -57,6 +58,7 @@ impl LicenseRow {
             },
             product_ids: self.product_ids.into_iter().flatten().collect(),
             product_name: self.product_name,
+            stripe_account: self.stripe_account,
             key: self.key,
             source_id: self.source_id,
             stripe_customer_id: self.stripe_customer_id,
@@ -101,6 +103,8 @@ pub struct NewLicenseRow {
     /// `stripe` member replaces the stored one (see `Store::write_page`).
     pub operator_override: Option<serde_json::Value>,
     pub product_name: Option<String>,
+    /// Set by the store from the account it is scoped to (`Store::for_account`).
+    pub stripe_account: Option<String>,
 }
 
 impl NewLicenseRow {
@@ -125,6 +129,7 @@ impl NewLicenseRow {
             livemode: state.livemode,
             operator_override: None,
             product_name: state.product_name.clone(),
+            stripe_account: None,
         }
     }
 }
@@ -201,6 +206,8 @@ pub struct OutboxRow {
     pub created_at: DateTime<Utc>,
     /// The sender session holding the row's claim, while one does.
     pub claimed_by: Option<i32>,
+    /// The account of its license: its sender and templates send it.
+    pub stripe_account: Option<String>,
 }
 
 #[derive(Debug, Clone, Insertable)]
@@ -210,6 +217,7 @@ pub struct NewOutboxRow {
     pub kind: String,
     pub recipient: Option<String>,
     pub status: String,
+    pub stripe_account: Option<String>,
 }
 
 #[derive(Debug, Clone, Queryable, Selectable, Serialize)]
@@ -227,4 +235,5 @@ pub struct RunRow {
     pub livemode: Option<bool>,
     pub note: Option<String>,
     pub error: Option<String>,
+    pub stripe_account: Option<String>,
 }

@@ -133,6 +133,7 @@ impl Store {
                         .or(diesel::dsl::sql::<diesel::sql_types::Bool>(&claimer_gone())),
                 )
                 .filter(email_outbox::id.gt(after_id))
+                .filter(email_outbox::stripe_account.is_not_distinct_from(self.account.clone()))
                 .order(email_outbox::id.asc())
                 .limit(limit)
                 .select(email_outbox::id)
@@ -296,6 +297,7 @@ impl Store {
                     }
                     .to_owned(),
                     recipient: license.customer_email.clone(),
+                    stripe_account: license.stripe_account.clone(),
                 })
                 .returning(email_outbox::id)
                 .get_result(conn)
@@ -305,11 +307,14 @@ impl Store {
 
     pub fn outbox_counts(&self) -> Result<OutboxCounts> {
         let mut conn = self.conn()?;
-        let rows: Vec<(String, i64)> = email_outbox::table
+        let mut query = email_outbox::table
             .group_by(email_outbox::status)
             .select((email_outbox::status, diesel::dsl::count_star()))
-            .load(&mut conn)
-            .context("counting emails")?;
+            .into_boxed();
+        if self.scoped {
+            query = query.filter(email_outbox::stripe_account.is_not_distinct_from(self.account.clone()));
+        }
+        let rows: Vec<(String, i64)> = query.load(&mut conn).context("counting emails")?;
         let mut counts = OutboxCounts::default();
         for (status, n) in rows {
             match status.parse::<EmailStatus>() {
@@ -328,7 +333,11 @@ impl Store {
     /// retries in backoff included: the customer is waiting for it either way.
     pub fn oldest_pending_email(&self) -> Result<Option<DateTime<Utc>>> {
         let mut conn = self.conn()?;
-        email_outbox::table
+        let mut query = email_outbox::table.into_boxed();
+        if self.scoped {
+            query = query.filter(email_outbox::stripe_account.is_not_distinct_from(self.account.clone()));
+        }
+        query
             .filter(email_outbox::status.eq("pending"))
             .select(diesel::dsl::min(email_outbox::created_at))
             .first(&mut conn)

@@ -186,6 +186,7 @@ fn write_change(conn: &mut PgConnection, before: License, write: OperatorWrite) 
                         kind: kind.column(previous + 1),
                         status: if recipient.is_some() { "pending" } else { "no_recipient" }.to_owned(),
                         recipient,
+                        stripe_account: before.stripe_account.clone(),
                     })
                     .returning(email_outbox::id)
                     .get_result(conn)?,

@@ -14,6 +14,7 @@ diesel::table! {
         message_id -> Text,
         created_at -> Timestamptz,
         claimed_by -> Nullable<Int4>,
+        stripe_account -> Nullable<Text>,
     }
 }
 
@@ -67,6 +68,8 @@ diesel::table! {
         updated_at -> Timestamptz,
         product_name -> Nullable<Text>,
         operator_override -> Nullable<Jsonb>,
+        stripe_account -> Nullable<Text>,
+        account_key -> Text,
     }
 }
 
@@ -83,6 +86,7 @@ diesel::table! {
         livemode -> Nullable<Bool>,
         note -> Nullable<Text>,
         error -> Nullable<Text>,
+        stripe_account -> Nullable<Text>,
     }
 }
 

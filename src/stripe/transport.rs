@@ -60,6 +60,9 @@ pub struct StripeConfig {
     pub initial_backoff: Duration,
     /// Caps the computed backoff (a server's `Retry-After` is honoured as given).
     pub max_backoff: Duration,
+    /// A connected account (`acct_...`) every request acts on, through the
+    /// `Stripe-Account` header (Stripe Connect); `None`: the key's own account.
+    pub account: Option<String>,
 }
 
 impl StripeConfig {
@@ -74,6 +77,7 @@ impl StripeConfig {
             max_retries: 5,
             initial_backoff: Duration::from_millis(500),
             max_backoff: Duration::from_secs(20),
+            account: None,
         }
     }
 }
@@ -136,6 +140,8 @@ pub struct Transport {
     max_backoff: Duration,
     requests: AtomicU64,
     rate_limited: AtomicU64,
+    /// [`StripeConfig::account`].
+    account: Option<String>,
 }
 
 impl std::fmt::Debug for Transport {
@@ -292,6 +298,7 @@ impl Transport {
             max_backoff: config.max_backoff,
             requests: AtomicU64::new(0),
             rate_limited: AtomicU64::new(0),
+            account: config.account.clone(),
         })
     }
 
@@ -364,6 +371,7 @@ impl Transport {
         let idempotency_key = (method == Method::POST).then(|| IdempotencyKey::new_uuid_v4().into_inner());
         let endpoint = endpoint_of(&request.path);
         let timeout = timeout.unwrap_or(self.timeout);
+        let account = account.or(self.account.as_deref());
         let mut attempts: u32 = 0;
         loop {
             self.wait_while_held(&endpoint).await;
