@@ -2,6 +2,10 @@
 //! latency, and Stripe's request rate limits. Both are off unless set
 //! ([`crate::FakeStripe::set_latency`], [`crate::FakeStripe::set_rate_limits`]).
 //!
+//! The latency ([`Conditions`]) is the server's, shared by every account it
+//! serves: it stands for the way to Stripe and back. The rate limits
+//! ([`Limits`]) are each account's own, as Stripe counts requests per account.
+//!
 //! Kept apart from the account ([`crate::state::State`]) so that checking a
 //! limit and sleeping a latency never hold the account's lock: concurrent
 //! requests overlap their latencies as they do against Stripe.
@@ -50,14 +54,20 @@ impl Limiter {
     }
 }
 
+/// The server's latency, the same for every account it serves.
 #[derive(Default)]
 pub(crate) struct Conditions {
     latency: RwLock<Option<Latency>>,
+    /// State of the latency draws (splitmix64), seeded per server.
+    draws: AtomicU64,
+}
+
+/// One account's rate limits and the 429s they answered.
+#[derive(Default)]
+pub(crate) struct Limits {
     limiter: RwLock<Option<Arc<Limiter>>>,
     /// endpoint (`/v1/<first segment>`) -> 429s answered by the rate limits
     rate_limited: Mutex<BTreeMap<String, u64>>,
-    /// State of the latency draws (splitmix64), seeded per server.
-    draws: AtomicU64,
 }
 
 /// The rate-limit bucket of a path: `/v1/<first path segment>`, as Stripe's
@@ -104,10 +114,6 @@ impl Conditions {
         *self.latency.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn set_rate_limits(&self, limits: Option<RateLimits>) {
-        *self.limiter.write().unwrap_or_else(|p| p.into_inner()) = limits.map(|l| Arc::new(Limiter::new(l)));
-    }
-
     /// This request's latency: uniform in `[min, max]`, or none.
     pub fn draw_latency(&self) -> Option<Duration> {
         let Latency { min, max } = self.latency()?;
@@ -117,6 +123,12 @@ impl Conditions {
         }
         let draw = mix(self.draws.fetch_add(1, Ordering::Relaxed));
         Some(min + Duration::from_micros(draw % (span + 1)))
+    }
+}
+
+impl Limits {
+    pub fn set(&self, limits: Option<RateLimits>) {
+        *self.limiter.write().unwrap_or_else(|p| p.into_inner()) = limits.map(|l| Arc::new(Limiter::new(l)));
     }
 
     /// `Some(Retry-After seconds)` when the request at `path` is over a

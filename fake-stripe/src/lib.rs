@@ -27,10 +27,17 @@
 //!   (`ii_` and the line's number), listed at `/v1/invoiceitems` by its `date`;
 //!   subscription invoices have none. An invoice without a customer gets none
 //!   (an invoice item needs one). Invoice items record no events.
+//!
+//! One server serves several accounts, as Stripe does (see [`FakeStripe::connect_account`]
+//! and [`FakeStripe::add_account`]): a request's key selects a top-level account and
+//! Stripe Connect's `Stripe-Account` header one of its connected accounts. Each account
+//! has its own objects, id counters (so ids may coincide across accounts), events,
+//! faults and rate limits; the clock, the latency and the request log are the server's.
 
 // Large json! literals (Stripe objects have many fields) need a deeper macro recursion.
 #![recursion_limit = "256"]
 
+mod accounts;
 mod api;
 mod conditions;
 mod generated;
@@ -40,7 +47,8 @@ mod state;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, MutexGuard};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -52,12 +60,21 @@ use state::State;
 /// The API key accepted by [`FakeStripe::start`].
 pub const DEFAULT_API_KEY: &str = "sk_test_fake_0123456789";
 
-/// A running fake Stripe. Clones share the server and the account; the server
-/// stops when the last clone is dropped.
+/// A running fake Stripe, as a handle on one of its accounts. Clones share
+/// the server and the account; the server stops when the last handle of any
+/// of its accounts is dropped.
+///
+/// [`FakeStripe::start`] gives a handle on the server's first account;
+/// [`FakeStripe::connect_account`] and [`FakeStripe::add_account`] give
+/// handles on more accounts of the same server. Every scenario step of a
+/// handle (`create_*`, `update`, `refund`, `seed_sample`, `generate`,
+/// `events`, `inject_fault`, `set_rate_limits`, `requests`, ...) acts on its
+/// own account only; the clock (`now`, `set_now`, `advance`) and the
+/// latency are the server's and move every account.
 #[derive(Clone)]
 pub struct FakeStripe {
-    state: Arc<Mutex<State>>,
-    conditions: Arc<conditions::Conditions>,
+    account: Arc<accounts::Account>,
+    accounts: Arc<accounts::Accounts>,
     server: Arc<server::ServerTask>,
 }
 
@@ -283,9 +300,16 @@ pub struct LoggedRequest {
     pub query: String,
     pub status: u16,
     pub at: Instant,
+    /// The `acct_` id of the account the request addressed: the connected
+    /// account its `Stripe-Account` header named, else its key's account
+    /// (also when that answered 401 or 403: a revoked account, a header
+    /// naming an account the key cannot reach). `None` only when its key
+    /// reaches no account (none given, or unknown).
+    pub account: Option<String>,
 }
 
-/// A fault applied to the next `times` requests whose path starts with `path_prefix`.
+/// A fault applied to the next `times` requests whose path starts with `path_prefix`,
+/// among the requests for the account it was injected into ([`FakeStripe::inject_fault`]).
 /// Faults are consumed in the order they were injected.
 #[derive(Debug, Clone)]
 pub struct Fault {
@@ -335,12 +359,11 @@ impl FakeStripe {
 
     /// Serves on a given address (the binary's `--addr`).
     pub async fn start_on(addr: SocketAddr, opts: Options) -> std::io::Result<FakeStripe> {
-        let state = Arc::new(Mutex::new(State::new(opts.api_key)));
-        let conditions = Arc::new(conditions::Conditions::new(u64::from(addr.port())));
-        let server = server::ServerTask::spawn(addr, state.clone(), conditions.clone()).await?;
+        let accounts = Arc::new(accounts::Accounts::new(opts.api_key, u64::from(addr.port())));
+        let server = server::ServerTask::spawn(addr, accounts.clone()).await?;
         let fake = FakeStripe {
-            state,
-            conditions,
+            account: accounts.first.clone(),
+            accounts,
             server: Arc::new(server),
         };
         if opts.seed_sample {
@@ -350,9 +373,98 @@ impl FakeStripe {
     }
 
     fn st(&self) -> MutexGuard<'_, State> {
-        // A panic while holding the lock (a failed assertion in a scenario step)
-        // must not hide the account from the rest of the test.
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.account.lock()
+    }
+
+    /// A handle on another account of the same server.
+    fn handle(&self, account: Arc<accounts::Account>) -> FakeStripe {
+        FakeStripe {
+            account,
+            accounts: self.accounts.clone(),
+            server: self.server.clone(),
+        }
+    }
+
+    // ---- accounts --------------------------------------------------------------
+
+    /// Creates a new, empty connected account of this account, as a Stripe
+    /// Connect platform has them, and returns a handle on it. Requests reach
+    /// it with the platform's key (its handle's [`FakeStripe::api_key`]) and
+    /// the header `Stripe-Account: <its id>` ([`FakeStripe::account_id`]).
+    /// It has its own objects, id counters (its first subscription may be
+    /// `sub_00000000000001` like the platform's), events, faults and rate
+    /// limits, and the platform's mode (test or live, from the key).
+    ///
+    /// Panics on a connected handle: connected accounts have none of their own.
+    pub fn connect_account(&self) -> FakeStripe {
+        self.handle(self.accounts.connect(&self.account))
+    }
+
+    /// Adds a new, empty top-level account reached with its own key and no
+    /// header, as a vendor with one Stripe account per brand has them, and
+    /// returns a handle on it. `sk_live_`/`rk_live_` keys make a live-mode
+    /// account, as [`Options::api_key`] does. It can have connected accounts
+    /// of its own.
+    ///
+    /// Panics when the key already reaches an account of this server.
+    pub fn add_account(&self, api_key: &str) -> FakeStripe {
+        self.handle(self.accounts.add(api_key))
+    }
+
+    /// The handles of this account's connected accounts, oldest first
+    /// (empty for a connected account).
+    pub fn connected_accounts(&self) -> Vec<FakeStripe> {
+        self.accounts
+            .connected_to(&self.account.id)
+            .into_iter()
+            .map(|a| self.handle(a))
+            .collect()
+    }
+
+    /// The value of the `Stripe-Account` header that requests for this
+    /// account send: its id for a connected account, `None` for a top-level
+    /// one (the server's first account, or one of [`FakeStripe::add_account`]),
+    /// which its key alone reaches.
+    pub fn account_id(&self) -> Option<String> {
+        self.account.platform.as_ref().map(|_| self.account.id.clone())
+    }
+
+    /// This account's id (`acct_` and 16 characters), which every account
+    /// has, top-level ones included: `acct_1Fake00000000001` is the server's
+    /// first account, later accounts count on from it in creation order.
+    /// A top-level account also accepts its own id in `Stripe-Account`, as
+    /// Stripe does.
+    pub fn stripe_account_id(&self) -> String {
+        self.account.id.clone()
+    }
+
+    /// The `acct_` id of the platform a connected account belongs to; `None`
+    /// for a top-level account.
+    pub fn platform_account_id(&self) -> Option<String> {
+        self.account.platform.clone()
+    }
+
+    /// Revokes access to this account, as when a key is rolled or a
+    /// connected account disconnects the platform's application. From now
+    /// on every request for it is answered 401 `invalid_request_error`:
+    /// - a top-level account's key answers like an unknown key, `Invalid API
+    ///   Key provided: sk_test_****...` (with its connected accounts, which
+    ///   that key reaches);
+    /// - a connected account's `Stripe-Account` header answers `The provided
+    ///   key 'sk_test_****...' does not have access to account 'acct_...' (or
+    ///   that account does not exist). Application access may have been
+    ///   revoked.`, with no `code`. (Stripe answers this case 401 or 403
+    ///   depending on how access was lost; the fake uses 401 here and
+    ///   keeps 403 `account_invalid` for an account the key never reached.)
+    ///
+    /// Its objects stay readable through the handle. There is no undoing it.
+    pub fn revoke(&self) {
+        self.account.revoke()
+    }
+
+    /// Whether [`FakeStripe::revoke`] was called on this account.
+    pub fn revoked(&self) -> bool {
+        self.account.is_revoked()
     }
 
     /// The account for a step that stores a purchase or changes one, which a
@@ -398,25 +510,30 @@ impl FakeStripe {
         format!("http://{}", self.server.addr)
     }
 
+    /// The key that reaches this account: its own for a top-level account,
+    /// the platform's for a connected one (which requests also name in
+    /// `Stripe-Account`, see [`FakeStripe::account_id`]).
     pub fn api_key(&self) -> String {
-        self.st().api_key.clone()
+        self.account.api_key.clone()
     }
 
     pub fn livemode(&self) -> bool {
         self.st().livemode
     }
 
-    /// The account clock (unix seconds) used for `created` and event times.
+    /// The clock (unix seconds) used for `created` and event times. It is
+    /// the server's: every account reads the same one, and setting or
+    /// advancing it through any handle moves them all.
     pub fn now(&self) -> i64 {
-        self.st().now
+        self.accounts.clock.load(Ordering::Relaxed)
     }
 
     pub fn set_now(&self, unix: i64) {
-        self.st().now = unix;
+        self.accounts.clock.store(unix, Ordering::Relaxed);
     }
 
     pub fn advance(&self, secs: i64) {
-        self.st().now += secs;
+        self.accounts.clock.fetch_add(secs, Ordering::Relaxed);
     }
 
     pub fn create_customer(&self, email: Option<&str>, name: Option<&str>) -> String {
@@ -500,42 +617,73 @@ impl FakeStripe {
     }
 
     /// Sets (or, with `None`, removes) the latency of every later request.
-    /// Off by default.
+    /// Off by default. The latency is the server's (the way to Stripe and
+    /// back): set through any handle, it applies to every account's requests.
     pub fn set_latency(&self, latency: Option<Latency>) {
-        self.conditions.set_latency(latency)
+        self.accounts.conditions.set_latency(latency)
     }
 
     pub fn latency(&self) -> Option<Latency> {
-        self.conditions.latency()
+        self.accounts.conditions.latency()
     }
 
-    /// Enforces (or, with `None`, lifts) rate limits on every later request,
-    /// starting from full buckets. Off by default; `RateLimits::stripe(fake.livemode())`
-    /// gives Stripe's.
+    /// Enforces (or, with `None`, lifts) rate limits on every later request
+    /// for this account, starting from full buckets. Off by default;
+    /// `RateLimits::stripe(fake.livemode())` gives Stripe's. Each account
+    /// has its own buckets, as Stripe limits each account (a connected
+    /// account's requests count against the connected account, not the
+    /// platform). Requests whose key reaches no account meet the first
+    /// account's limits.
     pub fn set_rate_limits(&self, limits: Option<RateLimits>) {
-        self.conditions.set_rate_limits(limits)
+        self.account.limits.set(limits)
     }
 
-    /// The 429s the rate limits answered, per endpoint (`/v1/<first path
-    /// segment>`), since the server started. Injected faults do not count.
+    /// The 429s this account's rate limits answered, per endpoint
+    /// (`/v1/<first path segment>`), since the server started. Injected
+    /// faults do not count.
     pub fn rate_limited(&self) -> BTreeMap<String, u64> {
-        self.conditions.rate_limited()
+        self.account.limits.rate_limited()
     }
 
+    /// Whether a logged request is this account's: it addressed this
+    /// account, or, for the server's first account, no account at all.
+    fn is_mine(&self, request: &LoggedRequest) -> bool {
+        match &request.account {
+            Some(id) => *id == self.account.id,
+            None => Arc::ptr_eq(&self.account, &self.accounts.first),
+        }
+    }
+
+    /// The requests for this account, in order ([`LoggedRequest::account`]
+    /// is its id). The server's first account also has the requests whose
+    /// key reached no account (none, or unknown), so that a fake serving one
+    /// account logs every request here, as it did before it served several.
     pub fn requests(&self) -> Vec<LoggedRequest> {
-        self.st().requests.clone()
+        self.accounts.requests(|r| self.is_mine(r))
     }
 
+    /// Every request the server received, for any account or none, in order.
+    pub fn all_requests(&self) -> Vec<LoggedRequest> {
+        self.accounts.requests(|_| true)
+    }
+
+    /// Forgets this account's requests (those [`FakeStripe::requests`] returns).
     pub fn clear_requests(&self) {
-        self.st().requests.clear();
+        self.accounts.forget_requests(|r| self.is_mine(r))
     }
 
+    /// Injects a fault into this account's requests: requests for other
+    /// accounts neither see nor consume it. Requests whose key reaches no
+    /// account meet the first account's faults (as every request did when
+    /// the fake served one account); a request answered 401 or 403 for its
+    /// key or `Stripe-Account` header meets the faults of the account it
+    /// addressed (see [`LoggedRequest::account`]).
     pub fn inject_fault(&self, fault: Fault) {
         self.st().faults.push(fault);
     }
 
-    /// Requests the injected faults have yet to hit (the sum of their
-    /// remaining `times`): 0 once every fault happened.
+    /// Requests the faults injected into this account have yet to hit (the
+    /// sum of their remaining `times`): 0 once every fault happened.
     pub fn faults_left(&self) -> usize {
         self.st().faults.iter().map(|f| f.times).sum()
     }

@@ -1,6 +1,7 @@
 //! `fake-stripe`: serves the fake Stripe API for the quick start, either until
-//! Ctrl-C or around one command (`--exec`) that gets `STRIPE_API_BASE` and
-//! `STRIPE_API_KEY` in its environment.
+//! Ctrl-C or around one command (`--exec`) that gets `STRIPE_API_BASE`,
+//! `STRIPE_API_KEY` and `FAKE_STRIPE_ACCOUNTS` (the connected accounts of
+//! `--connected`, comma-separated) in its environment.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -61,7 +62,18 @@ struct Args {
     /// The overall limit in requests/s instead of the mode's (implies --rate-limits).
     #[arg(long, value_name = "RPS", value_parser = clap::value_parser!(u32).range(1..))]
     global_rps: Option<u32>,
+    /// Also serve N connected accounts of the key's account (Stripe Connect:
+    /// the same key with the header `Stripe-Account: acct_...`), each seeded
+    /// like the platform account by --sample, --purchases or --generate, each
+    /// with its own objects (ids may coincide across accounts) and, with
+    /// --rate-limits, its own limits. Their ids are printed at start and
+    /// given to --exec's command as FAKE_STRIPE_ACCOUNTS, comma-separated.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    connected: usize,
     /// Run this command against the server, then stop with its exit code.
+    /// Its environment has STRIPE_API_BASE, STRIPE_API_KEY and
+    /// FAKE_STRIPE_ACCOUNTS (the --connected accounts' ids, comma-separated;
+    /// empty without them).
     #[arg(long, num_args = 1.., allow_hyphen_values = true, trailing_var_arg = true, value_name = "CMD")]
     exec: Vec<String>,
 }
@@ -99,21 +111,30 @@ async fn main() -> anyhow::Result<ExitCode> {
         .duration_since(std::time::UNIX_EPOCH)
         .context("system clock before 1970")?;
     fake.set_now(i64::try_from(wall.as_secs()).context("system clock out of range")?);
-    if args.sample {
-        fake.seed_sample();
-    }
-    if let Some(n) = args.purchases {
-        fake.seed_purchases(n);
-    }
-    if let Some(n) = args.generate {
-        fake.generate(GeneratedAccount {
-            max_past_periods: args.max_past_periods,
-            ..GeneratedAccount::real_mix(n, args.seed)
-        });
-        if let Some(s) = fake.generated_summary() {
+    // The platform first, then each connected account, seeded alike.
+    let mut accounts = vec![fake.clone()];
+    accounts.extend((0..args.connected).map(|_| fake.connect_account()));
+    for (i, account) in accounts.iter().enumerate() {
+        if args.sample {
+            account.seed_sample();
+        }
+        if let Some(n) = args.purchases {
+            account.seed_purchases(n);
+        }
+        if let Some(n) = args.generate {
+            account.generate(GeneratedAccount {
+                max_past_periods: args.max_past_periods,
+                ..GeneratedAccount::real_mix(n, args.seed)
+            });
+        }
+        // One summary: every account is generated alike.
+        if i == 0
+            && let Some(s) = account.generated_summary()
+        {
+            let each = if args.connected > 0 { " in each account" } else { "" };
             eprintln!(
                 "fake-stripe: generated {} subscriptions ({} items, {} invoices with their history), \
-                 {} Checkout Sessions ({} guests), {} one-off invoices, {} customers",
+                 {} Checkout Sessions ({} guests), {} one-off invoices, {} customers{each}",
                 s.subscriptions,
                 s.subscription_items,
                 s.invoices,
@@ -124,19 +145,28 @@ async fn main() -> anyhow::Result<ExitCode> {
             );
         }
     }
+    let connected: Vec<String> = accounts[1..].iter().map(|a| a.stripe_account_id()).collect();
     // Loading is done: the conditions apply to the clients from here on.
     fake.set_latency(args.latency_ms);
     let limited = args.rate_limits || args.endpoint_rps.is_some() || args.global_rps.is_some();
     if limited {
         let stripe = RateLimits::stripe(fake.livemode());
-        fake.set_rate_limits(Some(RateLimits {
-            per_endpoint_rps: args.endpoint_rps.unwrap_or(stripe.per_endpoint_rps),
-            global_rps: args.global_rps.unwrap_or(stripe.global_rps),
-        }));
+        // Each account its own buckets, as Stripe limits each account.
+        for account in &accounts {
+            account.set_rate_limits(Some(RateLimits {
+                per_endpoint_rps: args.endpoint_rps.unwrap_or(stripe.per_endpoint_rps),
+                global_rps: args.global_rps.unwrap_or(stripe.global_rps),
+            }));
+        }
     }
-    let report_limits = |fake: &FakeStripe| {
+    let report_limits = || {
         if limited {
-            let counts = fake.rate_limited();
+            let mut counts = std::collections::BTreeMap::<String, u64>::new();
+            for account in &accounts {
+                for (endpoint, n) in account.rate_limited() {
+                    *counts.entry(endpoint).or_default() += n;
+                }
+            }
             let total: u64 = counts.values().sum();
             let each: Vec<String> = counts.iter().map(|(e, n)| format!("{e} {n}")).collect();
             eprintln!(
@@ -150,19 +180,30 @@ async fn main() -> anyhow::Result<ExitCode> {
         println!("fake-stripe listening on {}", fake.base_url());
         println!("STRIPE_API_BASE={}", fake.base_url());
         println!("STRIPE_API_KEY={}", fake.api_key());
+        for id in &connected {
+            println!("connected account {id}");
+        }
+        if !connected.is_empty() {
+            println!("FAKE_STRIPE_ACCOUNTS={}", connected.join(","));
+        }
         println!("Press Ctrl-C to stop.");
         tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
-        report_limits(&fake);
+        report_limits();
         return Ok(ExitCode::SUCCESS);
     };
+    // The command's stdout is its own: the ids go to stderr here.
+    for id in &connected {
+        eprintln!("fake-stripe: connected account {id}");
+    }
     let status = tokio::process::Command::new(program)
         .args(program_args)
         .env("STRIPE_API_BASE", fake.base_url())
         .env("STRIPE_API_KEY", fake.api_key())
+        .env("FAKE_STRIPE_ACCOUNTS", connected.join(","))
         .status()
         .await
         .with_context(|| format!("cannot run `{program}`"))?;
-    report_limits(&fake);
+    report_limits();
     // A command killed by a signal has no code; report it as a failure.
     let code = status.code().unwrap_or(1);
     Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))

@@ -1,18 +1,20 @@
 //! The HTTP side: an axum router for the read endpoints, wrapped in a hyper
-//! service that applies injected faults, checks the API key, stamps
-//! `Request-Id` and logs every request. Serving through hyper directly (rather
+//! service that resolves the request's account from its key and
+//! `Stripe-Account` header, applies that account's rate limits and injected
+//! faults, stamps `Request-Id` and logs every request. Serving through hyper directly (rather
 //! than `axum::serve`) is what lets a fault close a connection without answering:
 //! a service error makes hyper drop the connection.
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use axum::Extension;
 use axum::Router;
 use axum::body::{Body, Bytes, HttpBody};
-use axum::extract::{Path, RawQuery, State as AxumState};
-use axum::http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, header};
+use axum::extract::{Path, RawQuery};
+use axum::http::{HeaderValue, Method, Request, Response, StatusCode, Uri, header};
 use axum::routing::get;
 use hyper::body::{Frame, Incoming};
 use hyper_util::rt::TokioIo;
@@ -21,12 +23,12 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tower::ServiceExt;
 
+use crate::accounts::{Account, Accounts};
 use crate::api::{self, ApiError};
-use crate::conditions::Conditions;
-use crate::state::State;
 use crate::{FaultKind, LoggedRequest};
 
-type Shared = Arc<Mutex<State>>;
+/// The account a request is served from, handed to the router's handlers.
+type Served = Extension<Arc<Account>>;
 
 /// The accept loop; aborted when the last [`crate::FakeStripe`] clone goes away.
 pub(crate) struct ServerTask {
@@ -41,10 +43,10 @@ impl Drop for ServerTask {
 }
 
 impl ServerTask {
-    pub async fn spawn(addr: SocketAddr, state: Shared, conditions: Arc<Conditions>) -> std::io::Result<ServerTask> {
+    pub async fn spawn(addr: SocketAddr, accounts: Arc<Accounts>) -> std::io::Result<ServerTask> {
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
-        let router = router(state.clone());
+        let router = router();
         let task = tokio::spawn(async move {
             loop {
                 let stream = match listener.accept().await {
@@ -55,10 +57,8 @@ impl ServerTask {
                         continue;
                     }
                 };
-                let (state, router, conditions) = (state.clone(), router.clone(), conditions.clone());
-                let service = hyper::service::service_fn(move |req| {
-                    handle(state.clone(), conditions.clone(), router.clone(), req)
-                });
+                let (accounts, router) = (accounts.clone(), router.clone());
+                let service = hyper::service::service_fn(move |req| handle(accounts.clone(), router.clone(), req));
                 tokio::spawn(async move {
                     // A dropped connection (fault or client gone) ends here; nothing to report.
                     let _ = hyper::server::conn::http1::Builder::new()
@@ -103,8 +103,7 @@ fn rate_limited(retry_after_secs: u64) -> Response<Body> {
 }
 
 async fn handle(
-    state: Shared,
-    conditions: Arc<Conditions>,
+    accounts: Arc<Accounts>,
     router: Router,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, DropConnection> {
@@ -112,30 +111,29 @@ async fn handle(
     let method = req.method().to_string();
     let path = req.uri().path().to_owned();
     let query = req.uri().query().unwrap_or_default().to_owned();
+    let addressed = accounts.address(req.headers());
+    let account = addressed.account;
     // The limits count requests as they arrive; the latency (the way there
     // and back, and Stripe's own time) is slept with no lock held.
-    let over_limit = conditions.admit(&path);
-    if let Some(delay) = conditions.draw_latency() {
+    let over_limit = account.limits.admit(&path);
+    if let Some(delay) = accounts.conditions.draw_latency() {
         tokio::time::sleep(delay).await;
     }
-    let (fault, request_id, api_key) = {
-        let mut st = lock(&state);
-        let fault = if over_limit.is_some() {
-            None
-        } else {
-            st.take_fault(&path)
-        };
-        (fault, st.next_request_id(), st.api_key.clone())
+    let fault = if over_limit.is_some() {
+        None
+    } else {
+        account.lock().take_fault(&path)
     };
+    let request_id = accounts.next_request_id();
     let log = |status: u16| {
-        let entry = LoggedRequest {
+        accounts.record(LoggedRequest {
             method: method.clone(),
             path: path.clone(),
             query: query.clone(),
             status,
             at,
-        };
-        lock(&state).requests.push(entry);
+            account: addressed.logged.clone(),
+        });
     };
     let mut response = if let Some(retry_after_secs) = over_limit {
         rate_limited(retry_after_secs)
@@ -172,12 +170,16 @@ async fn handle(
                 if let Some(FaultKind::Latency(delay)) = fault {
                     tokio::time::sleep(delay).await;
                 }
-                let response = match authenticate(req.headers(), &api_key) {
-                    Err(err) => error_response(err),
-                    Ok(()) => match router.oneshot(req.map(Body::new)).await {
-                        Ok(resp) => resp,
-                        Err(never) => match never {},
-                    },
+                let response = match addressed.denied {
+                    Some(err) => error_response(err),
+                    None => {
+                        let mut req = req.map(Body::new);
+                        req.extensions_mut().insert(account.clone());
+                        match router.oneshot(req).await {
+                            Ok(resp) => resp,
+                            Err(never) => match never {},
+                        }
+                    }
                 };
                 if let Some(FaultKind::TruncatedBody) = fault {
                     truncated(response).await
@@ -235,52 +237,6 @@ impl HttpBody for CutOff {
     }
 }
 
-fn lock(state: &Shared) -> std::sync::MutexGuard<'_, State> {
-    state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-/// Accepts `Authorization: Bearer <key>` with the account's one key.
-fn authenticate(headers: &HeaderMap, api_key: &str) -> Result<(), ApiError> {
-    let given = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
-        .filter(|k| !k.is_empty());
-    match given {
-        Some(key) if key == api_key => Ok(()),
-        Some(key) => Err(ApiError::new(
-            401,
-            "invalid_request_error",
-            None,
-            format!("Invalid API Key provided: {}", mask_key(key)),
-            None,
-        )),
-        None => Err(ApiError::new(
-            401,
-            "invalid_request_error",
-            None,
-            "You did not provide an API key. You need to provide your API key in the Authorization header, \
-             using Bearer auth (e.g. 'Authorization: Bearer YOUR_SECRET_KEY')."
-                .into(),
-            None,
-        )),
-    }
-}
-
-/// Stripe's masking: the key's kind prefix and its last four characters, stars between.
-pub(crate) fn mask_key(key: &str) -> String {
-    let prefix_len = ["sk_test_", "sk_live_", "rk_test_", "rk_live_", "pk_test_", "pk_live_"]
-        .iter()
-        .find(|p| key.starts_with(*p))
-        .map_or(0, |p| p.len());
-    let rest: Vec<char> = key[prefix_len..].chars().collect();
-    let shown = if rest.len() >= 8 { 4 } else { 0 };
-    let stars = "*".repeat(rest.len() - shown);
-    let tail: String = rest[rest.len() - shown..].iter().collect();
-    format!("{}{stars}{tail}", &key[..prefix_len])
-}
-
 fn json_response(status: u16, body: &Value) -> Response<Body> {
     Response::builder()
         .status(StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR))
@@ -317,23 +273,21 @@ const COLLECTIONS: &[(&str, &str)] = &[
     ("/v1/events", "event"),
 ];
 
-fn router(state: Shared) -> Router {
+fn router() -> Router {
     let mut router = Router::new();
     for &(path, ty) in COLLECTIONS {
         router = router
             .route(
                 path,
-                get(
-                    move |AxumState(st): AxumState<Shared>, RawQuery(q): RawQuery| async move {
-                        reply(api::list(&lock(&st), ty, path, q.as_deref()))
-                    },
-                ),
+                get(move |Extension(account): Served, RawQuery(q): RawQuery| async move {
+                    reply(api::list(&account.lock(), ty, path, q.as_deref()))
+                }),
             )
             .route(
                 &format!("{path}/{{id}}"),
                 get(
-                    move |AxumState(st): AxumState<Shared>, Path(id): Path<String>, RawQuery(q): RawQuery| async move {
-                        reply(api::retrieve(&lock(&st), ty, &id, q.as_deref()))
+                    move |Extension(account): Served, Path(id): Path<String>, RawQuery(q): RawQuery| async move {
+                        reply(api::retrieve(&account.lock(), ty, &id, q.as_deref()))
                     },
                 ),
             );
@@ -351,10 +305,10 @@ fn router(state: Shared) -> Router {
         router = router.route(
             route,
             get(
-                move |AxumState(st): AxumState<Shared>, Path(id): Path<String>, RawQuery(q): RawQuery| async move {
+                move |Extension(account): Served, Path(id): Path<String>, RawQuery(q): RawQuery| async move {
                     let url = format!("{}/{id}/{suffix}", route.split("/{id}").next().unwrap_or_default());
                     reply(api::list_children(
-                        &lock(&st),
+                        &account.lock(),
                         parent_ty,
                         &id,
                         child_ty,
@@ -365,10 +319,7 @@ fn router(state: Shared) -> Router {
             ),
         );
     }
-    router
-        .fallback(unrecognized)
-        .method_not_allowed_fallback(unrecognized)
-        .with_state(state)
+    router.fallback(unrecognized).method_not_allowed_fallback(unrecognized)
 }
 
 async fn unrecognized(method: Method, uri: Uri) -> Response<Body> {
@@ -377,17 +328,4 @@ async fn unrecognized(method: Method, uri: Uri) -> Response<Body> {
         uri.path()
     );
     error_response(ApiError::new(404, "invalid_request_error", None, message, None))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::mask_key;
-
-    #[test]
-    fn masking_keeps_the_kind_and_last_four_of_long_keys_only() {
-        assert_eq!(mask_key("sk_test_abcdefgh1234"), "sk_test_********1234");
-        assert_eq!(mask_key("rk_live_abc"), "rk_live_***");
-        assert_eq!(mask_key("nonsense"), "****ense");
-        assert_eq!(mask_key("short"), "*****");
-    }
 }

@@ -14,8 +14,7 @@ use serde_json::{Map, Value, json};
 
 use crate::generated::Generated;
 use crate::{
-    CheckoutSpec, CreatedInvoice, CreatedSession, CreatedSubscription, Fault, FaultKind, InvoiceSpec, LoggedRequest,
-    SubscriptionSpec,
+    CheckoutSpec, CreatedInvoice, CreatedSession, CreatedSubscription, Fault, FaultKind, InvoiceSpec, SubscriptionSpec,
 };
 
 const FIXTURES: &str = include_str!(concat!(
@@ -146,6 +145,9 @@ struct LinePart {
 pub(crate) struct State {
     pub api_key: String,
     pub livemode: bool,
+    /// The clock as this step sees it: set from the server's clock (shared
+    /// by every account) whenever the account is locked, and moved only for
+    /// the length of a step (dating a purchase in the past), never kept.
     pub now: i64,
     /// The id counter: the next id is `seq + 1`.
     pub seq: u64,
@@ -159,12 +161,11 @@ pub(crate) struct State {
     children: HashMap<String, Vec<String>>,
     /// invoice id -> the payment intent that paid it
     invoice_payments: HashMap<String, String>,
-    pub requests: Vec<LoggedRequest>,
+    /// Faults for this account's requests, consumed in order.
     pub faults: Vec<Fault>,
     /// Off for bulk loads (benchmarks): each event holds a full snapshot,
     /// which at 100k purchases is most of the fake's memory and load time.
     pub record_events: bool,
-    request_seq: u64,
     /// A generated account: its purchases are built on demand, not stored.
     pub generated: Option<Arc<Generated>>,
     /// Scratch builds of a generated purchase that serve one object: of a
@@ -193,10 +194,8 @@ impl State {
             order: HashMap::new(),
             children: HashMap::new(),
             invoice_payments: HashMap::new(),
-            requests: Vec::new(),
             faults: Vec::new(),
             record_events: true,
-            request_seq: 0,
             generated: None,
             history_only: None,
             catalog: None,
@@ -213,11 +212,6 @@ impl State {
         let first = format!("{prefix}_{:014}", self.seq + 1);
         self.seq += count;
         first
-    }
-
-    pub fn next_request_id(&mut self) -> String {
-        self.request_seq += 1;
-        format!("req_{:014}", self.request_seq)
     }
 
     /// The first injected fault that matches `path`, consumed once.

@@ -24,10 +24,20 @@ pub async fn get_with_auth(
     auth: Option<&str>,
     path: &str,
 ) -> Result<Reply, hyper_util::client::legacy::Error> {
+    let headers: Vec<(&str, &str)> = auth.map(|a| ("authorization", a)).into_iter().collect();
+    get_with_headers(base, &headers, path).await
+}
+
+/// GET with exactly these request headers.
+pub async fn get_with_headers(
+    base: &str,
+    headers: &[(&str, &str)],
+    path: &str,
+) -> Result<Reply, hyper_util::client::legacy::Error> {
     let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
     let mut req = hyper::Request::get(format!("{base}{path}"));
-    if let Some(auth) = auth {
-        req = req.header("authorization", auth);
+    for (name, value) in headers {
+        req = req.header(*name, *value);
     }
     let resp = client.request(req.body(Empty::new()).unwrap()).await?;
     let status = resp.status().as_u16();
@@ -43,10 +53,16 @@ pub async fn get_with_auth(
     })
 }
 
-/// GET with the fake's key; panics on transport errors.
+/// GET as licensync's client reaches the fake's account: its key and, for
+/// a connected account, its `Stripe-Account` header; panics on transport errors.
 pub async fn try_get(fake: &FakeStripe, path: &str) -> Reply {
     let auth = format!("Bearer {}", fake.api_key());
-    get_with_auth(&fake.base_url(), Some(&auth), path)
+    let account = fake.account_id();
+    let mut headers = vec![("authorization", auth.as_str())];
+    if let Some(account) = &account {
+        headers.push(("stripe-account", account.as_str()));
+    }
+    get_with_headers(&fake.base_url(), &headers, path)
         .await
         .expect("request reaches the fake")
 }
