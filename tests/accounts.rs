@@ -411,7 +411,7 @@ async fn brands_with_keys_of_their_own_come_from_the_accounts_file_with_their_ow
     std::fs::create_dir(dir.path().join("b-templates")).unwrap();
     std::fs::write(
         dir.path().join("b-templates/license.subject.j2"),
-        "Your Brand B key for {{ product_name }}",
+        "Your Brand B key for {{ product }}",
     )
     .unwrap();
     let file = dir.path().join("accounts.toml");
