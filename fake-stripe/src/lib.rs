@@ -10,8 +10,9 @@
 //! Choices worth knowing (the real API leaves them to the account's history):
 //! - the clock starts at [`DEFAULT_NOW`] and moves only through [`FakeStripe::set_now`]
 //!   and [`FakeStripe::advance`], so runs are reproducible;
-//! - ids are a prefix plus a zero-padded global counter (`prod_00000000000001`),
-//!   so id order is creation order;
+//! - ids are a prefix plus a zero-padded counter of the account's, shared by
+//!   all its types (`prod_00000000000001`), so id order is creation order
+//!   within an account, and two accounts' ids may coincide;
 //! - a renewal moves a period by its price's interval with month = 30 days and
 //!   year = 365 days;
 //! - the top-level `subscription` fields of invoices and invoice lines, which the
@@ -81,7 +82,8 @@ pub struct FakeStripe {
 /// How to start a [`FakeStripe`].
 #[derive(Debug, Clone)]
 pub struct Options {
-    /// The one key the server accepts; `sk_live_`/`rk_live_` keys make a live-mode account.
+    /// The key of the server's first account (more accounts: [`FakeStripe::add_account`],
+    /// [`FakeStripe::connect_account`]); `sk_live_`/`rk_live_` keys make a live-mode account.
     pub api_key: String,
     /// Seed the sample catalog of [`FakeStripe::seed_sample`] before serving.
     pub seed_sample: bool,

@@ -389,7 +389,7 @@ impl State {
     }
 
     pub fn events(&self) -> Vec<Value> {
-        // Event ids come from the global counter, so id order is recording order.
+        // Event ids come from the account's counter, so id order is recording order.
         self.all("event").cloned().collect()
     }
 
