@@ -461,7 +461,7 @@ mod tests {
     #[test]
     fn paths_in_the_file_are_relative_to_it() {
         let dir = tempfile::tempdir().unwrap();
-        write(dir.path(), "brand-b.key", "sk_test_brandb0123456789\n");
+        write(dir.path(), "brand-b.key", "sk_test_brandb0123454321\n");
         let file = write(
             dir.path(),
             "accounts.toml",
