@@ -438,4 +438,34 @@ mod tests {
         assert!(!text.contains("licensync_last_success_timestamp_seconds"), "{text}");
         assert!(text.contains("licensync_last_run_success 0\n"), "{text}");
     }
+
+    #[test]
+    fn several_accounts_share_each_family_and_label_every_sample_with_their_account() {
+        let mut other = snapshot(LastRun::Ran(RunMetrics::default()));
+        other.licenses.insert("active".into(), 9);
+        other.last_success = None;
+        let text = encode_all(vec![
+            (Some("own".into()), snapshot(LastRun::Ran(ran()))),
+            (Some("acct_B".into()), other),
+        ]);
+        for line in [
+            "licensync_last_run_success{stripe_account=\"own\"} 1",
+            "licensync_last_run_success{stripe_account=\"acct_B\"} 0",
+            "licensync_licenses{stripe_account=\"own\",status=\"active\"} 2",
+            "licensync_licenses{stripe_account=\"acct_B\",status=\"active\"} 9",
+            "licensync_last_success_timestamp_seconds{stripe_account=\"own\"} 1799999000",
+            "licensync_run_actions{stripe_account=\"own\",action=\"issued\"} 2",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing `{line}` in:\n{text}");
+        }
+        // One HELP and TYPE per family: a second one would make the whole file unreadable.
+        for family in ["licensync_licenses", "licensync_last_run_success", "licensync_emails"] {
+            let help = text
+                .lines()
+                .filter(|l| l.starts_with(&format!("# HELP {family} ")))
+                .count();
+            assert_eq!(help, 1, "{family}:\n{text}");
+        }
+        assert!(!text.contains("licensync_last_success_timestamp_seconds{stripe_account=\"acct_B\"}"));
+    }
 }

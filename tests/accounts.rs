@@ -206,9 +206,12 @@ async fn connected_accounts_and_the_platforms_own_reconcile_into_one_database_wi
     .await
     .ok_json();
     assert_eq!(one.as_array().unwrap().len(), 2);
-    let own = Deployment::run(d.command(&platform, &["licenses", "list", "--account", "self", "--output", "json"]))
-        .await
-        .ok_json();
+    let own = Deployment::run(d.command(
+        &platform,
+        &["licenses", "list", "--account", "self", "--output", "json"],
+    ))
+    .await
+    .ok_json();
     assert!(own.as_array().unwrap().iter().all(|l| l["stripe_account"].is_null()));
     let status = Deployment::run(d.command(&platform, &["status", "--output", "json"]))
         .await
@@ -281,8 +284,26 @@ async fn one_account_failing_never_stops_the_others_and_the_report_names_it() {
         times: 6,
     });
 
-    let ran = d.reconcile(&platform, &accounts, &[]).await;
+    let metrics = d.mail.path().join("licensync.prom");
+    let ran = d
+        .reconcile(&platform, &accounts, &["--metrics-file", metrics.to_str().unwrap()])
+        .await;
     assert_eq!(ran.code, 1, "any failed account fails the run: {}", ran.all());
+    // Alerting sees each account: the failed ones fail, the others succeed.
+    let prom = std::fs::read_to_string(&metrics).unwrap();
+    for (account, success) in [
+        ("own", 1),
+        (accounts[1].as_str(), 0),
+        (accounts[2].as_str(), 0),
+        (accounts[3].as_str(), 1),
+    ] {
+        let line = format!("licensync_last_run_success{{stripe_account=\"{account}\"}} {success}");
+        assert!(prom.lines().any(|l| l == line), "missing `{line}`:\n{prom}");
+    }
+    assert!(prom.contains(&format!(
+        "licensync_licenses{{stripe_account=\"{}\",status=\"active\"}} 2",
+        accounts[3]
+    )));
     let report = ran.json();
     assert_eq!(report["outcome"], "failed");
     assert_eq!(
@@ -292,10 +313,7 @@ async fn one_account_failing_never_stops_the_others_and_the_report_names_it() {
     );
     let revoked = entry(&report, Some(&accounts[1]));
     assert_eq!(revoked["outcome"], "failed");
-    assert!(
-        revoked["error"].as_str().unwrap().contains("401"),
-        "{revoked:#}"
-    );
+    assert!(revoked["error"].as_str().unwrap().contains("401"), "{revoked:#}");
     assert!(!ran.stdout.contains(&platform.api_key()) && !ran.stderr.contains(&platform.api_key()));
     let storm = entry(&report, Some(&accounts[2]));
     assert!(storm["error"].as_str().unwrap().contains("500"), "{storm:#}");
@@ -313,7 +331,10 @@ async fn one_account_failing_never_stops_the_others_and_the_report_names_it() {
             .count()
     };
     assert_eq!((of(None), of(Some(&accounts[1])), of(Some(&accounts[3]))), (2, 0, 2));
-    assert!(of(Some(&accounts[2])) <= 1, "the sessions read beside the failed list may commit");
+    assert!(
+        of(Some(&accounts[2])) <= 1,
+        "the sessions read beside the failed list may commit"
+    );
     // The runs table says which account failed and why.
     let status = Deployment::run(d.command(&platform, &["status", "--output", "json"]))
         .await
@@ -331,7 +352,11 @@ async fn one_account_failing_never_stops_the_others_and_the_report_names_it() {
     let ran = d.reconcile(&platform, &accounts, &[]).await;
     assert_eq!(ran.code, 1, "{}", ran.all());
     let report = ran.json();
-    assert_eq!(report["failed_accounts"], serde_json::json!([accounts[1]]), "{report:#}");
+    assert_eq!(
+        report["failed_accounts"],
+        serde_json::json!([accounts[1]]),
+        "{report:#}"
+    );
     assert_eq!(entry(&report, Some(&accounts[2]))["outcome"], "succeeded");
     assert_eq!(entry(&report, None)["counts"]["issued"], 0);
     let licenses = d.licenses(&platform).await;
@@ -369,7 +394,10 @@ async fn two_shards_run_concurrently_and_together_equal_one_unsharded_run() {
     };
     let (a, b) = (names(&first), names(&second));
     assert!(a.is_disjoint(&b), "{a:?} {b:?}");
-    assert_eq!(a.union(&b).cloned().collect::<BTreeSet<_>>(), accounts.iter().cloned().collect());
+    assert_eq!(
+        a.union(&b).cloned().collect::<BTreeSet<_>>(),
+        accounts.iter().cloned().collect()
+    );
     assert_eq!(first["shard"], "0/2");
     assert_eq!(first["accounts_configured"], 3);
 
@@ -441,7 +469,10 @@ mail_templates = "b-templates"
     cmd.env_remove("STRIPE_API_KEY").env("LICENSYNC_ACCOUNTS_FILE", &file);
     let report = Deployment::run(cmd).await.report();
     assert_eq!(entry(&report, None)["name"], "Brand A");
-    assert_eq!(entry(&report, Some(&brand_b.stripe_account_id()))["counts"]["issued"], 2);
+    assert_eq!(
+        entry(&report, Some(&brand_b.stripe_account_id()))["counts"]["issued"],
+        2
+    );
     // Brand B's requests carried its own key and no header.
     assert!(brand_b.requests().iter().all(|r| r.status == 200));
     let emails = d.emails();
@@ -473,4 +504,70 @@ async fn a_bad_account_setting_is_a_usage_error_before_any_request() {
         assert!(ran.stderr.contains(expected), "{}", ran.all());
     }
     assert!(platform.all_requests().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn test_and_live_mode_are_checked_per_account() {
+    let platform = FakeStripe::start().await;
+    platform.set_now(chrono::Utc::now().timestamp());
+    open_shop(&platform, "buyer@test-brand.test");
+    let live = platform.add_account("sk_live_livebrand_0123456789abcdef");
+    open_shop(&live, "buyer@live-brand.test");
+    let other_test = platform.add_account("sk_test_otherbrand_0123456789abcd");
+    open_shop(&other_test, "buyer@other.test");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("test.key"), platform.api_key()).unwrap();
+    let accounts_file = |live_key: &str| {
+        std::fs::write(dir.path().join("live.key"), live_key).unwrap();
+        let file = dir.path().join("accounts.toml");
+        std::fs::write(
+            &file,
+            format!(
+                "[[account]]\nname = \"Test brand\"\nstripe_api_key_file = \"test.key\"\n\n\
+                 [[account]]\nname = \"Live brand\"\nstripe_account = \"{}\"\nstripe_api_key_file = \"live.key\"\n",
+                live.stripe_account_id()
+            ),
+        )
+        .unwrap();
+        file
+    };
+    let d = Deployment::new();
+    let run = |file: std::path::PathBuf| {
+        let mut cmd = d.command(&platform, &["reconcile", "--output", "json"]);
+        cmd.env_remove("STRIPE_API_KEY").env("LICENSYNC_ACCOUNTS_FILE", file);
+        Deployment::run(cmd)
+    };
+    // A test-mode account and a live-mode one share the database: each is
+    // checked against its own licenses only.
+    let report = run(accounts_file(&live.api_key())).await.report();
+    let live_id = live.stripe_account_id();
+    assert_eq!(entry(&report, Some(&live_id))["counts"]["issued"], 2, "{report:#}");
+    let licenses = d.licenses(&platform).await;
+    for l in &licenses {
+        assert_eq!(l["livemode"], l["stripe_account"] == live_id.as_str(), "{l:#}");
+    }
+    // The live brand's file now holds a test-mode key: that account is
+    // refused (its licenses are live), the other goes on.
+    let ran = run(accounts_file(&other_test.api_key())).await;
+    assert_eq!(ran.code, 1, "{}", ran.all());
+    let report = ran.json();
+    assert_eq!(report["failed_accounts"], serde_json::json!([live_id]), "{report:#}");
+    let refused = entry(&report, Some(&live_id));
+    assert!(
+        refused["error"]
+            .as_str()
+            .unwrap()
+            .contains("test-mode key but the database holds live-mode licenses"),
+        "{refused:#}"
+    );
+    assert_eq!(entry(&report, None)["outcome"], "succeeded");
+    assert!(
+        other_test.requests().iter().all(|r| !r.path.contains("subscriptions")),
+        "refused before reading"
+    );
+    assert_eq!(
+        d.licenses(&platform).await.len(),
+        4,
+        "nothing of the other account was written"
+    );
 }
