@@ -340,6 +340,7 @@ pub async fn reconcile_once(
     let scope = reconcile_scope(args)?;
     let configured = config.accounts().map_err(usage)?;
     let count = configured.len();
+    let configured_ids: Vec<Option<String>> = configured.iter().map(|a| a.stripe_account.clone()).collect();
     let accounts = crate::accounts::select(configured, args.shard);
     let mut mails = Vec::with_capacity(accounts.len());
     for account in &accounts {
@@ -363,6 +364,20 @@ pub async fn reconcile_once(
         }
     } else {
         db.store.migrate()?;
+    }
+    if several {
+        // Licenses of an account no longer configured are left as they are:
+        // nothing renews or expires them. Say so on every run.
+        for account in db.store.known_accounts()? {
+            if !configured_ids.contains(&account) {
+                tracing::warn!(
+                    stripe_account = crate::accounts::label(account.as_deref()),
+                    "the database holds licenses of an account that is not configured: nothing reconciles them; \
+                     add it (`--stripe-account {}`) or leave it out knowingly",
+                    account.as_deref().unwrap_or("self")
+                );
+            }
+        }
     }
     let options = RunOptions {
         scope,

@@ -347,6 +347,19 @@ async fn one_account_failing_never_stops_the_others_and_the_report_names_it() {
         .unwrap();
     assert_eq!(failed_run["outcome"], "failed");
 
+    // An account left out of the configuration is named on every run: its
+    // licenses would otherwise silently stop following Stripe.
+    let mut fewer = d.reconcile_cmd(&platform, &accounts[..3], &[]);
+    fewer.env("LICENSYNC_LOG_FORMAT", "json");
+    let ran = Deployment::run(fewer).await;
+    assert!(
+        ran.stderr
+            .lines()
+            .any(|l| l.contains("not configured") && l.contains(&accounts[3])),
+        "{}",
+        ran.all()
+    );
+
     // The outage is over (the revoked account stays revoked): the storm's
     // account converges, the others change nothing.
     let ran = d.reconcile(&platform, &accounts, &[]).await;

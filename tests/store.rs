@@ -309,3 +309,111 @@ fn a_page_refreshes_the_stripe_side_of_an_override_and_leaves_alone_a_license_an
     let other = db.store.find_license("BBBBB-BBBBB-BBBBB-BBBBB-BBBBB").unwrap().unwrap();
     assert_eq!((other.quantity, other.operator_override), (7, None));
 }
+
+#[test]
+fn a_single_account_database_migrates_in_place_and_its_rows_stay_the_keys_own() {
+    use diesel::connection::SimpleConnection;
+    use diesel_migrations::MigrationHarness;
+    let db = TestDb::empty();
+    let all = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations"))
+        .unwrap()
+        .count();
+    let mut conn = db.conn();
+    // The database as the release before accounts left it.
+    for _ in 0..all - 1 {
+        conn.run_next_migration(licensync::store::MIGRATIONS).unwrap();
+    }
+    conn.batch_execute(
+        "INSERT INTO licenses (key, status, product_ids, source_kind, source_id, stripe_subscription_id, livemode) \
+             VALUES ('AAAAA-AAAAA-AAAAA-AAAAA-AAAAA', 'active', '{pro}', 'subscription_item', 'si_1', 'sub_1', false); \
+         INSERT INTO email_outbox (license_id, kind, recipient) \
+             SELECT id, 'license_issued', 'ada@example.test' FROM licenses; \
+         INSERT INTO runs (mode, outcome) VALUES ('full', 'succeeded'); \
+         INSERT INTO sync_state (name, value) VALUES ('events', '{}');",
+    )
+    .unwrap();
+    assert_eq!(db.store.migrate().unwrap().len(), 1);
+
+    // Everything belongs to the key's own account, as it did.
+    let own = db.store.for_account(None);
+    let found = own.licenses_for(&["si_1".into()], &[], &[]).unwrap();
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].stripe_account, None);
+    assert!(own.cursor("events").unwrap().is_some());
+    assert_eq!(own.recent_runs(5).unwrap().len(), 1);
+    assert_eq!(own.outbox_counts().unwrap().pending, 1);
+    // A connected account sees none of it.
+    let other = db.store.for_account(Some("acct_1Other"));
+    assert!(
+        other
+            .licenses_for(&["si_1".into()], &["sub_1".into()], &[])
+            .unwrap()
+            .is_empty()
+    );
+    assert!(other.cursor("events").unwrap().is_none());
+    assert!(other.recent_runs(5).unwrap().is_empty());
+    assert_eq!(other.outbox_counts().unwrap().pending, 0);
+    assert_eq!(other.license_counts().unwrap()["active"], 0);
+    assert_eq!(
+        db.store.license_counts().unwrap()["active"],
+        1,
+        "unscoped: the whole database"
+    );
+}
+
+#[test]
+fn two_accounts_hold_grants_with_the_same_id_their_own_locks_and_cursors() {
+    let db = TestDb::new();
+    let (a, b) = (db.store.for_account(None), db.store.for_account(Some("acct_1B")));
+    let written_a = a
+        .write_page(
+            None,
+            &[write("AAAAA-AAAAA-AAAAA-AAAAA-AAAAA", "si_1", Some("a@example.test"))],
+        )
+        .unwrap();
+    let written_b = b
+        .write_page(
+            None,
+            &[write("BBBBB-BBBBB-BBBBB-BBBBB-BBBBB", "si_1", Some("b@example.test"))],
+        )
+        .unwrap();
+    assert_ne!(
+        written_a[0].license_id, written_b[0].license_id,
+        "two licenses for one Stripe id"
+    );
+    let of_b = b.licenses_for(&["si_1".into()], &[], &[]).unwrap();
+    assert_eq!(of_b.len(), 1);
+    assert_eq!(of_b[0].stripe_account.as_deref(), Some("acct_1B"));
+    assert_eq!(of_b[0].customer_email.as_deref(), Some("b@example.test"));
+    // Re-writing one account's grant leaves the other's alone.
+    b.write_page(
+        None,
+        &[write("CCCCC-CCCCC-CCCCC-CCCCC-CCCCC", "si_1", Some("b2@example.test"))],
+    )
+    .unwrap();
+    let of_a = a.licenses_for(&["si_1".into()], &[], &[]).unwrap();
+    assert_eq!(of_a[0].customer_email.as_deref(), Some("a@example.test"));
+    assert_eq!(of_a[0].key, "AAAAA-AAAAA-AAAAA-AAAAA-AAAAA");
+    // Each account's outbox row is its own (its sender sends it).
+    let outbox_b = b.outbox_for_license(of_b[0].id).unwrap();
+    assert_eq!(outbox_b[0].stripe_account.as_deref(), Some("acct_1B"));
+    assert_eq!(b.outbox_counts().unwrap().pending, 1);
+
+    // One run per account at a time; accounts do not wait for each other.
+    let lock_a = a.try_lock_run().unwrap().expect("a's lock");
+    let lock_b = b.try_lock_run().unwrap().expect("b's lock, while a holds its own");
+    assert!(b.try_lock_run().unwrap().is_none(), "b's lock is taken");
+    assert!(db.store.for_account(None).try_lock_run().unwrap().is_none());
+    // Each fence follows its own lock.
+    let (fenced_a, fenced_b) = (a.fenced(&lock_a), b.fenced(&lock_b));
+    drop(lock_a);
+    assert!(fenced_a.check_fence().is_err());
+    assert!(fenced_b.check_fence().is_ok());
+    // Cursors are per account.
+    a.set_cursor("events", "a").unwrap();
+    b.set_cursor("events", "b").unwrap();
+    assert_eq!(a.cursor("events").unwrap().unwrap().0, "a");
+    assert_eq!(b.cursor("events").unwrap().unwrap().0, "b");
+    let accounts = db.store.known_accounts().unwrap();
+    assert_eq!(accounts, vec![None, Some("acct_1B".to_owned())]);
+}
