@@ -11,7 +11,7 @@
 //! flag is visible to every user in `ps`, an environment value is inherited
 //! by every child process and ends up in world-readable env files.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
@@ -277,10 +277,21 @@ fn the_example_secret() -> Value {
     secret.doc["stringData"].clone()
 }
 
-/// The container's argv as the image runs it: `command` replaces the
-/// image's ENTRYPOINT, `args` its CMD.
+/// The container's argv as the image runs it in the pod of index 0 (an
+/// Indexed Job's pods differ only in their index; other Jobs have none):
+/// see [`pod_argv`].
 fn container_argv(manifest: &Manifest, container: &Value) -> Vec<String> {
-    let command = strings(&container["command"]);
+    pod_argv(manifest, container, &pod_env(container, 0, None))
+}
+
+/// The container's argv as the image runs it with the environment `env`:
+/// `command` replaces the image's ENTRYPOINT, `args` its CMD, and the
+/// kubelet expands `$(NAME)` in both (not in the image's own) from the
+/// container's environment before it starts the process.
+fn pod_argv(manifest: &Manifest, container: &Value, env: &[(String, String)]) -> Vec<String> {
+    let lookup = |name: &str| env_lookup(env, name);
+    let expand = |words: Vec<String>| -> Vec<String> { words.iter().map(|w| kubernetes_expand(w, &lookup)).collect() };
+    let command = expand(strings(&container["command"]));
     let mut argv = if command.is_empty() {
         dockerfile_json_array("ENTRYPOINT")
     } else {
@@ -292,8 +303,89 @@ fn container_argv(manifest: &Manifest, container: &Value) -> Vec<String> {
         "{}: the container must run licensync",
         manifest.label()
     );
-    argv.extend(strings(&container["args"]));
+    argv.extend(expand(strings(&container["args"])));
     argv
+}
+
+/// The value of `name` in an environment built in order (a later
+/// definition of the same name wins, as in the kubelet's map).
+fn env_lookup(env: &[(String, String)], name: &str) -> Option<String> {
+    env.iter().rev().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+}
+
+/// Kubernetes' `$(NAME)` expansion (container `command`, `args` and env
+/// `value`s; k8s.io/kubernetes third_party/forked/golang/expansion): a
+/// defined NAME is replaced by its value, an undefined one stays `$(NAME)`
+/// as written, `$$` is one literal `$` (so `$$(NAME)` is never expanded),
+/// and any other `$` (last character, `$x`, an unclosed `$(`) stays as it is.
+fn kubernetes_expand(input: &str, lookup: &dyn Fn(&str) -> Option<String>) -> String {
+    let mut out = String::with_capacity(input.len());
+    let mut rest = input;
+    while let Some(at) = rest.find('$') {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + 1..];
+        if let Some(escaped) = after.strip_prefix('$') {
+            out.push('$');
+            rest = escaped;
+        } else if let Some(body) = after.strip_prefix('(')
+            && let Some(end) = body.find(')')
+        {
+            let name = &body[..end];
+            match lookup(name) {
+                Some(value) => out.push_str(&value),
+                None => out.push_str(&format!("$({name})")),
+            }
+            rest = &body[end + 1..];
+        } else {
+            out.push('$');
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// `valueFrom.fieldRef` of the pod annotation that holds an Indexed Job
+/// pod's index (the downward API; the Job controller sets the annotation).
+const COMPLETION_INDEX_FIELD: &str = "metadata.annotations['batch.kubernetes.io/job-completion-index']";
+
+/// ConfigMap values, `(name, key) -> value`.
+type ConfigMaps = BTreeMap<(String, String), String>;
+
+/// The container's environment as the kubelet builds it for the pod of
+/// `index`, in order: a `value` is expanded from the variables defined
+/// before it, the completion index comes from the downward API, a
+/// `configMapKeyRef` from `config_maps`. With `config_maps` `None` only
+/// plain values and the index are resolved (what the command line needs);
+/// with `Some`, a variable that cannot be resolved fails the test, as it
+/// would keep the pod from starting.
+fn pod_env(container: &Value, index: u64, config_maps: Option<&ConfigMaps>) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = Vec::new();
+    for entry in container["env"].as_sequence().into_iter().flatten() {
+        let name = entry["name"].as_str().expect("env[].name").to_string();
+        let value = if let Some(value) = entry["value"].as_str() {
+            let lookup = |n: &str| env_lookup(&env, n);
+            Some(kubernetes_expand(value, &lookup))
+        } else if entry["valueFrom"]["fieldRef"]["fieldPath"].as_str() == Some(COMPLETION_INDEX_FIELD) {
+            Some(index.to_string())
+        } else if let Some(maps) = config_maps {
+            let from = &entry["valueFrom"]["configMapKeyRef"];
+            let (map, key) = (from["name"].as_str(), from["key"].as_str());
+            let (Some(map), Some(key)) = (map, key) else {
+                panic!("env {name}: only value, the completion index and configMapKeyRef are modelled: {entry:?}");
+            };
+            let value = maps
+                .get(&(map.to_string(), key.to_string()))
+                .unwrap_or_else(|| panic!("env {name}: no key {key} in a ConfigMap {map} of the same file"));
+            Some(value.clone())
+        } else {
+            None
+        };
+        if let Some(value) = value {
+            env.push((name, value));
+        }
+    }
+    env
 }
 
 #[test]
@@ -829,6 +921,56 @@ fn the_migrate_job_runs_migrate() {
     let argv = container_argv(job, &containers(job.job_spec().unwrap())[0]);
     let cli = parse(&argv, &job.label());
     assert!(matches!(cli.command, Command::Migrate), "{:?}", cli.command);
+}
+
+// ---------------------------------------------------------------------------
+// Several Stripe accounts sharded over the pods of an Indexed Job
+// ---------------------------------------------------------------------------
+
+#[test]
+fn kubernetes_expands_dollar_parenthesis_references_from_the_env_and_nothing_else() {
+    let lookup = |name: &str| match name {
+        "JOB_COMPLETION_INDEX" => Some("2".to_string()),
+        "EMPTY" => Some(String::new()),
+        _ => None,
+    };
+    let cases = [
+        ("$(JOB_COMPLETION_INDEX)/3", "2/3"),
+        ("--shard=$(JOB_COMPLETION_INDEX)/3", "--shard=2/3"),
+        ("$(JOB_COMPLETION_INDEX)$(JOB_COMPLETION_INDEX)", "22"),
+        ("a$(EMPTY)b", "ab"),
+        // Undefined: left as written (licensync would then refuse the shard).
+        ("$(UNDEFINED)/3", "$(UNDEFINED)/3"),
+        // `$$` escapes: the reference is passed literally, never expanded.
+        ("$$(JOB_COMPLETION_INDEX)", "$(JOB_COMPLETION_INDEX)"),
+        ("$$$(JOB_COMPLETION_INDEX)", "$2"),
+        ("$$", "$"),
+        // A `$` that starts no reference stays.
+        ("$JOB_COMPLETION_INDEX", "$JOB_COMPLETION_INDEX"),
+        ("${JOB_COMPLETION_INDEX}", "${JOB_COMPLETION_INDEX}"),
+        ("cost $", "cost $"),
+        ("$(JOB_COMPLETION_INDEX", "$(JOB_COMPLETION_INDEX"),
+        ("$()", "$()"),
+        ("plain", "plain"),
+    ];
+    for (input, expected) in cases {
+        assert_eq!(kubernetes_expand(input, &lookup), expected, "{input:?}");
+    }
+    // An env value sees only the variables defined before it.
+    let container: Value = serde_norway::from_str(
+        r#"
+env:
+  - {name: A, value: "$(B)-$(JOB_COMPLETION_INDEX)"}
+  - name: JOB_COMPLETION_INDEX
+    valueFrom: {fieldRef: {fieldPath: "metadata.annotations['batch.kubernetes.io/job-completion-index']"}}
+  - {name: B, value: "b"}
+  - {name: C, value: "$(B)-$(JOB_COMPLETION_INDEX)"}
+"#,
+    )
+    .unwrap();
+    let env = pod_env(&container, 1, None);
+    assert_eq!(env_lookup(&env, "A").as_deref(), Some("$(B)-$(JOB_COMPLETION_INDEX)"));
+    assert_eq!(env_lookup(&env, "C").as_deref(), Some("b-1"));
 }
 
 // ---------------------------------------------------------------------------
