@@ -352,6 +352,21 @@ const COMPLETION_INDEX_FIELD: &str = "metadata.annotations['batch.kubernetes.io/
 /// ConfigMap values, `(name, key) -> value`.
 type ConfigMaps = BTreeMap<(String, String), String>;
 
+/// The data of the ConfigMaps in a manifest file.
+fn config_maps(all: &[Manifest], file: &str) -> ConfigMaps {
+    let mut maps = ConfigMaps::new();
+    for m in all.iter().filter(|m| m.file == file && m.kind() == "ConfigMap") {
+        for (key, value) in m.doc["data"].as_mapping().into_iter().flatten() {
+            let key = key.as_str().expect("ConfigMap data keys are strings");
+            let value = value
+                .as_str()
+                .unwrap_or_else(|| panic!("{}: data.{key} must be a string", m.label()));
+            maps.insert((m.name(), key.to_string()), value.to_string());
+        }
+    }
+    maps
+}
+
 /// The container's environment as the kubelet builds it for the pod of
 /// `index`, in order: a `value` is expanded from the variables defined
 /// before it, the completion index comes from the downward API, a
@@ -386,6 +401,21 @@ fn pod_env(container: &Value, index: u64, config_maps: Option<&ConfigMaps>) -> V
         }
     }
     env
+}
+
+/// Whether env entry `env` is only there for `$(NAME)` expansion in the
+/// container's command line: a downward-API value the args refer to
+/// (`JOB_COMPLETION_INDEX`), not a setting handed to licensync.
+fn is_expanded_into_args(container: &Value, env: &Value) -> bool {
+    let Some(name) = env["name"].as_str() else {
+        return false;
+    };
+    let reference = format!("$({name})");
+    env["valueFrom"].get("fieldRef").is_some()
+        && strings(&container["command"])
+            .iter()
+            .chain(&strings(&container["args"]))
+            .any(|word| word.contains(&reference))
 }
 
 #[test]
@@ -432,7 +462,29 @@ fn every_job_has_a_deadline_a_retry_limit_and_a_pod_that_never_restarts_in_place
             "{}: activeDeadlineSeconds bounds a hung run",
             m.label()
         );
-        assert!(spec["backoffLimit"].as_u64().is_some(), "{}: backoffLimit", m.label());
+        // An Indexed Job's pods are independent shards: its retries are
+        // counted per index, and a small backoffLimit beside them would let
+        // one failing index use up every index's retries again (it defaults
+        // to 2147483647 with backoffLimitPerIndex).
+        if spec["backoffLimitPerIndex"].as_u64().is_some() {
+            assert_eq!(
+                spec["completionMode"].as_str(),
+                Some("Indexed"),
+                "{}: backoffLimitPerIndex needs completionMode: Indexed",
+                m.label()
+            );
+            assert!(
+                spec.get("backoffLimit").is_none(),
+                "{}: with backoffLimitPerIndex leave backoffLimit unset, or one failing shard uses up every shard's retries",
+                m.label()
+            );
+        } else {
+            assert!(
+                spec["backoffLimit"].as_u64().is_some(),
+                "{}: backoffLimit (backoffLimitPerIndex for an Indexed Job)",
+                m.label()
+            );
+        }
         // podFailurePolicy is rejected by the API server with any other restartPolicy.
         assert_eq!(
             pod_spec(spec)["restartPolicy"].as_str(),
@@ -842,14 +894,21 @@ fn licensync_words_in_shell(command: &str, source: &str) -> Vec<String> {
 }
 
 #[test]
-fn the_cronjob_runs_reconcile_with_a_json_report() {
+fn every_cronjob_runs_reconcile_with_a_json_report() {
     let all = manifests();
-    let cronjob = all.iter().find(|m| m.kind() == "CronJob").unwrap();
-    let spec = cronjob.job_spec().unwrap();
-    let argv = container_argv(cronjob, &containers(spec)[0]);
-    let args = reconcile(parse(&argv, &cronjob.label()), &cronjob.label());
-    assert_eq!(args.output, Output::Json);
-    assert!(!args.dry_run && !args.full && args.since.is_none());
+    let cronjobs: Vec<&Manifest> = all.iter().filter(|m| m.kind() == "CronJob").collect();
+    assert!(cronjobs.len() >= 2, "cronjob.yaml and cronjob-sharded.yaml");
+    for cronjob in cronjobs {
+        let spec = cronjob.job_spec().unwrap();
+        let argv = container_argv(cronjob, &containers(spec)[0]);
+        let args = reconcile(parse(&argv, &cronjob.label()), &cronjob.label());
+        assert_eq!(args.output, Output::Json, "{}", cronjob.label());
+        assert!(
+            !args.dry_run && !args.full && args.since.is_none(),
+            "{}",
+            cronjob.label()
+        );
+    }
 }
 
 #[test]
@@ -927,6 +986,26 @@ fn the_migrate_job_runs_migrate() {
 // Several Stripe accounts sharded over the pods of an Indexed Job
 // ---------------------------------------------------------------------------
 
+const SHARDED_FILE: &str = "kubernetes/cronjob-sharded.yaml";
+
+fn sharded_cronjob(all: &[Manifest]) -> &Manifest {
+    all.iter()
+        .find(|m| m.file == SHARDED_FILE && m.kind() == "CronJob")
+        .expect("cronjob-sharded.yaml holds a CronJob")
+}
+
+/// The value of `--shard` in an argv (`--shard V` or `--shard=V`).
+fn shard_value(words: &[String]) -> Option<String> {
+    words
+        .iter()
+        .enumerate()
+        .find_map(|(i, word)| match word.strip_prefix("--shard") {
+            Some("") => words.get(i + 1).cloned(),
+            Some(rest) => rest.strip_prefix('=').map(str::to_string),
+            None => None,
+        })
+}
+
 #[test]
 fn kubernetes_expands_dollar_parenthesis_references_from_the_env_and_nothing_else() {
     let lookup = |name: &str| match name {
@@ -971,6 +1050,85 @@ env:
     let env = pod_env(&container, 1, None);
     assert_eq!(env_lookup(&env, "A").as_deref(), Some("$(B)-$(JOB_COMPLETION_INDEX)"));
     assert_eq!(env_lookup(&env, "C").as_deref(), Some("b-1"));
+}
+
+#[test]
+fn the_sharded_cronjob_is_an_indexed_job_whose_pod_i_reconciles_shard_i_of_n() {
+    let all = manifests();
+    let cronjob = sharded_cronjob(&all);
+    let label = cronjob.label();
+    let spec = cronjob.job_spec().unwrap();
+    assert_ne!(
+        cronjob.name(),
+        "licensync",
+        "{label}: a name of its own beside cronjob.yaml's"
+    );
+    assert_eq!(
+        cronjob.doc["spec"]["concurrencyPolicy"].as_str(),
+        Some("Forbid"),
+        "{label}"
+    );
+    let schedule = cronjob.doc["spec"]["schedule"].as_str().expect("a schedule");
+    cron::Schedule::from_str(&format!("0 {schedule}")).expect("a valid cron expression");
+
+    assert_eq!(spec["completionMode"].as_str(), Some("Indexed"), "{label}");
+    let n = spec["completions"].as_u64().expect("completions");
+    assert!(n >= 2, "{label}: completions {n}: more than one shard");
+    assert_eq!(
+        spec["parallelism"].as_u64(),
+        Some(n),
+        "{label}: parallelism must equal completions: one pod per shard, all at once"
+    );
+    assert!(
+        spec["backoffLimitPerIndex"].as_u64().is_some(),
+        "{label}: retries per shard (backoffLimitPerIndex)"
+    );
+
+    let containers = containers(spec);
+    assert_eq!(containers.len(), 1, "{label}");
+    let container = &containers[0];
+    // Written for Kubernetes to expand, with the same N as completions.
+    let written = shard_value(&strings(&container["args"])).unwrap_or_else(|| panic!("{label}: args without --shard"));
+    assert_eq!(written, format!("$(JOB_COMPLETION_INDEX)/{n}"), "{label}: --shard");
+    // ... and defined in the container's env, so that it is expanded.
+    let index_env = container["env"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+        .find(|e| e["name"].as_str() == Some("JOB_COMPLETION_INDEX"))
+        .unwrap_or_else(|| panic!("{label}: env does not define JOB_COMPLETION_INDEX"));
+    assert_eq!(
+        index_env["valueFrom"]["fieldRef"]["fieldPath"].as_str(),
+        Some(COMPLETION_INDEX_FIELD),
+        "{label}: JOB_COMPLETION_INDEX from the downward API"
+    );
+    assert!(index_env.get("value").is_none(), "{label}");
+
+    // Pod i's command line, as the kubelet expands it, is licensync's shard i of n.
+    for index in 0..n {
+        let argv = pod_argv(cronjob, container, &pod_env(container, index, None));
+        let source = format!("{label}, pod {index}");
+        let args = reconcile(parse(&argv, &source), &source);
+        let expected = licensync::accounts::Shard {
+            index: u32::try_from(index).unwrap(),
+            count: u32::try_from(n).unwrap(),
+        };
+        assert_eq!(args.shard, Some(expected), "{source}: `{}`", argv.join(" "));
+        assert_eq!(args.output, Output::Json, "{source}");
+    }
+
+    // The accounts: Connect ids from the ConfigMap of the same file.
+    let env = pod_env(container, 0, Some(&config_maps(&all, SHARDED_FILE)));
+    let accounts = env_lookup(&env, "LICENSYNC_STRIPE_ACCOUNTS")
+        .unwrap_or_else(|| panic!("{label}: LICENSYNC_STRIPE_ACCOUNTS (the connected accounts)"));
+    let ids: Vec<&str> = accounts.split(',').collect();
+    assert!(
+        ids.len() >= 2,
+        "{label}: the example lists several accounts: {accounts}"
+    );
+    for id in ids {
+        licensync::accounts::account_arg(id).unwrap_or_else(|e| panic!("{label}: LICENSYNC_STRIPE_ACCOUNTS: {e}"));
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -1499,6 +1657,10 @@ fn every_environment_variable_the_deploy_files_set_is_a_licensync_setting() {
     for (m, spec) in jobs(&all) {
         for container in containers(spec) {
             for env in container["env"].as_sequence().into_iter().flatten() {
+                // JOB_COMPLETION_INDEX, defined for `--shard $(JOB_COMPLETION_INDEX)/N`.
+                if is_expanded_into_args(container, env) {
+                    continue;
+                }
                 assert_known(env["name"].as_str().unwrap(), &m.label(), &known);
                 checked += 1;
             }
