@@ -1131,6 +1131,93 @@ fn the_sharded_cronjob_is_an_indexed_job_whose_pod_i_reconciles_shard_i_of_n() {
     }
 }
 
+#[test]
+fn the_accounts_file_secret_example_is_an_accounts_file_licensync_resolves_with_placeholder_keys_only() {
+    let file = "kubernetes/secret-accounts.example.yaml";
+    let all = manifests();
+    let secret = all
+        .iter()
+        .find(|m| m.file == file && m.kind() == "Secret")
+        .expect("secret-accounts.example.yaml holds a Secret");
+    assert_ne!(secret.name(), SECRET_NAME, "a Secret of its own beside `licensync`");
+    let data = secret.doc["stringData"].as_mapping().expect("stringData");
+    // The Secret's files, as its volume shows them.
+    let dir = tempfile::tempdir().unwrap();
+    let mut key_files = BTreeSet::new();
+    for (key, value) in data {
+        let key = key.as_str().unwrap();
+        let value = value.as_str().unwrap_or_else(|| panic!("{file}: stringData.{key}"));
+        std::fs::write(dir.path().join(key), value).unwrap();
+        if key != "accounts.toml" {
+            assert!(
+                value.contains("REPLACE_ME") && value.starts_with("rk_"),
+                "{file}: {key} must be a placeholder restricted key (rk_..._REPLACE_ME...)"
+            );
+            key_files.insert(key.to_string());
+        }
+    }
+    let toml_text = data
+        .get("accounts.toml")
+        .and_then(Value::as_str)
+        .unwrap_or_else(|| panic!("{file}: stringData.accounts.toml"));
+    // Every key file is one account's, named relative to the file (so inside the mount).
+    let parsed: toml::Table = toml::from_str(toml_text).unwrap_or_else(|e| panic!("{file}: accounts.toml: {e}"));
+    let referenced: BTreeSet<String> = parsed["account"]
+        .as_array()
+        .expect("[[account]] tables")
+        .iter()
+        .filter_map(|a| a.get("stripe_api_key_file").and_then(toml::Value::as_str))
+        .map(str::to_string)
+        .collect();
+    assert_eq!(
+        referenced, key_files,
+        "{file}: stripe_api_key_file names the key files of the same Secret"
+    );
+    for prefix in ["sk_live_", "sk_test_", "rk_live_", "rk_test_"] {
+        assert!(
+            !toml_text.contains(prefix),
+            "{file}: accounts.toml names key files, it holds no key ({prefix}...)"
+        );
+    }
+
+    // licensync's own reading of it: keys of their own, no platform key needed.
+    let settings = licensync::accounts::AccountSettings {
+        connected: vec![],
+        file: Some(dir.path().join("accounts.toml")),
+    };
+    let mail = licensync::mail::MailSettings::new(
+        licensync::mail::MailUrl::None,
+        licensync::mail::parse_from("Acme Licenses <licenses@acme.example>").unwrap(),
+    );
+    let accounts = settings
+        .resolve(None, &mail)
+        .unwrap_or_else(|e| panic!("{file}: licensync refuses accounts.toml: {e:#}"));
+    assert_eq!(accounts.len(), key_files.len(), "{file}");
+    for account in &accounts {
+        assert!(
+            !account.connect && account.stripe_account.is_some(),
+            "{file}: {} has a key of its own and its acct_ id",
+            account.name
+        );
+    }
+
+    // The alternative in cronjob-sharded.yaml's comments mounts this Secret
+    // and names the file where it is mounted.
+    let sharded = read(SHARDED_FILE);
+    let mount = format!("/run/secrets/{}", secret.name());
+    for expected in [
+        format!("secretName: {}", secret.name()),
+        format!("mountPath: {mount}"),
+        format!("value: {mount}/accounts.toml"),
+        "name: LICENSYNC_ACCOUNTS_FILE".to_string(),
+    ] {
+        assert!(
+            sharded.contains(&expected),
+            "{SHARDED_FILE}: the accounts-file alternative shows `{expected}`"
+        );
+    }
+}
+
 // ---------------------------------------------------------------------------
 // systemd
 // ---------------------------------------------------------------------------
