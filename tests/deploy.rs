@@ -11,6 +11,8 @@
 //! flag is visible to every user in `ps`, an environment value is inherited
 //! by every child process and ends up in world-readable env files.
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -1006,6 +1008,21 @@ fn shard_value(words: &[String]) -> Option<String> {
         })
 }
 
+/// The argv without its `--shard` option: the same run, unsharded.
+fn without_shard(argv: &[String]) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut words = argv.iter();
+    while let Some(word) = words.next() {
+        if word == "--shard" {
+            words.next();
+        } else if !word.starts_with("--shard=") {
+            out.push(word.clone());
+        }
+    }
+    assert_eq!(out.len() + 2, argv.len(), "one `--shard I/N` in {argv:?}");
+    out
+}
+
 #[test]
 fn kubernetes_expands_dollar_parenthesis_references_from_the_env_and_nothing_else() {
     let lookup = |name: &str| match name {
@@ -1216,6 +1233,262 @@ fn the_accounts_file_secret_example_is_an_accounts_file_licensync_resolves_with_
             "{SHARDED_FILE}: the accounts-file alternative shows `{expected}`"
         );
     }
+}
+
+/// A shop in one account, as in tests/accounts.rs: a monthly subscription
+/// and a one-time checkout line, bought by `email` (two licenses).
+fn open_shop(f: &fake_stripe::FakeStripe, email: &str) {
+    let customer = f.create_customer(Some(email), Some(email));
+    let pro = f.create_product("Pro", &[("product_id", "pro"), ("hwid_limit", "2")]);
+    let monthly = f.create_price(&pro, Some("month"), 1_000, &[]);
+    let tool = f.create_product("Tool", &[("product_id", "tool")]);
+    let once = f.create_price(&tool, None, 2_000, &[]);
+    f.create_subscription(fake_stripe::SubscriptionSpec {
+        customer: customer.clone(),
+        items: vec![(monthly, 1)],
+        ..fake_stripe::SubscriptionSpec::default()
+    });
+    f.create_checkout_session(fake_stripe::CheckoutSpec {
+        customer: Some(customer),
+        lines: vec![(once, 1)],
+        ..fake_stripe::CheckoutSpec::default()
+    });
+}
+
+/// What a deployment of a manifest stands on, on this machine: the
+/// database, the Secret `licensync` as its volume shows it (test values in
+/// the files the manifest names), a file outbox for the mail, and a
+/// directory per pod for its emptyDir volumes.
+struct Deployment {
+    db: common::TestDb,
+    secrets: tempfile::TempDir,
+    outbox: tempfile::TempDir,
+    pods: tempfile::TempDir,
+}
+
+impl Deployment {
+    fn new(fake: &fake_stripe::FakeStripe) -> Deployment {
+        let d = Deployment {
+            db: common::TestDb::new(),
+            secrets: tempfile::tempdir().unwrap(),
+            outbox: tempfile::tempdir().unwrap(),
+            pods: tempfile::tempdir().unwrap(),
+        };
+        let keys = the_example_secret();
+        for key in keys.as_mapping().unwrap().keys() {
+            let key = key.as_str().unwrap();
+            let value = match key {
+                "stripe-api-key" => fake.api_key(),
+                "database-url" => d.db.url.clone(),
+                "mail-url" => format!("file://{}", d.outbox.path().display()),
+                other => panic!("no test value for the Secret's key {other}"),
+            };
+            std::fs::write(d.secrets.path().join(key), format!("{value}\n")).unwrap();
+        }
+        d
+    }
+
+    /// The container's volume mounts as directories of this machine,
+    /// longest mount path first: the Secret `licensync` is shared by every
+    /// pod, an emptyDir is the pod's own.
+    fn mounts(&self, pod_spec: &Value, container: &Value, pod: &str) -> Vec<(String, PathBuf)> {
+        let mut mounts = Vec::new();
+        for mount in container["volumeMounts"].as_sequence().into_iter().flatten() {
+            let name = mount["name"].as_str().expect("volumeMounts[].name");
+            let path = mount["mountPath"].as_str().expect("volumeMounts[].mountPath");
+            let volume = pod_spec["volumes"]
+                .as_sequence()
+                .into_iter()
+                .flatten()
+                .find(|v| v["name"].as_str() == Some(name))
+                .unwrap_or_else(|| panic!("no volume {name}"));
+            let dir = if volume.get("secret").is_some() {
+                assert_eq!(volume["secret"]["secretName"].as_str(), Some(SECRET_NAME));
+                assert!(volume["secret"].get("items").is_none(), "items are not modelled here");
+                self.secrets.path().to_path_buf()
+            } else if volume.get("emptyDir").is_some() {
+                let dir = self.pods.path().join(pod).join(name);
+                std::fs::create_dir_all(&dir).unwrap();
+                dir
+            } else {
+                panic!("volume {name}: only Secret and emptyDir volumes are modelled here");
+            };
+            mounts.push((path.trim_end_matches('/').to_string(), dir));
+        }
+        mounts.sort_by_key(|(path, _)| std::cmp::Reverse(path.len()));
+        mounts
+    }
+
+    /// The real licensync binary as the pod would run it: `argv` (the
+    /// image's path replaced by this build's) with the pod's `env`, whose
+    /// paths inside volume mounts lead to their directories here. Only
+    /// STRIPE_API_BASE is added: the fake Stripe instead of api.stripe.com.
+    fn pod_command(
+        &self,
+        fake: &fake_stripe::FakeStripe,
+        pod_spec: &Value,
+        container: &Value,
+        pod: &str,
+        argv: &[String],
+        env: &[(String, String)],
+    ) -> std::process::Command {
+        let mounts = self.mounts(pod_spec, container, pod);
+        let on_host = |value: &str| -> String {
+            for (path, dir) in &mounts {
+                if let Some(rest) = value.strip_prefix(path.as_str())
+                    && (rest.is_empty() || rest.starts_with('/'))
+                {
+                    return format!("{}{rest}", dir.display());
+                }
+            }
+            value.to_string()
+        };
+        let mut cmd = common::licensync();
+        cmd.args(&argv[1..]);
+        for (name, value) in env {
+            cmd.env(name, on_host(value));
+        }
+        cmd.env("STRIPE_API_BASE", fake.base_url());
+        cmd
+    }
+
+    /// Every license without what differs between two databases (id, key,
+    /// times), sorted by account and grant.
+    fn portable_licenses(&self) -> Vec<serde_json::Value> {
+        let out = common::licensync()
+            .args(["licenses", "list", "--output", "json"])
+            .env("DATABASE_URL", &self.db.url)
+            .output()
+            .unwrap();
+        let listed: serde_json::Value = common::Ran::new(&out).ok_json();
+        let mut all: Vec<serde_json::Value> = listed
+            .as_array()
+            .expect("a JSON array of licenses")
+            .iter()
+            .cloned()
+            .map(|mut l| {
+                for field in ["id", "key", "created_at", "updated_at"] {
+                    l.as_object_mut().unwrap().remove(field);
+                }
+                l
+            })
+            .collect();
+        all.sort_by_key(|l| (l["stripe_account"].to_string(), l["source_id"].to_string()));
+        all
+    }
+
+    fn emails(&self) -> usize {
+        std::fs::read_dir(self.outbox.path())
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "eml"))
+            .count()
+    }
+}
+
+async fn run(cmd: std::process::Command) -> common::Ran {
+    let out = tokio::process::Command::from(cmd)
+        .output()
+        .await
+        .expect("running the licensync binary");
+    common::Ran::new(&out)
+}
+
+/// The Indexed Job manifest is parsed and its command line runs through the
+/// real CLI: each pod's argv and env come from cronjob-sharded.yaml, with
+/// `$(JOB_COMPLETION_INDEX)` expanded as the kubelet does, the Secret's
+/// files holding test values and the ConfigMap's account list naming the
+/// fake's connected accounts; the N pods run at once against one database.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_indexed_jobs_pods_run_their_shards_at_once_and_together_equal_one_unsharded_run() {
+    let all = manifests();
+    let cronjob = sharded_cronjob(&all);
+    let spec = cronjob.job_spec().unwrap();
+    let n = spec["completions"].as_u64().unwrap();
+    let pod_spec = pod_spec(spec);
+    let container = &containers(spec)[0];
+
+    // A platform with connected accounts, each with a shop: at least 5, and
+    // enough that no shard is empty (shards are a hash of the id).
+    let platform = fake_stripe::FakeStripe::start().await;
+    platform.set_now(chrono::Utc::now().timestamp());
+    let in_shard = |id: &str, index: u64| {
+        licensync::accounts::Shard {
+            index: u32::try_from(index).unwrap(),
+            count: u32::try_from(n).unwrap(),
+        }
+        .contains(Some(id))
+    };
+    let mut ids: Vec<String> = Vec::new();
+    while ids.len() < 5 || (0..n).any(|i| !ids.iter().any(|id| in_shard(id, i))) {
+        assert!(ids.len() < 60, "no spread of {} accounts over {n} shards", ids.len());
+        let account = platform.connect_account();
+        let id = account.account_id().unwrap();
+        open_shop(&account, &format!("buyer@{id}.test"));
+        ids.push(id);
+    }
+
+    // The ConfigMap the manifest reads LICENSYNC_STRIPE_ACCOUNTS from, listing them.
+    let from = container["env"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+        .find(|e| e["name"].as_str() == Some("LICENSYNC_STRIPE_ACCOUNTS"))
+        .map(|e| &e["valueFrom"]["configMapKeyRef"])
+        .expect("the manifest reads the accounts from LICENSYNC_STRIPE_ACCOUNTS");
+    let source = (
+        from["name"].as_str().expect("configMapKeyRef.name").to_string(),
+        from["key"].as_str().expect("configMapKeyRef.key").to_string(),
+    );
+    let mut maps = config_maps(&all, SHARDED_FILE);
+    assert!(maps.contains_key(&source), "{source:?} is in {SHARDED_FILE}");
+    maps.insert(source, ids.join(","));
+
+    // N pods at once, each with its own index, one database.
+    let sharded = Deployment::new(&platform);
+    let pods = (0..n).map(|index| {
+        let env = pod_env(container, index, Some(&maps));
+        let argv = pod_argv(cronjob, container, &env);
+        run(sharded.pod_command(&platform, pod_spec, container, &format!("pod-{index}"), &argv, &env))
+    });
+    let ran = futures::future::join_all(pods).await;
+    let mut seen: Vec<String> = Vec::new();
+    for (index, pod) in ran.iter().enumerate() {
+        assert_eq!(pod.code, 0, "pod {index} of {n}:\n{}", pod.all());
+        let report = pod.report();
+        assert_eq!(report["shard"], format!("{index}/{n}").as_str(), "{report:#}");
+        assert_eq!(report["accounts_configured"], ids.len(), "{report:#}");
+        let accounts: Vec<String> = report["accounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| {
+                assert_eq!(a["outcome"], "succeeded", "{a:#}");
+                a["stripe_account"].as_str().unwrap().to_string()
+            })
+            .collect();
+        assert!(!accounts.is_empty(), "pod {index} has accounts of its own: {report:#}");
+        seen.extend(accounts);
+    }
+    // Disjoint, and together every account.
+    let distinct: BTreeSet<&String> = seen.iter().collect();
+    assert_eq!(distinct.len(), seen.len(), "an account in two shards: {seen:?}");
+    assert_eq!(distinct, ids.iter().collect::<BTreeSet<_>>());
+
+    // One unsharded run of the same manifest (the pod of index 0 without
+    // `--shard`) into a second database gives the same licenses.
+    let whole = Deployment::new(&platform);
+    let env = pod_env(container, 0, Some(&maps));
+    let argv = without_shard(&pod_argv(cronjob, container, &env));
+    let ran = run(whole.pod_command(&platform, pod_spec, container, "whole", &argv, &env)).await;
+    let report = ran.report();
+    assert!(report["shard"].is_null(), "{report:#}");
+    assert_eq!(report["accounts"].as_array().unwrap().len(), ids.len());
+
+    let licenses = sharded.portable_licenses();
+    assert_eq!(licenses.len(), 2 * ids.len(), "two licenses per shop");
+    assert_eq!(licenses, whole.portable_licenses());
+    assert_eq!(sharded.emails(), licenses.len(), "one email per license, none twice");
+    assert_eq!(whole.emails(), licenses.len());
 }
 
 // ---------------------------------------------------------------------------
