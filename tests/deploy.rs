@@ -11,7 +11,9 @@
 //! flag is visible to every user in `ps`, an environment value is inherited
 //! by every child process and ends up in world-readable env files.
 
-use std::collections::BTreeSet;
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
@@ -277,10 +279,21 @@ fn the_example_secret() -> Value {
     secret.doc["stringData"].clone()
 }
 
-/// The container's argv as the image runs it: `command` replaces the
-/// image's ENTRYPOINT, `args` its CMD.
+/// The container's argv as the image runs it in the pod of index 0 (an
+/// Indexed Job's pods differ only in their index; other Jobs have none):
+/// see [`pod_argv`].
 fn container_argv(manifest: &Manifest, container: &Value) -> Vec<String> {
-    let command = strings(&container["command"]);
+    pod_argv(manifest, container, &pod_env(container, 0, None))
+}
+
+/// The container's argv as the image runs it with the environment `env`:
+/// `command` replaces the image's ENTRYPOINT, `args` its CMD, and the
+/// kubelet expands `$(NAME)` in both (not in the image's own) from the
+/// container's environment before it starts the process.
+fn pod_argv(manifest: &Manifest, container: &Value, env: &[(String, String)]) -> Vec<String> {
+    let lookup = |name: &str| env_lookup(env, name);
+    let expand = |words: Vec<String>| -> Vec<String> { words.iter().map(|w| kubernetes_expand(w, &lookup)).collect() };
+    let command = expand(strings(&container["command"]));
     let mut argv = if command.is_empty() {
         dockerfile_json_array("ENTRYPOINT")
     } else {
@@ -292,8 +305,119 @@ fn container_argv(manifest: &Manifest, container: &Value) -> Vec<String> {
         "{}: the container must run licensync",
         manifest.label()
     );
-    argv.extend(strings(&container["args"]));
+    argv.extend(expand(strings(&container["args"])));
     argv
+}
+
+/// The value of `name` in an environment built in order (a later
+/// definition of the same name wins, as in the kubelet's map).
+fn env_lookup(env: &[(String, String)], name: &str) -> Option<String> {
+    env.iter().rev().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+}
+
+/// Kubernetes' `$(NAME)` expansion (container `command`, `args` and env
+/// `value`s; k8s.io/kubernetes third_party/forked/golang/expansion): a
+/// defined NAME is replaced by its value, an undefined one stays `$(NAME)`
+/// as written, `$$` is one literal `$` (so `$$(NAME)` is never expanded),
+/// and any other `$` (last character, `$x`, an unclosed `$(`) stays as it is.
+fn kubernetes_expand(input: &str, lookup: &dyn Fn(&str) -> Option<String>) -> String {
+    let mut out = String::with_capacity(input.len());
+    let mut rest = input;
+    while let Some(at) = rest.find('$') {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + 1..];
+        if let Some(escaped) = after.strip_prefix('$') {
+            out.push('$');
+            rest = escaped;
+        } else if let Some(body) = after.strip_prefix('(')
+            && let Some(end) = body.find(')')
+        {
+            let name = &body[..end];
+            match lookup(name) {
+                Some(value) => out.push_str(&value),
+                None => out.push_str(&format!("$({name})")),
+            }
+            rest = &body[end + 1..];
+        } else {
+            out.push('$');
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// `valueFrom.fieldRef` of the pod annotation that holds an Indexed Job
+/// pod's index (the downward API; the Job controller sets the annotation).
+const COMPLETION_INDEX_FIELD: &str = "metadata.annotations['batch.kubernetes.io/job-completion-index']";
+
+/// ConfigMap values, `(name, key) -> value`.
+type ConfigMaps = BTreeMap<(String, String), String>;
+
+/// The data of the ConfigMaps in a manifest file.
+fn config_maps(all: &[Manifest], file: &str) -> ConfigMaps {
+    let mut maps = ConfigMaps::new();
+    for m in all.iter().filter(|m| m.file == file && m.kind() == "ConfigMap") {
+        for (key, value) in m.doc["data"].as_mapping().into_iter().flatten() {
+            let key = key.as_str().expect("ConfigMap data keys are strings");
+            let value = value
+                .as_str()
+                .unwrap_or_else(|| panic!("{}: data.{key} must be a string", m.label()));
+            maps.insert((m.name(), key.to_string()), value.to_string());
+        }
+    }
+    maps
+}
+
+/// The container's environment as the kubelet builds it for the pod of
+/// `index`, in order: a `value` is expanded from the variables defined
+/// before it, the completion index comes from the downward API, a
+/// `configMapKeyRef` from `config_maps`. With `config_maps` `None` only
+/// plain values and the index are resolved (what the command line needs);
+/// with `Some`, a variable that cannot be resolved fails the test, as it
+/// would keep the pod from starting.
+fn pod_env(container: &Value, index: u64, config_maps: Option<&ConfigMaps>) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = Vec::new();
+    for entry in container["env"].as_sequence().into_iter().flatten() {
+        let name = entry["name"].as_str().expect("env[].name").to_string();
+        let value = if let Some(value) = entry["value"].as_str() {
+            let lookup = |n: &str| env_lookup(&env, n);
+            Some(kubernetes_expand(value, &lookup))
+        } else if entry["valueFrom"]["fieldRef"]["fieldPath"].as_str() == Some(COMPLETION_INDEX_FIELD) {
+            Some(index.to_string())
+        } else if let Some(maps) = config_maps {
+            let from = &entry["valueFrom"]["configMapKeyRef"];
+            let (map, key) = (from["name"].as_str(), from["key"].as_str());
+            let (Some(map), Some(key)) = (map, key) else {
+                panic!("env {name}: only value, the completion index and configMapKeyRef are modelled: {entry:?}");
+            };
+            let value = maps
+                .get(&(map.to_string(), key.to_string()))
+                .unwrap_or_else(|| panic!("env {name}: no key {key} in a ConfigMap {map} of the same file"));
+            Some(value.clone())
+        } else {
+            None
+        };
+        if let Some(value) = value {
+            env.push((name, value));
+        }
+    }
+    env
+}
+
+/// Whether env entry `env` is only there for `$(NAME)` expansion in the
+/// container's command line: a downward-API value the args refer to
+/// (`JOB_COMPLETION_INDEX`), not a setting handed to licensync.
+fn is_expanded_into_args(container: &Value, env: &Value) -> bool {
+    let Some(name) = env["name"].as_str() else {
+        return false;
+    };
+    let reference = format!("$({name})");
+    env["valueFrom"].get("fieldRef").is_some()
+        && strings(&container["command"])
+            .iter()
+            .chain(&strings(&container["args"]))
+            .any(|word| word.contains(&reference))
 }
 
 #[test]
@@ -340,7 +464,29 @@ fn every_job_has_a_deadline_a_retry_limit_and_a_pod_that_never_restarts_in_place
             "{}: activeDeadlineSeconds bounds a hung run",
             m.label()
         );
-        assert!(spec["backoffLimit"].as_u64().is_some(), "{}: backoffLimit", m.label());
+        // An Indexed Job's pods are independent shards: its retries are
+        // counted per index, and a small backoffLimit beside them would let
+        // one failing index use up every index's retries again (it defaults
+        // to 2147483647 with backoffLimitPerIndex).
+        if spec["backoffLimitPerIndex"].as_u64().is_some() {
+            assert_eq!(
+                spec["completionMode"].as_str(),
+                Some("Indexed"),
+                "{}: backoffLimitPerIndex needs completionMode: Indexed",
+                m.label()
+            );
+            assert!(
+                spec.get("backoffLimit").is_none(),
+                "{}: with backoffLimitPerIndex leave backoffLimit unset, or one failing shard uses up every shard's retries",
+                m.label()
+            );
+        } else {
+            assert!(
+                spec["backoffLimit"].as_u64().is_some(),
+                "{}: backoffLimit (backoffLimitPerIndex for an Indexed Job)",
+                m.label()
+            );
+        }
         // podFailurePolicy is rejected by the API server with any other restartPolicy.
         assert_eq!(
             pod_spec(spec)["restartPolicy"].as_str(),
@@ -750,14 +896,21 @@ fn licensync_words_in_shell(command: &str, source: &str) -> Vec<String> {
 }
 
 #[test]
-fn the_cronjob_runs_reconcile_with_a_json_report() {
+fn every_cronjob_runs_reconcile_with_a_json_report() {
     let all = manifests();
-    let cronjob = all.iter().find(|m| m.kind() == "CronJob").unwrap();
-    let spec = cronjob.job_spec().unwrap();
-    let argv = container_argv(cronjob, &containers(spec)[0]);
-    let args = reconcile(parse(&argv, &cronjob.label()), &cronjob.label());
-    assert_eq!(args.output, Output::Json);
-    assert!(!args.dry_run && !args.full && args.since.is_none());
+    let cronjobs: Vec<&Manifest> = all.iter().filter(|m| m.kind() == "CronJob").collect();
+    assert!(cronjobs.len() >= 2, "cronjob.yaml and cronjob-sharded.yaml");
+    for cronjob in cronjobs {
+        let spec = cronjob.job_spec().unwrap();
+        let argv = container_argv(cronjob, &containers(spec)[0]);
+        let args = reconcile(parse(&argv, &cronjob.label()), &cronjob.label());
+        assert_eq!(args.output, Output::Json, "{}", cronjob.label());
+        assert!(
+            !args.dry_run && !args.full && args.since.is_none(),
+            "{}",
+            cronjob.label()
+        );
+    }
 }
 
 #[test]
@@ -829,6 +982,513 @@ fn the_migrate_job_runs_migrate() {
     let argv = container_argv(job, &containers(job.job_spec().unwrap())[0]);
     let cli = parse(&argv, &job.label());
     assert!(matches!(cli.command, Command::Migrate), "{:?}", cli.command);
+}
+
+// ---------------------------------------------------------------------------
+// Several Stripe accounts sharded over the pods of an Indexed Job
+// ---------------------------------------------------------------------------
+
+const SHARDED_FILE: &str = "kubernetes/cronjob-sharded.yaml";
+
+fn sharded_cronjob(all: &[Manifest]) -> &Manifest {
+    all.iter()
+        .find(|m| m.file == SHARDED_FILE && m.kind() == "CronJob")
+        .expect("cronjob-sharded.yaml holds a CronJob")
+}
+
+/// The value of `--shard` in an argv (`--shard V` or `--shard=V`).
+fn shard_value(words: &[String]) -> Option<String> {
+    words
+        .iter()
+        .enumerate()
+        .find_map(|(i, word)| match word.strip_prefix("--shard") {
+            Some("") => words.get(i + 1).cloned(),
+            Some(rest) => rest.strip_prefix('=').map(str::to_string),
+            None => None,
+        })
+}
+
+/// The argv without its `--shard` option: the same run, unsharded.
+fn without_shard(argv: &[String]) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut words = argv.iter();
+    while let Some(word) = words.next() {
+        if word == "--shard" {
+            words.next();
+        } else if !word.starts_with("--shard=") {
+            out.push(word.clone());
+        }
+    }
+    assert_eq!(out.len() + 2, argv.len(), "one `--shard I/N` in {argv:?}");
+    out
+}
+
+#[test]
+fn kubernetes_expands_dollar_parenthesis_references_from_the_env_and_nothing_else() {
+    let lookup = |name: &str| match name {
+        "JOB_COMPLETION_INDEX" => Some("2".to_string()),
+        "EMPTY" => Some(String::new()),
+        _ => None,
+    };
+    let cases = [
+        ("$(JOB_COMPLETION_INDEX)/3", "2/3"),
+        ("--shard=$(JOB_COMPLETION_INDEX)/3", "--shard=2/3"),
+        ("$(JOB_COMPLETION_INDEX)$(JOB_COMPLETION_INDEX)", "22"),
+        ("a$(EMPTY)b", "ab"),
+        // Undefined: left as written (licensync would then refuse the shard).
+        ("$(UNDEFINED)/3", "$(UNDEFINED)/3"),
+        // `$$` escapes: the reference is passed literally, never expanded.
+        ("$$(JOB_COMPLETION_INDEX)", "$(JOB_COMPLETION_INDEX)"),
+        ("$$$(JOB_COMPLETION_INDEX)", "$2"),
+        ("$$", "$"),
+        // A `$` that starts no reference stays.
+        ("$JOB_COMPLETION_INDEX", "$JOB_COMPLETION_INDEX"),
+        ("${JOB_COMPLETION_INDEX}", "${JOB_COMPLETION_INDEX}"),
+        ("cost $", "cost $"),
+        ("$(JOB_COMPLETION_INDEX", "$(JOB_COMPLETION_INDEX"),
+        ("$()", "$()"),
+        ("plain", "plain"),
+    ];
+    for (input, expected) in cases {
+        assert_eq!(kubernetes_expand(input, &lookup), expected, "{input:?}");
+    }
+    // An env value sees only the variables defined before it.
+    let container: Value = serde_norway::from_str(
+        r#"
+env:
+  - {name: A, value: "$(B)-$(JOB_COMPLETION_INDEX)"}
+  - name: JOB_COMPLETION_INDEX
+    valueFrom: {fieldRef: {fieldPath: "metadata.annotations['batch.kubernetes.io/job-completion-index']"}}
+  - {name: B, value: "b"}
+  - {name: C, value: "$(B)-$(JOB_COMPLETION_INDEX)"}
+"#,
+    )
+    .unwrap();
+    let env = pod_env(&container, 1, None);
+    assert_eq!(env_lookup(&env, "A").as_deref(), Some("$(B)-$(JOB_COMPLETION_INDEX)"));
+    assert_eq!(env_lookup(&env, "C").as_deref(), Some("b-1"));
+}
+
+#[test]
+fn the_sharded_cronjob_is_an_indexed_job_whose_pod_i_reconciles_shard_i_of_n() {
+    let all = manifests();
+    let cronjob = sharded_cronjob(&all);
+    let label = cronjob.label();
+    let spec = cronjob.job_spec().unwrap();
+    assert_ne!(
+        cronjob.name(),
+        "licensync",
+        "{label}: a name of its own beside cronjob.yaml's"
+    );
+    assert_eq!(
+        cronjob.doc["spec"]["concurrencyPolicy"].as_str(),
+        Some("Forbid"),
+        "{label}"
+    );
+    let schedule = cronjob.doc["spec"]["schedule"].as_str().expect("a schedule");
+    cron::Schedule::from_str(&format!("0 {schedule}")).expect("a valid cron expression");
+
+    assert_eq!(spec["completionMode"].as_str(), Some("Indexed"), "{label}");
+    let n = spec["completions"].as_u64().expect("completions");
+    assert!(n >= 2, "{label}: completions {n}: more than one shard");
+    assert_eq!(
+        spec["parallelism"].as_u64(),
+        Some(n),
+        "{label}: parallelism must equal completions: one pod per shard, all at once"
+    );
+    assert!(
+        spec["backoffLimitPerIndex"].as_u64().is_some(),
+        "{label}: retries per shard (backoffLimitPerIndex)"
+    );
+
+    let containers = containers(spec);
+    assert_eq!(containers.len(), 1, "{label}");
+    let container = &containers[0];
+    // Written for Kubernetes to expand, with the same N as completions.
+    let written = shard_value(&strings(&container["args"])).unwrap_or_else(|| panic!("{label}: args without --shard"));
+    assert_eq!(written, format!("$(JOB_COMPLETION_INDEX)/{n}"), "{label}: --shard");
+    // ... and defined in the container's env, so that it is expanded.
+    let index_env = container["env"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+        .find(|e| e["name"].as_str() == Some("JOB_COMPLETION_INDEX"))
+        .unwrap_or_else(|| panic!("{label}: env does not define JOB_COMPLETION_INDEX"));
+    assert_eq!(
+        index_env["valueFrom"]["fieldRef"]["fieldPath"].as_str(),
+        Some(COMPLETION_INDEX_FIELD),
+        "{label}: JOB_COMPLETION_INDEX from the downward API"
+    );
+    assert!(index_env.get("value").is_none(), "{label}");
+
+    // Pod i's command line, as the kubelet expands it, is licensync's shard i of n.
+    for index in 0..n {
+        let argv = pod_argv(cronjob, container, &pod_env(container, index, None));
+        let source = format!("{label}, pod {index}");
+        let args = reconcile(parse(&argv, &source), &source);
+        let expected = licensync::accounts::Shard {
+            index: u32::try_from(index).unwrap(),
+            count: u32::try_from(n).unwrap(),
+        };
+        assert_eq!(args.shard, Some(expected), "{source}: `{}`", argv.join(" "));
+        assert_eq!(args.output, Output::Json, "{source}");
+    }
+
+    // The accounts: Connect ids from the ConfigMap of the same file.
+    let env = pod_env(container, 0, Some(&config_maps(&all, SHARDED_FILE)));
+    let accounts = env_lookup(&env, "LICENSYNC_STRIPE_ACCOUNTS")
+        .unwrap_or_else(|| panic!("{label}: LICENSYNC_STRIPE_ACCOUNTS (the connected accounts)"));
+    let ids: Vec<&str> = accounts.split(',').collect();
+    assert!(
+        ids.len() >= 2,
+        "{label}: the example lists several accounts: {accounts}"
+    );
+    for id in ids {
+        licensync::accounts::account_arg(id).unwrap_or_else(|e| panic!("{label}: LICENSYNC_STRIPE_ACCOUNTS: {e}"));
+    }
+}
+
+#[test]
+fn the_accounts_file_secret_example_is_an_accounts_file_licensync_resolves_with_placeholder_keys_only() {
+    let file = "kubernetes/secret-accounts.example.yaml";
+    let all = manifests();
+    let secret = all
+        .iter()
+        .find(|m| m.file == file && m.kind() == "Secret")
+        .expect("secret-accounts.example.yaml holds a Secret");
+    assert_ne!(secret.name(), SECRET_NAME, "a Secret of its own beside `licensync`");
+    let data = secret.doc["stringData"].as_mapping().expect("stringData");
+    // The Secret's files, as its volume shows them.
+    let dir = tempfile::tempdir().unwrap();
+    let mut key_files = BTreeSet::new();
+    for (key, value) in data {
+        let key = key.as_str().unwrap();
+        let value = value.as_str().unwrap_or_else(|| panic!("{file}: stringData.{key}"));
+        std::fs::write(dir.path().join(key), value).unwrap();
+        if key != "accounts.toml" {
+            assert!(
+                value.contains("REPLACE_ME") && value.starts_with("rk_"),
+                "{file}: {key} must be a placeholder restricted key (rk_..._REPLACE_ME...)"
+            );
+            key_files.insert(key.to_string());
+        }
+    }
+    let toml_text = data
+        .get("accounts.toml")
+        .and_then(Value::as_str)
+        .unwrap_or_else(|| panic!("{file}: stringData.accounts.toml"));
+    // Every key file is one account's, named relative to the file (so inside the mount).
+    let parsed: toml::Table = toml::from_str(toml_text).unwrap_or_else(|e| panic!("{file}: accounts.toml: {e}"));
+    let referenced: BTreeSet<String> = parsed["account"]
+        .as_array()
+        .expect("[[account]] tables")
+        .iter()
+        .filter_map(|a| a.get("stripe_api_key_file").and_then(toml::Value::as_str))
+        .map(str::to_string)
+        .collect();
+    assert_eq!(
+        referenced, key_files,
+        "{file}: stripe_api_key_file names the key files of the same Secret"
+    );
+    for prefix in ["sk_live_", "sk_test_", "rk_live_", "rk_test_"] {
+        assert!(
+            !toml_text.contains(prefix),
+            "{file}: accounts.toml names key files, it holds no key ({prefix}...)"
+        );
+    }
+
+    // licensync's own reading of it: keys of their own, no platform key needed.
+    let settings = licensync::accounts::AccountSettings {
+        connected: vec![],
+        file: Some(dir.path().join("accounts.toml")),
+    };
+    let mail = licensync::mail::MailSettings::new(
+        licensync::mail::MailUrl::None,
+        licensync::mail::parse_from("Acme Licenses <licenses@acme.example>").unwrap(),
+    );
+    let accounts = settings
+        .resolve(None, &mail)
+        .unwrap_or_else(|e| panic!("{file}: licensync refuses accounts.toml: {e:#}"));
+    assert_eq!(accounts.len(), key_files.len(), "{file}");
+    for account in &accounts {
+        assert!(
+            !account.connect && account.stripe_account.is_some(),
+            "{file}: {} has a key of its own and its acct_ id",
+            account.name
+        );
+    }
+
+    // The alternative in cronjob-sharded.yaml's comments mounts this Secret
+    // and names the file where it is mounted.
+    let sharded = read(SHARDED_FILE);
+    let mount = format!("/run/secrets/{}", secret.name());
+    for expected in [
+        format!("secretName: {}", secret.name()),
+        format!("mountPath: {mount}"),
+        format!("value: {mount}/accounts.toml"),
+        "name: LICENSYNC_ACCOUNTS_FILE".to_string(),
+    ] {
+        assert!(
+            sharded.contains(&expected),
+            "{SHARDED_FILE}: the accounts-file alternative shows `{expected}`"
+        );
+    }
+}
+
+/// A shop in one account, as in tests/accounts.rs: a monthly subscription
+/// and a one-time checkout line, bought by `email` (two licenses).
+fn open_shop(f: &fake_stripe::FakeStripe, email: &str) {
+    let customer = f.create_customer(Some(email), Some(email));
+    let pro = f.create_product("Pro", &[("product_id", "pro"), ("hwid_limit", "2")]);
+    let monthly = f.create_price(&pro, Some("month"), 1_000, &[]);
+    let tool = f.create_product("Tool", &[("product_id", "tool")]);
+    let once = f.create_price(&tool, None, 2_000, &[]);
+    f.create_subscription(fake_stripe::SubscriptionSpec {
+        customer: customer.clone(),
+        items: vec![(monthly, 1)],
+        ..fake_stripe::SubscriptionSpec::default()
+    });
+    f.create_checkout_session(fake_stripe::CheckoutSpec {
+        customer: Some(customer),
+        lines: vec![(once, 1)],
+        ..fake_stripe::CheckoutSpec::default()
+    });
+}
+
+/// What a deployment of a manifest stands on, on this machine: the
+/// database, the Secret `licensync` as its volume shows it (test values in
+/// the files the manifest names), a file outbox for the mail, and a
+/// directory per pod for its emptyDir volumes.
+struct Deployment {
+    db: common::TestDb,
+    secrets: tempfile::TempDir,
+    outbox: tempfile::TempDir,
+    pods: tempfile::TempDir,
+}
+
+impl Deployment {
+    fn new(fake: &fake_stripe::FakeStripe) -> Deployment {
+        let d = Deployment {
+            db: common::TestDb::new(),
+            secrets: tempfile::tempdir().unwrap(),
+            outbox: tempfile::tempdir().unwrap(),
+            pods: tempfile::tempdir().unwrap(),
+        };
+        let keys = the_example_secret();
+        for key in keys.as_mapping().unwrap().keys() {
+            let key = key.as_str().unwrap();
+            let value = match key {
+                "stripe-api-key" => fake.api_key(),
+                "database-url" => d.db.url.clone(),
+                "mail-url" => format!("file://{}", d.outbox.path().display()),
+                other => panic!("no test value for the Secret's key {other}"),
+            };
+            std::fs::write(d.secrets.path().join(key), format!("{value}\n")).unwrap();
+        }
+        d
+    }
+
+    /// The container's volume mounts as directories of this machine,
+    /// longest mount path first: the Secret `licensync` is shared by every
+    /// pod, an emptyDir is the pod's own.
+    fn mounts(&self, pod_spec: &Value, container: &Value, pod: &str) -> Vec<(String, PathBuf)> {
+        let mut mounts = Vec::new();
+        for mount in container["volumeMounts"].as_sequence().into_iter().flatten() {
+            let name = mount["name"].as_str().expect("volumeMounts[].name");
+            let path = mount["mountPath"].as_str().expect("volumeMounts[].mountPath");
+            let volume = pod_spec["volumes"]
+                .as_sequence()
+                .into_iter()
+                .flatten()
+                .find(|v| v["name"].as_str() == Some(name))
+                .unwrap_or_else(|| panic!("no volume {name}"));
+            let dir = if volume.get("secret").is_some() {
+                assert_eq!(volume["secret"]["secretName"].as_str(), Some(SECRET_NAME));
+                assert!(volume["secret"].get("items").is_none(), "items are not modelled here");
+                self.secrets.path().to_path_buf()
+            } else if volume.get("emptyDir").is_some() {
+                let dir = self.pods.path().join(pod).join(name);
+                std::fs::create_dir_all(&dir).unwrap();
+                dir
+            } else {
+                panic!("volume {name}: only Secret and emptyDir volumes are modelled here");
+            };
+            mounts.push((path.trim_end_matches('/').to_string(), dir));
+        }
+        mounts.sort_by_key(|(path, _)| std::cmp::Reverse(path.len()));
+        mounts
+    }
+
+    /// The real licensync binary as the pod would run it: `argv` (the
+    /// image's path replaced by this build's) with the pod's `env`, whose
+    /// paths inside volume mounts lead to their directories here. Only
+    /// STRIPE_API_BASE is added: the fake Stripe instead of api.stripe.com.
+    fn pod_command(
+        &self,
+        fake: &fake_stripe::FakeStripe,
+        pod_spec: &Value,
+        container: &Value,
+        pod: &str,
+        argv: &[String],
+        env: &[(String, String)],
+    ) -> std::process::Command {
+        let mounts = self.mounts(pod_spec, container, pod);
+        let on_host = |value: &str| -> String {
+            for (path, dir) in &mounts {
+                if let Some(rest) = value.strip_prefix(path.as_str())
+                    && (rest.is_empty() || rest.starts_with('/'))
+                {
+                    return format!("{}{rest}", dir.display());
+                }
+            }
+            value.to_string()
+        };
+        let mut cmd = common::licensync();
+        cmd.args(&argv[1..]);
+        for (name, value) in env {
+            cmd.env(name, on_host(value));
+        }
+        cmd.env("STRIPE_API_BASE", fake.base_url());
+        cmd
+    }
+
+    /// Every license without what differs between two databases (id, key,
+    /// times), sorted by account and grant.
+    fn portable_licenses(&self) -> Vec<serde_json::Value> {
+        let out = common::licensync()
+            .args(["licenses", "list", "--output", "json"])
+            .env("DATABASE_URL", &self.db.url)
+            .output()
+            .unwrap();
+        let listed: serde_json::Value = common::Ran::new(&out).ok_json();
+        let mut all: Vec<serde_json::Value> = listed
+            .as_array()
+            .expect("a JSON array of licenses")
+            .iter()
+            .cloned()
+            .map(|mut l| {
+                for field in ["id", "key", "created_at", "updated_at"] {
+                    l.as_object_mut().unwrap().remove(field);
+                }
+                l
+            })
+            .collect();
+        all.sort_by_key(|l| (l["stripe_account"].to_string(), l["source_id"].to_string()));
+        all
+    }
+
+    fn emails(&self) -> usize {
+        std::fs::read_dir(self.outbox.path())
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "eml"))
+            .count()
+    }
+}
+
+async fn run(cmd: std::process::Command) -> common::Ran {
+    let out = tokio::process::Command::from(cmd)
+        .output()
+        .await
+        .expect("running the licensync binary");
+    common::Ran::new(&out)
+}
+
+/// The Indexed Job manifest is parsed and its command line runs through the
+/// real CLI: each pod's argv and env come from cronjob-sharded.yaml, with
+/// `$(JOB_COMPLETION_INDEX)` expanded as the kubelet does, the Secret's
+/// files holding test values and the ConfigMap's account list naming the
+/// fake's connected accounts; the N pods run at once against one database.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_indexed_jobs_pods_run_their_shards_at_once_and_together_equal_one_unsharded_run() {
+    let all = manifests();
+    let cronjob = sharded_cronjob(&all);
+    let spec = cronjob.job_spec().unwrap();
+    let n = spec["completions"].as_u64().unwrap();
+    let pod_spec = pod_spec(spec);
+    let container = &containers(spec)[0];
+
+    // A platform with connected accounts, each with a shop: at least 5, and
+    // enough that no shard is empty (shards are a hash of the id).
+    let platform = fake_stripe::FakeStripe::start().await;
+    platform.set_now(chrono::Utc::now().timestamp());
+    let in_shard = |id: &str, index: u64| {
+        licensync::accounts::Shard {
+            index: u32::try_from(index).unwrap(),
+            count: u32::try_from(n).unwrap(),
+        }
+        .contains(Some(id))
+    };
+    let mut ids: Vec<String> = Vec::new();
+    while ids.len() < 5 || (0..n).any(|i| !ids.iter().any(|id| in_shard(id, i))) {
+        assert!(ids.len() < 60, "no spread of {} accounts over {n} shards", ids.len());
+        let account = platform.connect_account();
+        let id = account.account_id().unwrap();
+        open_shop(&account, &format!("buyer@{id}.test"));
+        ids.push(id);
+    }
+
+    // The ConfigMap the manifest reads LICENSYNC_STRIPE_ACCOUNTS from, listing them.
+    let from = container["env"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+        .find(|e| e["name"].as_str() == Some("LICENSYNC_STRIPE_ACCOUNTS"))
+        .map(|e| &e["valueFrom"]["configMapKeyRef"])
+        .expect("the manifest reads the accounts from LICENSYNC_STRIPE_ACCOUNTS");
+    let source = (
+        from["name"].as_str().expect("configMapKeyRef.name").to_string(),
+        from["key"].as_str().expect("configMapKeyRef.key").to_string(),
+    );
+    let mut maps = config_maps(&all, SHARDED_FILE);
+    assert!(maps.contains_key(&source), "{source:?} is in {SHARDED_FILE}");
+    maps.insert(source, ids.join(","));
+
+    // N pods at once, each with its own index, one database.
+    let sharded = Deployment::new(&platform);
+    let pods = (0..n).map(|index| {
+        let env = pod_env(container, index, Some(&maps));
+        let argv = pod_argv(cronjob, container, &env);
+        run(sharded.pod_command(&platform, pod_spec, container, &format!("pod-{index}"), &argv, &env))
+    });
+    let ran = futures::future::join_all(pods).await;
+    let mut seen: Vec<String> = Vec::new();
+    for (index, pod) in ran.iter().enumerate() {
+        assert_eq!(pod.code, 0, "pod {index} of {n}:\n{}", pod.all());
+        let report = pod.report();
+        assert_eq!(report["shard"], format!("{index}/{n}").as_str(), "{report:#}");
+        assert_eq!(report["accounts_configured"], ids.len(), "{report:#}");
+        let accounts: Vec<String> = report["accounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| {
+                assert_eq!(a["outcome"], "succeeded", "{a:#}");
+                a["stripe_account"].as_str().unwrap().to_string()
+            })
+            .collect();
+        assert!(!accounts.is_empty(), "pod {index} has accounts of its own: {report:#}");
+        seen.extend(accounts);
+    }
+    // Disjoint, and together every account.
+    let distinct: BTreeSet<&String> = seen.iter().collect();
+    assert_eq!(distinct.len(), seen.len(), "an account in two shards: {seen:?}");
+    assert_eq!(distinct, ids.iter().collect::<BTreeSet<_>>());
+
+    // One unsharded run of the same manifest (the pod of index 0 without
+    // `--shard`) into a second database gives the same licenses.
+    let whole = Deployment::new(&platform);
+    let env = pod_env(container, 0, Some(&maps));
+    let argv = without_shard(&pod_argv(cronjob, container, &env));
+    let ran = run(whole.pod_command(&platform, pod_spec, container, "whole", &argv, &env)).await;
+    let report = ran.report();
+    assert!(report["shard"].is_null(), "{report:#}");
+    assert_eq!(report["accounts"].as_array().unwrap().len(), ids.len());
+
+    let licenses = sharded.portable_licenses();
+    assert_eq!(licenses.len(), 2 * ids.len(), "two licenses per shop");
+    assert_eq!(licenses, whole.portable_licenses());
+    assert_eq!(sharded.emails(), licenses.len(), "one email per license, none twice");
+    assert_eq!(whole.emails(), licenses.len());
 }
 
 // ---------------------------------------------------------------------------
@@ -1357,6 +2017,10 @@ fn every_environment_variable_the_deploy_files_set_is_a_licensync_setting() {
     for (m, spec) in jobs(&all) {
         for container in containers(spec) {
             for env in container["env"].as_sequence().into_iter().flatten() {
+                // JOB_COMPLETION_INDEX, defined for `--shard $(JOB_COMPLETION_INDEX)/N`.
+                if is_expanded_into_args(container, env) {
+                    continue;
+                }
                 assert_known(env["name"].as_str().unwrap(), &m.label(), &known);
                 checked += 1;
             }
