@@ -211,7 +211,16 @@ fn main() -> Result<()> {
         (None, false) => Some(100_000),
         (None, true) => None,
     };
-    let first = run_once(&runtime, &handles, &db, &licensync, "first (cold)", client_rps, limits, args.account_concurrency)?;
+    let first = run_once(
+        &runtime,
+        &handles,
+        &db,
+        &licensync,
+        "first (cold)",
+        client_rps,
+        limits,
+        args.account_concurrency,
+    )?;
     let issued = first.count("issued");
     ensure!(
         issued == licenses as u64,
@@ -232,7 +241,16 @@ fn main() -> Result<()> {
     let second = if args.skip_noop {
         None
     } else {
-        let second = run_once(&runtime, &handles, &db, &licensync, "second (no-op)", client_rps, limits, args.account_concurrency)?;
+        let second = run_once(
+            &runtime,
+            &handles,
+            &db,
+            &licensync,
+            "second (no-op)",
+            client_rps,
+            limits,
+            args.account_concurrency,
+        )?;
         let changed: u64 = second
             .report
             .get("counts")
@@ -774,13 +792,16 @@ fn run_once(
     }
     if handles.len() > 1 {
         let accounts: Vec<String> = std::iter::once("self".to_owned())
-            .chain(handles[1..].iter().map(|h| h.account_id().expect("a connected account")))
+            .chain(
+                handles[1..]
+                    .iter()
+                    .map(|h| h.account_id().expect("a connected account")),
+            )
             .collect();
-        cmd.env("LICENSYNC_STRIPE_ACCOUNTS", accounts.join(","))
-            .env(
-                "LICENSYNC_ACCOUNT_CONCURRENCY",
-                account_concurrency.unwrap_or(handles.len()).to_string(),
-            );
+        cmd.env("LICENSYNC_STRIPE_ACCOUNTS", accounts.join(",")).env(
+            "LICENSYNC_ACCOUNT_CONCURRENCY",
+            account_concurrency.unwrap_or(handles.len()).to_string(),
+        );
     }
 
     let postgres_before = db.backends_cpu();
