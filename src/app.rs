@@ -413,28 +413,41 @@ pub async fn reconcile_once(
         }
         return Ok((Ran::One(report), outcome));
     }
+    // The report's memory does not grow with the number of accounts either:
+    // `--report-actions` is the whole run's, shared out among the accounts.
+    let options = RunOptions {
+        report_actions: args.report_actions.div_ceil(accounts.len().max(1)),
+        ..options
+    };
     let started = std::time::Instant::now();
     let shard = args.shard;
     let runs = futures::stream::iter(accounts.into_iter().zip(mails).enumerate())
         .map(|(i, (account, mail))| {
             let (store, options) = (db.store.for_account(account.stripe_account.as_deref()), options.clone());
-            async move {
-                let done = match account_source(config, &account) {
-                    Ok(source) => reconcile(&store, source, mail.as_ref(), options).await,
-                    Err(e) => Err(e),
-                };
-                let run = AccountRun::of(account.stripe_account.clone(), account.name.clone(), done);
-                match &run.error {
-                    None => tracing::info!(stripe_account = run.label(), outcome = %run.outcome, "account reconciled"),
-                    Some(e) => tracing::warn!(
-                        stripe_account = run.label(),
-                        outcome = %run.outcome,
-                        error = %crate::secret::redact(&format!("{e:#}")),
-                        "account not reconciled; the other accounts go on"
-                    ),
-                }
-                (i, run)
-            }
+            // Every log line of the account's run names it.
+            let span = tracing::info_span!("account", stripe_account = %account.label());
+            tracing::Instrument::instrument(
+                async move {
+                    let done = match account_source(config, &account) {
+                        Ok(source) => reconcile(&store, source, mail.as_ref(), options).await,
+                        Err(e) => Err(e),
+                    };
+                    let run = AccountRun::of(account.stripe_account.clone(), account.name.clone(), done);
+                    match &run.error {
+                        None => {
+                            tracing::info!(stripe_account = run.label(), outcome = %run.outcome, "account reconciled")
+                        }
+                        Some(e) => tracing::warn!(
+                            stripe_account = run.label(),
+                            outcome = %run.outcome,
+                            error = %crate::secret::redact(&format!("{e:#}")),
+                            "account not reconciled; the other accounts go on"
+                        ),
+                    }
+                    (i, run)
+                },
+                span,
+            )
         })
         .buffer_unordered(config.account_concurrency)
         .collect::<Vec<_>>()

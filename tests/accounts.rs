@@ -150,7 +150,11 @@ async fn connected_accounts_and_the_platforms_own_reconcile_into_one_database_wi
     let mut accounts = vec!["self".to_owned()];
     accounts.extend(ids(&connected));
 
-    let report = d.reconcile(&platform, &accounts, &[]).await.report();
+    // `--report-actions` is the whole run's, shared out among the accounts.
+    let report = d
+        .reconcile(&platform, &accounts, &["--report-actions", "3"])
+        .await
+        .report();
     assert_eq!(report["accounts"].as_array().unwrap().len(), 3, "{report:#}");
     assert_eq!(report["counts"]["issued"], 6, "{report:#}");
     for account in [None, Some(accounts[1].as_str()), Some(accounts[2].as_str())] {
@@ -158,6 +162,11 @@ async fn connected_accounts_and_the_platforms_own_reconcile_into_one_database_wi
         assert_eq!(e["outcome"], "succeeded", "{e:#}");
         assert_eq!(e["mode"], "full", "no cursor yet: {e:#}");
         assert_eq!(e["counts"]["issued"], 2, "{e:#}");
+        assert_eq!(
+            (e["actions"].as_array().unwrap().len(), e["actions_omitted"].as_u64()),
+            (1, Some(1)),
+            "{e:#}"
+        );
     }
     // Each connected account was read through its own header, with the
     // platform's key; the platform's own account without one.
