@@ -504,6 +504,25 @@ mail_templates = "b-templates"
         assert!(m.contains(&format!("licenses@brand-{brand}.test")), "{m}");
         assert_eq!(m.contains("Your Brand B key"), brand == "b", "{m}");
     }
+    // Support's resend goes out as the license's account sends, too.
+    let b_license = d
+        .licenses(&platform)
+        .await
+        .into_iter()
+        .find(|l| l["stripe_account"] == brand_b.stripe_account_id().as_str())
+        .unwrap();
+    let mut resend = d.command(&platform, &["mail", "resend", b_license["key"].as_str().unwrap()]);
+    resend.env_remove("STRIPE_API_KEY").env("LICENSYNC_ACCOUNTS_FILE", &file);
+    let ran = Deployment::run(resend).await;
+    assert_eq!(ran.code, 0, "{}", ran.all());
+    let emails = d.emails();
+    assert_eq!(emails.len(), 5);
+    let again: Vec<&String> = emails
+        .iter()
+        .filter(|m| m.contains(b_license["key"].as_str().unwrap()))
+        .collect();
+    assert_eq!(again.len(), 2);
+    assert!(again.iter().all(|m| m.contains("licenses@brand-b.test") && m.contains("Your Brand B key")));
 }
 
 #[tokio::test(flavor = "multi_thread")]
