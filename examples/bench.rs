@@ -211,16 +211,12 @@ fn main() -> Result<()> {
         (None, false) => Some(100_000),
         (None, true) => None,
     };
-    let first = run_once(
-        &runtime,
-        &handles,
-        &db,
-        &licensync,
-        "first (cold)",
-        client_rps,
+    let client = Client {
+        rps: client_rps,
         limits,
-        args.account_concurrency,
-    )?;
+        account_concurrency: args.account_concurrency,
+    };
+    let first = run_once(&runtime, &handles, &db, &licensync, "first (cold)", &client)?;
     let issued = first.count("issued");
     ensure!(
         issued == licenses as u64,
@@ -241,16 +237,7 @@ fn main() -> Result<()> {
     let second = if args.skip_noop {
         None
     } else {
-        let second = run_once(
-            &runtime,
-            &handles,
-            &db,
-            &licensync,
-            "second (no-op)",
-            client_rps,
-            limits,
-            args.account_concurrency,
-        )?;
+        let second = run_once(&runtime, &handles, &db, &licensync, "second (no-op)", &client)?;
         let changed: u64 = second
             .report
             .get("counts")
@@ -727,16 +714,28 @@ fn tv(t: libc::timeval) -> f64 {
     t.tv_sec as f64 + t.tv_usec as f64 / 1e6
 }
 
+/// How licensync is run against the fake: its rate ceiling, Stripe's
+/// limits the bound is computed from, and how many accounts at once.
+#[derive(Debug, Clone, Copy)]
+struct Client {
+    rps: Option<u32>,
+    limits: RateLimits,
+    account_concurrency: Option<usize>,
+}
+
 fn run_once(
     runtime: &tokio::runtime::Runtime,
     handles: &[FakeStripe],
     db: &BenchDb,
     licensync: &Path,
     label: &'static str,
-    client_rps: Option<u32>,
-    limits: RateLimits,
-    account_concurrency: Option<usize>,
+    client: &Client,
 ) -> Result<RunFigures> {
+    let Client {
+        rps: client_rps,
+        limits,
+        account_concurrency,
+    } = *client;
     let fake = &handles[0];
     db.reset_counts()?;
     let statements_before = match db.counter {

@@ -305,7 +305,7 @@ fn brief(value: &serde_json::Value) -> String {
 /// existed, or several accounts' (`--stripe-account`, `--accounts-file`).
 #[derive(Debug)]
 pub enum Ran {
-    One(Report),
+    One(Box<Report>),
     Many(Fleet),
 }
 
@@ -411,7 +411,7 @@ pub async fn reconcile_once(
         if let Some(path) = metrics_file {
             write_metrics(path, || crate::metrics::render(&report, &db.store));
         }
-        return Ok((Ran::One(report), outcome));
+        return Ok((Ran::One(Box::new(report)), outcome));
     }
     // The report's memory does not grow with the number of accounts either:
     // `--report-actions` is the whole run's, shared out among the accounts.

@@ -512,7 +512,9 @@ mail_templates = "b-templates"
         .find(|l| l["stripe_account"] == brand_b.stripe_account_id().as_str())
         .unwrap();
     let mut resend = d.command(&platform, &["mail", "resend", b_license["key"].as_str().unwrap()]);
-    resend.env_remove("STRIPE_API_KEY").env("LICENSYNC_ACCOUNTS_FILE", &file);
+    resend
+        .env_remove("STRIPE_API_KEY")
+        .env("LICENSYNC_ACCOUNTS_FILE", &file);
     let ran = Deployment::run(resend).await;
     assert_eq!(ran.code, 0, "{}", ran.all());
     let emails = d.emails();
@@ -522,7 +524,11 @@ mail_templates = "b-templates"
         .filter(|m| m.contains(b_license["key"].as_str().unwrap()))
         .collect();
     assert_eq!(again.len(), 2);
-    assert!(again.iter().all(|m| m.contains("licenses@brand-b.test") && m.contains("Your Brand B key")));
+    assert!(
+        again
+            .iter()
+            .all(|m| m.contains("licenses@brand-b.test") && m.contains("Your Brand B key"))
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
