@@ -36,11 +36,7 @@ impl Deployment {
     }
 
     async fn run(cmd: std::process::Command) -> Ran {
-        let out = tokio::process::Command::from(cmd)
-            .output()
-            .await
-            .expect("running the licensync binary");
-        Ran::new(&out)
+        common::run_binary(cmd).await
     }
 
     /// `licensync reconcile --output json` of `accounts` (`self` or `acct_...`) and `extra` flags.
@@ -61,33 +57,13 @@ impl Deployment {
         serde_json::from_str(&ran.stdout).unwrap_or_else(|e| panic!("{e}: {}", ran.all()))
     }
 
-    /// Every license without what differs between two databases (id, key,
-    /// times), sorted by account and grant.
+    /// Every license as [`common::portable_licenses`] has it.
     async fn portable(&self, fake: &FakeStripe) -> Vec<Value> {
-        let mut all: Vec<Value> = self
-            .licenses(fake)
-            .await
-            .into_iter()
-            .map(|mut l| {
-                for field in ["id", "key", "created_at", "updated_at"] {
-                    l.as_object_mut().unwrap().remove(field);
-                }
-                l
-            })
-            .collect();
-        all.sort_by_key(|l| (l["stripe_account"].to_string(), l["source_id"].to_string()));
-        all
+        common::portable_licenses(&self.licenses(fake).await)
     }
 
     fn emails(&self) -> Vec<String> {
-        std::fs::read_dir(self.mail.path())
-            .map(|dir| {
-                dir.map(|e| e.unwrap().path())
-                    .filter(|p| p.extension().is_some_and(|x| x == "eml"))
-                    .map(|p| std::fs::read_to_string(p).unwrap())
-                    .collect()
-            })
-            .unwrap_or_default()
+        common::eml_files(self.mail.path())
     }
 }
 

@@ -1361,36 +1361,16 @@ impl Deployment {
             .output()
             .unwrap();
         let listed: serde_json::Value = common::Ran::new(&out).ok_json();
-        let mut all: Vec<serde_json::Value> = listed
-            .as_array()
-            .expect("a JSON array of licenses")
-            .iter()
-            .cloned()
-            .map(|mut l| {
-                for field in ["id", "key", "created_at", "updated_at"] {
-                    l.as_object_mut().unwrap().remove(field);
-                }
-                l
-            })
-            .collect();
-        all.sort_by_key(|l| (l["stripe_account"].to_string(), l["source_id"].to_string()));
-        all
+        common::portable_licenses(listed.as_array().expect("a JSON array of licenses"))
     }
 
     fn emails(&self) -> usize {
-        std::fs::read_dir(self.outbox.path())
-            .unwrap()
-            .filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "eml"))
-            .count()
+        common::eml_files(self.outbox.path()).len()
     }
 }
 
 async fn run(cmd: std::process::Command) -> common::Ran {
-    let out = tokio::process::Command::from(cmd)
-        .output()
-        .await
-        .expect("running the licensync binary");
-    common::Ran::new(&out)
+    common::run_binary(cmd).await
 }
 
 /// The Indexed Job manifest is parsed and its command line runs through the

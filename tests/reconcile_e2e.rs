@@ -55,11 +55,7 @@ impl World {
     }
 
     async fn run(cmd: std::process::Command) -> Ran {
-        let out = tokio::process::Command::from(cmd)
-            .output()
-            .await
-            .expect("running the licensync binary");
-        Ran::new(&out)
+        common::run_binary(cmd).await
     }
 
     /// Full runs: this file is about what a full scan makes of Stripe's
@@ -107,14 +103,7 @@ impl World {
 
     /// The text of every `.eml` file written so far.
     fn emails(&self) -> Vec<String> {
-        std::fs::read_dir(self.mail.path())
-            .map(|dir| {
-                dir.map(|e| e.unwrap().path())
-                    .filter(|p| p.extension().is_some_and(|x| x == "eml"))
-                    .map(|p| std::fs::read_to_string(p).unwrap())
-                    .collect()
-            })
-            .unwrap_or_default()
+        common::eml_files(self.mail.path())
     }
 
     /// Every issued license was mailed exactly once: one `.eml` per license

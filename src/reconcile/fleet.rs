@@ -150,6 +150,15 @@ impl Fleet {
         self.runs.iter().filter_map(|r| r.report.as_ref()).map(f).sum()
     }
 
+    /// The labels of the accounts whose run ended with `outcome`.
+    pub fn labels_of(&self, outcome: AccountOutcome) -> Vec<&str> {
+        self.runs
+            .iter()
+            .filter(|r| r.outcome == outcome)
+            .map(AccountRun::label)
+            .collect()
+    }
+
     pub fn stripe_requests(&self) -> u64 {
         self.sum(|r| r.stripe_requests)
     }
@@ -178,22 +187,14 @@ pub fn render_json(fleet: &Fleet) -> Result<String> {
         entry.insert("error".into(), json!(run.error_text()));
         accounts.push(Value::Object(entry));
     }
-    let of = |outcome| -> Vec<&str> {
-        fleet
-            .runs
-            .iter()
-            .filter(|r| r.outcome == outcome)
-            .map(|r| r.label())
-            .collect()
-    };
     let value = json!({
         "outcome": if matches!(fleet.verdict(), Verdict::Failed(_)) { "failed" } else { "succeeded" },
         "dry_run": fleet.dry_run,
         "shard": fleet.shard.map(|s| s.to_string()),
         "accounts_configured": fleet.configured,
         "counts": fleet.counts(),
-        "failed_accounts": of(AccountOutcome::Failed),
-        "locked_accounts": of(AccountOutcome::Locked),
+        "failed_accounts": fleet.labels_of(AccountOutcome::Failed),
+        "locked_accounts": fleet.labels_of(AccountOutcome::Locked),
         "stripe_requests": fleet.stripe_requests(),
         "emails_sent": fleet.emails_sent(),
         "duration_ms": fleet.duration_ms,
@@ -220,14 +221,6 @@ pub fn render_text(fleet: &Fleet) -> String {
             }
         }
     }
-    let of = |outcome| -> Vec<&str> {
-        fleet
-            .runs
-            .iter()
-            .filter(|r| r.outcome == outcome)
-            .map(|r| r.label())
-            .collect()
-    };
     let shard = match fleet.shard {
         Some(shard) => format!(
             " (shard {shard}: {} of {} configured)",
@@ -239,13 +232,13 @@ pub fn render_text(fleet: &Fleet) -> String {
     let _ = write!(
         out,
         "Accounts{shard}: {} succeeded",
-        of(AccountOutcome::Succeeded).len()
+        fleet.labels_of(AccountOutcome::Succeeded).len()
     );
     for (outcome, what) in [
         (AccountOutcome::Failed, "failed"),
         (AccountOutcome::Locked, "locked by another run"),
     ] {
-        let accounts = of(outcome);
+        let accounts = fleet.labels_of(outcome);
         if !accounts.is_empty() {
             let _ = write!(out, ", {} {what} ({})", accounts.len(), accounts.join(", "));
         }

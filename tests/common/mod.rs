@@ -240,3 +240,44 @@ impl Ran {
         report
     }
 }
+
+/// Runs a `licensync` command without blocking the runtime that serves the
+/// fake Stripe it talks to.
+pub async fn run_binary(cmd: std::process::Command) -> Ran {
+    let out = tokio::process::Command::from(cmd)
+        .output()
+        .await
+        .expect("running the licensync binary");
+    Ran::new(&out)
+}
+
+/// The text of every `.eml` file the file transport wrote into `dir`.
+pub fn eml_files(dir: &std::path::Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .map(|e| e.unwrap().path())
+                .filter(|p| p.extension().is_some_and(|x| x == "eml"))
+                .map(|p| std::fs::read_to_string(p).unwrap())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Licenses (`licenses list --output json`) without what differs between two
+/// databases reconciling the same Stripe state (id, key, times), sorted by
+/// account and grant, for comparing the two.
+pub fn portable_licenses(licenses: &[serde_json::Value]) -> Vec<serde_json::Value> {
+    let mut all: Vec<serde_json::Value> = licenses
+        .iter()
+        .cloned()
+        .map(|mut l| {
+            for field in ["id", "key", "created_at", "updated_at"] {
+                l.as_object_mut().unwrap().remove(field);
+            }
+            l
+        })
+        .collect();
+    all.sort_by_key(|l| (l["stripe_account"].to_string(), l["source_id"].to_string()));
+    all
+}
