@@ -400,7 +400,7 @@ impl Side {
     /// Every license with an address was mailed exactly once: one `.eml`
     /// per such license, naming its key.
     fn assert_one_email_per_license(&self) {
-        let emails = eml_files(self.mail.path());
+        let emails = common::eml_files(self.mail.path());
         let licensed: BTreeSet<String> = rows(
             &self.db.url,
             "SELECT key FROM licenses WHERE customer_email IS NOT NULL",
@@ -441,19 +441,6 @@ fn license_keys(text: &str) -> BTreeSet<String> {
         .filter(|&i| bounded(i) && is_key(&b[i..i + 29]) && b.get(i + 29).is_none_or(|c| !c.is_ascii_alphanumeric()))
         .map(|i| text[i..i + 29].to_owned())
         .collect()
-}
-
-/// The text of every `.eml` file in `dir`.
-fn eml_files(dir: &Path) -> Vec<String> {
-    std::fs::read_dir(dir)
-        .map(|entries| {
-            entries
-                .map(|e| e.unwrap().path())
-                .filter(|p| p.extension().is_some_and(|x| x == "eml"))
-                .map(|p| std::fs::read_to_string(p).unwrap())
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 /// A GET with the account's key over a plain socket; the JSON answer.
@@ -1566,7 +1553,7 @@ async fn assert_next_run_converges(
         assert_eq!(keys_after.get(grant), Some(key), "{grant} keeps its key");
     }
     assert_eq!(runs(url).last().map(|r| r.0.as_str()), Some("succeeded"));
-    let emails = eml_files(mail);
+    let emails = common::eml_files(mail);
     let mut mailed: BTreeMap<String, usize> = BTreeMap::new();
     for email in &emails {
         for key in license_keys(email) {
