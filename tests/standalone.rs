@@ -122,7 +122,14 @@ fn a_copy_with_nothing_beside_it_builds_runs_the_quick_start_and_tests() {
         .and_then(Path::parent)
         .unwrap()
         .to_owned();
-    let target = outer.path().join("target");
+    // The copy's build output goes under this build's own target directory,
+    // not beside the copy in /tmp: the hard links need one filesystem, and
+    // /tmp may be a small tmpfs (a build of every target there once filled it).
+    let target_parent = tempfile::Builder::new()
+        .prefix("standalone-target-")
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .unwrap();
+    let target = target_parent.path().join("target");
     let debug = target.join("debug");
     std::fs::create_dir_all(&debug).unwrap();
     for dir in ["deps", "build", ".fingerprint"] {
@@ -139,6 +146,8 @@ fn a_copy_with_nothing_beside_it_builds_runs_the_quick_start_and_tests() {
             .current_dir(&repo)
             .env("CARGO_TARGET_DIR", &target)
             .env("CARGO_NET_OFFLINE", "true")
+            // A one-off build: incremental state would only take disk.
+            .env("CARGO_INCREMENTAL", "0")
             .env_remove("DATABASE_URL")
             .env_remove("STRIPE_API_KEY")
             .env_remove("LICENSYNC_MAIL_URL");
