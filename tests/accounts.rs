@@ -369,6 +369,61 @@ async fn one_account_failing_never_stops_the_others_and_the_report_names_it() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn one_accounts_rate_limit_holds_that_account_only() {
+    let (platform, connected) = platform(2).await;
+    let d = Deployment::new();
+    let mut accounts = vec!["self".to_owned()];
+    accounts.extend(ids(&connected));
+    // Stripe limits each account on its own. The first account's
+    // subscriptions answer 429 with a 5 s Retry-After: its endpoint is held
+    // that long, the other two accounts are not.
+    let held = &connected[0];
+    held.inject_fault(Fault {
+        path_prefix: "/v1/subscriptions".into(),
+        kind: FaultKind::TooManyRequests { retry_after_secs: 5 },
+        times: 1,
+    });
+
+    let ran = d.reconcile(&platform, &accounts, &[]).await;
+    assert_eq!(ran.code, 0, "a 429 is waited out, not a failure: {}", ran.all());
+    let report = ran.json();
+    for account in [None, Some(accounts[1].as_str()), Some(accounts[2].as_str())] {
+        let e = entry(&report, account);
+        assert_eq!(e["outcome"], "succeeded", "{e:#}");
+        assert_eq!(e["counts"]["issued"], 2, "{e:#}");
+        let limited = u64::from(account == Some(accounts[1].as_str()));
+        assert_eq!(e["stripe_rate_limited"], limited, "{e:#}");
+    }
+
+    let requests = platform.all_requests();
+    let held_id = held.account_id();
+    let limited = requests
+        .iter()
+        .find(|r| r.status == 429)
+        .expect("the fault answered 429");
+    assert_eq!(limited.account, held_id);
+    let resumed = requests
+        .iter()
+        .find(|r| r.account == held_id && r.path.starts_with("/v1/subscriptions") && r.at > limited.at)
+        .expect("the held account read its subscriptions after the hold");
+    assert!(
+        resumed.at - limited.at >= std::time::Duration::from_millis(4_500),
+        "the held account waited out its Retry-After: {:?}",
+        resumed.at - limited.at
+    );
+    // Every request of the other accounts was answered while the first
+    // account was still held: its wait slowed none of them.
+    let others: Vec<_> = requests.iter().filter(|r| r.account != held_id).collect();
+    assert!(others.iter().all(|r| r.status == 200), "{others:?}");
+    let last_other = others.iter().map(|r| r.at).max().unwrap();
+    assert!(
+        last_other < resumed.at,
+        "the other accounts finished reading {:?} after the held one resumed",
+        last_other - resumed.at
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn two_shards_run_concurrently_and_together_equal_one_unsharded_run() {
     let (platform, connected) = platform(3).await;
     let accounts = ids(&connected);
