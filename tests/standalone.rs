@@ -125,11 +125,11 @@ fn a_copy_with_nothing_beside_it_builds_runs_the_quick_start_and_tests() {
     // The copy's build output goes under this build's own target directory,
     // not beside the copy in /tmp: the hard links need one filesystem, and
     // /tmp may be a small tmpfs (a build of every target there once filled it).
-    let target_parent = tempfile::Builder::new()
+    let target_dir = tempfile::Builder::new()
         .prefix("standalone-target-")
         .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
         .unwrap();
-    let target = target_parent.path().join("target");
+    let target = target_dir.path();
     let debug = target.join("debug");
     std::fs::create_dir_all(&debug).unwrap();
     for dir in ["deps", "build", ".fingerprint"] {
@@ -144,7 +144,7 @@ fn a_copy_with_nothing_beside_it_builds_runs_the_quick_start_and_tests() {
         let mut cmd = Command::new(&cargo);
         cmd.args(args)
             .current_dir(&repo)
-            .env("CARGO_TARGET_DIR", &target)
+            .env("CARGO_TARGET_DIR", target)
             .env("CARGO_NET_OFFLINE", "true")
             // A one-off build: incremental state would only take disk.
             .env("CARGO_INCREMENTAL", "0")
