@@ -391,8 +391,8 @@ async fn one_accounts_rate_limit_holds_that_account_only() {
         let e = entry(&report, account);
         assert_eq!(e["outcome"], "succeeded", "{e:#}");
         assert_eq!(e["counts"]["issued"], 2, "{e:#}");
-        let limited = u64::from(account == Some(accounts[1].as_str()));
-        assert_eq!(e["stripe_rate_limited"], limited, "{e:#}");
+        let answered_429 = u64::from(account == Some(accounts[1].as_str()));
+        assert_eq!(e["stripe_rate_limited"], answered_429, "{e:#}");
     }
 
     let requests = platform.all_requests();
