@@ -336,7 +336,9 @@ fn a_single_account_database_migrates_in_place_and_its_rows_stay_the_keys_own() 
 
     // Everything belongs to the key's own account, as it did.
     let own = db.store.for_account(None);
-    let found = own.licenses_for(&["si_1".into()], &[], &[]).unwrap();
+    let found = own
+        .licenses_for(&[GrantKey::subscription_item("si_1")], &[], &[])
+        .unwrap();
     assert_eq!(found.len(), 1);
     assert_eq!(found[0].stripe_account, None);
     assert!(own.cursor("events").unwrap().is_some());
@@ -346,7 +348,7 @@ fn a_single_account_database_migrates_in_place_and_its_rows_stay_the_keys_own() 
     let other = db.store.for_account(Some("acct_1Other"));
     assert!(
         other
-            .licenses_for(&["si_1".into()], &["sub_1".into()], &[])
+            .licenses_for(&[GrantKey::subscription_item("si_1")], &["sub_1".into()], &[])
             .unwrap()
             .is_empty()
     );
@@ -381,7 +383,9 @@ fn two_accounts_hold_grants_with_the_same_id_their_own_locks_and_cursors() {
         written_a[0].license_id, written_b[0].license_id,
         "two licenses for one Stripe id"
     );
-    let of_b = b.licenses_for(&["si_1".into()], &[], &[]).unwrap();
+    let of_b = b
+        .licenses_for(&[GrantKey::subscription_item("si_1")], &[], &[])
+        .unwrap();
     assert_eq!(of_b.len(), 1);
     assert_eq!(of_b[0].stripe_account.as_deref(), Some("acct_1B"));
     assert_eq!(of_b[0].customer_email.as_deref(), Some("b@example.test"));
@@ -391,7 +395,9 @@ fn two_accounts_hold_grants_with_the_same_id_their_own_locks_and_cursors() {
         &[write("CCCCC-CCCCC-CCCCC-CCCCC-CCCCC", "si_1", Some("b2@example.test"))],
     )
     .unwrap();
-    let of_a = a.licenses_for(&["si_1".into()], &[], &[]).unwrap();
+    let of_a = a
+        .licenses_for(&[GrantKey::subscription_item("si_1")], &[], &[])
+        .unwrap();
     assert_eq!(of_a[0].customer_email.as_deref(), Some("a@example.test"));
     assert_eq!(of_a[0].key, "AAAAA-AAAAA-AAAAA-AAAAA-AAAAA");
     // Each account's outbox row is its own (its sender sends it).
@@ -407,6 +413,11 @@ fn two_accounts_hold_grants_with_the_same_id_their_own_locks_and_cursors() {
     // Each fence follows its own lock.
     let (fenced_a, fenced_b) = (a.fenced(&lock_a), b.fenced(&lock_b));
     drop(lock_a);
+    // The server ends the closed session, and releases its lock, on its own time.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while fenced_a.check_fence().is_ok() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     assert!(fenced_a.check_fence().is_err());
     assert!(fenced_b.check_fence().is_ok());
     // Cursors are per account.
@@ -416,4 +427,102 @@ fn two_accounts_hold_grants_with_the_same_id_their_own_locks_and_cursors() {
     assert_eq!(b.cursor("events").unwrap().unwrap().0, "b");
     let accounts = db.store.known_accounts().unwrap();
     assert_eq!(accounts, vec![None, Some("acct_1B".to_owned())]);
+}
+
+/// Rows of `table` the scans of an `EXPLAIN (ANALYZE, FORMAT JSON)` plan
+/// read (what each returned plus what its filters removed, over all its
+/// loops), and the kinds of scan that read them.
+fn rows_read(plan: &serde_json::Value, table: &str) -> (f64, Vec<String>) {
+    fn walk(node: &serde_json::Value, table: &str, rows: &mut f64, scans: &mut Vec<String>) {
+        if node["Relation Name"] == table {
+            let n = |key: &str| node[key].as_f64().unwrap_or(0.0);
+            *rows += (n("Actual Rows") + n("Rows Removed by Filter") + n("Rows Removed by Index Recheck"))
+                * n("Actual Loops");
+            scans.push(node["Node Type"].as_str().unwrap_or("?").to_owned());
+        }
+        for child in node["Plans"].as_array().into_iter().flatten() {
+            walk(child, table, rows, scans);
+        }
+    }
+    let (mut rows, mut scans) = (0.0, Vec::new());
+    walk(&plan[0]["Plan"], table, &mut rows, &mut scans);
+    (rows, scans)
+}
+
+/// A first import must stay linear: every query a page runs reads the
+/// page's own rows through an index, never the whole account, both before
+/// PostgreSQL has statistics of the table (a first import's pages) and after.
+#[test]
+fn page_queries_read_the_pages_own_rows_with_and_without_statistics() {
+    use licensync::store::PageQuery;
+    let db = TestDb::new();
+    // 60,000 licenses of the key's own account and 40,000 of a connected
+    // one with the same Stripe ids; every own license has an outbox row, all
+    // sent but the last 300.
+    db.store
+        .batch_execute(
+            "ALTER TABLE licenses SET (autovacuum_enabled = false);
+             ALTER TABLE email_outbox SET (autovacuum_enabled = false);
+             INSERT INTO licenses (key, status, product_ids, source_kind, source_id,
+                                   stripe_subscription_id, stripe_payment_intent, livemode, stripe_account)
+             SELECT 'K-' || i, 'active', '{pro}', 'subscription_item', 'si_' || (i % 60000),
+                    'sub_' || (i % 60000), CASE WHEN i % 7 = 0 THEN 'pi_' || (i % 60000) END, false,
+                    CASE WHEN i >= 60000 THEN 'acct_B' END
+             FROM generate_series(0, 99999) AS i;
+             INSERT INTO email_outbox (license_id, kind, recipient, status)
+             SELECT id, 'license_issued', 'a@example.com', CASE WHEN id > 59700 THEN 'pending' ELSE 'sent' END
+             FROM licenses WHERE stripe_account IS NULL;",
+        )
+        .unwrap();
+    // A page: 130 grants (10 of them new), 100 subscriptions, 3 reversals.
+    let grants: Vec<GrantKey> = (20_000..20_130)
+        .map(|i| GrantKey::subscription_item(&format!("si_{}", if i < 20_120 { i } else { i + 100_000 })))
+        .collect();
+    let subscriptions: Vec<String> = (30_000..30_100).map(|i| format!("sub_{i}")).collect();
+    let payment_intents: Vec<String> = ["pi_7", "pi_14", "pi_none"].map(String::from).to_vec();
+    let page_keys = (grants.len() + subscriptions.len() + payment_intents.len()) as f64;
+
+    for statistics in ["none yet", "analyzed"] {
+        if statistics == "analyzed" {
+            db.store
+                .batch_execute("ANALYZE licenses; ANALYZE email_outbox;")
+                .unwrap();
+        }
+        for account in [None, Some("acct_B")] {
+            let store = db.store.for_account(account);
+            let found = store.licenses_for(&grants, &subscriptions, &payment_intents).unwrap();
+            // Account B holds the same grants and subscriptions, and neither
+            // payment intent (its licenses with one have other numbers).
+            let expected = if account.is_none() { 120 + 100 + 2 } else { 120 + 100 };
+            assert_eq!(found.len(), expected, "{account:?}, statistics {statistics}");
+            assert!(found.iter().all(|l| l.stripe_account.as_deref() == account));
+
+            let plan = store
+                .explain(PageQuery::Licenses {
+                    grants: &grants,
+                    subscription_ids: &subscriptions,
+                    payment_intents: &payment_intents,
+                })
+                .unwrap();
+            let (read, scans) = rows_read(&plan, "licenses");
+            assert!(
+                read <= 2.0 * page_keys && !scans.iter().any(|s| s == "Seq Scan"),
+                "the page's licenses ({account:?}, statistics {statistics}) read {read} rows through {scans:?}: {plan:#}"
+            );
+        }
+        let plan = db
+            .store
+            .for_account(None)
+            .explain(PageQuery::DueEmails {
+                after_id: 0,
+                now: Utc::now(),
+                limit: 100,
+            })
+            .unwrap();
+        let (read, scans) = rows_read(&plan, "email_outbox");
+        assert!(
+            read <= 110.0 && !scans.iter().any(|s| s == "Seq Scan"),
+            "claiming 100 due emails (statistics {statistics}) read {read} rows through {scans:?}: {plan:#}"
+        );
+    }
 }

@@ -9,7 +9,7 @@ use anyhow::Result;
 
 use crate::apply::{Applied, apply_page};
 use crate::catalog::Catalog;
-use crate::domain::{GrantFact, License, PaymentReversal, Timestamp};
+use crate::domain::{GrantFact, GrantKey, License, PaymentReversal, Timestamp};
 use crate::plan::{Action, Facts, Plan, PlanConfig, plan};
 use crate::store::Store;
 
@@ -49,11 +49,11 @@ pub(super) fn plan_and_apply(ctx: &PageContext, slice: Slice) -> Result<Staged> 
         reversals,
         extra,
     } = slice;
-    let source_ids: Vec<String> = grants.iter().map(|g| g.key().source_id).collect();
+    let keys: Vec<GrantKey> = grants.iter().map(|g| g.key()).collect();
     let payment_intents: Vec<String> = reversals.iter().map(|r| r.payment_intent.clone()).collect();
     let mut current = ctx
         .store
-        .licenses_for(&source_ids, &complete_subscriptions, &payment_intents)?;
+        .licenses_for(&keys, &complete_subscriptions, &payment_intents)?;
     let known: HashSet<i64> = current.iter().map(|l| l.id).collect();
     current.extend(extra.into_iter().filter(|l| !known.contains(&l.id)));
     let facts = Facts {

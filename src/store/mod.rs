@@ -37,14 +37,72 @@ const RUN_LOCK_KEY: i64 = 0x6c69_6365_6e73_796e; // "licensyn"
 /// them apart from the run lock's one-key form in `pg_locks`.
 const SENDER_LOCK_CLASS: i32 = 0x6c73_6d6c; // "lsml"
 
-/// Every `source_kind` the licenses table's CHECK constraint allows.
-const ALL_SOURCE_KINDS: [SourceKind; 3] = [
-    SourceKind::SubscriptionItem,
-    SourceKind::CheckoutLine,
-    SourceKind::InvoiceLine,
-];
-
 type PgPool = Pool<ConnectionManager<PgConnection>>;
+
+/// The licenses a page can touch ([`Store::licenses_for`]): its grants by
+/// natural key (`$1` kinds, `$2` ids), licenses of its subscriptions (`$3`)
+/// and of its reversed payments (`$4`), in one account (`$5`).
+///
+/// The account is joined as part of each key list, never given as a
+/// condition of its own. A first import writes a table that has no
+/// statistics yet, and with a condition `account_key = $5` PostgreSQL then
+/// guesses the account to be rare and reads all of it through any index
+/// that mentions it, for every page: a first import turned quadratic
+/// (BENCHMARKS.md). Joined, the only cheap way in is one lookup per key on
+/// the index that holds the key and the account, with or without
+/// statistics; `tests/store.rs` checks both.
+const PAGE_LICENSES: &str = "\
+    SELECT DISTINCT ON (l.id) l.* FROM (\
+        SELECT l.* FROM unnest($1::text[], $2::text[], array_fill($5::text, ARRAY[cardinality($1::text[])])) \
+            AS g(kind, id, account) \
+            JOIN licenses l ON l.source_kind = g.kind AND l.source_id = g.id AND l.account_key = g.account \
+        UNION ALL \
+        SELECT l.* FROM unnest($3::text[], array_fill($5::text, ARRAY[cardinality($3::text[])])) AS s(id, account) \
+            JOIN licenses l ON l.stripe_subscription_id = s.id AND l.account_key = s.account \
+        UNION ALL \
+        SELECT l.* FROM unnest($4::text[], array_fill($5::text, ARRAY[cardinality($4::text[])])) AS p(id, account) \
+            JOIN licenses l ON l.stripe_payment_intent = p.id AND l.account_key = p.account \
+    ) AS l ORDER BY l.id";
+
+/// A query a page runs, for [`Store::explain`].
+#[doc(hidden)]
+pub enum PageQuery<'a> {
+    /// [`Store::licenses_for`].
+    Licenses {
+        grants: &'a [GrantKey],
+        subscription_ids: &'a [String],
+        payment_intents: &'a [String],
+    },
+    /// The select of [`Store::claim_due_emails_after`].
+    DueEmails {
+        after_id: i64,
+        now: DateTime<Utc>,
+        limit: i64,
+    },
+}
+
+/// `EXPLAIN (ANALYZE, FORMAT JSON)` in front of a query, keeping its binds.
+struct Explain<Q>(Q);
+
+impl<Q: diesel::query_builder::QueryFragment<diesel::pg::Pg>> diesel::query_builder::QueryFragment<diesel::pg::Pg>
+    for Explain<Q>
+{
+    fn walk_ast<'b>(&'b self, mut out: diesel::query_builder::AstPass<'_, 'b, diesel::pg::Pg>) -> QueryResult<()> {
+        out.push_sql("EXPLAIN (ANALYZE, FORMAT JSON) ");
+        self.0.walk_ast(out.reborrow())
+    }
+}
+
+impl<Q> diesel::query_builder::QueryId for Explain<Q> {
+    type QueryId = ();
+    const HAS_STATIC_QUERY_ID: bool = false;
+}
+
+impl<Q> diesel::query_builder::Query for Explain<Q> {
+    type SqlType = diesel::sql_types::Json;
+}
+
+impl<Q> RunQueryDsl<PgConnection> for Explain<Q> {}
 
 /// Runs a store call off the async worker threads: diesel is synchronous,
 /// and a blocked worker would stall the transport's retries and the signal
@@ -392,38 +450,61 @@ impl Store {
 
     /// The licenses a slice of facts can touch, in one query: by natural
     /// key, by subscription (items removed from it) and by payment intent
-    /// (refunds and disputes).
-    ///
-    /// Each branch of the OR must be answerable from an index, or PostgreSQL
-    /// scans the whole table for every page and a full run turns quadratic
-    /// (BENCHMARKS.md). The natural-key index is `(source_kind, source_id)`,
-    /// so the source ids are matched together with every kind: the CHECK
-    /// constraint on `source_kind` allows no other value, so this selects
-    /// the same rows.
+    /// (refunds and disputes). Reads the page's own rows through their
+    /// indexes, at any size of the account ([`PAGE_LICENSES`]).
     pub fn licenses_for(
         &self,
-        source_ids: &[String],
+        grants: &[GrantKey],
         subscription_ids: &[String],
         payment_intents: &[String],
     ) -> Result<Vec<License>> {
-        if source_ids.is_empty() && subscription_ids.is_empty() && payment_intents.is_empty() {
+        if grants.is_empty() && subscription_ids.is_empty() && payment_intents.is_empty() {
             return Ok(Vec::new());
         }
         let mut conn = self.conn()?;
-        let rows = licenses::table
-            .filter(
-                licenses::source_kind
-                    .eq_any(ALL_SOURCE_KINDS)
-                    .and(licenses::source_id.eq_any(source_ids))
-                    .or(licenses::stripe_subscription_id.eq_any(subscription_ids))
-                    .or(licenses::stripe_payment_intent.eq_any(payment_intents)),
-            )
-            .filter(licenses::account_key.eq(self.account_key()))
-            .order(licenses::id.asc())
-            .select(LicenseRow::as_select())
+        let rows: Vec<LicenseRow> = self
+            .page_licenses_query(grants, subscription_ids, payment_intents)
             .load(&mut conn)
             .context("loading the licenses of a page")?;
         rows.into_iter().map(LicenseRow::into_domain).collect()
+    }
+
+    /// [`PAGE_LICENSES`] with its binds; [`Store::explain`] runs the same.
+    fn page_licenses_query<'a>(
+        &self,
+        grants: &[GrantKey],
+        subscription_ids: &[String],
+        payment_intents: &[String],
+    ) -> diesel::query_builder::BoxedSqlQuery<'a, diesel::pg::Pg, diesel::query_builder::SqlQuery> {
+        use diesel::sql_types::{Array, Text};
+        let kinds: Vec<&'static str> = grants.iter().map(|g| g.source_kind.as_str()).collect();
+        let ids: Vec<String> = grants.iter().map(|g| g.source_id.clone()).collect();
+        diesel::sql_query(PAGE_LICENSES)
+            .into_boxed()
+            .bind::<Array<Text>, _>(kinds)
+            .bind::<Array<Text>, _>(ids)
+            .bind::<Array<Text>, _>(subscription_ids.to_vec())
+            .bind::<Array<Text>, _>(payment_intents.to_vec())
+            .bind::<Text, _>(self.account_key().to_owned())
+    }
+
+    /// `EXPLAIN (ANALYZE, FORMAT JSON)` of a query a page runs, with the
+    /// binds production gives it: the store tests hold every page query to
+    /// reading the page's own rows.
+    #[doc(hidden)]
+    pub fn explain(&self, query: PageQuery<'_>) -> Result<serde_json::Value> {
+        let mut conn = self.conn()?;
+        let plan = match query {
+            PageQuery::Licenses {
+                grants,
+                subscription_ids,
+                payment_intents,
+            } => Explain(self.page_licenses_query(grants, subscription_ids, payment_intents)).get_result(&mut conn),
+            PageQuery::DueEmails { after_id, now, limit } => {
+                Explain(self.due_emails_query(after_id, now, limit)).get_result(&mut conn)
+            }
+        };
+        plan.context("explaining a page query")
     }
 
     /// Active licenses whose time ran out (the clock sweep), by id after

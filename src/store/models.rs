@@ -9,7 +9,7 @@ use serde::Serialize;
 use super::schema::{email_outbox, license_key_history, license_ledger, licenses, runs};
 use crate::domain::{ExpirationStart, GrantKey, License, LicenseState, LicenseStatus, RunMode, RunOutcome, SourceKind};
 
-#[derive(Debug, Clone, Queryable, Selectable)]
+#[derive(Debug, Clone, Queryable, QueryableByName, Selectable)]
 #[diesel(table_name = licenses)]
 #[diesel(check_for_backend(diesel::pg::Pg))]
 pub struct LicenseRow {

@@ -125,21 +125,7 @@ impl Store {
     ) -> Result<Vec<OutboxJob>> {
         let mut conn = self.conn()?;
         conn.transaction(|conn| {
-            let ids: Vec<i64> = email_outbox::table
-                .filter(email_outbox::status.eq("pending"))
-                .filter(
-                    email_outbox::next_attempt_at
-                        .le(now)
-                        .or(diesel::dsl::sql::<diesel::sql_types::Bool>(&claimer_gone())),
-                )
-                .filter(email_outbox::id.gt(after_id))
-                .filter(email_outbox::stripe_account.is_not_distinct_from(self.account.clone()))
-                .order(email_outbox::id.asc())
-                .limit(limit)
-                .select(email_outbox::id)
-                .for_update()
-                .skip_locked()
-                .load(conn)?;
+            let ids: Vec<i64> = self.due_emails_query(after_id, now, limit).load(conn)?;
             let claimed: Vec<OutboxRow> = diesel::update(email_outbox::table.filter(email_outbox::id.eq_any(&ids)))
                 .set((
                     email_outbox::attempts.eq(email_outbox::attempts + 1),
@@ -174,6 +160,40 @@ impl Store {
             jobs.sort_by_key(|j| j.outbox.id);
             Ok(jobs)
         })
+    }
+
+    /// The ids [`Store::claim_due_emails_after`] claims: this account's due
+    /// rows after `after_id`, oldest first, skipping rows another sender has
+    /// locked. It walks `email_outbox_pending_account_idx` (the account's
+    /// pending rows in id order), so a claim reads about `limit` rows however
+    /// many the outbox has sent before.
+    pub(super) fn due_emails_query(
+        &self,
+        after_id: i64,
+        now: DateTime<Utc>,
+        limit: i64,
+    ) -> impl for<'a> diesel::query_dsl::LoadQuery<'a, PgConnection, i64>
+    + diesel::query_builder::QueryFragment<diesel::pg::Pg>
+    + diesel::query_builder::QueryId
+    + use<> {
+        email_outbox::table
+            .filter(email_outbox::status.eq("pending"))
+            .filter(
+                email_outbox::next_attempt_at
+                    .le(now)
+                    .or(diesel::dsl::sql::<diesel::sql_types::Bool>(&claimer_gone())),
+            )
+            .filter(email_outbox::id.gt(after_id))
+            // The index's expression, so that the index serves the account.
+            .filter(
+                diesel::dsl::sql::<diesel::sql_types::Bool>("COALESCE(email_outbox.stripe_account, '') = ")
+                    .bind::<Text, _>(self.account_key().to_owned()),
+            )
+            .order(email_outbox::id.asc())
+            .limit(limit)
+            .select(email_outbox::id)
+            .for_update()
+            .skip_locked()
     }
 
     /// Not fenced by the claim like the other outcomes: a message the server

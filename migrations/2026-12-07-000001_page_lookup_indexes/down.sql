@@ -1,0 +1,5 @@
+DROP INDEX email_outbox_pending_account_idx;
+CREATE INDEX licenses_payment_intent_idx ON licenses (stripe_payment_intent);
+CREATE INDEX licenses_stripe_subscription_idx ON licenses (stripe_subscription_id);
+DROP INDEX licenses_payment_intent_account_idx;
+DROP INDEX licenses_subscription_account_idx;
