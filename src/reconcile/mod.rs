@@ -540,34 +540,45 @@ fn one_off_invoice_pages(
             async move { source.invoice_items_page(s.after.as_deref(), &s.range()).await }
         })
     };
-    // Invoice ids already asked for: an invoice of several items is read once.
+    // Invoices already taken: an invoice of several items counts once, even
+    // when its items stand on different pages.
     let mut wanted = HashSet::new();
     items
         .flat_map(move |r| {
-            let ids: Vec<Result<String>> = match r {
+            // Each invoice that can grant: read already (expanded with its
+            // items), or its id when Stripe did not expand it.
+            let invoices: Vec<Result<Result<GrantPage, String>>> = match r {
                 Err(e) => vec![Err(anyhow::Error::new(e).context("reading invoice items"))],
-                Ok(page) => {
+                Ok(mut page) => {
                     let skip = session_invoices.lock().expect("session invoices lock");
-                    page.items
+                    let ids: Vec<String> = page
+                        .items
+                        .items
                         .into_iter()
                         .filter(|i| !i.of_subscription && i.price.as_ref().is_some_and(|p| one_time.contains(p)))
                         .filter_map(|i| i.invoice)
                         .filter(|id| !skip.contains(id) && wanted.insert(id.clone()))
-                        .map(Ok)
+                        .collect();
+                    ids.into_iter()
+                        .map(|id| Ok(page.invoices.remove(&id).ok_or(id)))
                         .collect()
                 }
             };
-            stream::iter(ids)
+            stream::iter(invoices)
         })
-        .map(move |id| {
+        .map(move |invoice| {
             let source = source.clone();
             async move {
-                let id = id?;
-                let page = source
-                    .one_off_invoice(&id)
-                    .await
-                    .with_context(|| format!("reading invoice {id}"))?;
-                Ok(Some(page))
+                match invoice? {
+                    Ok(read) => Ok(Some(read)),
+                    Err(id) => {
+                        let page = source
+                            .one_off_invoice(&id)
+                            .await
+                            .with_context(|| format!("reading invoice {id}"))?;
+                        Ok(Some(page))
+                    }
+                }
             }
         })
         .buffer_unordered(WIDTH)

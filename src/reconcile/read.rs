@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use futures::stream::{self, FuturesUnordered, Stream, StreamExt};
 
 use super::segments::{self, PAGE, Segment};
-use crate::stripe::{CreatedRange, GrantPage, Page, Span, StripeError};
+use crate::stripe::{CreatedRange, GrantPage, InvoiceItemsPage, Page, Span, StripeError};
 
 /// Requests in flight per list: Stripe allows 25 requests/s per endpoint
 /// and answers a list page in 50-300 ms, so about 8 keep an endpoint busy.
@@ -46,6 +46,15 @@ impl<T> Paged for Page<T> {
     }
     fn span(&self) -> Span {
         self.span
+    }
+}
+
+impl Paged for InvoiceItemsPage {
+    fn next_cursor(&self) -> Option<&str> {
+        self.items.next.as_deref()
+    }
+    fn span(&self) -> Span {
+        self.items.span
     }
 }
 

@@ -17,5 +17,8 @@ mod proptests;
 
 pub use error::StripeError;
 pub use key::{ApiKey, InvalidApiKey, redact};
-pub use source::{CreatedRange, EventFact, GrantPage, InvoiceItemFact, Page, RELEVANT_EVENT_TYPES, Span, StripeSource};
+pub use source::{
+    CreatedRange, EventFact, GrantPage, InvoiceItemFact, InvoiceItemsPage, Page, RELEVANT_EVENT_TYPES, Span,
+    StripeSource,
+};
 pub use transport::{DEFAULT_API_BASE, RateCeiling, StripeConfig, Transport};

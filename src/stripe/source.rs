@@ -105,6 +105,20 @@ pub struct InvoiceItemFact {
     pub of_subscription: bool,
 }
 
+/// A page of invoice items with the invoices they were billed on, each
+/// already read into its grants.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvoiceItemsPage {
+    pub items: Page<InvoiceItemFact>,
+    /// By invoice id, every invoice an item of this page names and Stripe
+    /// expanded. An item whose invoice is missing here names one that was
+    /// not expanded: read it with [`StripeSource::one_off_invoice`].
+    pub invoices: HashMap<String, GrantPage>,
+    /// Customers looked up one by one (the page was read without the
+    /// customer expansion; see `fetch_with_customers`).
+    pub customers: usize,
+}
+
 /// One page of purchases turned into grants.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct GrantPage {
@@ -709,44 +723,83 @@ impl StripeSource {
     }
 
     /// One page of invoice items already billed on an invoice
-    /// (`pending=false`), created in `created`, newest first. One-off
-    /// invoices are made of invoice items and subscription renewals are not,
-    /// so a full scan finds the one-off invoices that can grant here
-    /// instead of paging every renewal invoice (see `reconcile::read`).
+    /// (`pending=false`), created in `created`, newest first, each with the
+    /// invoice it was billed on expanded (its customer and payments too).
+    /// One-off invoices are made of invoice items and subscription renewals
+    /// are not, so a full scan finds the one-off invoices that can grant
+    /// here, read whole with their items, instead of paging every renewal
+    /// invoice or retrieving each one-off invoice (see `reconcile::read`).
     pub async fn invoice_items_page(
         &self,
         after: Option<&str>,
         created: &CreatedRange,
-    ) -> Result<Page<InvoiceItemFact>, StripeError> {
-        let mut request = ListInvoiceItem::new().pending(false).limit(PAGE);
-        if let Some(cursor) = after {
-            request = request.starting_after(cursor);
-        }
-        if let Some(range) = created.query() {
-            request = request.created(range);
-        }
-        let list = self.fetch(&request).await?;
+    ) -> Result<InvoiceItemsPage, StripeError> {
+        let request = |expand: &[&str]| {
+            let mut request = ListInvoiceItem::new()
+                .pending(false)
+                .limit(PAGE)
+                .expand(expand.iter().map(|e| (*e).to_owned()).collect::<Vec<_>>());
+            if let Some(cursor) = after {
+                request = request.starting_after(cursor);
+            }
+            if let Some(range) = created.query() {
+                request = request.created(range);
+            }
+            request
+        };
+        let (list, customers) = self
+            .fetch_with_customers(
+                &request(&["data.invoice", "data.invoice.customer", "data.invoice.payments"]),
+                &request(&["data.invoice", "data.invoice.payments"]),
+                |list| {
+                    list.data
+                        .iter()
+                        .filter_map(|item| match &item.invoice {
+                            Some(Expandable::Object(invoice)) => invoice_customer(invoice),
+                            _ => None,
+                        })
+                        .collect()
+                },
+            )
+            .await?;
         let next = next_cursor(&list, |i| i.id.as_str().to_owned());
         let span = Span::of(&list, |i| i.date);
-        let items = list
-            .data
-            .into_iter()
-            .map(|item| InvoiceItemFact {
+        let mut items = Vec::with_capacity(list.data.len());
+        let mut invoices = HashMap::new();
+        for item in list.data {
+            let (invoice_id, expanded) = match item.invoice {
+                Some(Expandable::Object(invoice)) => {
+                    (invoice.id.as_ref().map(|id| id.as_str().to_owned()), Some(invoice))
+                }
+                Some(Expandable::Id(id)) => (id.as_ref().map(|id| id.as_str().to_owned()), None),
+                None => (None, None),
+            };
+            if let (Some(id), Some(invoice)) = (&invoice_id, expanded)
+                && !invoices.contains_key(id)
+            {
+                let mut page = GrantPage {
+                    objects: 1,
+                    ..GrantPage::default()
+                };
+                self.add_invoice(*invoice, &customers, &mut page).await?;
+                invoices.insert(id.clone(), page);
+            }
+            items.push(InvoiceItemFact {
                 id: item.id.as_str().to_owned(),
-                invoice: item
-                    .invoice
-                    .as_ref()
-                    .and_then(|i| i.id().as_ref())
-                    .map(|id| id.as_str().to_owned()),
+                invoice: invoice_id,
                 price: item
                     .pricing
                     .as_ref()
                     .and_then(|p| p.price_details.as_ref())
                     .map(|d| d.price.id().as_str().to_owned()),
                 of_subscription: item.parent.as_ref().is_some_and(|p| p.subscription_details.is_some()),
-            })
-            .collect();
-        Ok(Page { items, next, span })
+            });
+        }
+        Ok(InvoiceItemsPage {
+            items: Page { items, next, span },
+            invoices,
+            customers: customers.len(),
+        })
     }
 
     /// One invoice found through its items in a full scan, whose caller
