@@ -1,7 +1,7 @@
 //! The email outbox end to end (licensing-rules §6): rows written with the
 //! license on a real PostgreSQL database, delivered by `deliver_due` through
 //! the production SMTP transport to a real SMTP server on loopback
-//! (aiosmtpd), with the clock passed in so that leases and backoff are
+//! (`mail_support`), with the clock passed in so that leases and backoff are
 //! stepped over instead of waited for.
 
 mod common;
@@ -261,7 +261,7 @@ async fn an_email_refused_max_attempts_times_is_given_up_as_failed_and_status_sh
     let db = TestDb::new();
     let sink = SmtpSink::start_tls_with_auth();
     let mail = service(sink.tls_url());
-    // aiosmtpd answers 451 to every `defer-` recipient.
+    // The sink answers 451 to every `defer-` recipient.
     let license = issue_license(&db.store, 1, Some("defer-me@customer.test"));
     let t0 = Utc::now();
 

@@ -13,7 +13,7 @@
 //!   pages the failed run committed, each whole, nothing of the failed one.
 //! - PostgreSQL: restarted while a page's transaction waits, a
 //!   `statement_timeout` hit by a page's write, every connection slot taken.
-//! - SMTP (a real server, `mail_support/smtp_sink.py`): down, refusing,
+//! - SMTP (a real server, `mail_support/smtp_server.rs`): down, refusing,
 //!   slow, accepting a message then dropping the connection.
 //! - The file transport on a full disk (a tiny tmpfs).
 //!

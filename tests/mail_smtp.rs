@@ -1,5 +1,5 @@
 //! License email through the production SMTP transport to a real SMTP server
-//! on loopback (aiosmtpd, see `mail_support/smtp_sink.py`): STARTTLS, AUTH,
+//! on loopback (see `mail_support/smtp_server.rs`): STARTTLS, AUTH,
 //! what arrives, and how refusals are classified.
 
 mod mail_support;

@@ -1,14 +1,16 @@
 //! Shared helpers of the `mail_*` tests: a sample license email, settings,
-//! parsing a delivered message back, and a real SMTP server on loopback
-//! (aiosmtpd, started from `smtp_sink.py` beside this file).
+//! parsing a delivered message back, and a real SMTP server on loopback,
+//! running inside the test process (`smtp_server.rs` beside this file).
 #![allow(dead_code)] // each test file uses its own subset
 
-use std::io::{BufRead, BufReader, Read};
-use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
+mod smtp_server;
+mod smtp_session;
+
+use std::path::PathBuf;
 
 use chrono::{TimeZone, Utc};
 use licensync::mail::{LicenseEmail, MailSettings, MailUrl, parse_from};
+use smtp_server::Server;
 
 pub const FROM: &str = "Acme Licenses <licenses@acme.test>";
 pub const KEY: &str = "ABCDE-FGHJK-MNPQR-STUVW-XYZ23";
@@ -60,7 +62,7 @@ pub fn header_lines(raw: &[u8]) -> Vec<String> {
 }
 
 /// One message as the SMTP server received it.
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, Clone)]
 pub struct Received {
     pub mail_from: String,
     pub rcpt_tos: Vec<String>,
@@ -68,12 +70,11 @@ pub struct Received {
     pub login: Option<String>,
     /// Whether the session was encrypted (STARTTLS) when the message came.
     pub tls: bool,
-    #[serde(skip)]
     pub raw: Vec<u8>,
 }
 
 /// What the server saw of its clients' connections.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SinkStats {
     /// Connections accepted (refused ones, `refuse_first`, not counted).
     pub connections: u32,
@@ -81,8 +82,9 @@ pub struct SinkStats {
     pub open: u32,
     /// The most connections open at once.
     pub max_open: u32,
-    /// The most messages in DATA at once (from DATA to its answer): with
-    /// `delay_data`, how many messages the client really had in flight.
+    /// The most messages in DATA at once (from the end of their content to
+    /// its answer): with `delay_data`, how many messages the client really
+    /// had in flight.
     pub max_in_data: u32,
 }
 
@@ -91,12 +93,13 @@ pub struct SinkTls {
     pub ca_file: PathBuf,
 }
 
-/// A real SMTP server (aiosmtpd) on a free loopback port, stopped on drop.
+/// A real SMTP server on a loopback port (see [`smtp_server`]), running in
+/// this process; stopped on drop, which closes its port and its sessions.
 pub struct SmtpSink {
-    child: Child,
-    stdin: Option<ChildStdin>,
+    server: Server,
     pub port: u16,
     pub tls: Option<SinkTls>,
+    /// Holds the certificate file.
     dir: tempfile::TempDir,
 }
 
@@ -106,7 +109,8 @@ pub struct SmtpSink {
 pub struct SinkOptions {
     /// STARTTLS required, with a self-signed certificate for 127.0.0.1.
     pub tls: bool,
-    /// AUTH required with this user and password (offered after STARTTLS when `tls`).
+    /// AUTH (PLAIN or LOGIN) required with this user and password (offered
+    /// after STARTTLS when `tls`).
     pub auth: Option<(String, String)>,
     /// The first N messages are refused at DATA with 451 4.3.0.
     pub defer_first: u32,
@@ -169,73 +173,37 @@ impl SmtpSink {
     /// A sink with the behaviours of `options` (see [`SinkOptions`]).
     pub fn start_with(options: SinkOptions) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let spool = dir.path().join("spool");
-        std::fs::create_dir(&spool).unwrap();
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/mail_support/smtp_sink.py");
-        let python = std::env::var("LICENSYNC_TEST_PYTHON").unwrap_or_else(|_| "python3".to_owned());
-
-        let mut cmd = Command::new(&python);
-        cmd.arg(&script).arg("--spool").arg(&spool);
-        cmd.arg("--stats").arg(dir.path().join("stats.json"));
-        let refusals = options.defer_first;
-        if refusals > 0 {
-            cmd.arg("--defer-first").arg(refusals.to_string());
-        }
-        for (flag, n) in [
-            ("--refuse-first", options.refuse_first),
-            ("--drop-after-data", options.drop_after_data),
-        ] {
-            if n > 0 {
-                cmd.arg(flag).arg(n.to_string());
-            }
-        }
-        if let Some(delay) = options.delay_data {
-            cmd.arg("--delay-data").arg(delay.as_secs_f64().to_string());
-        }
-        if let Some(port) = options.port {
-            cmd.arg("--port").arg(port.to_string());
-        }
-        if let Some((user, password)) = &options.auth {
-            cmd.arg("--user").arg(user).arg("--password").arg(password);
-        }
-        let tls = options.tls;
+        // std sets SO_REUSEADDR: a sink can come back on the port of one
+        // that was just dropped.
+        let listener = std::net::TcpListener::bind(("127.0.0.1", options.port.unwrap_or(0)))
+            .unwrap_or_else(|e| panic!("the SMTP test server cannot listen on {:?}: {e}", options.port));
+        let port = listener.local_addr().unwrap().port();
         let mut sink_tls = None;
-        if tls {
+        let mut acceptor = None;
+        if options.tls {
             let rcgen::CertifiedKey { cert, signing_key } =
                 rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
             let cert_file = dir.path().join("cert.pem");
-            let key_file = dir.path().join("key.pem");
             std::fs::write(&cert_file, cert.pem()).unwrap();
-            std::fs::write(&key_file, signing_key.serialize_pem()).unwrap();
-            cmd.arg("--cert").arg(&cert_file).arg("--key").arg(&key_file);
+            acceptor = Some(smtp_server::tls_acceptor(
+                cert.der().clone(),
+                signing_key.serialize_der(),
+            ));
             sink_tls = Some(SinkTls { ca_file: cert_file });
         }
-        let mut child = cmd
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot run `{python}` for the SMTP test server ({e}); install Python 3 or set LICENSYNC_TEST_PYTHON"));
-
-        let mut first_line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut first_line)
-            .unwrap();
-        let Ok(port) = first_line.trim().parse::<u16>() else {
-            let mut stderr = String::new();
-            child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
-            let _ = child.wait();
-            let hint = if stderr.contains("No module named 'aiosmtpd'") {
-                format!("\nThe mail tests need aiosmtpd: run `{python} -m pip install aiosmtpd`.")
-            } else {
-                String::new()
-            };
-            panic!("the SMTP test server did not start:\n{stderr}{hint}");
+        let config = smtp_server::Config {
+            tls: acceptor,
+            auth: options.auth,
+            delay_data: options.delay_data,
         };
-        let stdin = child.stdin.take();
+        let state = smtp_server::State {
+            refusals_left: options.refuse_first,
+            deferrals_left: options.defer_first,
+            drops_left: options.drop_after_data,
+            ..smtp_server::State::default()
+        };
         SmtpSink {
-            child,
-            stdin,
+            server: Server::start(listener, config, state),
             port,
             tls: sink_tls,
             dir,
@@ -249,35 +217,12 @@ impl SmtpSink {
 
     /// Connections and concurrency so far (see [`SinkStats`]).
     pub fn stats(&self) -> SinkStats {
-        let raw = std::fs::read(self.dir.path().join("stats.json")).unwrap();
-        serde_json::from_slice(&raw).unwrap()
+        self.server.state().stats
     }
 
-    /// The messages the server accepted, in order of arrival.
+    /// The messages the server accepted, in order of arrival. Each is
+    /// stored before its 250 is sent.
     pub fn received(&self) -> Vec<Received> {
-        let spool = self.dir.path().join("spool");
-        let mut metas: Vec<PathBuf> = std::fs::read_dir(&spool)
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .filter(|p| p.extension().is_some_and(|x| x == "json"))
-            .collect();
-        metas.sort();
-        metas
-            .into_iter()
-            .map(|meta| {
-                let mut received: Received = serde_json::from_slice(&std::fs::read(&meta).unwrap()).unwrap();
-                received.raw = std::fs::read(meta.with_extension("eml")).unwrap();
-                received
-            })
-            .collect()
-    }
-}
-
-impl Drop for SmtpSink {
-    fn drop(&mut self) {
-        // Closing stdin asks the server to stop; kill covers a stuck one.
-        drop(self.stdin.take());
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.server.state().received.clone()
     }
 }
