@@ -5,16 +5,71 @@
 
 use std::collections::BTreeMap;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, anyhow};
 use chrono::{DateTime, Utc};
+use diesel::pg::PgConnection;
 use diesel::prelude::*;
 use diesel::sql_types::{Array, BigInt, Integer, Nullable, Text, Timestamptz};
 
-use super::models::{LicenseRow, NewOutboxRow, OutboxRow};
+use super::Store;
+use super::license::LicenseRow;
 use super::schema::{email_outbox, licenses};
-use super::{SENDER_LOCK_CLASS, SenderSession, Store};
 use crate::domain::{EmailStatus, License};
 use crate::secret::redact;
+use serde::Serialize;
+
+/// First key of the advisory locks that tell which outbox senders are alive
+/// (`pg_advisory_lock(SENDER_LOCK_CLASS, sender id)`); the two-key form keeps
+/// them apart from the run lock's one-key form in `pg_locks`.
+pub(super) const SENDER_LOCK_CLASS: i32 = 0x6c73_6d6c; // "lsml"
+
+/// One sender of the outbox, alive as long as this value: its own database
+/// session holds the advisory lock `(SENDER_LOCK_CLASS, id)`, and the rows it
+/// claims carry `claimed_by = id`. When the process dies the session ends
+/// and the lock with it, so the next sender takes those rows at once
+/// instead of waiting out their lease; a live sender's claims keep their
+/// lease (two senders never take one row).
+pub struct SenderSession {
+    _conn: PgConnection,
+    id: i32,
+}
+
+impl SenderSession {
+    pub fn id(&self) -> i32 {
+        self.id
+    }
+}
+
+#[derive(Debug, Clone, Queryable, Selectable, Serialize)]
+#[diesel(table_name = email_outbox)]
+#[diesel(check_for_backend(diesel::pg::Pg))]
+pub struct OutboxRow {
+    pub id: i64,
+    pub license_id: i64,
+    pub kind: String,
+    pub recipient: Option<String>,
+    pub status: String,
+    pub attempts: i32,
+    pub last_error: Option<String>,
+    pub next_attempt_at: DateTime<Utc>,
+    pub sent_at: Option<DateTime<Utc>>,
+    pub message_id: String,
+    pub created_at: DateTime<Utc>,
+    /// The sender session holding the row's claim, while one does.
+    pub claimed_by: Option<i32>,
+    /// The account of its license: its sender and templates send it.
+    pub stripe_account: Option<String>,
+}
+
+#[derive(Debug, Clone, Insertable)]
+#[diesel(table_name = email_outbox)]
+pub struct NewOutboxRow {
+    pub license_id: i64,
+    pub kind: String,
+    pub recipient: Option<String>,
+    pub status: String,
+    pub stripe_account: Option<String>,
+}
 
 /// SQL that is true for an outbox row claimed by a sender whose session has
 /// ended (crashed, killed): its advisory lock is gone with its connection.
@@ -97,6 +152,23 @@ pub struct OutboxCounts {
 }
 
 impl Store {
+    /// Opens a sender session (see [`SenderSession`]) under a fresh random id.
+    pub fn sender_session(&self) -> Result<SenderSession> {
+        let mut conn = PgConnection::establish(self.url.expose())
+            .map_err(|e| anyhow!("connecting to the license database: {}", redact(&e.to_string())))?;
+        loop {
+            let id: i32 = rand::random_range(1..i32::MAX);
+            let locked: bool = diesel::select(diesel::dsl::sql::<diesel::sql_types::Bool>(&format!(
+                "pg_try_advisory_lock({SENDER_LOCK_CLASS}, {id})"
+            )))
+            .get_result(&mut conn)
+            .context("registering the email sender")?;
+            if locked {
+                return Ok(SenderSession { _conn: conn, id });
+            }
+        }
+    }
+
     /// Claims up to `limit` due emails for this sender. The claim is a lease:
     /// it counts the attempt and pushes `next_attempt_at` past `lease_until`,
     /// so a sender that dies after the server accepted a message but before
