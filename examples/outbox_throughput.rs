@@ -30,7 +30,7 @@ use licensync::mail::{MailService, MailSettings, MailUrl, parse_from};
 use licensync::pg::{Binaries, Cluster, Tuning};
 use licensync::secret::Secret;
 use licensync::store::models::NewLicenseRow;
-use licensync::store::{LicenseWrite, QueuedEmail, Store};
+use licensync::store::{LicenseWrite, Store};
 
 #[derive(Debug, Parser)]
 #[command(about = "Times the delivery of queued license emails to the file transport")]
@@ -138,10 +138,7 @@ fn queue(store: &Store, n: usize) -> Result<()> {
                 before: None,
                 after: serde_json::to_value(&state).expect("a license state is JSON"),
                 stripe_object: format!("sub_bench_{i}"),
-                email: Some(QueuedEmail {
-                    kind: "license_issued".into(),
-                    status: EmailStatus::Pending,
-                }),
+                email: Some(EmailStatus::Pending),
             }
         })
         .collect();

@@ -13,7 +13,7 @@ use crate::cli::{Cli, Command, DaemonArgs, LicensesCommand, MailCommand, Operato
 use crate::config::{Config, parse_timestamp};
 use crate::db::OpenDatabase;
 use crate::delivery::deliver_due;
-use crate::domain::{License, LicenseStatus, OperatorAction};
+use crate::domain::{EmailStatus, License, LicenseStatus, OperatorAction};
 use crate::error::{EXIT_USAGE, Failure, exit_status, usage};
 use crate::mail::{MailService, MailUrl};
 use crate::operator;
@@ -151,7 +151,7 @@ pub async fn run(cli: Cli, config: Config) -> Result<()> {
                 .into_iter()
                 .find(|o| o.id == outbox_id);
             match row {
-                Some(row) if row.status == "sent" => {
+                Some(row) if row.status == EmailStatus::Sent => {
                     println!(
                         "sent the license email for {} to {}",
                         license.key,
@@ -159,22 +159,22 @@ pub async fn run(cli: Cli, config: Config) -> Result<()> {
                     );
                     Ok(())
                 }
-                Some(row) if row.status == "pending" && matches!(config.mail.url, MailUrl::None) => {
+                Some(row) if row.status == EmailStatus::Pending && matches!(config.mail.url, MailUrl::None) => {
                     println!(
                         "queued the license email for {} (mail transport `none`: not sent)",
                         license.key
                     );
                     Ok(())
                 }
-                Some(row) if row.status == "failed" => Err(anyhow::anyhow!(
+                Some(row) if row.status == EmailStatus::Failed => Err(anyhow::anyhow!(
                     "the license email for {} could not be delivered and was given up: {}",
                     license.key,
-                    row.last_error.unwrap_or_else(|| row.status.clone())
+                    row.last_error.unwrap_or_else(|| row.status.to_string())
                 )),
                 Some(row) => Err(anyhow::anyhow!(
                     "the license email for {} was queued but not delivered yet ({}): the next reconcile retries it",
                     license.key,
-                    row.last_error.unwrap_or_else(|| row.status.clone())
+                    row.last_error.unwrap_or_else(|| row.status.to_string())
                 )),
                 None => Err(anyhow::anyhow!("the queued email for {} disappeared", license.key)),
             }

@@ -12,10 +12,7 @@ use crate::domain::{EmailStatus, GrantKey};
 use crate::keys::new_license_key;
 use crate::plan::{Action, IssueEmail};
 use crate::store::models::NewLicenseRow;
-use crate::store::{LicenseWrite, QueuedEmail, Store, Written};
-
-/// The outbox kind of the email announcing a new license.
-pub const EMAIL_LICENSE_ISSUED: &str = "license_issued";
+use crate::store::{LicenseWrite, Store, Written};
 
 /// An action as it landed: with the key of the license it created or changed.
 #[derive(Debug, Clone)]
@@ -58,13 +55,10 @@ pub fn apply_page(store: &Store, run_id: Option<i64>, actions: &[Action]) -> Res
                     .map(|b| serde_json::to_value(b).expect("license state serializes")),
                 after,
                 stripe_object: action.cause.clone(),
-                email: action.email.map(|email| QueuedEmail {
-                    kind: EMAIL_LICENSE_ISSUED.to_owned(),
-                    status: match (email, &action.after.customer_email) {
-                        (_, None) => EmailStatus::NoRecipient,
-                        (IssueEmail::Silent, Some(_)) => EmailStatus::Skipped,
-                        (IssueEmail::Send, Some(_)) => EmailStatus::Pending,
-                    },
+                email: action.email.map(|email| match (email, &action.after.customer_email) {
+                    (_, None) => EmailStatus::NoRecipient,
+                    (IssueEmail::Silent, Some(_)) => EmailStatus::Skipped,
+                    (IssueEmail::Send, Some(_)) => EmailStatus::Pending,
                 }),
             }
         })

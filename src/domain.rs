@@ -165,30 +165,36 @@ pub enum RunOutcome {
     Failed,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    Deserialize,
+    strum::AsRefStr,
+    strum::EnumString,
+    diesel::AsExpression,
+    diesel::FromSqlRow,
+)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+#[strum(serialize_all = "SCREAMING_SNAKE_CASE", ascii_case_insensitive)]
+#[diesel(sql_type = diesel::sql_types::Text)]
 pub enum ExpirationStart {
     Creation,
     Activation,
 }
 
 impl ExpirationStart {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ExpirationStart::Creation => "CREATION",
-            ExpirationStart::Activation => "ACTIVATION",
-        }
+    pub fn as_str(&self) -> &str {
+        self.as_ref()
     }
 
     /// Case-insensitive, as the metadata rules allow.
     pub fn parse(s: &str) -> Option<Self> {
-        if s.eq_ignore_ascii_case("creation") {
-            Some(ExpirationStart::Creation)
-        } else if s.eq_ignore_ascii_case("activation") {
-            Some(ExpirationStart::Activation)
-        } else {
-            None
-        }
+        s.parse().ok()
     }
 }
 
@@ -566,6 +572,62 @@ impl OperatorAction {
     }
 }
 
+/// A ledger row's `action`: a change a run made, or what an operator did
+/// by hand (`operator_revoke`, ...). Stored as its name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, diesel::AsExpression, diesel::FromSqlRow)]
+#[diesel(sql_type = diesel::sql_types::Text)]
+pub enum LedgerAction {
+    Run(ActionKind),
+    Operator(OperatorAction),
+}
+
+impl LedgerAction {
+    const OPERATOR: [OperatorAction; 5] = [
+        OperatorAction::Revoke,
+        OperatorAction::Suspend,
+        OperatorAction::Pin,
+        OperatorAction::Release,
+        OperatorAction::Reissue,
+    ];
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            LedgerAction::Run(action) => action.as_str(),
+            LedgerAction::Operator(action) => action.as_str(),
+        }
+    }
+}
+
+impl AsRef<str> for LedgerAction {
+    fn as_ref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl std::fmt::Display for LedgerAction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for LedgerAction {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let run = ActionKind::ALL.into_iter().map(LedgerAction::Run);
+        let operator = Self::OPERATOR.into_iter().map(LedgerAction::Operator);
+        run.chain(operator)
+            .find(|a| a.as_str() == s)
+            .ok_or_else(|| format!("unknown ledger action `{s}`"))
+    }
+}
+
+impl Serialize for LedgerAction {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
 /// What an outbox row announces; its `kind` column is `license_issued`
 /// (once per license), `resend:<n>` or `key_reissued:<n>` (one per request).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -665,13 +727,17 @@ impl ActionKind {
     Hash,
     Serialize,
     Deserialize,
+    strum::AsRefStr,
     strum::EnumString,
     strum::IntoStaticStr,
     strum::Display,
     strum::EnumIter,
+    diesel::AsExpression,
+    diesel::FromSqlRow,
 )]
 #[serde(rename_all = "snake_case")]
 #[strum(serialize_all = "snake_case")]
+#[diesel(sql_type = diesel::sql_types::Text)]
 pub enum EmailStatus {
     /// To send (or being sent under a lease).
     Pending,

@@ -21,6 +21,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 
+use crate::domain::EmailStatus;
 use crate::reconcile::Report;
 use crate::reconcile::fleet::{AccountOutcome, Fleet};
 use crate::store::{OutboxCounts, Store};
@@ -298,13 +299,13 @@ impl Collector for SnapshotCollector {
             }
             let m = &s.emails;
             for (status, n) in [
-                ("failed", m.failed),
-                ("no_recipient", m.no_recipient),
-                ("pending", m.pending),
-                ("sent", m.sent),
-                ("skipped", m.skipped),
+                (EmailStatus::Failed, m.failed),
+                (EmailStatus::NoRecipient, m.no_recipient),
+                (EmailStatus::Pending, m.pending),
+                (EmailStatus::Sent, m.sent),
+                (EmailStatus::Skipped, m.skipped),
             ] {
-                emails.add(account, &[("status", status)], n);
+                emails.add(account, &[("status", status.as_str())], n);
             }
             let age = s
                 .oldest_pending_email

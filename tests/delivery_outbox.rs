@@ -16,6 +16,7 @@ use diesel::connection::{Instrumentation, InstrumentationEvent, set_default_inst
 use licensync::delivery::{
     CLAIM_BATCH, CLAIM_LEASE, DeliveryCounts, FLUSH_AFTER, FLUSH_ROWS, deliver_due, license_email,
 };
+use licensync::domain::EmailStatus;
 use licensync::mail::{DEFAULT_SMTP_CONCURRENCY, Delivery, MailService, MailUrl};
 use licensync::secret::Secret;
 use licensync::store::models::OutboxRow;
@@ -395,7 +396,7 @@ async fn a_pending_row_that_lost_its_recipient_becomes_no_recipient_instead_of_b
     assert_eq!(first.no_recipient, 2, "{first:?}");
     for license in [&blank, &null] {
         let row = outbox(&db.store, license.license_id);
-        assert_eq!(row.status, "no_recipient", "{row:?}");
+        assert_eq!(row.status, EmailStatus::NoRecipient, "{row:?}");
     }
     // Not left claimed and retried at each lease's end.
     let later = deliver(&db.store, &mail, MAX_ATTEMPTS, t0 + lease() * 3).await;
@@ -451,7 +452,7 @@ async fn the_none_transport_checks_every_pending_row_not_only_the_first_batch() 
     );
 
     let row = outbox(&db.store, bad.unwrap().license_id);
-    assert_eq!(row.status, "failed");
+    assert_eq!(row.status, EmailStatus::Failed);
     assert!(
         row.last_error.as_deref().unwrap().contains("not a valid address"),
         "{row:?}"
@@ -485,7 +486,7 @@ async fn a_row_whose_every_attempt_ended_in_a_crash_is_given_up_after_max_attemp
 
     assert_eq!(deliver(&db.store, &mail, 2, at).await, counts(0, 0, 0, 1));
     let row = outbox(&db.store, license.license_id);
-    assert_eq!(row.status, "failed", "{row:?}");
+    assert_eq!(row.status, EmailStatus::Failed, "{row:?}");
     assert!(row.last_error.as_deref().unwrap().contains("2 attempts"), "{row:?}");
     assert!(sink.received().is_empty());
 }
@@ -554,7 +555,7 @@ fn a_stale_failure_does_not_move_the_retry_time_of_the_claim_that_took_over() {
     );
 
     let row = outbox(&db.store, license.license_id);
-    assert_eq!(row.status, "pending");
+    assert_eq!(row.status, EmailStatus::Pending);
     assert_eq!(row.last_error.as_deref(), Some("451 busy"));
     assert_eq!(row.next_attempt_at.timestamp_micros(), retry_at.timestamp_micros());
 }
@@ -663,7 +664,7 @@ fn a_stale_mark_in_a_batch_is_refused_for_its_row_only_and_the_rest_of_the_batch
         db.store.record_outcomes(&[mark(&taken[0], Outcome::Sent)]).unwrap(),
         [batch[1].outbox.id]
     );
-    assert_eq!(row(&batch[1]).status, "sent");
+    assert_eq!(row(&batch[1]).status, EmailStatus::Sent);
 }
 
 #[test]
@@ -730,7 +731,7 @@ async fn an_smtp_outage_costs_one_attempt_per_run_not_one_per_email() {
     assert!(
         licenses
             .iter()
-            .all(|l| outbox(&db.store, l.license_id).status == "pending"),
+            .all(|l| outbox(&db.store, l.license_id).status == EmailStatus::Pending),
         "all stay pending for the next run"
     );
 }
@@ -907,7 +908,7 @@ async fn a_pass_killed_mid_batch_leaves_the_rest_to_the_next_sender_and_repeats_
     let arrived: BTreeSet<String> = received_ids(&sink).into_iter().collect();
     let marked: BTreeSet<String> = rows
         .iter()
-        .filter(|l| outbox(&db.store, l.license_id).status == "sent")
+        .filter(|l| outbox(&db.store, l.license_id).status == EmailStatus::Sent)
         .map(|l| message_id(l.license_id))
         .collect();
     assert!(
@@ -918,7 +919,7 @@ async fn a_pass_killed_mid_batch_leaves_the_rest_to_the_next_sender_and_repeats_
     assert!(marked.is_subset(&arrived));
     for l in &rows {
         let row = outbox(&db.store, l.license_id);
-        if row.status == "pending" {
+        if row.status == EmailStatus::Pending {
             assert!(row.claimed_by.is_some(), "left claimed by the dead sender: {row:?}");
         }
     }
@@ -935,7 +936,7 @@ async fn a_pass_killed_mid_batch_leaves_the_rest_to_the_next_sender_and_repeats_
     }
     for l in &rows {
         let row = outbox(&db.store, l.license_id);
-        assert_eq!(row.status, "sent", "{row:?}");
+        assert_eq!(row.status, EmailStatus::Sent, "{row:?}");
         let id = message_id(l.license_id);
         let times = times_received.get(&id).copied().unwrap_or(0);
         if !arrived.contains(&id) || marked.contains(&id) {

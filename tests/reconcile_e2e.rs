@@ -830,9 +830,10 @@ async fn a_run_that_fails_part_way_keeps_its_committed_pages_whole_and_the_next_
         ..Default::default()
     });
     let invoice_line = format!("{}/{}", invoice.id, invoice.line_ids[0]);
-    // Subscriptions and checkout sessions are read first; invoices fail for good.
+    // Subscriptions and checkout sessions are read first; the invoice items
+    // that bring the one-off invoices fail for good.
     f.inject_fault(Fault {
-        path_prefix: "/v1/invoices".into(),
+        path_prefix: "/v1/invoiceitems".into(),
         kind: FaultKind::ServerError(503),
         times: 6,
     });

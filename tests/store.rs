@@ -8,7 +8,7 @@ use common::TestDb;
 use diesel::prelude::*;
 use licensync::domain::{ActionKind, EmailStatus, GrantKey, LicenseState, LicenseStatus};
 use licensync::store::models::NewLicenseRow;
-use licensync::store::{LicenseFilter, LicenseWrite, QueuedEmail};
+use licensync::store::{LicenseFilter, LicenseWrite};
 
 fn state(email: Option<&str>) -> LicenseState {
     LicenseState {
@@ -39,13 +39,10 @@ fn write(key: &str, item: &str, email: Option<&str>) -> LicenseWrite {
         before: None,
         after: serde_json::to_value(&state).unwrap(),
         stripe_object: "sub_1".into(),
-        email: Some(QueuedEmail {
-            kind: "license_issued".into(),
-            status: if email.is_some() {
-                EmailStatus::Pending
-            } else {
-                EmailStatus::NoRecipient
-            },
+        email: Some(if email.is_some() {
+            EmailStatus::Pending
+        } else {
+            EmailStatus::NoRecipient
         }),
     }
 }
@@ -184,7 +181,7 @@ fn a_license_without_recipient_gets_an_outbox_row_marked_no_recipient() {
         .write_page(None, &[write("AAAAA-AAAAA-AAAAA-AAAAA-AAAAA", "si_1", None)])
         .unwrap();
     let emails = db.store.outbox_for_license(written[0].license_id).unwrap();
-    assert_eq!(emails[0].status, "no_recipient");
+    assert_eq!(emails[0].status, EmailStatus::NoRecipient);
     assert_eq!(db.store.outbox_counts().unwrap().no_recipient, 1);
 }
 

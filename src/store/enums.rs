@@ -7,7 +7,7 @@ use diesel::pg::{Pg, PgValue};
 use diesel::serialize::{self, Output, ToSql};
 use diesel::sql_types::Text;
 
-use crate::domain::{LicenseStatus, RunMode, RunOutcome, SourceKind};
+use crate::domain::{EmailStatus, ExpirationStart, LedgerAction, LicenseStatus, RunMode, RunOutcome, SourceKind};
 
 macro_rules! text_enum {
     ($($t:ty),* $(,)?) => {$(
@@ -27,7 +27,15 @@ macro_rules! text_enum {
     )*};
 }
 
-text_enum!(LicenseStatus, SourceKind, RunMode, RunOutcome);
+text_enum!(
+    LicenseStatus,
+    SourceKind,
+    RunMode,
+    RunOutcome,
+    EmailStatus,
+    ExpirationStart,
+    LedgerAction
+);
 
 #[cfg(test)]
 mod tests {
@@ -68,8 +76,35 @@ mod tests {
             names([RunOutcome::Running, RunOutcome::Succeeded, RunOutcome::Failed]),
             allowed("outcome")
         );
+        assert_eq!(
+            names([ExpirationStart::Creation, ExpirationStart::Activation]),
+            allowed("expiration_start")
+        );
+        let outbox = include_str!("../../migrations/2026-12-02-000001_mail_since_and_product_names/up.sql");
+        let statuses = names(<EmailStatus as strum::IntoEnumIterator>::iter());
+        let check = outbox.lines().find(|l| l.contains("CHECK (status IN")).unwrap();
+        assert!(statuses.iter().all(|s| check.contains(&format!("'{s}'"))), "{statuses:?} in {check}");
+        assert_eq!(check.matches('\'').count(), 2 * statuses.len(), "{check}");
         for name in allowed("status") {
             assert_eq!(name.parse::<LicenseStatus>().unwrap().as_ref(), name);
         }
+    }
+
+    #[test]
+    fn every_ledger_action_reads_back_as_itself() {
+        use crate::domain::{ActionKind, OperatorAction};
+        let run = ActionKind::ALL.map(LedgerAction::Run);
+        let operator = [
+            OperatorAction::Revoke,
+            OperatorAction::Suspend,
+            OperatorAction::Pin,
+            OperatorAction::Release,
+            OperatorAction::Reissue,
+        ]
+        .map(LedgerAction::Operator);
+        for action in run.into_iter().chain(operator) {
+            assert_eq!(action.as_str().parse::<LedgerAction>(), Ok(action));
+        }
+        assert!("operator_frobnicate".parse::<LedgerAction>().is_err());
     }
 }

@@ -8,6 +8,7 @@ use serde::Serialize;
 
 use super::Store;
 use super::schema::{license_key_history, license_ledger};
+use crate::domain::LedgerAction;
 
 #[derive(Debug, Clone, Queryable, Selectable, Serialize)]
 #[diesel(table_name = license_ledger)]
@@ -16,7 +17,7 @@ pub struct LedgerRow {
     pub id: i64,
     pub license_id: i64,
     pub run_id: Option<i64>,
-    pub action: String,
+    pub action: LedgerAction,
     pub before: Option<serde_json::Value>,
     pub after: serde_json::Value,
     pub stripe_object: String,
@@ -31,7 +32,7 @@ pub struct LedgerRow {
 pub struct NewLedgerRow {
     pub license_id: i64,
     pub run_id: Option<i64>,
-    pub action: String,
+    pub action: LedgerAction,
     pub before: Option<serde_json::Value>,
     pub after: serde_json::Value,
     pub stripe_object: String,

@@ -14,7 +14,8 @@ use super::run::LOST_LOCK;
 use super::schema::{email_outbox, license_ledger, licenses};
 use super::{Store, overrides};
 use crate::domain::{
-    ActionKind, EmailStatus, ExpirationStart, GrantKey, License, LicenseState, LicenseStatus, SourceKind,
+    ActionKind, EmailKind, EmailStatus, ExpirationStart, GrantKey, LedgerAction, License, LicenseState, LicenseStatus,
+    SourceKind,
 };
 
 #[derive(Debug, Clone, Queryable, QueryableByName, Selectable)]
@@ -36,7 +37,7 @@ pub struct LicenseRow {
     pub ip_limit: Option<i32>,
     pub hwid_limit: Option<i32>,
     pub expiration_days: Option<i32>,
-    pub expiration_start: Option<String>,
+    pub expiration_start: Option<ExpirationStart>,
     pub expires_at: Option<DateTime<Utc>>,
     pub livemode: bool,
     pub created_at: DateTime<Utc>,
@@ -48,15 +49,11 @@ pub struct LicenseRow {
 
 impl LicenseRow {
     pub fn into_domain(self) -> Result<License> {
-        let bad = |column: &str, value: &str| anyhow!("license {} has an unknown {column} `{value}`", self.id);
         Ok(License {
             id: self.id,
             status: self.status,
             source_kind: self.source_kind,
-            expiration_start: match &self.expiration_start {
-                None => None,
-                Some(s) => Some(ExpirationStart::parse(s).ok_or_else(|| bad("expiration_start", s))?),
-            },
+            expiration_start: self.expiration_start,
             operator_override: match self.operator_override {
                 None => None,
                 Some(value) => Some(
@@ -104,7 +101,7 @@ pub struct NewLicenseRow {
     pub ip_limit: Option<i32>,
     pub hwid_limit: Option<i32>,
     pub expiration_days: Option<i32>,
-    pub expiration_start: Option<String>,
+    pub expiration_start: Option<ExpirationStart>,
     pub expires_at: Option<DateTime<Utc>>,
     pub livemode: bool,
     /// Never creates or clears an override: on an existing row with one, its
@@ -132,7 +129,7 @@ impl NewLicenseRow {
             ip_limit: state.ip_limit,
             hwid_limit: state.hwid_limit,
             expiration_days: state.expiration_days,
-            expiration_start: state.expiration_start.map(|s| s.as_str().to_owned()),
+            expiration_start: state.expiration_start,
             expires_at: state.expires_at,
             livemode: state.livemode,
             operator_override: None,
@@ -185,16 +182,9 @@ pub struct LicenseWrite {
     pub before: Option<serde_json::Value>,
     pub after: serde_json::Value,
     pub stripe_object: String,
-    /// Queues an email about this license.
-    pub email: Option<QueuedEmail>,
-}
-
-/// An outbox row written with its license: the kind (one per license) and
-/// the state it starts in, which the applier decides.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct QueuedEmail {
-    pub kind: String,
-    pub status: EmailStatus,
+    /// Queues the license's `license_issued` email (once per license), in
+    /// the state the applier decides.
+    pub email: Option<EmailStatus>,
 }
 
 /// What a write produced.
@@ -400,18 +390,18 @@ impl Store {
                 ledger.push(NewLedgerRow {
                     license_id,
                     run_id,
-                    action: w.action.as_str().to_owned(),
+                    action: LedgerAction::Run(w.action),
                     before: w.before.clone(),
                     after,
                     stripe_object: w.stripe_object.clone(),
                     reason: None,
                     operator: None,
                 });
-                if let Some(email) = &w.email {
+                if let Some(status) = w.email {
                     outbox.push(NewOutboxRow {
                         license_id,
-                        kind: email.kind.clone(),
-                        status: email.status.as_str().to_owned(),
+                        kind: EmailKind::LicenseIssued.column(1),
+                        status,
                         recipient: w.license.customer_email.clone(),
                         stripe_account: self.account.clone(),
                     });

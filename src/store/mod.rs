@@ -28,7 +28,7 @@ use crate::secret::redact;
 use run::RunFence;
 
 pub use explain::PageQuery;
-pub use license::{LicenseFilter, LicenseWrite, QueuedEmail, Written};
+pub use license::{LicenseFilter, LicenseWrite, Written};
 pub use outbox::{Mark, OutboxCounts, OutboxJob, Outcome, SenderSession};
 pub use overrides::{Operated, OperatorWrite};
 pub use run::RunLock;

@@ -14,7 +14,7 @@ use diesel::sql_types::{Array, BigInt, Integer, Nullable, Text, Timestamptz};
 use super::Store;
 use super::license::LicenseRow;
 use super::schema::{email_outbox, licenses};
-use crate::domain::{EmailStatus, License};
+use crate::domain::{EmailKind, EmailStatus, License};
 use crate::secret::redact;
 use serde::Serialize;
 
@@ -48,7 +48,7 @@ pub struct OutboxRow {
     pub license_id: i64,
     pub kind: String,
     pub recipient: Option<String>,
-    pub status: String,
+    pub status: EmailStatus,
     pub attempts: i32,
     pub last_error: Option<String>,
     pub next_attempt_at: DateTime<Utc>,
@@ -67,7 +67,7 @@ pub struct NewOutboxRow {
     pub license_id: i64,
     pub kind: String,
     pub recipient: Option<String>,
-    pub status: String,
+    pub status: EmailStatus,
     pub stripe_account: Option<String>,
 }
 
@@ -82,6 +82,38 @@ fn claimer_gone() -> String {
          AND l.classid = {SENDER_LOCK_CLASS} AND l.objsubid = 2 \
          AND l.objid = email_outbox.claimed_by::oid AND l.granted)"
     )
+}
+
+/// Queues the next email of `kind` about a license, with the caller's
+/// connection so that it lands in the caller's transaction (as crates.io
+/// enqueues its jobs): support's resends and the new key of a reissue.
+/// `license_issued` rows are written with their page ([`Store::write_page`]).
+pub(super) fn enqueue_email(
+    conn: &mut PgConnection,
+    license_id: i64,
+    stripe_account: Option<&str>,
+    recipient: Option<&str>,
+    kind: EmailKind,
+) -> QueryResult<i64> {
+    let kinds: Vec<String> = email_outbox::table
+        .filter(email_outbox::license_id.eq(license_id))
+        .select(email_outbox::kind)
+        .load(conn)?;
+    let previous = kinds.iter().filter(|k| EmailKind::of(k) == Some(kind)).count() as i64;
+    diesel::insert_into(email_outbox::table)
+        .values(NewOutboxRow {
+            license_id,
+            kind: kind.column(previous + 1),
+            status: if recipient.is_some() {
+                EmailStatus::Pending
+            } else {
+                EmailStatus::NoRecipient
+            },
+            recipient: recipient.map(str::to_owned),
+            stripe_account: stripe_account.map(str::to_owned),
+        })
+        .returning(email_outbox::id)
+        .get_result(conn)
 }
 
 /// One email to send, claimed for this sender.
@@ -249,7 +281,7 @@ impl Store {
     + diesel::query_builder::QueryId
     + use<> {
         email_outbox::table
-            .filter(email_outbox::status.eq("pending"))
+            .filter(email_outbox::status.eq(EmailStatus::Pending))
             .filter(
                 email_outbox::next_attempt_at
                     .le(now)
@@ -373,26 +405,13 @@ impl Store {
     pub fn queue_resend(&self, license: &License) -> Result<i64> {
         let mut conn = self.conn()?;
         conn.transaction(|conn| {
-            let previous: i64 = email_outbox::table
-                .filter(email_outbox::license_id.eq(license.id))
-                .filter(email_outbox::kind.like("resend:%"))
-                .count()
-                .get_result(conn)?;
-            diesel::insert_into(email_outbox::table)
-                .values(NewOutboxRow {
-                    license_id: license.id,
-                    kind: format!("resend:{}", previous + 1),
-                    status: if license.customer_email.is_some() {
-                        "pending"
-                    } else {
-                        "no_recipient"
-                    }
-                    .to_owned(),
-                    recipient: license.customer_email.clone(),
-                    stripe_account: license.stripe_account.clone(),
-                })
-                .returning(email_outbox::id)
-                .get_result(conn)
+            enqueue_email(
+                conn,
+                license.id,
+                license.stripe_account.as_deref(),
+                license.customer_email.as_deref(),
+                EmailKind::Resend,
+            )
         })
         .context("queueing a resend")
     }
@@ -430,7 +449,7 @@ impl Store {
             query = query.filter(email_outbox::stripe_account.is_not_distinct_from(self.account.clone()));
         }
         query
-            .filter(email_outbox::status.eq("pending"))
+            .filter(email_outbox::status.eq(EmailStatus::Pending))
             .select(diesel::dsl::min(email_outbox::created_at))
             .first(&mut conn)
             .context("reading the oldest pending email")

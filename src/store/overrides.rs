@@ -10,9 +10,10 @@ use diesel::pg::PgConnection;
 use diesel::prelude::*;
 
 use super::Store;
-use super::models::{KeyHistoryRow, LicenseRow, NewKeyHistoryRow, NewLedgerRow, NewOutboxRow};
-use super::schema::{email_outbox, license_key_history, license_ledger, licenses};
-use crate::domain::{EmailKind, License, LicenseState, OperatorAction, Override};
+use super::models::{KeyHistoryRow, LicenseRow, NewKeyHistoryRow, NewLedgerRow};
+use super::outbox::enqueue_email;
+use super::schema::{license_key_history, license_ledger, licenses};
+use crate::domain::{EmailKind, LedgerAction, License, LicenseState, OperatorAction, Override};
 
 /// The stripe_object of operator ledger rows: no Stripe object caused them.
 pub const OPERATOR_CAUSE: &str = "operator";
@@ -162,7 +163,7 @@ fn write_change(conn: &mut PgConnection, before: License, write: OperatorWrite) 
         .values(NewLedgerRow {
             license_id: before.id,
             run_id: None,
-            action: write.action.as_str().to_owned(),
+            action: LedgerAction::Operator(write.action),
             before: Some(write.before.clone()),
             after: after_json,
             stripe_object: OPERATOR_CAUSE.to_owned(),
@@ -172,26 +173,13 @@ fn write_change(conn: &mut PgConnection, before: License, write: OperatorWrite) 
         .execute(conn)?;
     let outbox_id = match write.email {
         None => None,
-        Some(kind) => {
-            let kinds: Vec<String> = email_outbox::table
-                .filter(email_outbox::license_id.eq(before.id))
-                .select(email_outbox::kind)
-                .load(conn)?;
-            let previous = kinds.iter().filter(|k| EmailKind::of(k) == Some(kind)).count() as i64;
-            let recipient = before.customer_email.clone();
-            Some(
-                diesel::insert_into(email_outbox::table)
-                    .values(NewOutboxRow {
-                        license_id: before.id,
-                        kind: kind.column(previous + 1),
-                        status: if recipient.is_some() { "pending" } else { "no_recipient" }.to_owned(),
-                        recipient,
-                        stripe_account: before.stripe_account.clone(),
-                    })
-                    .returning(email_outbox::id)
-                    .get_result(conn)?,
-            )
-        }
+        Some(kind) => Some(enqueue_email(
+            conn,
+            before.id,
+            before.stripe_account.as_deref(),
+            before.customer_email.as_deref(),
+            kind,
+        )?),
     };
     Ok(Operated {
         before,

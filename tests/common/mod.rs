@@ -142,8 +142,8 @@ pub fn licensync() -> std::process::Command {
 /// address as Stripe had it (`None`: no recipient).
 pub fn issue_license(store: &Store, n: usize, email: Option<&str>) -> licensync::store::Written {
     use licensync::domain::{ActionKind, EmailStatus, GrantKey, LicenseState, LicenseStatus};
+    use licensync::store::LicenseWrite;
     use licensync::store::models::NewLicenseRow;
-    use licensync::store::{LicenseWrite, QueuedEmail};
 
     let grant = GrantKey::subscription_item(&format!("si_test_{n}"));
     let state = LicenseState {
@@ -169,13 +169,10 @@ pub fn issue_license(store: &Store, n: usize, email: Option<&str>) -> licensync:
         before: None,
         after: serde_json::to_value(&state).unwrap(),
         stripe_object: format!("sub_test_{n}"),
-        email: Some(QueuedEmail {
-            kind: "license_issued".into(),
-            status: if email.is_some() {
-                EmailStatus::Pending
-            } else {
-                EmailStatus::NoRecipient
-            },
+        email: Some(if email.is_some() {
+            EmailStatus::Pending
+        } else {
+            EmailStatus::NoRecipient
         }),
     };
     store.write_page(None, &[write]).unwrap().remove(0)
