@@ -1,24 +1,22 @@
-//! Validated configuration: the raw strings of `cli::Settings` turned into
-//! typed values before any IO. Every error names the flag, the environment
-//! variable and the fix, and is a usage error (exit 2). Secrets stay wrapped.
+//! The configuration of a command, built from the typed `settings::Settings`
+//! before any database or network IO. clap has typed every value already;
+//! this step reads the secrets (from their variable or their `_FILE`),
+//! checks them and fills in the defaults that depend on other settings.
+//! Every error names the flag, the environment variable and the fix, and
+//! is a usage error (exit 2). Secrets stay wrapped.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
-use chrono::{DateTime, NaiveDate, Utc};
+use chrono::{DateTime, Utc};
 
 use crate::accounts::{Account, AccountSettings};
-use crate::cli::Settings;
-use crate::mail::{MailSettings, MailUrl, parse_from, parse_mailbox};
-use crate::secret::{Secret, redact};
+use crate::logging::LogFormat;
+use crate::mail::{MailSettings, MailUrl};
+use crate::secret::Secret;
+use crate::settings::Settings;
 use crate::stripe::ApiKey;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogFormat {
-    Text,
-    Json,
-}
 
 /// Where the license database is.
 #[derive(Debug, Clone)]
@@ -61,12 +59,6 @@ impl Config {
             None | Some("") => None,
             Some(key) => Some(ApiKey::parse(key).map_err(|e| anyhow!("--stripe-api-key / {e}"))?),
         };
-        let stripe_api_base = parse_http_url(&s.stripe_api_base, "--stripe-api-base / STRIPE_API_BASE")?;
-        let stripe_rps = s
-            .stripe_rps
-            .as_deref()
-            .map(|v| parse_positive(v, "--stripe-rps / LICENSYNC_STRIPE_RPS"))
-            .transpose()?;
         let database_url = secret_setting(
             s.database_url.as_deref(),
             s.database_url_file.as_deref(),
@@ -90,39 +82,24 @@ impl Config {
             None | Some("") => MailUrl::File(absolute(&s.data_dir.join("outbox"))?),
             Some(url) => url.parse::<MailUrl>()?,
         };
-        let mut mail = MailSettings::new(mail_url, parse_from(&s.mail_from)?);
-        mail.support = s
-            .mail_support
-            .as_deref()
-            .filter(|v| !v.trim().is_empty())
-            .map(|v| parse_mailbox("--mail-support / LICENSYNC_MAIL_SUPPORT", v))
-            .transpose()?;
+        let mut mail = MailSettings::new(mail_url, s.mail_from.clone());
+        mail.support = s.mail_support.clone().and_then(|support| support.0);
         mail.templates_dir = s.mail_templates.clone();
-        let log_format = match s.log_format.as_deref().map(str::to_ascii_lowercase).as_deref() {
-            None | Some("") => {
-                if stderr_is_terminal {
-                    LogFormat::Text
-                } else {
-                    LogFormat::Json
-                }
-            }
-            Some("text") => LogFormat::Text,
-            Some("json") => LogFormat::Json,
-            Some(other) => bail!("--log-format / LICENSYNC_LOG_FORMAT must be `text` or `json`, not `{other}`"),
+        let log_format = match s.log_format.clone().and_then(|format| format.0) {
+            Some(format) => format,
+            None if stderr_is_terminal => LogFormat::Text,
+            None => LogFormat::Json,
         };
         Ok(Config {
             stripe_api_key,
-            stripe_api_base,
-            stripe_rps,
+            stripe_api_base: s.stripe_api_base.clone(),
+            stripe_rps: s.stripe_rps,
             database,
             data_dir: s.data_dir.clone(),
             mail,
-            mail_max_attempts: parse_positive(
-                &s.mail_max_attempts,
-                "--mail-max-attempts / LICENSYNC_MAIL_MAX_ATTEMPTS",
-            )?,
-            grace: parse_duration(&s.grace, "--grace / LICENSYNC_GRACE")?,
-            past_due_grace: parse_duration(&s.past_due_grace, "--past-due-grace / LICENSYNC_PAST_DUE_GRACE")?,
+            mail_max_attempts: s.mail_max_attempts,
+            grace: s.grace,
+            past_due_grace: s.past_due_grace,
             log_format,
             mail_since: s.mail_since,
             accounts: AccountSettings {
@@ -186,53 +163,8 @@ pub fn secret_setting(
     }
 }
 
-/// clap `value_parser` for timestamps: RFC 3339, or `YYYY-MM-DD` (midnight UTC).
-pub fn time_arg(value: &str) -> std::result::Result<DateTime<Utc>, String> {
-    parse_timestamp(value, "value").map_err(|e| e.to_string())
-}
-
 fn absolute(path: &std::path::Path) -> Result<PathBuf> {
     std::path::absolute(path).with_context(|| format!("making {} absolute", path.display()))
-}
-
-/// `30s`, `15m`, `24h`, `7d` (and the other forms humantime reads).
-pub fn parse_duration(value: &str, setting: &str) -> Result<Duration> {
-    humantime::parse_duration(value.trim())
-        .map_err(|e| anyhow!("{setting}: `{value}` is not a duration ({e}); write it like `30s`, `15m`, `24h` or `7d`"))
-}
-
-/// RFC 3339, or `YYYY-MM-DD` meaning midnight UTC.
-pub fn parse_timestamp(value: &str, setting: &str) -> Result<DateTime<Utc>> {
-    let value = value.trim();
-    if let Ok(t) = DateTime::parse_from_rfc3339(value) {
-        return Ok(t.with_timezone(&Utc));
-    }
-    if let Ok(d) = NaiveDate::parse_from_str(value, "%Y-%m-%d") {
-        return Ok(d.and_hms_opt(0, 0, 0).expect("midnight exists").and_utc());
-    }
-    bail!(
-        "{setting}: `{value}` is not a time; write RFC 3339 (2026-11-01T00:00:00Z) or a date (2026-11-01, midnight UTC)"
-    )
-}
-
-fn parse_positive(value: &str, setting: &str) -> Result<u32> {
-    match value.trim().parse::<u32>() {
-        Ok(n) if n > 0 => Ok(n),
-        _ => bail!("{setting}: `{value}` is not a whole number above 0"),
-    }
-}
-
-fn parse_http_url(value: &str, setting: &str) -> Result<String> {
-    let parsed = url::Url::parse(value.trim()).map_err(|e| {
-        anyhow!(
-            "{setting}: `{}` is not a URL ({e}); e.g. https://api.stripe.com",
-            redact(value)
-        )
-    })?;
-    if !matches!(parsed.scheme(), "http" | "https") {
-        bail!("{setting}: `{}` must be an http:// or https:// URL", redact(value));
-    }
-    Ok(value.trim().trim_end_matches('/').to_owned())
 }
 
 fn check_database_url(value: &str) -> Result<()> {
@@ -265,39 +197,6 @@ fn check_database_url(value: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations_of_the_contract_parse() {
-        for (text, secs) in [("30s", 30), ("15m", 900), ("24h", 86_400), ("7d", 604_800)] {
-            assert_eq!(parse_duration(text, "--grace").unwrap(), Duration::from_secs(secs));
-        }
-    }
-
-    #[test]
-    fn a_malformed_duration_names_the_setting_and_the_fix() {
-        let err = parse_duration("soon", "--grace / LICENSYNC_GRACE")
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("--grace / LICENSYNC_GRACE") && err.contains("24h"),
-            "{err}"
-        );
-    }
-
-    #[test]
-    fn timestamps_accept_rfc3339_and_dates_at_midnight_utc() {
-        assert_eq!(
-            parse_timestamp("2026-11-01", "--since").unwrap().to_rfc3339(),
-            "2026-11-01T00:00:00+00:00"
-        );
-        assert_eq!(
-            parse_timestamp("2026-11-01T10:00:00+02:00", "--since")
-                .unwrap()
-                .to_rfc3339(),
-            "2026-11-01T08:00:00+00:00"
-        );
-        assert!(parse_timestamp("yesterday", "--since").is_err());
-    }
 
     #[test]
     fn a_secret_comes_from_its_variable_or_its_file_never_both() {

@@ -17,13 +17,16 @@ pub enum Failure {
     Locked(String),
 }
 
+pub const EXIT_OK: u8 = 0;
 pub const EXIT_FAILED: u8 = 1;
 pub const EXIT_USAGE: u8 = 2;
 pub const EXIT_LOCKED: u8 = 75;
 
-/// The exit code of an error chain: the first `Failure` in it decides; a
-/// key Stripe rejects is a configuration error (fix STRIPE_API_KEY), not a
-/// failed run that retrying would fix.
+/// The exit code of an error chain, the one place an error becomes one:
+/// the first `Failure` in it decides; a command line clap rejects is a
+/// usage error (its help and version are not errors: 0); a key Stripe
+/// rejects is a configuration error (fix STRIPE_API_KEY), not a failed run
+/// that retrying would fix.
 pub fn exit_code(error: &anyhow::Error) -> ExitCode {
     ExitCode::from(exit_status(error))
 }
@@ -34,6 +37,9 @@ pub fn exit_status(error: &anyhow::Error) -> u8 {
     error
         .chain()
         .find_map(|e| {
+            if let Some(e) = e.downcast_ref::<clap::Error>() {
+                return Some(if e.use_stderr() { EXIT_USAGE } else { EXIT_OK });
+            }
             if let Some(f) = e.downcast_ref::<Failure>() {
                 return Some(match f {
                     Failure::Usage(_) => EXIT_USAGE,

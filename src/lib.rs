@@ -1,15 +1,16 @@
 //! licensync: turns Stripe purchases into software licenses without webhooks.
 //!
-//! The layers, outside in: `cli` and `config` read the settings; `app` runs
-//! a command; `stripe` pages Stripe into plain `domain` facts; `plan`
-//! decides (pure); `apply` writes a plan through `store`; `mail` delivers
-//! keys. `pg` runs the embedded database.
+//! The layers, outside in: `cmd` holds the command line and runs a command
+//! (one file each); `settings` are the flags every command shares, typed by
+//! the parsers of `values`, and `config` builds the configuration from them;
+//! `stripe` pages Stripe into plain `domain` facts; `plan` decides (pure);
+//! `apply` writes a plan through `store`; `mail` delivers keys. `pg` runs
+//! the embedded database; `shutdown` carries SIGTERM/SIGINT to a run.
 
 pub mod accounts;
-pub mod app;
 pub mod apply;
 pub mod catalog;
-pub mod cli;
+pub mod cmd;
 pub mod config;
 pub mod db;
 pub mod delivery;
@@ -26,7 +27,10 @@ pub mod pg;
 pub mod plan;
 pub mod reconcile;
 pub mod secret;
+pub mod settings;
+pub mod shutdown;
 pub mod store;
 pub mod stripe;
 #[cfg(test)]
 mod testing;
+pub mod values;

@@ -1,14 +1,17 @@
-//! The `licensync` binary: parse the configuration, start logging, run the
-//! command, and map failures to the exit codes of the contract (cli.md).
+//! The `licensync` binary: parse the command line, build the configuration,
+//! start logging and the runtime, run the command, and map its outcome to
+//! the exit codes of the contract (cli.md) in `licensync::error`.
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::Parser;
-use licensync::cli::Cli;
+use licensync::cmd::Cli;
 use licensync::config::Config;
-use licensync::error::{EXIT_USAGE, exit_code};
+use licensync::error::{exit_code, usage};
 use licensync::secret::redact;
+use licensync::shutdown::Shutdown;
 
 fn main() -> ExitCode {
     // A panic message can quote a value that held a secret: scrub it like any error.
@@ -18,31 +21,34 @@ fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
-            // clap prints help/version to stdout (exit 0) and usage errors to stderr (exit 2).
+            // clap prints help/version to stdout and usage errors to stderr.
             let _ = e.print();
-            return ExitCode::from(if e.use_stderr() { EXIT_USAGE } else { 0 });
+            return exit_code(&e.into());
         }
     };
-    let config = match Config::from_settings(&cli.settings, std::io::stderr().is_terminal()) {
-        Ok(config) => config,
-        Err(e) => {
-            eprintln!("error: {}", redact(&format!("{e:#}")));
-            return ExitCode::from(EXIT_USAGE);
-        }
-    };
-    licensync::logging::init(config.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: starting the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(licensync::app::run(cli, config)) {
+    match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {}", redact(&format!("{e:#}")));
             exit_code(&e)
         }
     }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let config = Config::from_settings(&cli.settings, std::io::stderr().is_terminal()).map_err(usage)?;
+    licensync::logging::init(config.log_format);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async {
+        // Only the commands that stop cleanly take over SIGTERM/SIGINT.
+        let shutdown = if cli.command.stops_on_signal() {
+            Shutdown::on_signal()
+        } else {
+            Shutdown::never()
+        };
+        cli.command.run(&config, shutdown).await
+    })
 }

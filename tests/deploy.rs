@@ -3,7 +3,7 @@
 //! the README's commands. Nothing here can be started on a test machine (no
 //! cluster, no Docker engine, no systemd as PID 1), so the tests read the
 //! files and hold them to what the platforms need and to licensync's own
-//! CLI: every command line must parse with `licensync::cli::Cli`, so a
+//! CLI: every command line must parse with `licensync::cmd::Cli`, so a
 //! renamed flag or command breaks the test instead of a production cron job.
 //!
 //! No deploy file may hand licensync a secret (the Stripe key, the database
@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use clap::{CommandFactory, Parser};
-use licensync::cli::{Cli, Command, Output};
+use licensync::cmd::{Cli, Command, Output};
 use serde::Deserialize;
 use serde_norway::Value;
 
@@ -868,7 +868,7 @@ fn parse(argv: &[String], source: &str) -> Cli {
     Cli::try_parse_from(&with_name).unwrap_or_else(|e| panic!("{source}: `{}` does not parse: {e}", argv.join(" ")))
 }
 
-fn reconcile(cli: Cli, source: &str) -> licensync::cli::ReconcileArgs {
+fn reconcile(cli: Cli, source: &str) -> licensync::cmd::reconcile::ReconcileArgs {
     match cli.command {
         Command::Reconcile(args) => args,
         other => panic!("{source}: expected `reconcile`, got {other:?}"),
@@ -1557,7 +1557,8 @@ fn the_daemon_unit_runs_the_daemon_on_a_valid_schedule() {
     let Command::Daemon(args) = cli.command else {
         panic!("{file}: expected `daemon`, got {:?}", cli.command);
     };
-    cron::Schedule::from_str(&args.schedule).unwrap_or_else(|e| panic!("{file}: --schedule {:?}: {e}", args.schedule));
+    cron::Schedule::from_str(args.schedule.expression())
+        .unwrap_or_else(|e| panic!("{file}: --schedule {:?}: {e}", args.schedule.expression()));
     assert!(
         unit_values(file, "RestartPreventExitStatus")
             .iter()
@@ -1739,8 +1740,8 @@ fn every_crontab_entry_parses_and_none_holds_a_percent_sign() {
         assert!(!entry.command.contains('%'), "crontab: % in `{}`", entry.command);
         let cli = parse(&licensync_words_in_shell(&entry.command, "crontab"), "crontab");
         if let Command::Daemon(args) = cli.command {
-            cron::Schedule::from_str(&args.schedule)
-                .unwrap_or_else(|e| panic!("crontab: daemon --schedule {:?}: {e}", args.schedule));
+            cron::Schedule::from_str(args.schedule.expression())
+                .unwrap_or_else(|e| panic!("crontab: daemon --schedule {:?}: {e}", args.schedule.expression()));
             saw_daemon = true;
         }
     }

@@ -483,7 +483,7 @@ fn every_command_in_the_support_page_parses() {
     assert!(commands.len() >= 6, "the page shows the commands: {commands:?}");
     for line in commands {
         let words = shlex::split(line).unwrap_or_else(|| panic!("quoting: {line}"));
-        if let Err(e) = licensync::cli::Cli::try_parse_from(&words) {
+        if let Err(e) = licensync::cmd::Cli::try_parse_from(&words) {
             panic!("docs/overrides.md: `{line}` does not parse: {e}");
         }
     }

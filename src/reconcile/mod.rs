@@ -69,6 +69,7 @@ use crate::domain::{GrantFact, PaymentReversal, ReversalKind, RunOutcome, Timest
 use crate::error::{Failure, usage};
 use crate::mail::MailService;
 use crate::plan::PlanConfig;
+use crate::shutdown::Shutdown;
 use crate::store::{Store, blocking};
 use crate::stripe::{CreatedRange, EventFact, GrantPage, StripeError, StripeSource};
 use read::{AHEAD, Ahead, WIDTH};
@@ -84,8 +85,8 @@ const PROGRESS_LOG_EVERY: Duration = Duration::from_secs(10);
 #[derive(Debug, Clone)]
 pub struct RunOptions {
     pub scope: Scope,
-    /// Set to `true` (SIGTERM/SIGINT) to stop after the page in progress.
-    pub stop: Option<tokio::sync::watch::Receiver<bool>>,
+    /// Stop after the page in progress once this is shut down (SIGTERM/SIGINT).
+    pub stop: Option<Shutdown>,
     /// Show a progress bar (a terminal is watching).
     pub progress: bool,
     pub dry_run: bool,
@@ -191,7 +192,7 @@ struct Run {
     run_id: Option<i64>,
     /// Read on first use: a run with nothing to re-plan never pays for it.
     catalog: Option<Arc<Catalog>>,
-    stop: Option<tokio::sync::watch::Receiver<bool>>,
+    stop: Option<Shutdown>,
     progress: Progress,
     report: Report,
     /// Payments taken back in full (full refunds, lost disputes) by payment
@@ -205,7 +206,7 @@ struct Run {
 impl Run {
     fn check_stop(&self) -> Result<()> {
         match &self.stop {
-            Some(stop) if *stop.borrow() => Err(Interrupted.into()),
+            Some(stop) if stop.is_shutdown() => Err(Interrupted.into()),
             _ => Ok(()),
         }
     }

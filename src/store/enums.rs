@@ -83,7 +83,10 @@ mod tests {
         let outbox = include_str!("../../migrations/2026-12-02-000001_mail_since_and_product_names/up.sql");
         let statuses = names(<EmailStatus as strum::IntoEnumIterator>::iter());
         let check = outbox.lines().find(|l| l.contains("CHECK (status IN")).unwrap();
-        assert!(statuses.iter().all(|s| check.contains(&format!("'{s}'"))), "{statuses:?} in {check}");
+        assert!(
+            statuses.iter().all(|s| check.contains(&format!("'{s}'"))),
+            "{statuses:?} in {check}"
+        );
         assert_eq!(check.matches('\'').count(), 2 * statuses.len(), "{check}");
         for name in allowed("status") {
             assert_eq!(name.parse::<LicenseStatus>().unwrap().as_ref(), name);
