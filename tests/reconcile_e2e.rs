@@ -1046,6 +1046,54 @@ async fn one_purchase_gives_one_license_however_stripe_shows_it() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_line_without_a_price_is_ignored_with_a_warning_and_the_other_lines_are_licensed() {
+    let w = World::new().await;
+    let f = &w.fake;
+    let shop = Shop::open(f);
+    let invoice = f.create_invoice(InvoiceSpec {
+        customer: shop.customer.clone(),
+        lines: vec![(shop.addon_once.clone(), 1), (shop.tool_once.clone(), 1)],
+        ..InvoiceSpec::default()
+    });
+    // Stripe serves a Checkout line and an invoice line without a price (the
+    // invoice line with the invoice item behind it).
+    let session_line = shop.checkout.line_ids[1].clone();
+    f.update(&session_line, |l| l["price"] = Value::Null);
+    let invoice_line = invoice.line_ids[1].clone();
+    let item = f.get(&invoice_line).unwrap()["parent"]["invoice_item_details"]["invoice_item"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    f.update(&invoice_line, |l| l["pricing"] = Value::Null);
+    f.update(&item, |i| i["pricing"] = Value::Null);
+
+    let ran = w.reconcile(&[]).await;
+    let report = ran.report();
+    let licenses = w.by_source().await;
+    let priced = [
+        shop.item(),
+        shop.addon_line(),
+        format!("{}/{}", invoice.id, invoice.line_ids[0]),
+    ];
+    for grant in &priced {
+        assert!(licenses.contains_key(grant), "{grant} was not issued: {report:#}");
+    }
+    assert_eq!(licenses.len(), priced.len(), "{licenses:#?}");
+    assert_eq!(
+        nonzero_counts(&report),
+        counts(&[("issued", 3)]),
+        "ignored, not skipped: {report:#}"
+    );
+    for line in [&session_line, &invoice_line] {
+        let warned = ran
+            .stderr
+            .lines()
+            .any(|l| l.contains("WARN") && l.contains("without a price") && l.contains(line.as_str()));
+        assert!(warned, "no warning naming {line}:\n{}", ran.all());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_partial_refund_changes_nothing_and_a_lost_dispute_revokes() {
     let w = World::new().await;
     let f = &w.fake;
