@@ -14,6 +14,7 @@ use serde_json::Value;
 struct World {
     db: TestDb,
     fake: FakeStripe,
+    product: String,
     sub: String,
     other_sub: String,
     one_time: String,
@@ -45,6 +46,7 @@ async fn world() -> World {
     World {
         db,
         fake,
+        product,
         sub,
         other_sub,
         one_time,
@@ -381,4 +383,212 @@ async fn the_cursor_keeps_only_event_ids_inside_the_overlap_window() {
         !seen.is_empty(),
         "the renewal's events, inside the window, are kept: {stored}"
     );
+}
+
+/// The licenses by `source_id`.
+async fn by_source(w: &World) -> std::collections::BTreeMap<String, Value> {
+    licenses(w)
+        .await
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| (l["source_id"].as_str().unwrap().to_owned(), l.clone()))
+        .collect()
+}
+
+/// The mode the last run recorded in its row.
+fn last_run_mode(w: &World) -> String {
+    diesel::sql_query("SELECT mode FROM runs ORDER BY id DESC LIMIT 1")
+        .load::<Mode>(&mut w.db.conn())
+        .unwrap()
+        .remove(0)
+        .mode
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_product_or_price_event_turns_the_incremental_run_into_a_full_scan() {
+    let w = world().await;
+    reconcile(&w, &[]).await;
+    w.fake.set_now(Utc::now().timestamp());
+
+    // New limits on the product: no event names a subscription, yet every
+    // license of the product changes.
+    w.fake.update(&w.product, |p| p["metadata"]["hwid_limit"] = "5".into());
+    w.fake.clear_requests();
+    let report = reconcile(&w, &[]).await;
+    assert_eq!(report["mode"], "full", "{report}");
+    assert!(
+        report["note"]
+            .as_str()
+            .is_some_and(|n| n.contains("product or price changed")),
+        "{report}"
+    );
+    assert_eq!(last_run_mode(&w), "full", "the run row records the full scan");
+    assert_eq!(count(&report, "updated"), 2, "{report}");
+    assert!(
+        paths(&w.fake).iter().any(|p| p == "/v1/subscriptions"),
+        "every subscription is listed: {:?}",
+        paths(&w.fake)
+    );
+    for sub in [&w.sub, &w.other_sub] {
+        let license = licenses(&w)
+            .await
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["stripe_subscription_id"] == sub.as_str())
+            .cloned()
+            .unwrap();
+        assert_eq!(license["hwid_limit"], 5, "{license}");
+    }
+
+    // A new price, too.
+    w.fake.create_price(&w.product, Some("year"), 9_000, &[]);
+    let report = reconcile(&w, &[]).await;
+    assert_eq!(report["mode"], "full", "{report}");
+    assert_eq!(count(&report, "unchanged"), 2, "{report}");
+
+    // The full scan counts the events before it as handled: the next run
+    // is incremental again.
+    let next = reconcile(&w, &[]).await;
+    assert_eq!(next["mode"], "incremental", "{next}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refund_or_dispute_event_re_reads_the_refund_and_dispute_lists() {
+    let w = world().await;
+    reconcile(&w, &[]).await;
+    w.fake.set_now(Utc::now().timestamp());
+    let buy = || {
+        w.fake.create_checkout_session(CheckoutSpec {
+            customer: Some(w.customer.clone()),
+            lines: vec![(w.one_time.clone(), 1)],
+            ..Default::default()
+        })
+    };
+    let (refunded, disputed) = (buy(), buy());
+    let grant = |s: &fake_stripe::CreatedSession| format!("{}/{}", s.id, s.line_ids[0]);
+    w.fake.clear_requests();
+    let issued = reconcile(&w, &[]).await;
+    assert_eq!(issued["mode"], "incremental", "{issued}");
+    assert_eq!(count(&issued, "issued"), 2, "{issued}");
+    let read = paths(&w.fake);
+    assert!(
+        !read.iter().any(|p| p == "/v1/refunds" || p == "/v1/disputes"),
+        "no refund or dispute event, no reversal list: {read:?}"
+    );
+
+    // A full refund: `charge.refunded` names only the charge.
+    w.fake.refund(refunded.payment_intent.as_deref().unwrap(), None);
+    w.fake.clear_requests();
+    let report = reconcile(&w, &[]).await;
+    assert_eq!(report["mode"], "incremental", "{report}");
+    let read = paths(&w.fake);
+    assert!(read.iter().any(|p| p == "/v1/refunds"), "{read:?}");
+    assert!(
+        !read
+            .iter()
+            .any(|p| p == "/v1/subscriptions" || p == "/v1/checkout/sessions"),
+        "not a full scan: {read:?}"
+    );
+    assert_eq!(count(&report, "revoked"), 1, "{report}");
+    let licenses = by_source(&w).await;
+    assert_eq!(licenses[&grant(&refunded)]["status"], "revoked");
+    assert_eq!(licenses[&grant(&disputed)]["status"], "active");
+
+    // A lost dispute: `charge.dispute.closed` names only the dispute.
+    w.fake.dispute(disputed.payment_intent.as_deref().unwrap(), "lost");
+    w.fake.clear_requests();
+    let report = reconcile(&w, &[]).await;
+    assert_eq!(report["mode"], "incremental", "{report}");
+    let read = paths(&w.fake);
+    assert!(read.iter().any(|p| p == "/v1/disputes"), "{read:?}");
+    assert_eq!(count(&report, "revoked"), 1, "{report}");
+    assert_eq!(by_source(&w).await[&grant(&disputed)]["status"], "revoked");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn customer_updated_alone_is_not_acted_on() {
+    let w = world().await;
+    reconcile(&w, &[]).await;
+    w.fake.set_now(Utc::now().timestamp());
+    let (old, new) = ("ada@example.test", "ada@new.example.test");
+    w.fake.update(&w.customer, |c| c["email"] = new.into());
+    assert_eq!(w.fake.events().last().unwrap()["type"], "customer.updated");
+
+    w.fake.clear_requests();
+    let report = reconcile(&w, &[]).await;
+    assert_eq!(report["mode"], "incremental", "{report}");
+    assert_eq!(report["actions"], serde_json::json!([]), "{report}");
+    assert_eq!(
+        paths(&w.fake),
+        ["/v1/events"],
+        "the events are listed, nothing is re-read"
+    );
+    let email_of = |licenses: &std::collections::BTreeMap<String, Value>, sub: &str| {
+        licenses.values().find(|l| l["stripe_subscription_id"] == sub).unwrap()["customer_email"].clone()
+    };
+    let licenses = by_source(&w).await;
+    assert_eq!(email_of(&licenses, &w.sub), old);
+    assert_eq!(email_of(&licenses, &w.other_sub), old);
+
+    // The next event of a purchase refreshes that purchase's licenses.
+    w.fake.renew_subscription(&w.sub, true);
+    let report = reconcile(&w, &[]).await;
+    assert_eq!(report["mode"], "incremental", "{report}");
+    let licenses = by_source(&w).await;
+    assert_eq!(email_of(&licenses, &w.sub), new);
+    assert_eq!(email_of(&licenses, &w.other_sub), old);
+
+    // The next full run refreshes the rest.
+    let full = reconcile(&w, &["--full"]).await;
+    assert_eq!(count(&full, "updated"), 1, "{full}");
+    assert_eq!(email_of(&by_source(&w).await, &w.other_sub), new);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_event_naming_an_object_stripe_no_longer_has_is_skipped() {
+    let w = world().await;
+    reconcile(&w, &[]).await;
+    w.fake.set_now(Utc::now().timestamp());
+    // The fake deletes nothing: an event of a subscription is made to name
+    // one Stripe does not have, which Stripe answers 404 for, as for an
+    // object deleted since its event.
+    let gone = "sub_00000000999999";
+    assert!(w.fake.get(gone).is_none());
+    w.fake
+        .update(&w.other_sub, |s| s["metadata"] = serde_json::json!({"note": "touched"}));
+    let event = w.fake.events().last().unwrap().clone();
+    assert_eq!(event["type"], "customer.subscription.updated");
+    w.fake.update(event["id"].as_str().unwrap(), |e| {
+        e["data"]["object"]["id"] = gone.into()
+    });
+    // And a real change in the same run.
+    w.fake.renew_subscription(&w.sub, true);
+
+    w.fake.clear_requests();
+    let (code, report, stderr) = run(&w, &["reconcile", "--output", "json"]).await;
+    assert_eq!(code, 0, "{report} {stderr}");
+    assert_eq!(report["outcome"], "succeeded", "{report}");
+    assert_eq!(report["mode"], "incremental", "{report}");
+    assert_eq!(count(&report, "extended"), 1, "the other event is applied: {report}");
+    assert_eq!(report["actions"][0]["stripe_object"], w.sub.as_str());
+    let asked: Vec<u16> = w
+        .fake
+        .requests()
+        .into_iter()
+        .filter(|r| r.path == format!("/v1/subscriptions/{gone}"))
+        .map(|r| r.status)
+        .collect();
+    assert_eq!(asked, [404], "re-fetched once, answered 404");
+    assert!(
+        stderr.contains(gone) && stderr.contains("no longer has"),
+        "the skip is logged naming the object: {stderr}"
+    );
+
+    // The cursor moved past the event: the next run does not ask again.
+    w.fake.clear_requests();
+    let next = reconcile(&w, &[]).await;
+    assert_eq!(next["actions"], serde_json::json!([]), "{next}");
+    assert!(!paths(&w.fake).iter().any(|p| p.contains(gone)), "{:?}", paths(&w.fake));
 }

@@ -526,6 +526,70 @@ async fn a_second_run_while_one_holds_the_lock_exits_75_and_does_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn reconcile_stopped_by_sigterm_exits_1_keeps_what_it_committed_and_the_next_run_converges() {
+    let w = World::new().await;
+    let shop = Shop::open(&w.fake);
+    // The run waits on its subscriptions page; the Checkout Session, read
+    // alongside, is applied meanwhile. Then it is stopped.
+    w.fake.inject_fault(Fault {
+        path_prefix: "/v1/subscriptions".into(),
+        kind: FaultKind::Latency(Duration::from_secs(5)),
+        times: 1,
+    });
+    let child = tokio::process::Command::from(w.reconcile_cmd(&w.fake, &w.fake.api_key(), &[]))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    // A guard against a hang, not a timed assertion.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while w.count("licenses") < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the session's page was never applied"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    unsafe { libc::kill(child.id().unwrap() as i32, libc::SIGTERM) };
+    let ran = Ran::new(&child.wait_with_output().await.unwrap());
+
+    assert_eq!(ran.code, 1, "{}", ran.all());
+    let report = ran.json();
+    assert_eq!(report["outcome"], "failed", "{report:#}");
+    assert!(
+        report["error"].as_str().is_some_and(|e| e.contains("signal")),
+        "{report:#}"
+    );
+    let runs = w.db.store.recent_runs(10).unwrap();
+    assert_eq!(runs.len(), 1);
+    assert_eq!(
+        runs[0].outcome,
+        RunOutcome::Failed,
+        "recorded as failed, not left running"
+    );
+    let licenses = w.by_source().await;
+    assert!(
+        licenses.contains_key(&shop.addon_line()) && licenses.contains_key(&shop.tool_line()),
+        "the page committed before the signal stays: {licenses:#?}"
+    );
+    assert!(
+        !licenses.contains_key(&shop.item()),
+        "the page that arrived after the signal is not applied"
+    );
+
+    // What the stopped run committed stays; the next run completes it.
+    let next = w.reconcile(&[]).await.report();
+    assert_eq!(
+        nonzero_counts(&next),
+        counts(&[("issued", 1), ("unchanged", 2)]),
+        "{next:#}"
+    );
+    assert_eq!(w.licenses().await.len(), 3);
+    w.assert_one_email_per_license().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_dry_run_prints_the_plan_and_leaves_the_database_byte_for_byte_unchanged() {
     let w = World::new().await;
     let f = &w.fake;
@@ -571,6 +635,75 @@ async fn a_dry_run_prints_the_plan_and_leaves_the_database_byte_for_byte_unchang
     // What the dry run announced is what a real run then does.
     let real = w.reconcile(&[]).await.report();
     assert_eq!(real["counts"], report["counts"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dry_run_takes_no_lock() {
+    let w = World::new().await;
+    Shop::open(&w.fake);
+    // Another run holds the lock for as long as this test wants.
+    let lock = w.db.store.try_lock_run().unwrap().expect("the lock is free");
+    let locked_out = w.reconcile(&[]).await;
+    assert_eq!(locked_out.code, 75, "a real run is locked out: {}", locked_out.all());
+
+    let dry = w.reconcile(&["--dry-run"]).await.report();
+    assert_eq!(dry["dry_run"], true);
+    assert_eq!(nonzero_counts(&dry), counts(&[("issued", 3)]), "{dry:#}");
+    drop(lock);
+}
+
+/// Rolls back the newest migration, as a database looks to the next
+/// version of licensync before `licensync migrate`.
+fn revert_newest_migration(db: &TestDb) {
+    let mut dirs: Vec<std::path::PathBuf> = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    dirs.sort();
+    let newest = dirs.last().unwrap();
+    let name = newest.file_name().unwrap().to_str().unwrap();
+    let version = name.split('_').next().unwrap().replace('-', "");
+    db.store
+        .batch_execute(&std::fs::read_to_string(newest.join("down.sql")).unwrap())
+        .unwrap();
+    let deleted = diesel::sql_query("DELETE FROM __diesel_schema_migrations WHERE version = $1")
+        .bind::<diesel::sql_types::Text, _>(&version)
+        .execute(&mut db.conn())
+        .unwrap();
+    assert_eq!(deleted, 1, "migration {name} was applied as version {version}");
+    assert!(db.store.has_pending_migrations().unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dry_run_on_a_database_with_pending_migrations_exits_2_and_migrates_nothing() {
+    let w = World::new().await;
+    Shop::open(&w.fake);
+    w.reconcile(&[]).await.report();
+    revert_newest_migration(&w.db);
+    let before = w.dump(&[]);
+
+    let dry = w.reconcile(&["--dry-run"]).await;
+    assert_eq!(dry.code, 2, "{}", dry.all());
+    assert!(
+        dry.stderr.contains("pending migrations") && dry.stderr.contains("licensync migrate"),
+        "says what to do: {}",
+        dry.all()
+    );
+    assert_eq!(w.dump(&[]), before, "the dry run wrote to the database");
+    assert!(w.db.store.has_pending_migrations().unwrap(), "the dry run migrated");
+
+    // A database never migrated, too.
+    let empty = TestDb::empty();
+    let mut cmd = w.reconcile_cmd(&w.fake, &w.fake.api_key(), &["--dry-run"]);
+    cmd.env("DATABASE_URL", &empty.url);
+    let dry = World::run(cmd).await;
+    assert_eq!(dry.code, 2, "{}", dry.all());
+    assert!(empty.store.has_pending_migrations().unwrap(), "the dry run migrated");
+
+    // A real run applies the migrations first.
+    let real = w.reconcile(&[]).await.report();
+    assert_eq!(nonzero_counts(&real), counts(&[("unchanged", 3)]), "{real:#}");
+    assert!(!w.db.store.has_pending_migrations().unwrap());
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -910,6 +1043,54 @@ async fn one_purchase_gives_one_license_however_stripe_shows_it() {
         "no license for the sessions' invoices or the subscription's session"
     );
     w.assert_one_email_per_license().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_line_without_a_price_is_ignored_with_a_warning_and_the_other_lines_are_licensed() {
+    let w = World::new().await;
+    let f = &w.fake;
+    let shop = Shop::open(f);
+    let invoice = f.create_invoice(InvoiceSpec {
+        customer: shop.customer.clone(),
+        lines: vec![(shop.addon_once.clone(), 1), (shop.tool_once.clone(), 1)],
+        ..InvoiceSpec::default()
+    });
+    // Stripe serves a Checkout line and an invoice line without a price (the
+    // invoice line with the invoice item behind it).
+    let session_line = shop.checkout.line_ids[1].clone();
+    f.update(&session_line, |l| l["price"] = Value::Null);
+    let invoice_line = invoice.line_ids[1].clone();
+    let item = f.get(&invoice_line).unwrap()["parent"]["invoice_item_details"]["invoice_item"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    f.update(&invoice_line, |l| l["pricing"] = Value::Null);
+    f.update(&item, |i| i["pricing"] = Value::Null);
+
+    let ran = w.reconcile(&[]).await;
+    let report = ran.report();
+    let licenses = w.by_source().await;
+    let priced = [
+        shop.item(),
+        shop.addon_line(),
+        format!("{}/{}", invoice.id, invoice.line_ids[0]),
+    ];
+    for grant in &priced {
+        assert!(licenses.contains_key(grant), "{grant} was not issued: {report:#}");
+    }
+    assert_eq!(licenses.len(), priced.len(), "{licenses:#?}");
+    assert_eq!(
+        nonzero_counts(&report),
+        counts(&[("issued", 3)]),
+        "ignored, not skipped: {report:#}"
+    );
+    for line in [&session_line, &invoice_line] {
+        let warned = ran
+            .stderr
+            .lines()
+            .any(|l| l.contains("WARN") && l.contains("without a price") && l.contains(line.as_str()));
+        assert!(warned, "no warning naming {line}:\n{}", ran.all());
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
