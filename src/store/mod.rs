@@ -1,7 +1,8 @@
 //! The license store on PostgreSQL: embedded migrations, the connection
 //! pool, and every query licensync makes, a file per entity (its row, its
 //! insertable and its queries): `license`, `ledger`, `run`, `cursor`,
-//! `outbox`, with operator `overrides` and the `explain` of page queries.
+//! `outbox`, with the `page` write, operator `overrides` and the `explain`
+//! of page queries.
 //! The rest of the code calls the typed functions here and never writes
 //! SQL or touches `schema`.
 
@@ -13,6 +14,7 @@ mod license;
 pub mod models;
 mod outbox;
 mod overrides;
+mod page;
 mod run;
 #[rustfmt::skip]
 pub mod schema;
@@ -28,9 +30,10 @@ use crate::secret::redact;
 use run::RunFence;
 
 pub use explain::PageQuery;
-pub use license::{LicenseFilter, LicenseWrite, Written};
+pub use license::LicenseFilter;
 pub use outbox::{Mark, OutboxCounts, OutboxJob, Outcome, SenderSession};
 pub use overrides::{Operated, OperatorWrite};
+pub use page::{LicenseWrite, Written};
 pub use run::RunLock;
 
 pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");

@@ -10,6 +10,7 @@ use diesel::pg::PgConnection;
 use diesel::prelude::*;
 
 use super::Store;
+use super::license::find_row;
 use super::models::{KeyHistoryRow, LicenseRow, NewKeyHistoryRow, NewLedgerRow};
 use super::outbox::enqueue_email;
 use super::schema::{license_key_history, license_ledger, licenses};
@@ -44,38 +45,6 @@ pub struct Operated {
     pub after: License,
     pub write: OperatorWrite,
     pub outbox_id: Option<i64>,
-}
-
-/// The row of `key_or_id`: a numeric id, a current key or a replaced key
-/// (whose license is returned), optionally locked `FOR UPDATE`.
-pub(super) fn find_row(conn: &mut PgConnection, key_or_id: &str, lock: bool) -> QueryResult<Option<LicenseRow>> {
-    let key_or_id = key_or_id.trim();
-    let id = match key_or_id.parse::<i64>() {
-        Ok(id) => Some(id),
-        Err(_) => {
-            let key = key_or_id.to_ascii_uppercase();
-            let current: Option<i64> = licenses::table
-                .filter(licenses::key.eq(&key))
-                .select(licenses::id)
-                .first(conn)
-                .optional()?;
-            match current {
-                Some(id) => Some(id),
-                None => license_key_history::table
-                    .filter(license_key_history::key.eq(&key))
-                    .select(license_key_history::license_id)
-                    .first(conn)
-                    .optional()?,
-            }
-        }
-    };
-    let Some(id) = id else { return Ok(None) };
-    let query = licenses::table.find(id).select(LicenseRow::as_select());
-    if lock {
-        query.for_update().first(conn).optional()
-    } else {
-        query.first(conn).optional()
-    }
 }
 
 impl Store {
