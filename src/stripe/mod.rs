@@ -5,20 +5,27 @@
 //! - `key`: the API key (never shown unmasked) and `redact` for free text.
 //! - `transport`: the wire policy (pooling, retries, rate ceiling, timeouts,
 //!   request counting).
-//! - `source`: what licensync reads from Stripe, page by page.
+//! - `source`: the reader (`StripeSource`), its fetch helpers and the page
+//!   types it hands out; what it reads, page by page, is split by object:
+//!   `catalog`, `subscriptions`, `checkout`, `invoices`, `reversals`, `events`.
 
+mod catalog;
+mod checkout;
 mod error;
+mod events;
+mod invoices;
 mod key;
+mod reversals;
 mod source;
+mod subscriptions;
 mod transport;
 
 #[cfg(test)]
 mod proptests;
 
 pub use error::StripeError;
+pub use events::{EventFact, RELEVANT_EVENT_TYPES};
+pub use invoices::{InvoiceItemFact, InvoiceItemsPage};
 pub use key::{ApiKey, InvalidApiKey, redact};
-pub use source::{
-    CreatedRange, EventFact, GrantPage, InvoiceItemFact, InvoiceItemsPage, Page, RELEVANT_EVENT_TYPES, Span,
-    StripeSource,
-};
+pub use source::{CreatedRange, GrantPage, Page, Span, StripeSource};
 pub use transport::{DEFAULT_API_BASE, RateCeiling, StripeConfig, Transport};
