@@ -1,5 +1,6 @@
 //! Checkout Sessions in `payment` mode: one grant per line.
 
+use futures::TryStreamExt;
 use stripe_checkout::checkout_session::{ListCheckoutSession, ListLineItemsCheckoutSession, RetrieveCheckoutSession};
 use stripe_shared::{
     CheckoutSession, CheckoutSessionItem, CheckoutSessionMode, CheckoutSessionPaymentStatus, CheckoutSessionStatus,
@@ -7,47 +8,41 @@ use stripe_shared::{
 use stripe_types::List;
 
 use super::error::StripeError;
-use super::source::{
-    CreatedRange, Customers, GrantPage, PAGE, Span, StripeSource, customer_info, next_cursor, quantity, ts,
-};
+use super::pages::Skipped;
+use super::source::{CreatedRange, Customers, GrantPage, PAGE, StripeSource, customer_info, expand, quantity, ts};
 use crate::domain::{GrantFact, GrantKey, OneTimeLineFact};
 
 impl StripeSource {
     /// One page of complete Checkout Sessions with line items and customer
     /// expanded. Only `payment` mode grants (a `subscription`-mode session's
-    /// subscription does); every session's invoice goes to `session_invoices`.
+    /// subscription does); every session's invoice goes to `session_invoices`,
+    /// a skipped session's too (read from what Stripe sent), so that its
+    /// invoice is never counted as a purchase of its own.
     pub async fn checkout_sessions_page(
         &self,
         after: Option<&str>,
         created: &CreatedRange,
     ) -> Result<GrantPage, StripeError> {
-        let request = |expand: &[&str]| {
+        let request = |with_customer| {
             let mut request = ListCheckoutSession::new()
                 .status(CheckoutSessionStatus::Complete)
                 .limit(PAGE)
-                .expand(expand.iter().map(|e| (*e).to_owned()).collect::<Vec<_>>());
-            if let Some(cursor) = after {
-                request = request.starting_after(cursor);
-            }
+                .expand(expand("data.customer", &["data.line_items"], with_customer));
             if let Some(range) = created.query() {
                 request = request.created(range);
             }
             request
         };
-        let (list, customers) = self
-            .fetch_with_customers(
-                &request(&["data.line_items", "data.customer"]),
-                &request(&["data.line_items"]),
-                |list| list.data.iter().filter_map(session_customer).collect(),
-            )
-            .await?;
+        let (list, customers) = self.page_with_customers(request, after, session_customer).await?;
         let mut page = GrantPage {
-            next: next_cursor(&list, |s| s.id.as_str().to_owned()),
-            objects: list.data.len() + customers.len(),
-            span: Span::of(&list, |s| s.created),
+            next: list.next(),
+            objects: list.len() + customers.len(),
+            span: list.span(|s| s.created),
             ..GrantPage::default()
         };
-        for session in list.data {
+        let skipped = list.skipped().filter_map(skipped_session_invoice);
+        page.session_invoices.extend(skipped.map(str::to_owned));
+        for session in list.into_objects() {
             self.add_session(session, &customers, &mut page).await?;
         }
         Ok(page)
@@ -55,13 +50,10 @@ impl StripeSource {
 
     /// One Checkout Session, re-fetched with the same expansions.
     pub async fn checkout_session(&self, id: &str) -> Result<GrantPage, StripeError> {
-        let request = |expand: &[&str]| {
-            RetrieveCheckoutSession::new(id).expand(expand.iter().map(|e| (*e).to_owned()).collect::<Vec<_>>())
-        };
+        let request =
+            |with_customer| RetrieveCheckoutSession::new(id).expand(expand("customer", &["line_items"], with_customer));
         let (session, customers) = self
-            .fetch_with_customers(&request(&["line_items", "customer"]), &request(&["line_items"]), |s| {
-                session_customer(s).into_iter().collect()
-            })
+            .retrieve_with_customer(request, |s| session_customer(s).into_iter().collect())
             .await?;
         let mut page = GrantPage {
             objects: 1 + customers.len(),
@@ -124,36 +116,27 @@ impl StripeSource {
     }
 
     /// All line items of one session: the expanded first page, then
-    /// `/v1/checkout/sessions/{id}/line_items` only if it has more.
+    /// `/v1/checkout/sessions/{id}/line_items` only if it has more (or from
+    /// the start if it was not expanded, which should not happen).
     async fn session_lines(
         &self,
         session_id: &str,
         embedded: Option<List<CheckoutSessionItem>>,
         page: &mut GrantPage,
     ) -> Result<Vec<CheckoutSessionItem>, StripeError> {
-        let (mut lines, mut after) = match embedded {
+        let (mut lines, after) = match embedded {
+            Some(list) if !list.has_more => return Ok(list.data),
             Some(list) => {
-                let after = next_cursor(&list, |l| l.id.as_str().to_owned());
+                let after = list.data.last().map(|l| l.id.as_str().to_owned());
                 (list.data, after)
             }
-            None => {
-                // Not expanded (should not happen): read them from the start.
-                let list = self
-                    .fetch(&ListLineItemsCheckoutSession::new(session_id).limit(PAGE))
-                    .await?;
-                page.objects += list.data.len();
-                let after = next_cursor(&list, |l| l.id.as_str().to_owned());
-                (list.data, after)
-            }
+            None => (Vec::new(), None),
         };
-        while let Some(cursor) = after {
-            let request = ListLineItemsCheckoutSession::new(session_id)
-                .limit(PAGE)
-                .starting_after(cursor);
-            let list = self.fetch(&request).await?;
-            page.objects += list.data.len();
-            after = next_cursor(&list, |l| l.id.as_str().to_owned());
-            lines.extend(list.data);
+        let request = ListLineItemsCheckoutSession::new(session_id).limit(PAGE);
+        let mut pages = std::pin::pin!(self.pages(&request, after));
+        while let Some(list) = pages.try_next().await? {
+            page.objects += list.len();
+            lines.extend(list.into_objects());
         }
         Ok(lines)
     }
@@ -161,4 +144,10 @@ impl StripeSource {
 
 fn session_customer(session: &CheckoutSession) -> Option<String> {
     session.customer.as_ref().map(|c| c.id().as_str().to_owned())
+}
+
+/// The `invoice` of a session that did not decode, as Stripe sent it.
+pub(super) fn skipped_session_invoice(session: &Skipped) -> Option<&str> {
+    let invoice = &session.raw["invoice"];
+    invoice.as_str().or_else(|| invoice["id"].as_str())
 }

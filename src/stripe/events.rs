@@ -2,9 +2,10 @@
 
 use miniserde::json::Value;
 use stripe_core::event::ListEvent;
+use stripe_shared::Event;
 
 use super::error::StripeError;
-use super::source::{CreatedRange, PAGE, Page, Span, StripeSource, next_cursor, ts};
+use super::source::{CreatedRange, PAGE, Page, StripeSource, ts};
 use crate::domain::Timestamp;
 
 /// The event types that can change a license, for `types[]` (Stripe
@@ -67,35 +68,26 @@ impl StripeSource {
         if let Some(range) = created.query() {
             request = request.created(range);
         }
-        if let Some(cursor) = after {
-            request = request.starting_after(cursor);
-        }
-        let list = self.fetch(&request).await?;
-        let next = next_cursor(&list, |e| e.id.as_str().to_owned());
-        let span = Span::of(&list, |e| e.created);
-        let mut items = Vec::with_capacity(list.data.len());
-        for event in list.data {
-            let id = event.id.as_str().to_owned();
-            // `data.object` is untyped in async-stripe: only its id and kind
-            // are read, the object itself is re-fetched by the caller.
-            let (object_id, object_type, subscription) = match &event.data.object {
-                Value::Object(map) => (
-                    string_field(map.get("id")),
-                    string_field(map.get("object")),
-                    invoice_subscription(map),
-                ),
-                _ => (None, None, None),
+        let list = self.page(&request, after, false).await?;
+        let (next, span) = (list.next(), list.span(|e| e.created));
+        let mut items = Vec::with_capacity(list.len());
+        for entry in list.into_entries() {
+            // An event async-stripe's `Event` cannot hold still names the
+            // object to re-fetch: it is read from what Stripe sent.
+            let read = match &entry {
+                Ok(event) => read_event(event),
+                Err(skipped) => read_raw_event(&skipped.raw),
             };
-            let Some(object_id) = object_id else {
-                tracing::warn!(event = %id, "event without an object id: ignored");
+            let Some((id, event_type, created, object)) = read else {
+                tracing::warn!(event = ?entry.as_ref().ok().map(|e| e.id.as_str()), "event without an object id: ignored");
                 continue;
             };
             items.push(EventFact {
-                event_type: event.type_.as_str().to_owned(),
-                created: ts(event.created, "created", &format!("event {id}"))?,
-                object_id,
-                object_type: object_type.unwrap_or_default(),
-                subscription,
+                created: ts(created, "created", &format!("event {id}"))?,
+                event_type,
+                object_id: object.id,
+                object_type: object.kind.unwrap_or_default(),
+                subscription: object.subscription,
                 id,
             });
         }
@@ -103,22 +95,63 @@ impl StripeSource {
     }
 }
 
-/// `parent.subscription_details.subscription` of an invoice snapshot.
-fn invoice_subscription(map: &miniserde::json::Object) -> Option<String> {
-    let Some(Value::Object(parent)) = map.get("parent") else {
-        return None;
-    };
-    let Some(Value::Object(details)) = parent.get("subscription_details") else {
-        return None;
-    };
-    string_field(details.get("subscription"))
+/// What an event's `data.object` says of the object to re-fetch.
+struct Snapshot {
+    id: String,
+    /// `object`.
+    kind: Option<String>,
+    /// For an invoice: `parent.subscription_details.subscription`.
+    subscription: Option<String>,
 }
 
-fn string_field(value: Option<&Value>) -> Option<String> {
-    match value {
+/// `(id, type, created, object)` of an event; `None` without an object id.
+type EventParts = (String, String, i64, Snapshot);
+
+fn read_event(event: &Event) -> Option<EventParts> {
+    // `data.object` is untyped in async-stripe: only its id and kind are
+    // read, the object itself is re-fetched by the caller.
+    let Value::Object(map) = &event.data.object else {
+        return None;
+    };
+    let string = |value: Option<&Value>| match value {
         Some(Value::String(s)) => Some(s.clone()),
         _ => None,
-    }
+    };
+    let field = |map: &miniserde::json::Object, name: &str| match map.get(name) {
+        Some(Value::Object(inner)) => Some(inner.clone()),
+        _ => None,
+    };
+    let subscription = field(map, "parent")
+        .and_then(|parent| field(&parent, "subscription_details"))
+        .and_then(|details| string(details.get("subscription")));
+    let snapshot = Snapshot {
+        id: string(map.get("id"))?,
+        kind: string(map.get("object")),
+        subscription,
+    };
+    Some((
+        event.id.as_str().to_owned(),
+        event.type_.as_str().to_owned(),
+        event.created,
+        snapshot,
+    ))
+}
+
+/// The same, from an event as Stripe sent it.
+fn read_raw_event(raw: &serde_json::Value) -> Option<EventParts> {
+    let object = &raw["data"]["object"];
+    let text = |value: &serde_json::Value| value.as_str().map(str::to_owned);
+    let snapshot = Snapshot {
+        id: text(&object["id"])?,
+        kind: text(&object["object"]),
+        subscription: text(&object["parent"]["subscription_details"]["subscription"]),
+    };
+    Some((
+        text(&raw["id"])?,
+        text(&raw["type"])?,
+        raw["created"].as_i64()?,
+        snapshot,
+    ))
 }
 
 #[cfg(test)]

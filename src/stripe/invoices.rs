@@ -2,16 +2,19 @@
 
 use std::collections::HashMap;
 
+use futures::TryStreamExt;
+use stripe_billing::InvoiceItem;
 use stripe_billing::invoice::{ListInvoice, RetrieveInvoice};
 use stripe_billing::invoice_item::ListInvoiceItem;
 use stripe_billing::invoice_line_item::ListInvoiceInvoiceLineItem;
 use stripe_checkout::checkout_session::ListCheckoutSession;
-use stripe_shared::{Invoice, InvoiceLineItem, InvoiceStatus};
+use stripe_shared::{Invoice, InvoiceStatus};
 use stripe_types::Expandable;
 
+use super::checkout::skipped_session_invoice;
 use super::error::StripeError;
 use super::source::{
-    CreatedRange, Customers, GrantPage, PAGE, Page, Span, StripeSource, customer_info, next_cursor, quantity, ts,
+    CreatedRange, Customers, GrantPage, PAGE, Page, StripeSource, customer_info, expand, quantity, ts,
 };
 use crate::domain::{GrantFact, GrantKey, OneTimeLineFact};
 
@@ -48,35 +51,24 @@ impl StripeSource {
     /// invoice and must be dropped by the caller using the `session_invoices`
     /// of `checkout_sessions_page`.
     pub async fn invoices_page(&self, after: Option<&str>, created: &CreatedRange) -> Result<GrantPage, StripeError> {
-        let request = |expand: &[&str]| {
+        let request = |with_customer| {
             let mut request = ListInvoice::new()
                 .status(InvoiceStatus::Paid)
                 .limit(PAGE)
-                .expand(expand.iter().map(|e| (*e).to_owned()).collect::<Vec<_>>());
-            if let Some(cursor) = after {
-                request = request.starting_after(cursor);
-            }
+                .expand(expand("data.customer", &["data.payments"], with_customer));
             if let Some(range) = created.query() {
                 request = request.created(range);
             }
             request
         };
-        let (list, customers) = self
-            .fetch_with_customers(
-                &request(&["data.customer", "data.payments"]),
-                &request(&["data.payments"]),
-                |list| list.data.iter().filter_map(invoice_customer).collect(),
-            )
-            .await?;
+        let (list, customers) = self.page_with_customers(request, after, invoice_customer).await?;
         let mut page = GrantPage {
-            next: next_cursor(&list, |i| {
-                i.id.as_ref().map(|id| id.as_str().to_owned()).unwrap_or_default()
-            }),
-            objects: list.data.len() + customers.len(),
-            span: Span::of(&list, |i| i.created),
+            next: list.next(),
+            objects: list.len() + customers.len(),
+            span: list.span(|i| i.created),
             ..GrantPage::default()
         };
-        for invoice in list.data {
+        for invoice in list.into_objects() {
             self.add_invoice(invoice, &customers, &mut page).await?;
         }
         Ok(page)
@@ -94,39 +86,27 @@ impl StripeSource {
         after: Option<&str>,
         created: &CreatedRange,
     ) -> Result<InvoiceItemsPage, StripeError> {
-        let request = |expand: &[&str]| {
-            let mut request = ListInvoiceItem::new()
-                .pending(false)
-                .limit(PAGE)
-                .expand(expand.iter().map(|e| (*e).to_owned()).collect::<Vec<_>>());
-            if let Some(cursor) = after {
-                request = request.starting_after(cursor);
-            }
+        let request = |with_customer| {
+            let mut request = ListInvoiceItem::new().pending(false).limit(PAGE).expand(expand(
+                "data.invoice.customer",
+                &["data.invoice", "data.invoice.payments"],
+                with_customer,
+            ));
             if let Some(range) = created.query() {
                 request = request.created(range);
             }
             request
         };
-        let (list, customers) = self
-            .fetch_with_customers(
-                &request(&["data.invoice", "data.invoice.customer", "data.invoice.payments"]),
-                &request(&["data.invoice", "data.invoice.payments"]),
-                |list| {
-                    list.data
-                        .iter()
-                        .filter_map(|item| match &item.invoice {
-                            Some(Expandable::Object(invoice)) => invoice_customer(invoice),
-                            _ => None,
-                        })
-                        .collect()
-                },
-            )
-            .await?;
-        let next = next_cursor(&list, |i| i.id.as_str().to_owned());
-        let span = Span::of(&list, |i| i.date);
-        let mut items = Vec::with_capacity(list.data.len());
+        let expanded_customer = |item: &InvoiceItem| match &item.invoice {
+            Some(Expandable::Object(invoice)) => invoice_customer(invoice),
+            _ => None,
+        };
+        let (list, customers) = self.page_with_customers(request, after, expanded_customer).await?;
+        let next = list.next();
+        let span = list.span(|i| i.date);
+        let mut items = Vec::with_capacity(list.len());
         let mut invoices = HashMap::new();
-        for item in list.data {
+        for item in list.into_objects() {
             let (invoice_id, expanded) = match item.invoice {
                 Some(Expandable::Object(invoice)) => {
                     (invoice.id.as_ref().map(|id| id.as_str().to_owned()), Some(invoice))
@@ -176,13 +156,9 @@ impl StripeSource {
     }
 
     async fn retrieve_invoice(&self, id: &str) -> Result<(Invoice, Customers), StripeError> {
-        let request = |expand: &[&str]| {
-            RetrieveInvoice::new(id).expand(expand.iter().map(|e| (*e).to_owned()).collect::<Vec<_>>())
-        };
-        self.fetch_with_customers(&request(&["customer", "payments"]), &request(&["payments"]), |i| {
-            invoice_customer(i).into_iter().collect()
-        })
-        .await
+        let request = |with_customer| RetrieveInvoice::new(id).expand(expand("customer", &["payments"], with_customer));
+        self.retrieve_with_customer(request, |i| invoice_customer(i).into_iter().collect())
+            .await
     }
 
     /// One invoice, re-fetched. Unlike the page scan it finds out itself
@@ -196,16 +172,15 @@ impl StripeSource {
             ..GrantPage::default()
         };
         if let Some(pi) = invoice_payment_intent(&invoice) {
-            let sessions = self
-                .fetch(&ListCheckoutSession::new().payment_intent(pi).limit(PAGE))
-                .await?;
-            page.objects += sessions.data.len();
-            let from_session = sessions.data.iter().any(|s| {
+            let request = ListCheckoutSession::new().payment_intent(pi).limit(PAGE);
+            let sessions = self.page(&request, None, false).await?;
+            page.objects += sessions.len();
+            let from_session = sessions.objects().any(|s| {
                 s.invoice
                     .as_ref()
                     .and_then(|i| i.id().as_ref())
                     .is_some_and(|i| i.as_str() == id)
-            });
+            }) || sessions.skipped().any(|s| skipped_session_invoice(s) == Some(id));
             if from_session {
                 page.session_invoices.push(id.to_owned());
                 return Ok(page);
@@ -242,15 +217,14 @@ impl StripeSource {
         let purchased_at = ts(invoice.created, "created", &format!("invoice {invoice_id}"))?;
         let payment_intent = invoice_payment_intent(&invoice);
         let mut lines = invoice.lines.data;
-        let mut after = next_cursor_of(&lines, invoice.lines.has_more);
-        while let Some(cursor) = after {
-            let request = ListInvoiceInvoiceLineItem::new(invoice_id.as_str())
-                .limit(PAGE)
-                .starting_after(cursor);
-            let list = self.fetch(&request).await?;
-            page.objects += list.data.len();
-            after = next_cursor(&list, |l| l.id.as_str().to_owned());
-            lines.extend(list.data);
+        if invoice.lines.has_more {
+            let request = ListInvoiceInvoiceLineItem::new(invoice_id.as_str()).limit(PAGE);
+            let after = lines.last().map(|l| l.id.as_str().to_owned());
+            let mut pages = std::pin::pin!(self.pages(&request, after));
+            while let Some(list) = pages.try_next().await? {
+                page.objects += list.len();
+                lines.extend(list.into_objects());
+            }
         }
         for line in lines {
             let Some(details) = line.pricing.as_ref().and_then(|p| p.price_details.as_ref()) else {
@@ -276,14 +250,6 @@ impl StripeSource {
 
 fn invoice_customer(invoice: &Invoice) -> Option<String> {
     invoice.customer.as_ref().map(|c| c.id().as_str().to_owned())
-}
-
-fn next_cursor_of(lines: &[InvoiceLineItem], has_more: bool) -> Option<String> {
-    if has_more {
-        lines.last().map(|l| l.id.as_str().to_owned())
-    } else {
-        None
-    }
 }
 
 /// The payment intent that paid an invoice, from its expanded `payments`

@@ -8,6 +8,9 @@
 //! - `source`: the reader (`StripeSource`), its fetch helpers and the page
 //!   types it hands out; what it reads, page by page, is split by object:
 //!   `catalog`, `subscriptions`, `checkout`, `invoices`, `reversals`, `events`.
+//! - `pages`: the one path every list is read through, page by page, each
+//!   object decoded on its own so that one Stripe sends outside
+//!   async-stripe's types skips only itself.
 
 mod catalog;
 mod checkout;
@@ -15,6 +18,7 @@ mod error;
 mod events;
 mod invoices;
 mod key;
+mod pages;
 mod reversals;
 mod source;
 mod subscriptions;

@@ -6,7 +6,7 @@ use stripe_shared::DisputeStatus;
 use stripe_types::Expandable;
 
 use super::error::StripeError;
-use super::source::{PAGE, Page, Span, StripeSource, next_cursor};
+use super::source::{PAGE, Page, StripeSource};
 use crate::domain::{PaymentReversal, ReversalKind};
 
 impl StripeSource {
@@ -14,15 +14,11 @@ impl StripeSource {
     /// the charge fully refunded revokes, a partial one is only logged.
     /// Refunds without a payment intent or not `succeeded` are skipped.
     pub async fn reversals_page(&self, after: Option<&str>) -> Result<Page<PaymentReversal>, StripeError> {
-        let mut request = ListRefund::new().limit(PAGE).expand(vec!["data.charge".to_owned()]);
-        if let Some(cursor) = after {
-            request = request.starting_after(cursor);
-        }
-        let list = self.fetch(&request).await?;
-        let next = next_cursor(&list, |r| r.id.as_str().to_owned());
-        let span = Span::of(&list, |r| r.created);
+        let request = ListRefund::new().limit(PAGE).expand(vec!["data.charge".to_owned()]);
+        let list = self.page(&request, after, false).await?;
+        let (next, span) = (list.next(), list.span(|r| r.created));
         let mut items = Vec::new();
-        for refund in list.data {
+        for refund in list.into_objects() {
             if refund.status.as_deref() != Some("succeeded") {
                 continue;
             }
@@ -54,16 +50,10 @@ impl StripeSource {
 
     /// One page of disputes; only lost ones matter.
     pub async fn disputes_page(&self, after: Option<&str>) -> Result<Page<PaymentReversal>, StripeError> {
-        let mut request = ListDispute::new().limit(PAGE);
-        if let Some(cursor) = after {
-            request = request.starting_after(cursor);
-        }
-        let list = self.fetch(&request).await?;
-        let next = next_cursor(&list, |d| d.id.as_str().to_owned());
-        let span = Span::of(&list, |d| d.created);
+        let list = self.page(&ListDispute::new().limit(PAGE), after, false).await?;
+        let (next, span) = (list.next(), list.span(|d| d.created));
         let items = list
-            .data
-            .into_iter()
+            .into_objects()
             .filter(|d| d.status == DisputeStatus::Lost)
             .filter_map(|d| {
                 let payment_intent = d.payment_intent.as_ref().map(|p| p.id().as_str().to_owned());

@@ -1,11 +1,14 @@
 //! What licensync reads from Stripe, one page (up to 100 objects) at a
 //! time, as plain domain facts: the catalog, the grants of subscriptions,
 //! Checkout Sessions and one-off invoices, refunds and lost disputes, and
-//! events. Every call goes through an async-stripe request builder and is
-//! decoded into async-stripe's own types; related objects come through
-//! `expand[]`, never one request per object. Memory stays bounded by the
-//! page: nothing is accumulated across pages here (except the catalog,
-//! which the planner needs whole).
+//! events, each kind in its own file (`catalog`, `subscriptions`,
+//! `checkout`, `invoices`, `reversals`, `events`) over what this file
+//! holds: the reader, its fetch helpers and the page types it hands out.
+//! Every call goes through an async-stripe request builder and is decoded
+//! into async-stripe's own types, lists through `pages` (object by object);
+//! related objects come through `expand[]`, never one request per object.
+//! Memory stays bounded by the page: nothing is accumulated across pages
+//! here (except the catalog, which the planner needs whole).
 
 use std::collections::HashMap;
 
@@ -13,9 +16,10 @@ use chrono::DateTime;
 use stripe_client_core::StripeRequest;
 use stripe_core::customer::{RetrieveCustomer, RetrieveCustomerReturned};
 use stripe_shared::Customer;
-use stripe_types::{Expandable, List, RangeBoundsTs, RangeQueryTs};
+use stripe_types::{Expandable, List, Object, RangeBoundsTs, RangeQueryTs};
 
 use super::error::StripeError;
+use super::pages::ListPage;
 use super::transport::{StripeConfig, Transport};
 use crate::domain::{CustomerInfo, GrantFact, Timestamp};
 
@@ -33,16 +37,6 @@ pub struct Span {
     pub listed: usize,
 }
 
-impl Span {
-    pub(super) fn of<T>(list: &List<T>, created: impl Fn(&T) -> i64) -> Span {
-        Span {
-            newest: list.data.first().map(&created),
-            oldest: list.data.last().map(&created),
-            listed: list.data.len(),
-        }
-    }
-}
-
 /// One page of a plain list.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Page<T> {
@@ -51,6 +45,7 @@ pub struct Page<T> {
     pub next: Option<String>,
     pub span: Span,
 }
+
 /// One page of purchases turned into grants.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct GrantPage {
@@ -144,10 +139,6 @@ pub(super) fn customer_info(
     }
 }
 
-pub(super) fn next_cursor<T>(list: &List<T>, id: impl Fn(&T) -> String) -> Option<String> {
-    if list.has_more { list.data.last().map(id) } else { None }
-}
-
 impl StripeSource {
     pub fn new(config: StripeConfig) -> Result<StripeSource, StripeError> {
         let livemode = config.api_key.livemode();
@@ -187,26 +178,25 @@ impl StripeSource {
             .map_err(|e| e.on_path(&path, std::any::type_name::<R::Output>()))
     }
 
-    /// Fetches `with_customer` (customer expanded). A deleted customer
-    /// expands to a stub (`{"id","object","deleted":true}`) that async-stripe's
-    /// `Customer` cannot hold, which fails the whole answer; then the same
-    /// request is sent `without_customer` and the customers it names are
+    /// Reads an answer with its customers expanded (`read(true)`, every
+    /// object decoded). A deleted customer expands to a stub
+    /// (`{"id","object","deleted":true}`) that async-stripe's `Customer`
+    /// cannot hold, which fails that; then the same request is read without
+    /// the customer expansion (`read(false)`) and the customers it names are
     /// looked up one by one (`RetrieveCustomer` knows deleted customers),
     /// so one deleted customer cannot stop a full scan.
-    pub(super) async fn fetch_with_customers<R>(
+    async fn fetch_with_customers<A, Fut>(
         &self,
-        with_customer: &R,
-        without_customer: &R,
-        customer_ids: impl Fn(&R::Output) -> Vec<String>,
-    ) -> Result<(R::Output, Customers), StripeError>
+        read: impl Fn(bool) -> Fut,
+        customer_ids: impl Fn(&A) -> Vec<String>,
+    ) -> Result<(A, Customers), StripeError>
     where
-        R: StripeRequest,
-        R::Output: miniserde::Deserialize,
+        Fut: Future<Output = Result<A, StripeError>>,
     {
-        let first = match self.fetch(with_customer).await {
+        let first = match read(true).await {
             Err(StripeError::Decode { path, message }) => {
                 tracing::warn!(%path, %message, "answer with expanded customers did not decode (a deleted customer?); reading it again without that expansion");
-                self.fetch(without_customer).await?
+                read(false).await?
             }
             other => return other.map(|answer| (answer, Customers::new())),
         };
@@ -231,6 +221,52 @@ impl StripeSource {
         }
         Ok((first, customers))
     }
+
+    /// One object, retrieved with its customer (see `fetch_with_customers`):
+    /// `request(true)` expands the customer, `request(false)` does not.
+    pub(super) async fn retrieve_with_customer<R>(
+        &self,
+        request: impl Fn(bool) -> R,
+        customer_ids: impl Fn(&R::Output) -> Vec<String>,
+    ) -> Result<(R::Output, Customers), StripeError>
+    where
+        R: StripeRequest,
+        R::Output: miniserde::Deserialize,
+    {
+        let read = |with_customer| {
+            let request = request(with_customer);
+            async move { self.fetch(&request).await }
+        };
+        self.fetch_with_customers(read, customer_ids).await
+    }
+
+    /// One page of a list whose objects name a customer, read with the
+    /// customers (see `fetch_with_customers`); only the answer without the
+    /// customer expansion skips objects that do not decode.
+    pub(super) async fn page_with_customers<R, T>(
+        &self,
+        request: impl Fn(bool) -> R,
+        after: Option<&str>,
+        customer_id: impl Fn(&T) -> Option<String>,
+    ) -> Result<(ListPage<T>, Customers), StripeError>
+    where
+        R: StripeRequest<Output = List<T>>,
+        T: Object + miniserde::Deserialize,
+        List<T>: miniserde::Deserialize,
+    {
+        let read = |with_customer| {
+            let request = request(with_customer);
+            async move { self.page(&request, after, with_customer).await }
+        };
+        let ids = |page: &ListPage<T>| page.objects().filter_map(&customer_id).collect();
+        self.fetch_with_customers(read, ids).await
+    }
+}
+
+/// `expand[]`: `others`, then `customer` when read with the customer.
+pub(super) fn expand(customer: &str, others: &[&str], with_customer: bool) -> Vec<String> {
+    let customer = with_customer.then_some(customer);
+    others.iter().copied().chain(customer).map(str::to_owned).collect()
 }
 
 #[cfg(test)]

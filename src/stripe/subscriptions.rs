@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 
+use futures::TryStreamExt;
 use stripe_billing::invoice_line_item::ListInvoiceInvoiceLineItem;
 use stripe_billing::subscription::{ListSubscription, ListSubscriptionStatus, RetrieveSubscription};
 use stripe_billing::subscription_item::ListSubscriptionItem;
@@ -9,47 +10,41 @@ use stripe_shared::{Invoice, InvoiceLineItem, InvoiceStatus, Subscription, Subsc
 use stripe_types::Expandable;
 
 use super::error::StripeError;
-use super::source::{
-    CreatedRange, Customers, GrantPage, PAGE, Span, StripeSource, customer_info, next_cursor, quantity, ts,
-};
+use super::source::{CreatedRange, Customers, GrantPage, PAGE, StripeSource, customer_info, expand, quantity, ts};
 use crate::domain::{GrantFact, SubscriptionItemFact, SubscriptionStatus};
 
 impl StripeSource {
     /// One page of subscriptions of every status, with customer and latest
     /// invoice expanded; one fact per item (items of `incomplete`
-    /// subscriptions too: the planner decides).
+    /// subscriptions too: the planner decides). A subscription that does
+    /// not decode is skipped (logged): no fact, and not complete.
     pub async fn subscriptions_page(
         &self,
         after: Option<&str>,
         created: &CreatedRange,
     ) -> Result<GrantPage, StripeError> {
-        let request = |expand: &[&str]| {
+        let request = |with_customer| {
             let mut request = ListSubscription::new()
                 .status(ListSubscriptionStatus::All)
                 .limit(PAGE)
-                .expand(expand.iter().map(|e| (*e).to_owned()).collect::<Vec<_>>());
-            if let Some(cursor) = after {
-                request = request.starting_after(cursor);
-            }
+                .expand(expand("data.customer", &["data.latest_invoice"], with_customer));
             if let Some(range) = created.query() {
                 request = request.created(range);
             }
             request
         };
         let (list, customers) = self
-            .fetch_with_customers(
-                &request(&["data.customer", "data.latest_invoice"]),
-                &request(&["data.latest_invoice"]),
-                |list| list.data.iter().map(|s| s.customer.id().as_str().to_owned()).collect(),
-            )
+            .page_with_customers(request, after, |s: &Subscription| {
+                Some(s.customer.id().as_str().to_owned())
+            })
             .await?;
         let mut page = GrantPage {
-            next: next_cursor(&list, |s| s.id.as_str().to_owned()),
-            objects: list.data.len() + customers.len(),
-            span: Span::of(&list, |s| s.created),
+            next: list.next(),
+            objects: list.len() + customers.len(),
+            span: list.span(|s| s.created),
             ..GrantPage::default()
         };
-        for subscription in list.data {
+        for subscription in list.into_objects() {
             self.add_subscription(subscription, &customers, &mut page).await?;
         }
         Ok(page)
@@ -57,15 +52,11 @@ impl StripeSource {
 
     /// One subscription, re-fetched with the same expansions (incremental runs).
     pub async fn subscription(&self, id: &str) -> Result<GrantPage, StripeError> {
-        let request = |expand: &[&str]| {
-            RetrieveSubscription::new(id).expand(expand.iter().map(|e| (*e).to_owned()).collect::<Vec<_>>())
+        let request = |with_customer| {
+            RetrieveSubscription::new(id).expand(expand("customer", &["latest_invoice"], with_customer))
         };
         let (subscription, customers) = self
-            .fetch_with_customers(
-                &request(&["customer", "latest_invoice"]),
-                &request(&["latest_invoice"]),
-                |s| vec![s.customer.id().as_str().to_owned()],
-            )
+            .retrieve_with_customer(request, |s| vec![s.customer.id().as_str().to_owned()])
             .await?;
         let mut page = GrantPage {
             objects: 1 + customers.len(),
@@ -85,22 +76,27 @@ impl StripeSource {
         // An unknown status is a fact too: the planner skips its grants.
         let status = SubscriptionStatus::parse(subscription.status.as_str());
         let mut items = subscription.items.data;
+        // Every item read: only then does an item missing from the facts
+        // mean it was removed in Stripe.
+        let mut complete = true;
         if subscription.items.has_more {
-            let mut after = items.last().map(|i| i.id.as_str().to_owned());
-            while let Some(cursor) = after {
-                let request = ListSubscriptionItem::new(sub_id.as_str())
-                    .limit(PAGE)
-                    .starting_after(cursor);
-                let list = self.fetch(&request).await?;
-                page.objects += list.data.len();
-                after = next_cursor(&list, |i| i.id.as_str().to_owned());
-                items.extend(list.data);
+            let request = ListSubscriptionItem::new(sub_id.as_str()).limit(PAGE);
+            let after = items.last().map(|i| i.id.as_str().to_owned());
+            let mut pages = std::pin::pin!(self.pages(&request, after));
+            while let Some(list) = pages.try_next().await? {
+                page.objects += list.len();
+                complete &= list.skipped().next().is_none();
+                items.extend(list.into_objects());
             }
         }
         let latest = subscription.latest_invoice.as_ref().and_then(Expandable::as_object);
         let paid_lines = match latest {
             Some(invoice) if invoice.status == Some(InvoiceStatus::Paid) => {
-                Some(self.item_period_ends(invoice, &items, page).await?)
+                let Some(ends) = self.item_period_ends(invoice, &items, page).await? else {
+                    tracing::warn!(subscription = %sub_id, "a line of the latest invoice does not decode, so what was paid is unknown: subscription skipped, its licenses left as they are");
+                    return Ok(());
+                };
+                Some(ends)
             }
             _ => None,
         };
@@ -144,19 +140,24 @@ impl StripeSource {
                 livemode: subscription.livemode,
             }));
         }
-        page.complete_subscriptions.push(sub_id);
+        if complete {
+            page.complete_subscriptions.push(sub_id);
+        } else {
+            tracing::warn!(subscription = %sub_id, "an item does not decode: its subscription is not complete, so no license expires for an item missing from it");
+        }
         Ok(())
     }
 
     /// The latest `period.end` of each subscription item's lines on a paid
     /// invoice; pages the invoice's lines only when an item has no line in
-    /// the embedded first page.
+    /// the embedded first page. `None` when a paged line does not decode
+    /// (its item, and so what was paid, is unknown).
     async fn item_period_ends(
         &self,
         invoice: &Invoice,
         items: &[SubscriptionItem],
         page: &mut GrantPage,
-    ) -> Result<HashMap<String, i64>, StripeError> {
+    ) -> Result<Option<HashMap<String, i64>>, StripeError> {
         let mut ends: HashMap<String, i64> = HashMap::new();
         let note = |line: &InvoiceLineItem, ends: &mut HashMap<String, i64>| {
             let item = line
@@ -174,20 +175,20 @@ impl StripeSource {
         }
         let missing = items.iter().any(|i| !ends.contains_key(i.id.as_str()));
         if let (true, true, Some(invoice_id)) = (invoice.lines.has_more, missing, invoice.id.as_ref()) {
-            let mut after = invoice.lines.data.last().map(|l| l.id.as_str().to_owned());
-            while let Some(cursor) = after {
-                let request = ListInvoiceInvoiceLineItem::new(invoice_id.as_str())
-                    .limit(PAGE)
-                    .starting_after(cursor);
-                let list = self.fetch(&request).await?;
-                page.objects += list.data.len();
-                after = next_cursor(&list, |l| l.id.as_str().to_owned());
-                for line in &list.data {
+            let request = ListInvoiceInvoiceLineItem::new(invoice_id.as_str()).limit(PAGE);
+            let after = invoice.lines.data.last().map(|l| l.id.as_str().to_owned());
+            let mut pages = std::pin::pin!(self.pages(&request, after));
+            while let Some(list) = pages.try_next().await? {
+                page.objects += list.len();
+                if list.skipped().next().is_some() {
+                    return Ok(None);
+                }
+                for line in list.objects() {
                     note(line, &mut ends);
                 }
             }
         }
-        Ok(ends)
+        Ok(Some(ends))
     }
 }
 
