@@ -3,6 +3,7 @@
 //! facts and `catalog` records. No Stripe type leaves this module.
 //!
 //! - `key`: the API key (never shown unmasked) and `redact` for free text.
+//! - `config`: how to reach Stripe and how hard to push it.
 //! - `transport`: the wire policy (pooling, retries, rate ceiling, timeouts,
 //!   request counting).
 //! - `source`: the reader (`StripeSource`), its fetch helpers and the page
@@ -14,6 +15,7 @@
 
 mod catalog;
 mod checkout;
+mod config;
 mod error;
 mod events;
 mod invoices;
@@ -27,9 +29,10 @@ mod transport;
 #[cfg(test)]
 mod proptests;
 
+pub use config::{DEFAULT_API_BASE, RateCeiling, StripeConfig};
 pub use error::StripeError;
 pub use events::{EventFact, RELEVANT_EVENT_TYPES};
 pub use invoices::{InvoiceItemFact, InvoiceItemsPage};
 pub use key::{ApiKey, InvalidApiKey, redact};
 pub use source::{CreatedRange, GrantPage, Page, Span, StripeSource};
-pub use transport::{DEFAULT_API_BASE, RateCeiling, StripeConfig, Transport};
+pub use transport::Transport;

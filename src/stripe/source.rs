@@ -18,9 +18,10 @@ use stripe_core::customer::{RetrieveCustomer, RetrieveCustomerReturned};
 use stripe_shared::Customer;
 use stripe_types::{Expandable, List, Object, RangeBoundsTs, RangeQueryTs};
 
+use super::config::StripeConfig;
 use super::error::StripeError;
 use super::pages::ListPage;
-use super::transport::{StripeConfig, Transport};
+use super::transport::Transport;
 use crate::domain::{CustomerInfo, GrantFact, Timestamp};
 
 /// Stripe's maximum page size.
