@@ -2,8 +2,8 @@
 //! because async-stripe's own client never retries, ignores `Retry-After`
 //! and opens a connection per request. This module owns the wire policy:
 //! one pooled keep-alive client (https via rustls/webpki roots, plain http
-//! for loopback fakes), retries with exponential backoff and jitter that
-//! honour `Retry-After` and `Stripe-Should-Retry`, a client-side rate
+//! for loopback fakes), retries (on `backon`) with exponential backoff and
+//! jitter that honour `Retry-After` and `Stripe-Should-Retry`, a client-side rate
 //! ceiling (governor), a per-attempt timeout, and counters of every HTTP
 //! attempt made and of the 429s among them.
 //!
@@ -12,13 +12,13 @@
 //! it wait too instead of each earning its own 429.
 
 use std::collections::HashMap;
-use std::num::NonZeroU32;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
+use backon::{ExponentialBuilder, Retryable};
 use bytes::Bytes;
-use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
+use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, RateLimiter};
 use http_body_util::{BodyExt, Full};
 use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, USER_AGENT};
 use hyper::{Method, Request};
@@ -26,100 +26,14 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use rand::Rng;
 use stripe_client_core::{CustomizedStripeRequest, IdempotencyKey, RequestBuilder, StripeClient, StripeMethod};
 
+use super::config::{RateCeiling, StripeConfig, normalise_base, quota};
 use super::error::StripeError;
-use super::key::{ApiKey, redact};
-
-pub const DEFAULT_API_BASE: &str = "https://api.stripe.com";
-
-/// Stripe's documented limits: live mode 100 requests/s overall and lower
-/// limits on some endpoints (25/s is the safe figure), test mode 25/s.
-const LIVE_GLOBAL_RPS: u32 = 100;
-const LIVE_PER_ENDPOINT_RPS: u32 = 25;
-const TEST_GLOBAL_RPS: u32 = 25;
+use super::key::redact;
 
 /// A `Retry-After` longer than this is a misbehaving server, not a plan.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
-
-/// How to reach Stripe and how hard to push it.
-#[derive(Debug, Clone)]
-pub struct StripeConfig {
-    pub api_key: ApiKey,
-    /// `STRIPE_API_BASE`, with or without a trailing `/` (or `/v1`).
-    pub base_url: String,
-    /// `LICENSYNC_STRIPE_RPS`: overrides the global request ceiling (the
-    /// per-endpoint ceiling of live mode never exceeds it).
-    pub rps: Option<u32>,
-    /// Per HTTP attempt, connection and body included.
-    pub timeout: Duration,
-    /// Retries after the first attempt.
-    pub max_retries: u32,
-    /// The first backoff; each retry doubles it, with jitter, up to `max_backoff`.
-    pub initial_backoff: Duration,
-    /// Caps the computed backoff (a server's `Retry-After` is honoured as given).
-    pub max_backoff: Duration,
-    /// A connected account (`acct_...`) every request acts on, through the
-    /// `Stripe-Account` header (Stripe Connect); `None`: the key's own account.
-    pub account: Option<String>,
-}
-
-impl StripeConfig {
-    /// Production defaults: api.stripe.com, the ceiling of the key's mode,
-    /// 30 s per attempt, 5 retries, backoff 0.5 s doubling up to 20 s.
-    pub fn new(api_key: ApiKey) -> StripeConfig {
-        StripeConfig {
-            api_key,
-            base_url: DEFAULT_API_BASE.to_owned(),
-            rps: None,
-            timeout: Duration::from_secs(30),
-            max_retries: 5,
-            initial_backoff: Duration::from_millis(500),
-            max_backoff: Duration::from_secs(20),
-            account: None,
-        }
-    }
-}
-
-/// The rate ceiling actually applied, derived from the key's mode and the override.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RateCeiling {
-    pub global_rps: u32,
-    /// Per endpoint (`/v1/<first segment>`), live mode only.
-    pub per_endpoint_rps: Option<u32>,
-}
-
-impl RateCeiling {
-    pub fn for_mode(livemode: bool, rps: Option<u32>) -> RateCeiling {
-        match (livemode, rps) {
-            (true, None) => RateCeiling {
-                global_rps: LIVE_GLOBAL_RPS,
-                per_endpoint_rps: Some(LIVE_PER_ENDPOINT_RPS),
-            },
-            (true, Some(r)) => RateCeiling {
-                global_rps: r,
-                per_endpoint_rps: Some(r.min(LIVE_PER_ENDPOINT_RPS)),
-            },
-            (false, r) => RateCeiling {
-                global_rps: r.unwrap_or(TEST_GLOBAL_RPS),
-                per_endpoint_rps: None,
-            },
-        }
-    }
-
-    /// Requests allowed back to back before the steady rate applies. Kept
-    /// small so that no one-second window sees more than `rps + burst`.
-    pub fn burst(rps: u32) -> u32 {
-        (rps / 10).max(1)
-    }
-}
-
-fn quota(rps: u32) -> Quota {
-    let rate = NonZeroU32::new(rps.max(1)).expect("max(1) is non-zero");
-    let burst = NonZeroU32::new(RateCeiling::burst(rps)).expect("burst is at least 1");
-    Quota::per_second(rate).allow_burst(burst)
-}
 
 /// A Stripe HTTP client with licensync's wire policy; usable directly by
 /// async-stripe requests (`.customize().send(&transport)`).
@@ -154,33 +68,6 @@ impl std::fmt::Debug for Transport {
             .field("rate_limited", &self.rate_limited())
             .finish_non_exhaustive()
     }
-}
-
-/// Accepts `https://api.stripe.com`, `http://127.0.0.1:1234/`,
-/// `http://127.0.0.1:1234/v1`; refuses anything else with the reason.
-/// A URL password never reaches the error.
-fn normalise_base(raw: &str) -> Result<String, StripeError> {
-    let parsed = url::Url::parse(raw.trim()).map_err(|e| {
-        StripeError::Config(format!(
-            "STRIPE_API_BASE is not a URL ({e}): use e.g. https://api.stripe.com"
-        ))
-    })?;
-    if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
-        return Err(StripeError::Config(format!(
-            "STRIPE_API_BASE must be an http:// or https:// URL with a host, got scheme `{}`",
-            parsed.scheme()
-        )));
-    }
-    if parsed.query().is_some() || parsed.fragment().is_some() {
-        return Err(StripeError::Config(
-            "STRIPE_API_BASE must not carry a query or fragment: use e.g. https://api.stripe.com".into(),
-        ));
-    }
-    let mut base = parsed.as_str().trim_end_matches('/').to_owned();
-    if let Some(stripped) = base.strip_suffix("/v1") {
-        base = stripped.to_owned();
-    }
-    Ok(base)
 }
 
 /// `/v1/checkout` for `/checkout/sessions/cs_1/line_items`: the endpoint
@@ -251,6 +138,30 @@ fn not_json(status: u16, headers: &HeaderMap, body: &[u8]) -> String {
         header_str(headers, "content-type").unwrap_or("none"),
         redact(text.trim())
     )
+}
+
+/// One request as every attempt sends it.
+struct Call<'a> {
+    method: Method,
+    /// `/v1/...`, for errors and logs.
+    path: String,
+    uri: String,
+    body: Option<&'a str>,
+    idempotency_key: Option<String>,
+    /// [`endpoint_of`] the path: what a 429 holds.
+    endpoint: String,
+    timeout: Duration,
+    account: Option<&'a str>,
+}
+
+/// An attempt that brought no usable answer.
+struct Failed {
+    error: StripeError,
+    /// Another attempt may succeed (a network failure, a 429, a 5xx, a
+    /// lock timeout, or whatever `Stripe-Should-Retry` says).
+    retryable: bool,
+    /// The server's `Retry-After`, waited instead of the backoff.
+    retry_after: Option<Duration>,
 }
 
 enum Attempt {
@@ -342,18 +253,24 @@ impl Transport {
         }
     }
 
-    /// The computed wait before retry number `retry` (0-based): full
-    /// exponential growth, capped, with jitter in its upper half so that
-    /// parallel clients do not retry in lockstep.
-    fn backoff(&self, retry: u32) -> Duration {
-        let factor = 2u32.saturating_pow(retry.min(31));
-        let ceiling = self.initial_backoff.saturating_mul(factor).min(self.max_backoff);
-        let ms = u64::try_from(ceiling.as_millis()).unwrap_or(u64::MAX);
-        Duration::from_millis(rand::rng().random_range(ms / 2..=ms))
+    /// The waits between attempts: exponential growth from
+    /// `initial_backoff`, capped at `max_backoff`, with jitter in the upper
+    /// half of each wait so that parallel clients do not retry in lockstep
+    /// (backon adds up to the wait again, so it starts from half of it),
+    /// one wait per retry allowed.
+    fn backoff(&self) -> ExponentialBuilder {
+        ExponentialBuilder::new()
+            .with_min_delay(self.initial_backoff.min(self.max_backoff) / 2)
+            .with_max_delay(self.max_backoff / 2)
+            .with_factor(2.0)
+            .with_jitter()
+            .with_max_times(usize::try_from(self.max_retries).unwrap_or(usize::MAX))
     }
 
     /// Sends one Stripe request with the retry and rate policy; the body of
-    /// a 2xx answer, or the reason there is none.
+    /// a 2xx answer, or the reason there is none. backon retries what
+    /// `attempt_once` calls retryable, waiting the server's `Retry-After`
+    /// when it gave one, else the backoff.
     pub async fn send(
         &self,
         request: &RequestBuilder,
@@ -367,144 +284,157 @@ impl Transport {
             uri.push('?');
             uri.push_str(query);
         }
-        // One key for every attempt, so a retried POST cannot apply twice.
-        let idempotency_key = (method == Method::POST).then(|| IdempotencyKey::new_uuid_v4().into_inner());
-        let endpoint = endpoint_of(&request.path);
-        let timeout = timeout.unwrap_or(self.timeout);
-        let account = account.or(self.account.as_deref());
-        let mut attempts: u32 = 0;
-        loop {
-            self.wait_while_held(&endpoint).await;
-            self.global.until_ready().await;
-            if let Some(limiter) = &self.per_endpoint {
-                limiter.until_key_ready(&endpoint).await;
-            }
-            self.requests.fetch_add(1, Ordering::Relaxed);
-            attempts += 1;
-            let may_retry = attempts <= self.max_retries;
-            let outcome = match tokio::time::timeout(
-                timeout,
-                self.attempt(
-                    &method,
-                    &uri,
-                    request.body.as_deref(),
-                    idempotency_key.as_deref(),
-                    account,
-                ),
-            )
+        let call = Call {
+            // One key for every attempt, so a retried POST cannot apply twice.
+            idempotency_key: (method == Method::POST).then(|| IdempotencyKey::new_uuid_v4().into_inner()),
+            method,
+            path,
+            uri,
+            body: request.body.as_deref(),
+            endpoint: endpoint_of(&request.path),
+            timeout: timeout.unwrap_or(self.timeout),
+            account: account.or(self.account.as_deref()),
+        };
+        let attempts = AtomicU32::new(0);
+        (|| self.attempt_once(&call, attempts.fetch_add(1, Ordering::Relaxed) + 1))
+            .retry(self.backoff())
+            .sleep(tokio::time::sleep)
+            .when(|failed| failed.retryable)
+            .adjust(|failed, wait| wait.map(|wait| failed.retry_after.unwrap_or(wait)))
+            .notify(|failed, wait| self.before_retry(&call, failed, wait))
             .await
-            {
-                Ok(outcome) => outcome,
-                Err(_) => Attempt::Failed(format!("no complete response within {timeout:?}")),
-            };
-            let outcome = match outcome {
-                // Stripe always answers JSON: a 2xx that is not (a proxy's or
-                // portal's HTML page) is a failed attempt, retried like one.
-                Attempt::Answered { status, headers, body }
-                    if (200..300).contains(&status)
-                        && serde_json::from_slice::<serde::de::IgnoredAny>(&body).is_err() =>
-                {
-                    Attempt::Failed(not_json(status, &headers, &body))
+            .map_err(|failed| failed.error)
+    }
+
+    /// A 429 holds its endpoint for the wait; every retry is logged.
+    fn before_retry(&self, call: &Call<'_>, failed: &Failed, wait: Duration) {
+        let (method, path) = (&call.method, &call.path);
+        match &failed.error {
+            StripeError::Api {
+                status,
+                attempts,
+                request_id,
+                ..
+            } => {
+                if *status == 429 {
+                    self.hold(&call.endpoint, wait);
                 }
-                other => other,
-            };
-            let (status, headers, body) = match outcome {
-                Attempt::Answered { status, headers, body } => (status, headers, body),
-                Attempt::Failed(reason) => {
-                    if may_retry {
-                        let wait = self.backoff(attempts - 1);
-                        tracing::warn!(%method, %path, attempts, ?wait, %reason, "Stripe request failed; retrying");
-                        tokio::time::sleep(wait).await;
-                        continue;
-                    }
-                    return Err(StripeError::Transport {
-                        method: method.to_string(),
-                        path,
+                tracing::warn!(%method, %path, status, attempts, ?wait, request_id = request_id.as_deref().unwrap_or("-"), "Stripe answered with a retryable error; retrying");
+            }
+            StripeError::Transport { attempts, reason, .. } => {
+                tracing::warn!(%method, %path, attempts, ?wait, %reason, "Stripe request failed; retrying");
+            }
+            other => tracing::warn!(%method, %path, ?wait, error = %other, "retrying"),
+        }
+    }
+
+    /// One HTTP attempt (number `attempts`, from 1) after any hold and the
+    /// rate ceiling: the body of a 2xx answer, or why not and whether a
+    /// retry may help.
+    async fn attempt_once(&self, call: &Call<'_>, attempts: u32) -> Result<Bytes, Failed> {
+        self.wait_while_held(&call.endpoint).await;
+        self.global.until_ready().await;
+        if let Some(limiter) = &self.per_endpoint {
+            limiter.until_key_ready(&call.endpoint).await;
+        }
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        let outcome = match tokio::time::timeout(call.timeout, self.attempt(call)).await {
+            Ok(outcome) => outcome,
+            Err(_) => Attempt::Failed(format!("no complete response within {:?}", call.timeout)),
+        };
+        let outcome = match outcome {
+            // Stripe always answers JSON: a 2xx that is not (a proxy's or
+            // portal's HTML page) is a failed attempt, retried like one.
+            Attempt::Answered { status, headers, body }
+                if (200..300).contains(&status) && serde_json::from_slice::<serde::de::IgnoredAny>(&body).is_err() =>
+            {
+                Attempt::Failed(not_json(status, &headers, &body))
+            }
+            other => other,
+        };
+        let (status, headers, body) = match outcome {
+            Attempt::Answered { status, headers, body } => (status, headers, body),
+            Attempt::Failed(reason) => {
+                return Err(Failed {
+                    retryable: true,
+                    retry_after: None,
+                    error: StripeError::Transport {
+                        method: call.method.to_string(),
+                        path: call.path.clone(),
                         attempts,
                         reason,
-                    });
-                }
-            };
-            if (200..300).contains(&status) {
-                return Ok(body);
+                    },
+                });
             }
-            if status == 429 {
-                self.rate_limited.fetch_add(1, Ordering::Relaxed);
+        };
+        if (200..300).contains(&status) {
+            return Ok(body);
+        }
+        if status == 429 {
+            self.rate_limited.fetch_add(1, Ordering::Relaxed);
+        }
+        let request_id = header_str(&headers, "request-id").map(str::to_owned);
+        let envelope = parse_envelope(&body);
+        let message = envelope.message.clone().unwrap_or_else(|| {
+            let text = String::from_utf8_lossy(&body);
+            let text: String = text.chars().take(200).collect();
+            if text.trim().is_empty() {
+                "(empty body)".into()
+            } else {
+                redact(&text)
             }
-            let request_id = header_str(&headers, "request-id").map(str::to_owned);
-            let envelope = parse_envelope(&body);
-            let message = envelope.message.clone().unwrap_or_else(|| {
-                let text = String::from_utf8_lossy(&body);
-                let text: String = text.chars().take(200).collect();
-                if text.trim().is_empty() {
-                    "(empty body)".into()
-                } else {
-                    redact(&text)
-                }
-            });
-            if status == 401 || status == 403 {
-                return Err(StripeError::Auth {
+        });
+        if status == 401 || status == 403 {
+            return Err(Failed {
+                retryable: false,
+                retry_after: None,
+                error: StripeError::Auth {
                     key: self.masked_key.clone(),
-                    method: method.to_string(),
-                    path,
+                    method: call.method.to_string(),
+                    path: call.path.clone(),
                     status,
                     request_id,
                     message,
-                });
-            }
-            let retryable = match header_str(&headers, "stripe-should-retry") {
-                Some("true") => true,
-                Some("false") => false,
-                _ => {
-                    status == 429
-                        || status >= 500
-                        || (status == 409 && envelope.code.as_deref() == Some("lock_timeout"))
-                }
-            };
-            if retryable && may_retry {
-                let wait = retry_after(&headers).unwrap_or_else(|| self.backoff(attempts - 1));
-                if status == 429 {
-                    self.hold(&endpoint, wait);
-                }
-                tracing::warn!(%method, %path, status, attempts, ?wait, request_id = request_id.as_deref().unwrap_or("-"), "Stripe answered with a retryable error; retrying");
-                tokio::time::sleep(wait).await;
-                continue;
-            }
-            return Err(StripeError::Api {
-                method: method.to_string(),
-                path,
+                },
+            });
+        }
+        let retryable = match header_str(&headers, "stripe-should-retry") {
+            Some("true") => true,
+            Some("false") => false,
+            _ => status == 429 || status >= 500 || (status == 409 && envelope.code.as_deref() == Some("lock_timeout")),
+        };
+        Err(Failed {
+            retryable,
+            retry_after: retry_after(&headers),
+            error: StripeError::Api {
+                method: call.method.to_string(),
+                path: call.path.clone(),
                 status,
                 request_id,
                 error_type: envelope.error_type,
                 message,
                 attempts,
-            });
-        }
+            },
+        })
     }
 
-    async fn attempt(
-        &self,
-        method: &Method,
-        uri: &str,
-        body: Option<&str>,
-        idempotency_key: Option<&str>,
-        account: Option<&str>,
-    ) -> Attempt {
+    async fn attempt(&self, call: &Call<'_>) -> Attempt {
         let mut builder = Request::builder()
-            .method(method.clone())
-            .uri(uri)
+            .method(call.method.clone())
+            .uri(&call.uri)
             .header(AUTHORIZATION, self.auth.clone())
             .header(USER_AGENT, concat!("licensync/", env!("CARGO_PKG_VERSION")))
             .header(
                 HeaderName::from_static("stripe-version"),
                 stripe_client_core::VERSION.as_str(),
             );
-        if let Some(key) = idempotency_key {
+        if let Some(key) = &call.idempotency_key {
             builder = builder.header(HeaderName::from_static("idempotency-key"), key);
         }
-        if let Some(account) = account {
+        if let Some(account) = call.account {
             builder = builder.header(HeaderName::from_static("stripe-account"), account);
         }
+        let body = call.body;
         if body.is_some() {
             builder = builder.header(CONTENT_TYPE, "application/x-www-form-urlencoded");
         }
@@ -549,7 +479,10 @@ impl StripeClient for Transport {
 
 #[cfg(test)]
 mod tests {
+    use backon::BackoffBuilder;
+
     use super::*;
+    use crate::stripe::ApiKey;
 
     fn transport(max_retries: u32) -> Transport {
         let mut config = StripeConfig::new(ApiKey::parse("sk_test_0123456789abcdefghij").unwrap());
@@ -557,72 +490,6 @@ mod tests {
         config.initial_backoff = Duration::from_millis(100);
         config.max_backoff = Duration::from_millis(800);
         Transport::new(&config).unwrap()
-    }
-
-    #[test]
-    fn base_urls_are_normalised_with_or_without_slash_or_v1() {
-        for raw in [
-            "http://127.0.0.1:9/",
-            "http://127.0.0.1:9",
-            "http://127.0.0.1:9/v1",
-            "http://127.0.0.1:9/v1/",
-        ] {
-            assert_eq!(normalise_base(raw).unwrap(), "http://127.0.0.1:9", "{raw}");
-        }
-        assert_eq!(normalise_base(DEFAULT_API_BASE).unwrap(), "https://api.stripe.com");
-        assert_eq!(
-            normalise_base("https://proxy.example/stripe/").unwrap(),
-            "https://proxy.example/stripe"
-        );
-    }
-
-    #[test]
-    fn bad_base_urls_are_refused_without_echoing_a_password() {
-        for raw in ["ftp://x", "not a url", "https://x/?a=1"] {
-            assert!(matches!(normalise_base(raw), Err(StripeError::Config(_))), "{raw}");
-        }
-        let err = normalise_base("ftp://user:hunter2@x").unwrap_err().to_string();
-        assert!(!err.contains("hunter2"), "{err}");
-    }
-
-    #[test]
-    fn the_ceiling_follows_the_key_mode_and_the_override() {
-        assert_eq!(
-            RateCeiling::for_mode(true, None),
-            RateCeiling {
-                global_rps: 100,
-                per_endpoint_rps: Some(25)
-            }
-        );
-        assert_eq!(
-            RateCeiling::for_mode(false, None),
-            RateCeiling {
-                global_rps: 25,
-                per_endpoint_rps: None
-            }
-        );
-        assert_eq!(
-            RateCeiling::for_mode(false, Some(5)),
-            RateCeiling {
-                global_rps: 5,
-                per_endpoint_rps: None
-            }
-        );
-        assert_eq!(
-            RateCeiling::for_mode(true, Some(10)),
-            RateCeiling {
-                global_rps: 10,
-                per_endpoint_rps: Some(10)
-            }
-        );
-    }
-
-    #[test]
-    fn zero_requests_per_second_is_a_configuration_error() {
-        let mut config = StripeConfig::new(ApiKey::parse("sk_test_0123456789abcdefghij").unwrap());
-        config.rps = Some(0);
-        let err = Transport::new(&config).unwrap_err().to_string();
-        assert!(err.contains("LICENSYNC_STRIPE_RPS"), "{err}");
     }
 
     #[test]
@@ -635,18 +502,20 @@ mod tests {
     #[test]
     fn backoff_doubles_with_jitter_and_stays_under_the_cap() {
         let t = transport(5);
+        assert_eq!(t.backoff().build().count(), 5, "one wait per retry");
         for _ in 0..50 {
-            let first = t.backoff(0);
+            let waits: Vec<Duration> = t.backoff().with_max_times(31).build().collect();
+            let first = waits[0];
             assert!(
                 first >= Duration::from_millis(50) && first <= Duration::from_millis(100),
                 "{first:?}"
             );
-            let third = t.backoff(2);
+            let third = waits[2];
             assert!(
                 third >= Duration::from_millis(200) && third <= Duration::from_millis(400),
                 "{third:?}"
             );
-            assert!(t.backoff(30) <= Duration::from_millis(800));
+            assert!(waits[30] <= Duration::from_millis(800));
         }
     }
 
