@@ -15,7 +15,7 @@ use stripe_client_core::StripeRequest;
 use stripe_types::{AsCursorOpt, List, Object};
 
 use super::error::StripeError;
-use super::source::{Span, StripeSource};
+use super::source::{Customers, Span, StripeSource};
 
 /// An object of a page that async-stripe's type for it cannot hold.
 #[derive(Debug)]
@@ -150,6 +150,28 @@ where
 }
 
 impl StripeSource {
+    /// One page of a list whose objects name a customer, read with the
+    /// customers (see `StripeSource::fetch_with_customers`); only the answer without the
+    /// customer expansion skips objects that do not decode.
+    pub(super) async fn page_with_customers<R, T>(
+        &self,
+        request: impl Fn(bool) -> R,
+        after: Option<&str>,
+        customer_id: impl Fn(&T) -> Option<String>,
+    ) -> Result<(ListPage<T>, Customers), StripeError>
+    where
+        R: StripeRequest<Output = List<T>>,
+        T: Object + miniserde::Deserialize,
+        List<T>: miniserde::Deserialize,
+    {
+        let read = |with_customer| {
+            let request = request(with_customer);
+            async move { self.page(&request, after, with_customer).await }
+        };
+        let ids = |page: &ListPage<T>| page.objects().filter_map(&customer_id).collect();
+        self.fetch_with_customers(read, ids).await
+    }
+
     /// One page of the list `request` asks for, from `after`. With `whole`,
     /// an object that does not decode fails the page (see
     /// `fetch_with_customers`); without, it skips only itself.

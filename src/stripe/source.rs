@@ -16,11 +16,10 @@ use chrono::DateTime;
 use stripe_client_core::StripeRequest;
 use stripe_core::customer::{RetrieveCustomer, RetrieveCustomerReturned};
 use stripe_shared::Customer;
-use stripe_types::{Expandable, List, Object, RangeBoundsTs, RangeQueryTs};
+use stripe_types::{Expandable, RangeBoundsTs, RangeQueryTs};
 
 use super::config::StripeConfig;
 use super::error::StripeError;
-use super::pages::ListPage;
 use super::transport::Transport;
 use crate::domain::{CustomerInfo, GrantFact, Timestamp};
 
@@ -186,7 +185,7 @@ impl StripeSource {
     /// the customer expansion (`read(false)`) and the customers it names are
     /// looked up one by one (`RetrieveCustomer` knows deleted customers),
     /// so one deleted customer cannot stop a full scan.
-    async fn fetch_with_customers<A, Fut>(
+    pub(super) async fn fetch_with_customers<A, Fut>(
         &self,
         read: impl Fn(bool) -> Fut,
         customer_ids: impl Fn(&A) -> Vec<String>,
@@ -239,28 +238,6 @@ impl StripeSource {
             async move { self.fetch(&request).await }
         };
         self.fetch_with_customers(read, customer_ids).await
-    }
-
-    /// One page of a list whose objects name a customer, read with the
-    /// customers (see `fetch_with_customers`); only the answer without the
-    /// customer expansion skips objects that do not decode.
-    pub(super) async fn page_with_customers<R, T>(
-        &self,
-        request: impl Fn(bool) -> R,
-        after: Option<&str>,
-        customer_id: impl Fn(&T) -> Option<String>,
-    ) -> Result<(ListPage<T>, Customers), StripeError>
-    where
-        R: StripeRequest<Output = List<T>>,
-        T: Object + miniserde::Deserialize,
-        List<T>: miniserde::Deserialize,
-    {
-        let read = |with_customer| {
-            let request = request(with_customer);
-            async move { self.page(&request, after, with_customer).await }
-        };
-        let ids = |page: &ListPage<T>| page.objects().filter_map(&customer_id).collect();
-        self.fetch_with_customers(read, ids).await
     }
 }
 
