@@ -39,9 +39,6 @@ pub struct InvoiceItemsPage {
     /// expanded. An item whose invoice is missing here names one that was
     /// not expanded: read it with [`StripeSource::one_off_invoice`].
     pub invoices: HashMap<String, GrantPage>,
-    /// Customers looked up one by one (the page was read without the
-    /// customer expansion; see `fetch_with_customers`).
-    pub customers: usize,
 }
 
 impl StripeSource {
@@ -138,7 +135,6 @@ impl StripeSource {
         Ok(InvoiceItemsPage {
             items: Page { items, next, span },
             invoices,
-            customers: customers.len(),
         })
     }
 
