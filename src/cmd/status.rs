@@ -4,13 +4,13 @@
 use std::io::Write;
 
 use anyhow::Result;
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use clap::Args;
 use serde_json::json;
 
 use super::{Output, open_migrated};
 use crate::config::Config;
-use crate::reconcile::EVENTS_CURSOR;
+use crate::reconcile::{EVENTS_CURSOR, EventCursor, OVERLAP};
 use crate::store::Store;
 
 #[derive(Debug, Args)]
@@ -99,14 +99,7 @@ fn status(store: &Store, output: Output) -> Result<()> {
                     r.error.as_deref().map(|e| format!("  error: {e}")).unwrap_or_default()
                 )?;
             }
-            match &cursor {
-                Some((value, at)) => writeln!(
-                    out,
-                    "Event cursor: {value} (stored {} ago)",
-                    humantime::format_duration(std::time::Duration::from_secs((now - *at).num_seconds().max(0) as u64))
-                )?,
-                None => writeln!(out, "Event cursor: none (the next reconcile is a full scan)")?,
-            }
+            writeln!(out, "Event cursor: {}", cursor_text(cursor.as_ref(), now))?;
             let counts: Vec<String> = licenses.iter().map(|(k, v)| format!("{k} {v}")).collect();
             writeln!(
                 out,
@@ -158,4 +151,58 @@ fn status(store: &Store, output: Output) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The event cursor as a person reads it: up to when events were read and
+/// how long ago, not the stored JSON with its list of seen event ids (that
+/// stays in `--output json`).
+fn cursor_text(cursor: Option<&(String, DateTime<Utc>)>, now: DateTime<Utc>) -> String {
+    let ago = |at: DateTime<Utc>| {
+        humantime::format_duration(std::time::Duration::from_secs((now - at).num_seconds().max(0) as u64))
+    };
+    let Some((value, stored_at)) = cursor else {
+        return "none (the next reconcile is a full scan)".to_owned();
+    };
+    match serde_json::from_str::<EventCursor>(value)
+        .ok()
+        .and_then(|c| DateTime::from_timestamp(c.created, 0))
+    {
+        Some(read_to) => format!(
+            "events read up to {} ({} ago); the next run reads from {} before that",
+            read_to.format("%Y-%m-%d %H:%M:%S UTC"),
+            ago(read_to),
+            humantime::format_duration(OVERLAP.to_std().unwrap_or_default()),
+        ),
+        None => format!("stored {} ago, in a form this version does not read", ago(*stored_at)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cursor_reads_as_a_time_and_an_age() {
+        let now = DateTime::from_timestamp(1_765_000_000, 0).unwrap();
+        let stored = now - chrono::Duration::minutes(20);
+        let json = format!(
+            r#"{{"created":{},"seen":["evt_1","evt_2"]}}"#,
+            (now - chrono::Duration::minutes(21)).timestamp()
+        );
+        let cases = [
+            (None, "none (the next reconcile is a full scan)".to_owned()),
+            (
+                Some((json, stored)),
+                "events read up to 2025-12-06 05:25:40 UTC (21m ago); the next run reads from 5m before that"
+                    .to_owned(),
+            ),
+            (
+                Some(("{not json".to_owned(), stored)),
+                "stored 20m ago, in a form this version does not read".to_owned(),
+            ),
+        ];
+        for (cursor, text) in cases {
+            assert_eq!(cursor_text(cursor.as_ref(), now), text);
+        }
+    }
 }
