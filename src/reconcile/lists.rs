@@ -101,11 +101,16 @@ fn one_off_invoice_pages(
         })
         .boxed();
     }
+    let one_time = Arc::new(one_time);
     let items = {
-        let source = source.clone();
+        let (source, one_time) = (source.clone(), one_time.clone());
         read::pages(window, floor, WIDTH, Some(estimate), move |s: Segment| {
-            let source = source.clone();
-            async move { source.invoice_items_page(s.after.as_deref(), &s.range()).await }
+            let (source, one_time) = (source.clone(), one_time.clone());
+            async move {
+                source
+                    .invoice_items_page(s.after.as_deref(), &s.range(), &one_time)
+                    .await
+            }
         })
     };
     // Invoices already taken: an invoice of several items counts once, even
@@ -123,7 +128,7 @@ fn one_off_invoice_pages(
                         .items
                         .items
                         .into_iter()
-                        .filter(|i| !i.of_subscription && i.price.as_ref().is_some_and(|p| one_time.contains(p)))
+                        .filter(|i| i.can_grant(&one_time))
                         .filter_map(|i| i.invoice)
                         .filter(|id| !skip.contains(id) && wanted.insert(id.clone()))
                         .collect();

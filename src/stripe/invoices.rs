@@ -1,6 +1,6 @@
 //! One-off invoices and their invoice items: one grant per line.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
 use futures::TryStreamExt;
 use stripe_billing::InvoiceItem;
@@ -30,14 +30,24 @@ pub struct InvoiceItemFact {
     pub of_subscription: bool,
 }
 
-/// A page of invoice items with the invoices they were billed on, each
-/// already read into its grants.
+impl InvoiceItemFact {
+    /// Whether this item can make its invoice grant: it is no proration of
+    /// a subscription and its price is one of `one_time` (the one-time
+    /// prices of licensed products).
+    pub fn can_grant(&self, one_time: &BTreeSet<String>) -> bool {
+        !self.of_subscription && self.price.as_ref().is_some_and(|p| one_time.contains(p))
+    }
+}
+
+/// A page of invoice items with the invoices that can grant, each already
+/// read into its grants.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InvoiceItemsPage {
     pub items: Page<InvoiceItemFact>,
-    /// By invoice id, every invoice an item of this page names and Stripe
-    /// expanded. An item whose invoice is missing here names one that was
-    /// not expanded: read it with [`StripeSource::one_off_invoice`].
+    /// By invoice id, every invoice that an item of this page able to grant
+    /// ([`InvoiceItemFact::can_grant`]) names and that Stripe expanded. Such
+    /// an item whose invoice is missing here names one that was not
+    /// expanded: read it with [`StripeSource::one_off_invoice`].
     pub invoices: HashMap<String, GrantPage>,
 }
 
@@ -82,6 +92,7 @@ impl StripeSource {
         &self,
         after: Option<&str>,
         created: &CreatedRange,
+        one_time: &BTreeSet<String>,
     ) -> Result<InvoiceItemsPage, StripeError> {
         let request = |with_customer| {
             let mut request = ListInvoiceItem::new().pending(false).limit(PAGE).expand(expand(
@@ -111,7 +122,20 @@ impl StripeSource {
                 Some(Expandable::Id(id)) => (id.as_ref().map(|id| id.as_str().to_owned()), None),
                 None => (None, None),
             };
-            if let (Some(id), Some(invoice)) = (&invoice_id, expanded)
+            let fact = InvoiceItemFact {
+                id: item.id.as_str().to_owned(),
+                invoice: invoice_id,
+                price: item
+                    .pricing
+                    .as_ref()
+                    .and_then(|p| p.price_details.as_ref())
+                    .map(|d| d.price.id().as_str().to_owned()),
+                of_subscription: item.parent.as_ref().is_some_and(|p| p.subscription_details.is_some()),
+            };
+            // Only an invoice that can grant is read (its lines may take
+            // more requests); the others are skipped by the caller anyway.
+            if let (Some(id), Some(invoice)) = (&fact.invoice, expanded)
+                && fact.can_grant(one_time)
                 && !invoices.contains_key(id)
             {
                 let mut page = GrantPage {
@@ -121,16 +145,7 @@ impl StripeSource {
                 self.add_invoice(*invoice, &customers, &mut page).await?;
                 invoices.insert(id.clone(), page);
             }
-            items.push(InvoiceItemFact {
-                id: item.id.as_str().to_owned(),
-                invoice: invoice_id,
-                price: item
-                    .pricing
-                    .as_ref()
-                    .and_then(|p| p.price_details.as_ref())
-                    .map(|d| d.price.id().as_str().to_owned()),
-                of_subscription: item.parent.as_ref().is_some_and(|p| p.subscription_details.is_some()),
-            });
+            items.push(fact);
         }
         Ok(InvoiceItemsPage {
             items: Page { items, next, span },
