@@ -338,6 +338,4 @@ pub fn is_valid_id(id: &str) -> bool {
 }
 
 #[cfg(test)]
-mod proptests;
-#[cfg(test)]
 mod tests;

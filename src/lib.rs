@@ -16,8 +16,6 @@ pub mod db;
 pub mod delivery;
 pub mod domain;
 pub mod error;
-#[cfg(test)]
-pub mod fixtures;
 pub mod keys;
 pub mod logging;
 pub mod mail;
@@ -32,5 +30,5 @@ pub mod shutdown;
 pub mod store;
 pub mod stripe;
 #[cfg(test)]
-mod testing;
+mod tests;
 pub mod values;

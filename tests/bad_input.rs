@@ -8,7 +8,7 @@
 //! nothing wrong is issued, and a second run changes nothing.
 //!
 //! No generated cases here (the property tests live in
-//! `src/catalog/proptests.rs` and `src/stripe/proptests.rs`): each scenario
+//! `src/tests/catalog_properties.rs` and `src/tests/stripe_properties.rs`): each scenario
 //! is one fixed account, two or three runs of the binary.
 
 mod common;

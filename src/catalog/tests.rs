@@ -1,7 +1,7 @@
 //! Licensing-rules §2: metadata decides which prices are licensed.
 
 use super::*;
-use crate::fixtures::{one_time_price, product, recurring_price};
+use crate::tests::fixtures::{one_time_price, product, recurring_price};
 
 fn terms_of(catalog: &Catalog, price: &str) -> LicenseTerms {
     match catalog.resolve(price, "prod_x") {

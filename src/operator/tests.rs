@@ -3,7 +3,7 @@
 use super::*;
 use crate::domain::HeldStatus;
 use crate::error::Failure;
-use crate::fixtures::*;
+use crate::tests::fixtures::*;
 
 /// `si_1`'s license as the first run issued it on day 1 (2 seats, day 30 + 24 h).
 fn license() -> License {

@@ -3,7 +3,7 @@
 
 use super::*;
 use crate::domain::{ActionKind as K, CustomerInfo, LicenseStatus as L, ReversalKind as R, SubscriptionStatus as S};
-use crate::fixtures::*;
+use crate::tests::fixtures::*;
 
 fn plan_with(world: &World, config: &PlanConfig, now: Timestamp) -> Plan {
     plan(&world.facts(), &[], config, now)
@@ -772,7 +772,7 @@ fn licenses_of_a_product_that_becomes_misconfigured_are_left_exactly_as_they_are
     let licenses = issued_subscription();
     let mut world = World::new(vec![sub_item().status(S::Canceled).ended_at(Some(day(3))).fact()]);
     world.catalog = Catalog::new(
-        [crate::fixtures::product(
+        [crate::tests::fixtures::product(
             "prod_pro",
             &[("product_id", "pro"), ("hwid_limit", "two")],
         )],
@@ -792,7 +792,7 @@ fn a_license_of_a_misconfigured_product_still_follows_the_clock() {
     let mut world = World::new(vec![one_time().price("price_tool_30d", "prod_tool").fact()]);
     let licenses = issued(&world, day(0));
     world.catalog = Catalog::new(
-        [crate::fixtures::product("prod_tool", &[("product_id", "tool")])],
+        [crate::tests::fixtures::product("prod_tool", &[("product_id", "tool")])],
         [one_time_price(
             "price_tool_30d",
             "prod_tool",
@@ -835,7 +835,7 @@ fn a_product_that_loses_its_product_id_keeps_its_licenses() {
     let licenses = issued(&World::new(vec![one_time().fact()]), day(1));
     let mut world = World::new(vec![one_time().fact()]);
     world.catalog = Catalog::new(
-        [crate::fixtures::product("prod_tool", &[])],
+        [crate::tests::fixtures::product("prod_tool", &[])],
         [one_time_price("price_tool", "prod_tool", &[])],
     );
     assert_converged(&world, &licenses, day(2));
@@ -857,7 +857,7 @@ fn an_old_canceled_subscription_of_a_misconfigured_product_is_not_reported() {
 fn catalog_warnings_reach_the_plan_once() {
     let mut world = World::new(vec![sub_item().id("si_a").fact(), sub_item().id("si_b").fact()]);
     world.catalog = Catalog::new(
-        [crate::fixtures::product(
+        [crate::tests::fixtures::product(
             "prod_pro",
             &[("product_id", "pro"), ("expiration_days", "30")],
         )],

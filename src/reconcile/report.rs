@@ -323,7 +323,7 @@ pub fn render_json(report: &Report) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fixtures::{World, day, sub_item};
+    use crate::tests::fixtures::{World, day, sub_item};
 
     /// A report of one plan issuing `n` subscription items.
     fn report_of(n: usize, limit: usize) -> Report {

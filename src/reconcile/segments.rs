@@ -325,7 +325,7 @@ mod tests {
     }
 
     proptest! {
-        #![proptest_config(crate::testing::proptest_config(128))]
+        #![proptest_config(crate::tests::proptest_config(128))]
 
         #[test]
         fn every_object_is_read_exactly_once(

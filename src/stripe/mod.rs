@@ -26,9 +26,6 @@ mod source;
 mod subscriptions;
 mod transport;
 
-#[cfg(test)]
-mod proptests;
-
 pub use config::{DEFAULT_API_BASE, RateCeiling, StripeConfig};
 pub use error::StripeError;
 pub use events::{EventFact, RELEVANT_EVENT_TYPES};

@@ -10,9 +10,9 @@ use crate::domain::HeldStatus;
 use crate::domain::{
     ActionKind, GrantFact, License, LicenseStatus, PaymentReversal, ReversalKind, SubscriptionStatus, Timestamp,
 };
-use crate::fixtures::*;
 use crate::operator::Command;
 use crate::plan::{Plan, kind_of_change};
+use crate::tests::fixtures::*;
 
 /// Every status of the rules, plus one Stripe may add later.
 fn statuses() -> Vec<SubscriptionStatus> {

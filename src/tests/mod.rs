@@ -1,4 +1,13 @@
-//! Helpers shared by the crate's own property tests.
+//! The crate's own tests that span modules, and what they share: fixture
+//! builders (`fixtures`), the property tests of the catalog with the planner
+//! (`catalog_properties`) and of the Stripe boundary (`stripe_properties`),
+//! and the proptest configuration every property suite uses. Nothing here is
+//! compiled into the binary; a module's own table tests stay beside it
+//! (`plan/tests.rs`, `catalog/tests.rs`).
+
+mod catalog_properties;
+pub mod fixtures;
+mod stripe_properties;
 
 use proptest::test_runner::Config as ProptestConfig;
 

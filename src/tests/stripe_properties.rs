@@ -26,9 +26,9 @@ use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 use serde_json::{Value, json};
 
-use super::{ApiKey, CreatedRange, StripeConfig, StripeError, StripeSource};
 use crate::catalog::{PriceRecord, ProductRecord};
 use crate::domain::{GrantFact, OneTimeLineFact, SubscriptionItemFact, SubscriptionStatus, Timestamp};
+use crate::stripe::{ApiKey, CreatedRange, StripeConfig, StripeError, StripeSource};
 
 /// Cases per property; each starts its own fake Stripe (tens of ms).
 const STRIPE_CASES: u32 = 40;
@@ -806,7 +806,7 @@ async fn catalog_case(shapes: Vec<CatalogShape>) -> Result<(), TestCaseError> {
 }
 
 proptest! {
-    #![proptest_config(crate::testing::proptest_config(STRIPE_CASES))]
+    #![proptest_config(crate::tests::proptest_config(STRIPE_CASES))]
 
     /// A subscription bent by up to four shapes reads as the shapes say (or
     /// fails naming itself when a timestamp is past chrono's range), and the

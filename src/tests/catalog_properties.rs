@@ -2,14 +2,15 @@
 //! anything wrong"), part 4: whatever metadata and purchases Stripe holds,
 //! `Catalog::resolve` and `plan::plan` never panic, and every grant either
 //! plans by the rules or is skipped with a reason naming a Stripe object of
-//! the input. `tests.rs` pins the rules by example; these check them over
+//! the input. These check the rules over
 //! generated input (metadata of any shape and size, absurd quantities and
 //! timestamps, statuses this version does not know, hostile customer text).
+//! `catalog/tests.rs` pins the rules by example.
 //!
 //! Case counts: each property runs the number of cases given at its block
 //! (`CATALOG_CASES`, `PLAN_CASES`), or `PROPTEST_CASES` (proptest's own
 //! variable) when that is set, e.g. `PROPTEST_CASES=5000 cargo test --lib
-//! proptests`. Failing cases are printed with their seed and not persisted
+//! properties`. Failing cases are printed with their seed and not persisted
 //! to `proptest-regressions/`.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -19,13 +20,13 @@ use chrono::{DateTime, Utc};
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 
-use super::*;
+use crate::catalog::*;
 use crate::domain::{
-    CustomerInfo, GrantFact, GrantKey, License, LicenseStatus, OneTimeLineFact, PaymentReversal, ReversalKind,
-    SubscriptionItemFact, SubscriptionStatus, Timestamp,
+    CustomerInfo, ExpirationStart, GrantFact, GrantKey, License, LicenseStatus, Licensing, Misconfiguration,
+    OneTimeLineFact, PaymentReversal, ReversalKind, SubscriptionItemFact, SubscriptionStatus, Timestamp,
 };
-use crate::fixtures::{apply, day};
 use crate::plan::{Facts, Plan, PlanConfig};
+use crate::tests::fixtures::{apply, day};
 
 /// Cases per catalog property (each case is microseconds).
 const CATALOG_CASES: u32 = 512;
@@ -512,7 +513,7 @@ fn anonymous(licensing: Licensing) -> Licensing {
 }
 
 proptest! {
-    #![proptest_config(crate::testing::proptest_config(CATALOG_CASES))]
+    #![proptest_config(crate::tests::proptest_config(CATALOG_CASES))]
 
     /// Never a panic; `NotLicensed` exactly when no `product_id` is set;
     /// `Misconfigured` names the record and key of a value the rules reject
@@ -1138,7 +1139,7 @@ fn check_each_grant(input: &Input, plan: &Plan, now: Timestamp, config: &PlanCon
 }
 
 proptest! {
-    #![proptest_config(crate::testing::proptest_config(PLAN_CASES))]
+    #![proptest_config(crate::tests::proptest_config(PLAN_CASES))]
 
     /// For any catalog and any facts: no panic, every skip names a Stripe
     /// object of the input, every issue is a usable license with quantity
