@@ -24,6 +24,7 @@ pub mod operator;
 pub mod pg;
 pub mod plan;
 pub mod reconcile;
+pub mod schema;
 pub mod secret;
 pub mod settings;
 pub mod shutdown;

@@ -84,7 +84,7 @@ pub fn decide(license: &License, request: &Request) -> Result<OperatorWrite> {
     }
     let name = describe(license);
     let current = license.operator_override.as_ref();
-    let revoked = license.status == LicenseStatus::Revoked;
+    let revoked = license.state.status == LicenseStatus::Revoked;
     let refuse = |why: String| Err(usage(anyhow!("{why}; nothing was changed")));
     let merged = |status: Option<HeldStatus>| Override {
         status: status.or(current.and_then(|o| o.status)),
@@ -228,10 +228,10 @@ pub fn changes(before: &License, after: &License) -> Vec<Change> {
     let fields = |l: &License| -> [(&'static str, Value); 6] {
         [
             ("key", json!(l.key)),
-            ("status", json!(l.status)),
-            ("hwid_limit", json!(l.hwid_limit)),
-            ("ip_limit", json!(l.ip_limit)),
-            ("expires_at", json!(l.expires_at)),
+            ("status", json!(l.state.status)),
+            ("hwid_limit", json!(l.state.hwid_limit)),
+            ("ip_limit", json!(l.state.ip_limit)),
+            ("expires_at", json!(l.state.expires_at)),
             ("override", json!(l.operator_override)),
         ]
     };

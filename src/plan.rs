@@ -508,8 +508,8 @@ impl Planner<'_> {
     /// A license no grant of this slice names: only a removed subscription
     /// item changes it here (reversals and the clock follow in `settle`).
     fn target_without_grant(&self, license: &License) -> Target {
-        if license.source_kind == SourceKind::SubscriptionItem
-            && let Some(subscription) = &license.stripe_subscription_id
+        if license.grant.source_kind == SourceKind::SubscriptionItem
+            && let Some(subscription) = &license.state.stripe_subscription_id
             && self.facts.complete_subscriptions.contains(subscription)
         {
             let mut state = license.stripe_state();
@@ -616,7 +616,7 @@ impl Planner<'_> {
     /// and diffs it against the stored license.
     fn settle(&mut self, key: &GrantKey, existing: Option<&License>, target: Target) {
         let operator_override = existing.and_then(|l| l.operator_override.as_ref());
-        if existing.is_some_and(|l| l.status == LicenseStatus::Revoked) && operator_override.is_none() {
+        if existing.is_some_and(|l| l.state.status == LicenseStatus::Revoked) && operator_override.is_none() {
             // Revoked is final: no later fact brings a refunded key back.
             self.plan.unchanged += 1;
             return;
@@ -803,13 +803,14 @@ pub(crate) fn kind_of_change(before: &LicenseState, after: &LicenseState) -> Act
 /// The Stripe object a license comes from: its subscription, or the session
 /// or invoice before the `/` of its source id.
 fn source_object(license: &License) -> String {
-    match (&license.source_kind, &license.stripe_subscription_id) {
+    match (&license.grant.source_kind, &license.state.stripe_subscription_id) {
         (SourceKind::SubscriptionItem, Some(subscription)) => subscription.clone(),
         _ => license
+            .grant
             .source_id
             .split('/')
             .next()
-            .unwrap_or(&license.source_id)
+            .unwrap_or(&license.grant.source_id)
             .to_owned(),
     }
 }

@@ -139,13 +139,13 @@ fn an_upsert_on_the_natural_key_keeps_the_issued_key() {
         .unwrap();
     let mut again = write("ZZZZZ-ZZZZZ-ZZZZZ-ZZZZZ-ZZZZZ", "si_1", Some("a@x.test"));
     again.action = ActionKind::Extend;
-    again.license.status = licensync::domain::LicenseStatus::Expired;
+    again.license.state.status = licensync::domain::LicenseStatus::Expired;
     let second = db.store.write_page(None, &[again]).unwrap();
     assert_eq!(first[0].license_id, second[0].license_id);
     assert_eq!(second[0].key, "AAAAA-AAAAA-AAAAA-AAAAA-AAAAA");
     let all = db.store.list_licenses(&LicenseFilter::default()).unwrap();
     assert_eq!(all.len(), 1);
-    assert_eq!(all[0].status, LicenseStatus::Expired);
+    assert_eq!(all[0].state.status, LicenseStatus::Expired);
     let ledger = db.store.ledger(all[0].id).unwrap();
     assert_eq!(
         ledger.iter().map(|l| l.action.as_str()).collect::<Vec<_>>(),
@@ -191,7 +191,7 @@ fn a_page_that_fails_writes_nothing() {
     let good = write("AAAAA-AAAAA-AAAAA-AAAAA-AAAAA", "si_1", None);
     let mut bad = write("BBBBB-BBBBB-BBBBB-BBBBB-BBBBB", "si_2", None);
     // PostgreSQL text cannot hold NUL: the second row of the page fails.
-    bad.license.customer_email = Some("nul\0@example.test".into());
+    bad.license.state.customer_email = Some("nul\0@example.test".into());
     assert!(db.store.write_page(None, &[good, bad]).is_err());
     assert!(db.store.list_licenses(&LicenseFilter::default()).unwrap().is_empty());
 }
@@ -274,7 +274,10 @@ fn a_page_refreshes_the_stripe_side_of_an_override_and_leaves_alone_a_license_an
         .unwrap()
         .expect("the license exists");
     let mut o = pinned.after.operator_override.clone().unwrap();
-    assert_eq!((o.stripe.hwid_limit, pinned.after.hwid_limit), (Some(4), Some(50)));
+    assert_eq!(
+        (o.stripe.hwid_limit, pinned.after.state.hwid_limit),
+        (Some(4), Some(50))
+    );
     let ledger = db.store.ledger(pinned.after.id).unwrap().len();
 
     // A page planned before the pin (it knows no override) leaves the license alone.
@@ -284,7 +287,7 @@ fn a_page_refreshes_the_stripe_side_of_an_override_and_leaves_alone_a_license_an
     assert!(db.store.write_page(None, &[stale.clone()]).unwrap().is_empty());
     let found = db.store.find_license("AAAAA-AAAAA-AAAAA-AAAAA-AAAAA").unwrap().unwrap();
     assert_eq!(
-        (found.hwid_limit, found.operator_override.as_ref()),
+        (found.state.hwid_limit, found.operator_override.as_ref()),
         (Some(50), Some(&o))
     );
     assert_eq!(db.store.ledger(found.id).unwrap().len(), ledger, "no ledger row either");
@@ -293,18 +296,18 @@ fn a_page_refreshes_the_stripe_side_of_an_override_and_leaves_alone_a_license_an
     // other licenses of a page are written as usual.
     o.stripe.hwid_limit = Some(8);
     let mut refresh = stale;
-    refresh.license.hwid_limit = Some(50);
+    refresh.license.state.hwid_limit = Some(50);
     refresh.license.operator_override = Some(serde_json::to_value(&o).unwrap());
     let mut other = write("BBBBB-BBBBB-BBBBB-BBBBB-BBBBB", "si_2", None);
     other.action = ActionKind::Update;
     other.email = None;
-    other.license.quantity = 7;
+    other.license.state.quantity = 7;
     let written = db.store.write_page(None, &[refresh, other]).unwrap();
     assert_eq!(written.len(), 2);
     let found = db.store.find_license("AAAAA-AAAAA-AAAAA-AAAAA-AAAAA").unwrap().unwrap();
     assert_eq!(found.operator_override.unwrap().stripe.hwid_limit, Some(8));
     let other = db.store.find_license("BBBBB-BBBBB-BBBBB-BBBBB-BBBBB").unwrap().unwrap();
-    assert_eq!((other.quantity, other.operator_override), (7, None));
+    assert_eq!((other.state.quantity, other.operator_override), (7, None));
 }
 
 #[test]
@@ -385,7 +388,7 @@ fn two_accounts_hold_grants_with_the_same_id_their_own_locks_and_cursors() {
         .unwrap();
     assert_eq!(of_b.len(), 1);
     assert_eq!(of_b[0].stripe_account.as_deref(), Some("acct_1B"));
-    assert_eq!(of_b[0].customer_email.as_deref(), Some("b@example.test"));
+    assert_eq!(of_b[0].state.customer_email.as_deref(), Some("b@example.test"));
     // Re-writing one account's grant leaves the other's alone.
     b.write_page(
         None,
@@ -395,7 +398,7 @@ fn two_accounts_hold_grants_with_the_same_id_their_own_locks_and_cursors() {
     let of_a = a
         .licenses_for(&[GrantKey::subscription_item("si_1")], &[], &[])
         .unwrap();
-    assert_eq!(of_a[0].customer_email.as_deref(), Some("a@example.test"));
+    assert_eq!(of_a[0].state.customer_email.as_deref(), Some("a@example.test"));
     assert_eq!(of_a[0].key, "AAAAA-AAAAA-AAAAA-AAAAA-AAAAA");
     // Each account's outbox row is its own (its sender sends it).
     let outbox_b = b.outbox_for_license(of_b[0].id).unwrap();

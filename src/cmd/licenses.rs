@@ -103,14 +103,15 @@ fn print_licenses(store: &Store, licenses: &[License], output: Output) -> Result
                     "{:<6} {}  {:<9} {:<24} {:<32} expires {}  {}:{}{}",
                     l.id,
                     l.key,
-                    l.status.as_str(),
-                    l.product_ids.join(","),
-                    l.customer_email.as_deref().unwrap_or("-"),
-                    l.expires_at
+                    l.state.status.as_str(),
+                    l.state.product_ids.join(","),
+                    l.state.customer_email.as_deref().unwrap_or("-"),
+                    l.state
+                        .expires_at
                         .map(|t| t.format("%Y-%m-%d %H:%M UTC").to_string())
                         .unwrap_or_else(|| "never".into()),
-                    l.source_kind.as_str(),
-                    l.source_id,
+                    l.grant.source_kind.as_str(),
+                    l.grant.source_id,
                     l.operator_override
                         .as_ref()
                         .map(|o| format!("  [override: {}]", o.reason))

@@ -37,7 +37,7 @@ async fn resend(config: &Config, key_or_id: &str) -> Result<()> {
     // sender that claims only its account's emails.
     let mail = account_mail(config, license.stripe_account.as_deref())?;
     let store = db.store.for_account(license.stripe_account.as_deref());
-    if license.customer_email.is_none() {
+    if license.state.customer_email.is_none() {
         return Err(usage(anyhow::anyhow!(
             "license {} has no customer email (Stripe had none); nothing to send",
             license.key

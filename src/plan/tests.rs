@@ -143,7 +143,7 @@ fn every_subscription_status_row_gives_the_status_and_expiry_of_the_table() {
         let (_, licenses) = run(&world, &issued_subscription(), now);
         assert_eq!(licenses.len(), 1, "{row}: still one license");
         assert_eq!(
-            (licenses[0].status, licenses[0].expires_at),
+            (licenses[0].state.status, licenses[0].state.expires_at),
             (status, Some(expires_at)),
             "{row}"
         );
@@ -228,13 +228,13 @@ fn a_past_due_subscription_keeps_access_for_the_grace_period() {
     let action = only(&plan);
     // Was day 31 (period end + grace); now what was paid plus the past-due grace.
     assert_eq!(action.kind, K::Extend);
-    assert_eq!(licenses[0].status, L::Active);
-    assert_eq!(licenses[0].expires_at, Some(day(37)));
+    assert_eq!(licenses[0].state.status, L::Active);
+    assert_eq!(licenses[0].state.expires_at, Some(day(37)));
 
     let (plan, licenses) = run(&renewal_failed, &licenses, day(37));
     let action = only(&plan);
     assert_eq!((action.kind, action.cause.as_str()), (K::Expire, "sub_1"));
-    assert_eq!(licenses[0].status, L::Expired);
+    assert_eq!(licenses[0].state.status, L::Expired);
     assert_converged(&renewal_failed, &licenses, day(40));
 }
 
@@ -247,7 +247,7 @@ fn a_renewal_extends_to_the_new_period_end_plus_grace() {
     let action = only(&plan);
     assert_eq!(action.kind, K::Extend);
     assert_eq!(action.before.as_ref().unwrap().expires_at, Some(day(30) + hours(24)));
-    assert_eq!(licenses[0].expires_at, Some(day(60) + hours(24)));
+    assert_eq!(licenses[0].state.expires_at, Some(day(60) + hours(24)));
 }
 
 #[test]
@@ -266,7 +266,7 @@ fn a_paused_subscription_suspends_and_a_resumed_one_reinstates_the_same_key() {
     let paused = World::new(vec![sub_item().status(S::Paused).paid_through(Some(day(30))).fact()]);
     let (plan, licenses) = run(&paused, &licenses, day(10));
     assert_eq!(only(&plan).kind, K::Suspend);
-    assert_eq!(licenses[0].status, L::Suspended);
+    assert_eq!(licenses[0].state.status, L::Suspended);
 
     // Suspended stays suspended even when its expiry passes.
     assert_converged(&paused, &licenses, day(40));
@@ -277,7 +277,7 @@ fn a_paused_subscription_suspends_and_a_resumed_one_reinstates_the_same_key() {
     assert_eq!(action.kind, K::Reinstate);
     assert_eq!(action.license_key.as_deref(), Some(key.as_str()));
     assert_eq!(
-        (licenses[0].status, licenses[0].expires_at),
+        (licenses[0].state.status, licenses[0].state.expires_at),
         (L::Active, Some(day(70) + hours(24)))
     );
     assert_eq!(licenses[0].key, key);
@@ -287,11 +287,11 @@ fn a_paused_subscription_suspends_and_a_resumed_one_reinstates_the_same_key() {
 fn a_subscription_paid_after_unpaid_is_reinstated() {
     let unpaid = World::new(vec![sub_item().status(S::Unpaid).paid_through(Some(day(30))).fact()]);
     let (_, licenses) = run(&unpaid, &issued_subscription(), day(45));
-    assert_eq!(licenses[0].status, L::Expired);
+    assert_eq!(licenses[0].state.status, L::Expired);
     let paid = World::new(vec![sub_item().period(day(30), day(60)).fact()]);
     let (plan, licenses) = run(&paid, &licenses, day(46));
     assert_eq!(only(&plan).kind, K::Reinstate);
-    assert_eq!(licenses[0].status, L::Active);
+    assert_eq!(licenses[0].state.status, L::Active);
 }
 
 #[test]
@@ -301,8 +301,8 @@ fn immediate_cancellation_moves_the_expiry_backward_and_expires() {
     let action = only(&plan);
     assert_eq!(action.kind, K::Expire);
     assert_eq!(action.before.as_ref().unwrap().expires_at, Some(day(30) + hours(24)));
-    assert_eq!(licenses[0].expires_at, Some(day(10)));
-    assert!(licenses[0].expires_at < action.before.as_ref().unwrap().expires_at);
+    assert_eq!(licenses[0].state.expires_at, Some(day(10)));
+    assert!(licenses[0].state.expires_at < action.before.as_ref().unwrap().expires_at);
 }
 
 #[test]
@@ -412,7 +412,10 @@ fn cancel_at_period_end_shortens_to_the_period_end_without_grace() {
     let ending = World::new(vec![sub_item().cancel_at_period_end().fact()]);
     let (plan, licenses) = run(&ending, &issued_subscription(), day(10));
     assert_eq!(only(&plan).kind, K::Shorten);
-    assert_eq!((licenses[0].status, licenses[0].expires_at), (L::Active, Some(day(30))));
+    assert_eq!(
+        (licenses[0].state.status, licenses[0].state.expires_at),
+        (L::Active, Some(day(30)))
+    );
     // Undoing the cancellation extends again.
     let (plan, _) = run(&World::new(vec![sub_item().fact()]), &licenses, day(11));
     assert_eq!(only(&plan).kind, K::Extend);
@@ -422,7 +425,7 @@ fn cancel_at_period_end_shortens_to_the_period_end_without_grace() {
 fn a_canceled_subscription_without_ended_at_keeps_its_first_expiry_on_later_runs() {
     let canceled = World::new(vec![sub_item().status(S::Canceled).fact()]);
     let (_, licenses) = run(&canceled, &issued_subscription(), day(10));
-    assert_eq!(licenses[0].expires_at, Some(day(10)));
+    assert_eq!(licenses[0].state.expires_at, Some(day(10)));
     assert_converged(&canceled, &licenses, day(20));
 }
 
@@ -432,7 +435,7 @@ fn a_canceled_subscription_without_ended_at_keeps_its_first_expiry_on_later_runs
 fn a_thirty_day_one_time_license_expires_on_day_thirty_one() {
     let world = World::new(vec![one_time().price("price_tool_30d", "prod_tool").fact()]);
     let licenses = issued(&world, day(0));
-    assert_eq!(licenses[0].expires_at, Some(day(30)));
+    assert_eq!(licenses[0].state.expires_at, Some(day(30)));
     assert_converged(&world, &licenses, day(29));
 
     // The clock alone expires it, also when no fact of this slice names it.
@@ -440,8 +443,12 @@ fn a_thirty_day_one_time_license_expires_on_day_thirty_one() {
         let (plan, after) = run(&slice, &licenses, day(31));
         let action = only(&plan);
         assert_eq!((action.kind, action.cause.as_str()), (K::Expire, "cs_1"));
-        assert_eq!(after[0].status, L::Expired);
-        assert_eq!(after[0].expires_at, Some(day(30)), "expiring does not move the expiry");
+        assert_eq!(after[0].state.status, L::Expired);
+        assert_eq!(
+            after[0].state.expires_at,
+            Some(day(30)),
+            "expiring does not move the expiry"
+        );
         assert_converged(&slice, &after, day(32));
     }
 }
@@ -595,7 +602,7 @@ fn adding_seats_updates_the_license() {
     let world = World::new(vec![sub_item().quantity(3).fact()]);
     let (plan, licenses) = run(&world, &issued_subscription(), day(2));
     assert_eq!(only(&plan).kind, K::Update);
-    assert_eq!((licenses[0].quantity, licenses[0].hwid_limit), (3, Some(6)));
+    assert_eq!((licenses[0].state.quantity, licenses[0].state.hwid_limit), (3, Some(6)));
 }
 
 #[test]
@@ -629,7 +636,7 @@ fn an_upgrade_in_place_keeps_the_license_and_its_key() {
     assert_eq!(action.before.as_ref().unwrap().product_ids, vec!["pro".to_string()]);
     assert_eq!(action.after.product_ids, vec!["pro".to_string(), "team".to_string()]);
     assert_eq!((after[0].id, &after[0].key), (licenses[0].id, &licenses[0].key));
-    assert_eq!((after[0].hwid_limit, after[0].ip_limit), (Some(1), None));
+    assert_eq!((after[0].state.hwid_limit, after[0].state.ip_limit), (Some(1), None));
 }
 
 #[test]
@@ -694,7 +701,7 @@ fn a_removed_item_of_a_completely_listed_subscription_expires() {
     let action = only(&plan);
     assert_eq!(action.grant, GrantKey::subscription_item("si_b"));
     assert_eq!((action.kind, action.cause.as_str()), (K::Expire, "sub_1"));
-    assert_eq!(after[1].expires_at, Some(day(5)));
+    assert_eq!(after[1].state.expires_at, Some(day(5)));
     assert_converged(&only_a, &after, day(9));
 }
 
@@ -736,7 +743,7 @@ fn a_changed_customer_email_is_an_update() {
     let world = World::new(vec![sub_item().customer(moved).fact()]);
     let (plan, licenses) = run(&world, &issued_subscription(), day(2));
     assert_eq!(only(&plan).kind, K::Update);
-    assert_eq!(licenses[0].customer_email.as_deref(), Some("new@example.com"));
+    assert_eq!(licenses[0].state.customer_email.as_deref(), Some("new@example.com"));
 }
 
 #[test]
@@ -890,7 +897,7 @@ fn a_full_refund_revokes_the_refunded_license_and_not_another_of_the_same_custom
     let action = only(&plan);
     assert_eq!((action.kind, action.cause.as_str()), (K::Revoke, "re_1"));
     assert_eq!(action.grant.source_id, "cs_2/li_1");
-    assert_eq!((after[0].status, after[1].status), (L::Active, L::Revoked));
+    assert_eq!((after[0].state.status, after[1].state.status), (L::Active, L::Revoked));
     assert_converged(&world, &after, day(6));
 }
 
@@ -902,7 +909,7 @@ fn a_lost_dispute_revokes_the_license_even_without_its_purchase_in_the_slice() {
     let (plan, after) = run(&world, &licenses, day(5));
     let action = only(&plan);
     assert_eq!((action.kind, action.cause.as_str()), (K::Revoke, "dp_1"));
-    assert_eq!((after[0].status, after[1].status), (L::Revoked, L::Active));
+    assert_eq!((after[0].state.status, after[1].state.status), (L::Revoked, L::Active));
 }
 
 #[test]
@@ -959,7 +966,7 @@ fn refunds_of_subscription_payments_do_not_revoke() {
     let mut licenses = issued_subscription();
     // Even a subscription license that remembers a payment (an import, an
     // older version) is not one-time: the subscription decides it.
-    licenses[0].stripe_payment_intent = Some("pi_1".to_owned());
+    licenses[0].state.stripe_payment_intent = Some("pi_1".to_owned());
     let mut world = World::new(vec![]);
     world.reversals = vec![reversal("pi_1", R::FullRefund, "re_1")];
     assert_converged(&world, &licenses, day(2));
@@ -969,7 +976,7 @@ fn refunds_of_subscription_payments_do_not_revoke() {
 fn an_expired_one_time_license_can_still_be_revoked() {
     let world = World::new(vec![one_time().price("price_tool_30d", "prod_tool").fact()]);
     let (_, licenses) = run(&world, &issued(&world, day(0)), day(40));
-    assert_eq!(licenses[0].status, L::Expired);
+    assert_eq!(licenses[0].state.status, L::Expired);
     let mut refunded = World::new(vec![]);
     refunded.reversals = vec![reversal("pi_1", R::DisputeLost, "dp_3")];
     assert_eq!(only(&refunded.plan(&licenses, day(41))).kind, K::Revoke);
@@ -1171,7 +1178,11 @@ fn an_override_holds_what_it_pins_while_the_rest_follows_stripe() {
         let (plan, after) = run(&world, &licenses, now);
         let action = only(&plan);
         assert_eq!(
-            (after[0].status, after[0].hwid_limit, after[0].expires_at),
+            (
+                after[0].state.status,
+                after[0].state.hwid_limit,
+                after[0].state.expires_at
+            ),
             (status, seats, Some(expires)),
             "{case}"
         );
@@ -1191,12 +1202,12 @@ fn a_held_suspension_gives_way_to_a_refund_and_a_release_keeps_stripes_revocatio
     world.reversals = vec![reversal("pi_2", R::FullRefund, "re_1")];
     let (plan, after) = run(&world, &licenses, day(3));
     assert_eq!(only(&plan).kind, K::Revoke);
-    assert_eq!(after[1].status, L::Revoked);
+    assert_eq!(after[1].state.status, L::Revoked);
     assert_eq!(after[1].operator_override.as_ref().unwrap().stripe.status, L::Revoked);
     // Released later, it stays revoked: Stripe's revocation is final.
     let mut released = after.clone();
     operate(&mut released[1], Op::Release, day(4)).unwrap();
-    assert_eq!(released[1].status, L::Revoked);
+    assert_eq!(released[1].state.status, L::Revoked);
     assert!(
         World::new(vec![
             one_time().checkout("cs_2", "li_1").payment_intent(Some("pi_2")).fact()
@@ -1224,7 +1235,7 @@ fn when_stripe_moves_only_a_held_field_the_plan_records_it_once_and_changes_no_v
     let mut released = after;
     operate(&mut released[0], Op::Release, day(4)).unwrap();
     assert_eq!(
-        (released[0].hwid_limit, released[0].operator_override.clone()),
+        (released[0].state.hwid_limit, released[0].operator_override.clone()),
         (Some(4), None)
     );
     assert_converged(&world, &released, day(4));
@@ -1238,11 +1249,15 @@ fn a_license_no_fact_names_keeps_its_override_and_follows_the_clock_underneath()
     // Past Stripe's expiry the license stays suspended; what Stripe would say moves.
     let (plan, after) = run(&nothing, &licenses, day(40));
     let action = only(&plan);
-    assert_eq!((action.kind, after[0].status), (K::Update, L::Suspended));
+    assert_eq!((action.kind, after[0].state.status), (K::Update, L::Suspended));
     assert_eq!(after[0].operator_override.as_ref().unwrap().stripe.status, L::Expired);
     let mut released = after;
     operate(&mut released[0], Op::Release, day(41)).unwrap();
-    assert_eq!(released[0].status, L::Expired, "released into what Stripe says now");
+    assert_eq!(
+        released[0].state.status,
+        L::Expired,
+        "released into what Stripe says now"
+    );
 }
 
 #[test]
@@ -1252,7 +1267,10 @@ fn a_removed_item_under_pinned_seats_expires_with_its_seats_still_pinned() {
     world.complete_subscriptions = vec!["sub_1".to_owned()];
     let (plan, after) = run(&world, &licenses, day(5));
     assert_eq!(only(&plan).kind, K::Expire);
-    assert_eq!((after[0].status, after[0].hwid_limit), (L::Expired, Some(9)));
+    assert_eq!(
+        (after[0].state.status, after[0].state.hwid_limit),
+        (L::Expired, Some(9))
+    );
     assert_eq!(after[0].operator_override.as_ref().unwrap().stripe.hwid_limit, Some(2));
     assert_converged(&world, &after, day(5));
 }

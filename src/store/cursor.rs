@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 
 use super::Store;
-use super::schema::sync_state;
+use crate::schema::sync_state;
 
 impl Store {
     /// The name a cursor is stored under: `name` for the key's own account,

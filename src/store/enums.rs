@@ -5,9 +5,11 @@
 use diesel::deserialize::{self, FromSql};
 use diesel::pg::{Pg, PgValue};
 use diesel::serialize::{self, Output, ToSql};
-use diesel::sql_types::Text;
+use diesel::sql_types::{Array, Nullable, Text};
 
-use crate::domain::{EmailStatus, ExpirationStart, LedgerAction, LicenseStatus, RunMode, RunOutcome, SourceKind};
+use crate::domain::{
+    EmailStatus, ExpirationStart, LedgerAction, LicenseStatus, ProductIdColumn, RunMode, RunOutcome, SourceKind,
+};
 
 macro_rules! text_enum {
     ($($t:ty),* $(,)?) => {$(
@@ -36,6 +38,14 @@ text_enum!(
     ExpirationStart,
     LedgerAction
 );
+
+type TextArray = Array<Nullable<Text>>;
+
+impl FromSql<TextArray, Pg> for ProductIdColumn {
+    fn from_sql(bytes: PgValue<'_>) -> deserialize::Result<Self> {
+        <Vec<Option<String>> as FromSql<TextArray, Pg>>::from_sql(bytes).map(ProductIdColumn)
+    }
+}
 
 #[cfg(test)]
 mod tests {

@@ -7,8 +7,8 @@ use diesel::prelude::*;
 use serde::Serialize;
 
 use super::Store;
-use super::schema::{license_key_history, license_ledger};
 use crate::domain::LedgerAction;
+use crate::schema::{license_key_history, license_ledger};
 
 #[derive(Debug, Clone, Queryable, Selectable, Serialize)]
 #[diesel(table_name = license_ledger)]

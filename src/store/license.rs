@@ -8,70 +8,45 @@ use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 
 use super::Store;
-use super::schema::{license_key_history, licenses};
-use crate::domain::{ExpirationStart, GrantKey, License, LicenseState, LicenseStatus, SourceKind};
+use crate::domain::{GrantKey, License, LicenseState, LicenseStatus};
+use crate::schema::{license_key_history, licenses};
 
+/// A license as its row holds it: the domain's [`GrantKey`] and
+/// [`LicenseState`] embedded, with the override as stored JSON.
 #[derive(Debug, Clone, Queryable, QueryableByName, Selectable)]
 #[diesel(table_name = licenses)]
 #[diesel(check_for_backend(diesel::pg::Pg))]
 pub struct LicenseRow {
     pub id: i64,
     pub key: String,
-    pub status: LicenseStatus,
-    pub product_ids: Vec<Option<String>>,
-    pub source_kind: SourceKind,
-    pub source_id: String,
-    pub stripe_customer_id: Option<String>,
-    pub stripe_subscription_id: Option<String>,
-    pub stripe_payment_intent: Option<String>,
-    pub customer_email: Option<String>,
-    pub customer_name: Option<String>,
-    pub quantity: i32,
-    pub ip_limit: Option<i32>,
-    pub hwid_limit: Option<i32>,
-    pub expiration_days: Option<i32>,
-    pub expiration_start: Option<ExpirationStart>,
-    pub expires_at: Option<DateTime<Utc>>,
-    pub livemode: bool,
+    #[diesel(embed)]
+    pub grant: GrantKey,
+    pub stripe_account: Option<String>,
+    #[diesel(embed)]
+    pub state: LicenseState,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub operator_override: Option<serde_json::Value>,
-    pub product_name: Option<String>,
-    pub stripe_account: Option<String>,
 }
 
 impl LicenseRow {
     pub fn into_domain(self) -> Result<License> {
+        let operator_override = match self.operator_override {
+            None => None,
+            Some(value) => Some(
+                serde_json::from_value(value)
+                    .map_err(|e| anyhow!("license {} has an unreadable operator_override: {e}", self.id))?,
+            ),
+        };
         Ok(License {
             id: self.id,
-            status: self.status,
-            source_kind: self.source_kind,
-            expiration_start: self.expiration_start,
-            operator_override: match self.operator_override {
-                None => None,
-                Some(value) => Some(
-                    serde_json::from_value(value)
-                        .map_err(|e| anyhow!("license {} has an unreadable operator_override: {e}", self.id))?,
-                ),
-            },
-            product_ids: self.product_ids.into_iter().flatten().collect(),
-            product_name: self.product_name,
-            stripe_account: self.stripe_account,
             key: self.key,
-            source_id: self.source_id,
-            stripe_customer_id: self.stripe_customer_id,
-            stripe_subscription_id: self.stripe_subscription_id,
-            stripe_payment_intent: self.stripe_payment_intent,
-            customer_email: self.customer_email,
-            customer_name: self.customer_name,
-            quantity: self.quantity,
-            ip_limit: self.ip_limit,
-            hwid_limit: self.hwid_limit,
-            expiration_days: self.expiration_days,
-            expires_at: self.expires_at,
-            livemode: self.livemode,
+            grant: self.grant,
+            stripe_account: self.stripe_account,
+            state: self.state,
             created_at: self.created_at,
             updated_at: self.updated_at,
+            operator_override,
         })
     }
 }
@@ -81,26 +56,13 @@ impl LicenseRow {
 #[diesel(table_name = licenses)]
 pub struct NewLicenseRow {
     pub key: String,
-    pub status: LicenseStatus,
-    pub product_ids: Vec<Option<String>>,
-    pub source_kind: SourceKind,
-    pub source_id: String,
-    pub stripe_customer_id: Option<String>,
-    pub stripe_subscription_id: Option<String>,
-    pub stripe_payment_intent: Option<String>,
-    pub customer_email: Option<String>,
-    pub customer_name: Option<String>,
-    pub quantity: i32,
-    pub ip_limit: Option<i32>,
-    pub hwid_limit: Option<i32>,
-    pub expiration_days: Option<i32>,
-    pub expiration_start: Option<ExpirationStart>,
-    pub expires_at: Option<DateTime<Utc>>,
-    pub livemode: bool,
+    #[diesel(embed)]
+    pub grant: GrantKey,
+    #[diesel(embed)]
+    pub state: LicenseState,
     /// Never creates or clears an override: on an existing row with one, its
     /// `stripe` member replaces the stored one (see `Store::write_page`).
     pub operator_override: Option<serde_json::Value>,
-    pub product_name: Option<String>,
     /// Set by the store from the account it is scoped to (`Store::for_account`).
     pub stripe_account: Option<String>,
 }
@@ -109,24 +71,9 @@ impl NewLicenseRow {
     pub fn new(key: String, grant: &GrantKey, state: &LicenseState) -> NewLicenseRow {
         NewLicenseRow {
             key,
-            status: state.status,
-            product_ids: state.product_ids.iter().cloned().map(Some).collect(),
-            source_kind: grant.source_kind,
-            source_id: grant.source_id.clone(),
-            stripe_customer_id: state.stripe_customer_id.clone(),
-            stripe_subscription_id: state.stripe_subscription_id.clone(),
-            stripe_payment_intent: state.stripe_payment_intent.clone(),
-            customer_email: state.customer_email.clone(),
-            customer_name: state.customer_name.clone(),
-            quantity: state.quantity,
-            ip_limit: state.ip_limit,
-            hwid_limit: state.hwid_limit,
-            expiration_days: state.expiration_days,
-            expiration_start: state.expiration_start,
-            expires_at: state.expires_at,
-            livemode: state.livemode,
+            grant: grant.clone(),
+            state: state.clone(),
             operator_override: None,
-            product_name: state.product_name.clone(),
             stripe_account: None,
         }
     }

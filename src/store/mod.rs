@@ -17,7 +17,7 @@ mod overrides;
 mod page;
 mod run;
 #[rustfmt::skip]
-pub mod schema;
+
 
 use anyhow::{Context, Result, anyhow};
 use diesel::connection::SimpleConnection;

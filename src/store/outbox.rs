@@ -13,8 +13,8 @@ use diesel::sql_types::{Array, BigInt, Integer, Nullable, Text, Timestamptz};
 
 use super::Store;
 use super::license::LicenseRow;
-use super::schema::{email_outbox, licenses};
 use crate::domain::{EmailKind, EmailStatus, License};
+use crate::schema::{email_outbox, licenses};
 use crate::secret::redact;
 use serde::Serialize;
 
@@ -409,7 +409,7 @@ impl Store {
                 conn,
                 license.id,
                 license.stripe_account.as_deref(),
-                license.customer_email.as_deref(),
+                license.state.customer_email.as_deref(),
                 EmailKind::Resend,
             )
         })

@@ -13,8 +13,8 @@ use super::Store;
 use super::license::find_row;
 use super::models::{KeyHistoryRow, LicenseRow, NewKeyHistoryRow, NewLedgerRow};
 use super::outbox::enqueue_email;
-use super::schema::{license_key_history, license_ledger, licenses};
 use crate::domain::{EmailKind, LedgerAction, License, LicenseState, OperatorAction, Override};
+use crate::schema::{license_key_history, license_ledger, licenses};
 
 /// The stripe_object of operator ledger rows: no Stripe object caused them.
 pub const OPERATOR_CAUSE: &str = "operator";
@@ -146,7 +146,7 @@ fn write_change(conn: &mut PgConnection, before: License, write: OperatorWrite) 
             conn,
             before.id,
             before.stripe_account.as_deref(),
-            before.customer_email.as_deref(),
+            before.state.customer_email.as_deref(),
             kind,
         )?),
     };

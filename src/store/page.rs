@@ -12,8 +12,8 @@ use super::ledger::NewLedgerRow;
 use super::license::NewLicenseRow;
 use super::outbox::NewOutboxRow;
 use super::run::LOST_LOCK;
-use super::schema::{email_outbox, license_ledger, licenses};
 use crate::domain::{ActionKind, EmailKind, EmailStatus, GrantKey, LedgerAction, SourceKind};
+use crate::schema::{email_outbox, license_ledger, licenses};
 
 /// One write of the applier: a license row (new or existing, by natural
 /// key), its ledger entry and, for new licenses, its outbox row.
@@ -103,7 +103,7 @@ impl Store {
             let mut ledger = Vec::with_capacity(writes.len());
             let mut outbox = Vec::new();
             for w in writes {
-                let grant = (w.license.source_kind, w.license.source_id.clone());
+                let grant = (w.license.grant.source_kind, w.license.grant.source_id.clone());
                 let Some((license_id, key)) = by_grant.get(&grant).cloned() else {
                     // Left alone: an operator changed its override meanwhile.
                     continue;
@@ -127,7 +127,7 @@ impl Store {
                         license_id,
                         kind: EmailKind::LicenseIssued.column(1),
                         status,
-                        recipient: w.license.customer_email.clone(),
+                        recipient: w.license.state.customer_email.clone(),
                         stripe_account: self.account.clone(),
                     });
                 }

@@ -8,8 +8,8 @@ use diesel::prelude::*;
 use serde::Serialize;
 
 use super::Store;
-use super::schema::{licenses, runs};
 use crate::domain::{RunMode, RunOutcome};
+use crate::schema::{licenses, runs};
 use crate::secret::redact;
 
 /// The advisory lock key of "a run is in progress" (one run per database).

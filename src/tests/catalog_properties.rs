@@ -1267,7 +1267,7 @@ fn pages_converge(
     let store = |mut table: Vec<License>| {
         if like_postgres {
             for license in &mut table {
-                license.expires_at = license.expires_at.map(|t| t.trunc_subsecs(6));
+                license.state.expires_at = license.state.expires_at.map(|t| t.trunc_subsecs(6));
             }
         }
         table

@@ -8,8 +8,8 @@ use chrono::{Duration, TimeZone, Utc};
 
 use crate::catalog::{Catalog, PriceRecord, ProductRecord};
 use crate::domain::{
-    CustomerInfo, GrantFact, GrantKey, License, LicenseState, OneTimeLineFact, PaymentReversal, ReversalKind,
-    SubscriptionItemFact, SubscriptionStatus, Timestamp,
+    CustomerInfo, GrantFact, GrantKey, License, OneTimeLineFact, PaymentReversal, ReversalKind, SubscriptionItemFact,
+    SubscriptionStatus, Timestamp,
 };
 use crate::plan::{Action, Facts, Plan, PlanConfig};
 
@@ -332,7 +332,7 @@ pub fn apply(current: &[License], plan: &Plan, now: Timestamp) -> Vec<License> {
                     "before must be the stored state"
                 );
                 assert_eq!(license.grant_key(), action.grant);
-                set_state(license, &action.after);
+                license.state = action.after.clone();
                 assert_eq!(
                     action.override_after.is_some(),
                     license.operator_override.is_some(),
@@ -349,68 +349,16 @@ pub fn apply(current: &[License], plan: &Plan, now: Timestamp) -> Vec<License> {
 
 /// The row an `issue` action creates.
 pub fn license_from(action: &Action, id: i64, now: Timestamp) -> License {
-    let mut license = License {
+    License {
         id,
         key: format!("KEY{id:02}-AAAAA-BBBBB-CCCCC-DDDDD"),
-        status: action.after.status,
-        product_ids: Vec::new(),
-        product_name: None,
-        source_kind: action.grant.source_kind,
-        source_id: action.grant.source_id.clone(),
+        grant: action.grant.clone(),
         stripe_account: None,
-        stripe_customer_id: None,
-        stripe_subscription_id: None,
-        stripe_payment_intent: None,
-        customer_email: None,
-        customer_name: None,
-        quantity: 0,
-        ip_limit: None,
-        hwid_limit: None,
-        expiration_days: None,
-        expiration_start: None,
-        expires_at: None,
-        livemode: false,
+        state: action.after.clone(),
         created_at: now,
         updated_at: now,
         operator_override: None,
-    };
-    set_state(&mut license, &action.after);
-    license
-}
-
-fn set_state(license: &mut License, state: &LicenseState) {
-    let LicenseState {
-        status,
-        product_ids,
-        product_name,
-        stripe_customer_id,
-        stripe_subscription_id,
-        stripe_payment_intent,
-        customer_email,
-        customer_name,
-        quantity,
-        ip_limit,
-        hwid_limit,
-        expiration_days,
-        expiration_start,
-        expires_at,
-        livemode,
-    } = state.clone();
-    license.status = status;
-    license.product_ids = product_ids;
-    license.product_name = product_name;
-    license.stripe_customer_id = stripe_customer_id;
-    license.stripe_subscription_id = stripe_subscription_id;
-    license.stripe_payment_intent = stripe_payment_intent;
-    license.customer_email = customer_email;
-    license.customer_name = customer_name;
-    license.quantity = quantity;
-    license.ip_limit = ip_limit;
-    license.hwid_limit = hwid_limit;
-    license.expiration_days = expiration_days;
-    license.expiration_start = expiration_start;
-    license.expires_at = expires_at;
-    license.livemode = livemode;
+    }
 }
 
 /// Plans `world` against `current`, applies it and returns the new table.
@@ -439,7 +387,7 @@ pub fn operate(license: &mut License, command: crate::operator::Command, now: Ti
         now,
     };
     let write = crate::operator::decide(license, &request)?;
-    set_state(license, &write.state);
+    license.state = write.state.clone();
     license.operator_override = write.operator_override;
     if let Some(key) = write.new_key {
         license.key = key;

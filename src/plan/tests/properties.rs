@@ -301,18 +301,18 @@ proptest! {
         for license in &after {
             let Some(o) = &license.operator_override else { continue };
             if let Some(seats) = o.hwid_limit {
-                prop_assert_eq!(license.hwid_limit, Some(seats));
+                prop_assert_eq!(license.state.hwid_limit, Some(seats));
             }
             if let Some(ips) = o.ip_limit {
-                prop_assert_eq!(license.ip_limit, Some(ips));
+                prop_assert_eq!(license.state.ip_limit, Some(ips));
             }
             if let Some(expiry) = o.expires_at {
-                prop_assert_eq!(license.expires_at, Some(expiry));
+                prop_assert_eq!(license.state.expires_at, Some(expiry));
             }
             match o.status {
-                Some(HeldStatus::Revoked) => prop_assert_eq!(license.status, LicenseStatus::Revoked),
+                Some(HeldStatus::Revoked) => prop_assert_eq!(license.state.status, LicenseStatus::Revoked),
                 Some(HeldStatus::Suspended) => prop_assert!(
-                    matches!(license.status, LicenseStatus::Suspended | LicenseStatus::Revoked),
+                    matches!(license.state.status, LicenseStatus::Suspended | LicenseStatus::Revoked),
                     "{:?}", license
                 ),
                 None => {}

@@ -103,4 +103,11 @@ diesel::joinable!(license_key_history -> licenses (license_id));
 diesel::joinable!(license_ledger -> licenses (license_id));
 diesel::joinable!(license_ledger -> runs (run_id));
 
-diesel::allow_tables_to_appear_in_same_query!(email_outbox, license_key_history, license_ledger, licenses, runs, sync_state,);
+diesel::allow_tables_to_appear_in_same_query!(
+    email_outbox,
+    license_key_history,
+    license_ledger,
+    licenses,
+    runs,
+    sync_state,
+);
