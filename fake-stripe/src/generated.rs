@@ -36,15 +36,19 @@
 //! disputes and events are stored lists and stay empty unless a test adds
 //! to them; listing payment intents or charges without a `customer=` or
 //! `payment_intent=` filter is refused (400).
+//!
+//! Layering: the top of the account's modules; uses `api`, `state` and `wire`,
+//! and is reached from them only as the [`Computed`] a [`State`] holds.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use serde_json::Value;
 
-use crate::api::{self, ApiError, ListRequest};
+use crate::api::{self, ListRequest};
 use crate::conditions::mix;
-use crate::state::{Catalog, DAY, State, created_of, str_of};
+use crate::state::{Computed, State};
+use crate::wire::{ApiError, Catalog, DAY, created_of, list_value, str_of};
 use crate::{CheckoutSpec, GeneratedAccount, GeneratedSummary, InvoiceSpec, SubscriptionSpec};
 
 /// Generated ids start above anything a stored counter reaches.
@@ -343,40 +347,6 @@ impl Generated {
         format!("{prefix}_{seq:014}")
     }
 
-    pub fn summary(&self) -> GeneratedSummary {
-        let mut s = GeneratedSummary {
-            oldest: if self.n > 0 { self.created(0) } else { self.now },
-            newest: self.now,
-            ..GeneratedSummary::default()
-        };
-        for i in 0..self.n {
-            match self.kind(i) {
-                Kind::Subscription => {
-                    s.subscriptions += 1;
-                    s.subscription_items += self.items(i) as usize;
-                    s.customers += 1;
-                    s.invoices += self.past(i) as usize + 1;
-                }
-                Kind::Session => {
-                    s.sessions += 1;
-                    s.session_lines += self.lines(i) as usize;
-                    if self.guest(i) {
-                        s.guest_sessions += 1;
-                    } else {
-                        s.customers += 1;
-                    }
-                }
-                Kind::Invoice => {
-                    s.one_off_invoices += 1;
-                    s.one_off_lines += self.lines(i) as usize;
-                    s.customers += 1;
-                    s.invoices += 1;
-                }
-            }
-        }
-        s
-    }
-
     // ---- streams -------------------------------------------------------------
 
     fn sources(&self, ty: &str) -> Vec<Source> {
@@ -610,35 +580,9 @@ impl Generated {
         }
     }
 
-    /// `GET /v1/<collection>` of a generated type; `None` for stored types.
-    pub fn list(&self, st: &State, ty: &str, url: &str, raw: Option<&str>) -> Option<Result<Value, ApiError>> {
-        if !LISTED.contains(&ty) && !PINNED_ONLY.contains(&ty) {
-            return None;
-        }
-        let req = match ListRequest::parse(ty, raw) {
-            Ok(req) => req,
-            Err(e) => return Some(Err(e)),
-        };
-        if let Some(i) = self.pinned(&req) {
-            let scratch = match i {
-                Some(i) => self.purchase(st, &Self::catalog(st), i),
-                None => self.catalog_only(st, &Self::catalog(st)),
-            };
-            return Some(api::list(&scratch, ty, url, raw));
-        }
-        if PINNED_ONLY.contains(&ty) {
-            let message = format!(
-                "fake-stripe: a generated account lists {ty} objects only for one customer= or payment_intent= \
-                 (retrieve them by id)"
-            );
-            return Some(Err(ApiError::new(400, "invalid_request_error", None, message, None)));
-        }
-        Some(self.walk_list(st, ty, url, &req))
-    }
-
     fn walk_list(&self, st: &State, ty: &str, url: &str, req: &ListRequest) -> Result<Value, ApiError> {
         if self.matches_nothing(ty, req) {
-            return Ok(api::list_value(vec![], false, url));
+            return Ok(list_value(vec![], false, url));
         }
         // The purchases built for this page, by index and the part built.
         let mut built: HashMap<(u64, Part), State> = HashMap::new();
@@ -710,11 +654,37 @@ impl Generated {
                 api::render_one(scratch, scratch.raw(ty, &id).expect("picked above"), &req.expand)
             })
             .collect();
-        Ok(api::list_value(data, has_more, url))
+        Ok(list_value(data, has_more, url))
+    }
+}
+
+impl Computed for Generated {
+    fn list(&self, st: &State, ty: &str, url: &str, raw: Option<&str>) -> Option<Result<Value, ApiError>> {
+        if !LISTED.contains(&ty) && !PINNED_ONLY.contains(&ty) {
+            return None;
+        }
+        let req = match ListRequest::parse(ty, raw) {
+            Ok(req) => req,
+            Err(e) => return Some(Err(e)),
+        };
+        if let Some(i) = self.pinned(&req) {
+            let scratch = match i {
+                Some(i) => self.purchase(st, &Self::catalog(st), i),
+                None => self.catalog_only(st, &Self::catalog(st)),
+            };
+            return Some(api::list(&scratch, ty, url, raw));
+        }
+        if PINNED_ONLY.contains(&ty) {
+            let message = format!(
+                "fake-stripe: a generated account lists {ty} objects only for one customer= or payment_intent= \
+                 (retrieve them by id)"
+            );
+            return Some(Err(ApiError::new(400, "invalid_request_error", None, message, None)));
+        }
+        Some(self.walk_list(st, ty, url, &req))
     }
 
-    /// `GET /v1/<collection>/{id}` of a generated type; `None` for stored types.
-    pub fn retrieve(&self, st: &State, ty: &str, id: &str, raw: Option<&str>) -> Option<Result<Value, ApiError>> {
+    fn retrieve(&self, st: &State, ty: &str, id: &str, raw: Option<&str>) -> Option<Result<Value, ApiError>> {
         if !RETRIEVED.contains(&ty) {
             return None;
         }
@@ -725,8 +695,7 @@ impl Generated {
         Some(api::retrieve(&scratch, ty, id, raw))
     }
 
-    /// The line items of a generated session or the lines of a generated invoice.
-    pub fn list_children(
+    fn list_children(
         &self,
         st: &State,
         parent_ty: &str,
@@ -742,15 +711,47 @@ impl Generated {
         Some(api::list_children(&scratch, parent_ty, parent, child_ty, url, raw))
     }
 
-    /// Whether an id is one of a generated purchase's.
-    pub fn owns(&self, id: &str) -> bool {
+    fn owns(&self, id: &str) -> bool {
         self.index_of(id).is_some()
     }
 
-    /// Any generated object by id, as served unexpanded; `None` when the id is not generated.
-    pub fn get(&self, st: &State, id: &str) -> Option<Option<Value>> {
+    fn get(&self, st: &State, id: &str) -> Option<Option<Value>> {
         let i = self.index_of(id)?;
         Some(self.purchase(st, &Self::catalog(st), i).get(id))
+    }
+
+    fn summary(&self) -> GeneratedSummary {
+        let mut s = GeneratedSummary {
+            oldest: if self.n > 0 { self.created(0) } else { self.now },
+            newest: self.now,
+            ..GeneratedSummary::default()
+        };
+        for i in 0..self.n {
+            match self.kind(i) {
+                Kind::Subscription => {
+                    s.subscriptions += 1;
+                    s.subscription_items += self.items(i) as usize;
+                    s.customers += 1;
+                    s.invoices += self.past(i) as usize + 1;
+                }
+                Kind::Session => {
+                    s.sessions += 1;
+                    s.session_lines += self.lines(i) as usize;
+                    if self.guest(i) {
+                        s.guest_sessions += 1;
+                    } else {
+                        s.customers += 1;
+                    }
+                }
+                Kind::Invoice => {
+                    s.one_off_invoices += 1;
+                    s.one_off_lines += self.lines(i) as usize;
+                    s.customers += 1;
+                    s.invoices += 1;
+                }
+            }
+        }
+        s
     }
 }
 

@@ -5,6 +5,9 @@
 //! invoice's lines, a charge's refunds) are stored once and assembled when an
 //! object is read ([`State::render`]), so a changed price shows up everywhere at
 //! once, as it does in Stripe.
+//!
+//! Layering: uses `wire` only. A generated account's purchases are computed
+//! by `generated`, which the store reaches only through the [`Computed`] trait.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -12,9 +15,10 @@ use std::sync::{Arc, OnceLock};
 
 use serde_json::{Map, Value, json};
 
-use crate::generated::Generated;
+use crate::wire::{ApiError, Catalog, DAY, ListKey, id_of, list_key, list_value, str_of};
 use crate::{
-    CheckoutSpec, CreatedInvoice, CreatedSession, CreatedSubscription, Fault, FaultKind, InvoiceSpec, SubscriptionSpec,
+    CheckoutSpec, CreatedInvoice, CreatedSession, CreatedSubscription, Fault, FaultKind, GeneratedSummary, InvoiceSpec,
+    SubscriptionSpec,
 };
 
 const FIXTURES: &str = include_str!(concat!(
@@ -24,7 +28,6 @@ const FIXTURES: &str = include_str!(concat!(
 
 /// Where the account clock starts: 2026-01-01T00:00:00Z.
 pub const DEFAULT_NOW: i64 = 1_767_225_600;
-pub(crate) const DAY: i64 = 86_400;
 /// The API version async-stripe 1.0.0-rc.10 speaks; events carry it.
 const API_VERSION: &str = "2026-09-30.endive";
 /// Stripe embeds at most this many lines of an invoice or session.
@@ -63,15 +66,6 @@ fn metadata(pairs: &[(&str, &str)]) -> Value {
             .map(|(k, v)| ((*k).to_owned(), Value::from(*v)))
             .collect::<Map<_, _>>(),
     )
-}
-
-pub(crate) fn str_of<'a>(v: &'a Value, key: &str) -> &'a str {
-    v[key].as_str().unwrap_or_default()
-}
-
-/// The id of a field that is either an id or an expanded object.
-fn id_of(v: &Value) -> Option<&str> {
-    v.as_str().or_else(|| v["id"].as_str())
 }
 
 /// Event names use `customer.subscription` and `charge.dispute` for these types.
@@ -117,29 +111,43 @@ fn plan_of(price: &Value) -> Value {
     plan
 }
 
-/// An object's place in list order: ascending keys are newest first.
-pub(crate) type ListKey = (Reverse<i64>, Reverse<String>);
-
-/// When an object was created: `created`, or `date` for invoice items,
-/// which are listed and filtered by it.
-pub(crate) fn created_of(v: &Value) -> i64 {
-    v["created"].as_i64().or_else(|| v["date"].as_i64()).unwrap_or_default()
-}
-
-pub(crate) fn list_key(v: &Value) -> ListKey {
-    (Reverse(created_of(v)), Reverse(str_of(v, "id").to_owned()))
-}
-
-fn list_of(data: Vec<Value>, has_more: bool, url: String) -> Value {
-    json!({"object": "list", "data": data, "has_more": has_more, "url": url})
-}
-
 /// One line to put on an invoice.
 struct LinePart {
     price: String,
     quantity: i64,
     period: (i64, i64),
     subscription_item: Option<String>,
+}
+
+/// A generated account's purchases, computed on demand instead of stored
+/// (`generated::Generated` implements it). The store holds them behind this
+/// trait so that it never depends on the module that computes them.
+pub(crate) trait Computed: Send + Sync {
+    /// `GET /v1/<collection>` of a computed type; `None` for stored types.
+    fn list(&self, st: &State, ty: &str, url: &str, raw: Option<&str>) -> Option<Result<Value, ApiError>>;
+
+    /// `GET /v1/<collection>/{id}` of a computed type; `None` for stored types.
+    fn retrieve(&self, st: &State, ty: &str, id: &str, raw: Option<&str>) -> Option<Result<Value, ApiError>>;
+
+    /// The line items of a computed session or the lines of a computed invoice.
+    fn list_children(
+        &self,
+        st: &State,
+        parent_ty: &str,
+        parent: &str,
+        child_ty: &str,
+        url: &str,
+        raw: Option<&str>,
+    ) -> Option<Result<Value, ApiError>>;
+
+    /// Any computed object by id, as served unexpanded; `None` when the id is not computed.
+    fn get(&self, st: &State, id: &str) -> Option<Option<Value>>;
+
+    /// Whether an id is one of a computed purchase's.
+    fn owns(&self, id: &str) -> bool;
+
+    /// What the account holds, counted from its layout.
+    fn summary(&self) -> GeneratedSummary;
 }
 
 pub(crate) struct State {
@@ -167,7 +175,7 @@ pub(crate) struct State {
     /// which at 100k purchases is most of the fake's memory and load time.
     pub record_events: bool,
     /// A generated account: its purchases are built on demand, not stored.
-    pub generated: Option<Arc<Generated>>,
+    pub generated: Option<Arc<dyn Computed>>,
     /// Scratch builds of a generated purchase that serve one object: of a
     /// subscription's invoices build only the past period's `Some(k)` (and
     /// the latest only when `k` is its period or negative), reserving the
@@ -178,9 +186,6 @@ pub(crate) struct State {
     /// shared by the builds of one request instead of copied into each.
     pub catalog: Option<Arc<Catalog>>,
 }
-
-/// Object type -> id -> object.
-pub(crate) type Catalog = HashMap<String, BTreeMap<String, Value>>;
 
 impl State {
     pub fn new(api_key: String) -> State {
@@ -224,7 +229,7 @@ impl State {
 
     // ---- storage -------------------------------------------------------------
 
-    pub fn generated(&self) -> Option<&Generated> {
+    pub fn generated(&self) -> Option<&dyn Computed> {
         self.generated.as_deref()
     }
 
@@ -347,14 +352,14 @@ impl State {
         let lines = self.children_of(parent, ty);
         let has_more = lines.len() > EMBEDDED_LINES;
         let data = lines.into_iter().take(EMBEDDED_LINES).map(|l| self.render(l)).collect();
-        list_of(data, has_more, url)
+        list_value(data, has_more, &url)
     }
 
     /// `expand[]=payments` on an invoice: the payment that paid it, if any.
     pub fn invoice_payments_list(&self, invoice: &str) -> Value {
         let url = format!("/v1/invoice_payments?invoice={invoice}");
         let Some((inv, pi)) = self.raw("invoice", invoice).zip(self.invoice_payments.get(invoice)) else {
-            return list_of(vec![], false, url);
+            return list_value(vec![], false, &url);
         };
         let mut payment = template("invoice_payment");
         let paid = inv["status"] == "paid";
@@ -369,7 +374,7 @@ impl State {
                 "status_transitions": {"canceled_at": null, "paid_at": inv["status_transitions"]["paid_at"]},
             }),
         );
-        list_of(vec![payment], false, url)
+        list_value(vec![payment], false, &url)
     }
 
     /// The stored object a field points to (by id or embedded copy), or the field itself.
@@ -548,7 +553,7 @@ impl State {
                     "seller_message": "Payment complete.", "type": "authorized"},
                 "paid": true, "payment_intent": pi, "payment_method": format!("pm_{}", &ch[3..]),
                 "receipt_url": null, "refunded": false,
-                "refunds": list_of(vec![], false, format!("/v1/charges/{ch}/refunds")),
+                "refunds": list_value(vec![], false, &format!("/v1/charges/{ch}/refunds")),
                 "shipping": null, "source": null, "status": "succeeded", "transfer_data": null,
             }),
         );
@@ -734,7 +739,7 @@ impl State {
                 "effective_at": at(finalized), "ending_balance": if finalized { Value::from(0) } else { Value::Null },
                 "from_invoice": null, "hosted_invoice_url": null, "invoice_pdf": null,
                 "last_finalization_error": null, "latest_revision": null,
-                "lines": list_of(vec![], false, format!("/v1/invoices/{id}/lines")),
+                "lines": list_value(vec![], false, &format!("/v1/invoices/{id}/lines")),
                 "livemode": self.livemode, "metadata": {}, "next_payment_attempt": null,
                 "number": if finalized { Value::from(format!("FAKE-{}", &id[3..])) } else { Value::Null },
                 "parent": parent, "period_start": period_start, "period_end": period_end,
@@ -916,7 +921,7 @@ impl State {
                 "customer": spec.customer, "days_until_due": null, "default_payment_method": null,
                 "default_source": null, "default_tax_rates": [], "description": null, "discounts": [],
                 "ended_at": if ended { Value::from(self.now) } else { Value::Null },
-                "items": list_of(vec![], false, format!("/v1/subscription_items?subscription={id}")),
+                "items": list_value(vec![], false, &format!("/v1/subscription_items?subscription={id}")),
                 "latest_invoice": null, "livemode": self.livemode, "metadata": {},
                 "next_pending_invoice_item_invoice": null, "on_behalf_of": null,
                 "pause_collection": null, "pending_invoice_item_interval": null,
