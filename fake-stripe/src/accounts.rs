@@ -14,9 +14,9 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use axum::http::{HeaderMap, header};
 
 use crate::LoggedRequest;
-use crate::api::ApiError;
 use crate::conditions::{Conditions, Limits};
 use crate::state::{DEFAULT_NOW, State};
+use crate::wire::ApiError;
 
 /// The request header of Stripe Connect that names the connected account a
 /// platform's request acts on.

@@ -1,51 +1,17 @@
 //! The read API over the account: query-string parsing in Stripe's bracket syntax,
-//! list filters, cursor pagination, expansion, and Stripe's error envelope.
-//! Everything here is a pure function of the [`State`] and the request.
+//! list filters, cursor pagination and expansion. Everything here is a pure
+//! function of the [`State`] and the request.
+//!
+//! Layering: uses `state` and `wire` only. A generated account answers through
+//! [`crate::state::Computed`], whose implementation (in `generated`) calls back
+//! into these functions on a scratch [`State`].
 
 use std::collections::HashMap;
 
-use serde_json::{Value, json};
+use serde_json::Value;
 
-use crate::state::{State, created_of};
-
-/// A Stripe error response: HTTP status and the `{"error": {...}}` body.
-#[derive(Debug)]
-pub(crate) struct ApiError {
-    pub status: u16,
-    pub body: Value,
-}
-
-impl ApiError {
-    pub fn new(status: u16, kind: &str, code: Option<&str>, message: String, param: Option<&str>) -> Self {
-        let mut error = json!({"type": kind, "message": message});
-        if let Some(code) = code {
-            error["code"] = code.into();
-            error["doc_url"] = format!("https://stripe.com/docs/error-codes/{}", code.replace('_', "-")).into();
-        }
-        if let Some(param) = param {
-            error["param"] = param.into();
-        }
-        ApiError {
-            status,
-            body: json!({ "error": error }),
-        }
-    }
-
-    fn invalid(message: String, param: Option<&str>) -> Self {
-        ApiError::new(400, "invalid_request_error", None, message, param)
-    }
-
-    pub fn no_such(status: u16, ty: &str, id: &str, param: &str) -> Self {
-        let message = format!("No such {ty}: '{id}'");
-        ApiError::new(
-            status,
-            "invalid_request_error",
-            Some("resource_missing"),
-            message,
-            Some(param),
-        )
-    }
-}
+use crate::state::State;
+use crate::wire::{ApiError, created_of, list_value};
 
 /// A parsed query string: `a=1`, `a[]=1&a[]=2` or `a[0]=1` (arrays), `created[gte]=1`.
 #[derive(Default)]
@@ -438,10 +404,6 @@ pub(crate) fn render_one(st: &State, obj: &Value, expand: &[Vec<String>]) -> Val
         apply_expansion(st, &mut v, &path[1..]);
     }
     v
-}
-
-pub(crate) fn list_value(data: Vec<Value>, has_more: bool, url: &str) -> Value {
-    json!({"object": "list", "data": data, "has_more": has_more, "url": url})
 }
 
 /// `GET /v1/<collection>/{id}`.

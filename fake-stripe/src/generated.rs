@@ -36,16 +36,25 @@
 //! disputes and events are stored lists and stay empty unless a test adds
 //! to them; listing payment intents or charges without a `customer=` or
 //! `payment_intent=` filter is refused (400).
+//!
+//! Layering: the top of the account's modules; uses `api`, `state` and `wire`,
+//! and is reached from them only as the [`Computed`] a [`State`] holds. Its
+//! child `streams` lays out the lists and uses only this module.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use serde_json::Value;
 
-use crate::api::{self, ApiError, ListRequest};
+use crate::api::{self, ListRequest};
 use crate::conditions::mix;
-use crate::state::{Catalog, DAY, State, created_of, str_of};
+use crate::state::{Computed, State};
+use crate::wire::{ApiError, Catalog, DAY, created_of, list_value, str_of};
 use crate::{CheckoutSpec, GeneratedAccount, GeneratedSummary, InvoiceSpec, SubscriptionSpec};
+
+mod streams;
+
+use streams::{Elem, Walk};
 
 /// Generated ids start above anything a stored counter reaches.
 pub(crate) const ID_BASE: u64 = 10_000_000_000;
@@ -92,31 +101,6 @@ pub(crate) struct Generated {
     now: i64,
     step: i64,
     prices: Prices,
-}
-
-/// Where the elements of a list come from; each yields elements in `(created, id)` order.
-#[derive(Debug, Clone, Copy)]
-enum Source {
-    Customers,
-    Subscriptions,
-    Sessions,
-    OneOffInvoices,
-    /// The invoices of period `m` of the subscriptions billed every `period` seconds.
-    SubscriptionInvoices {
-        period: i64,
-        m: i64,
-    },
-    InvoiceItems,
-}
-
-/// One list element: a purchase's object, ordered by `(time, seq)`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-struct Elem {
-    time: i64,
-    seq: u64,
-    i: u64,
-    /// What of the purchase must be built to serve it.
-    part: Part,
 }
 
 fn id_number(id: &str) -> Option<u64> {
@@ -342,212 +326,6 @@ impl Generated {
         };
         format!("{prefix}_{seq:014}")
     }
-
-    pub fn summary(&self) -> GeneratedSummary {
-        let mut s = GeneratedSummary {
-            oldest: if self.n > 0 { self.created(0) } else { self.now },
-            newest: self.now,
-            ..GeneratedSummary::default()
-        };
-        for i in 0..self.n {
-            match self.kind(i) {
-                Kind::Subscription => {
-                    s.subscriptions += 1;
-                    s.subscription_items += self.items(i) as usize;
-                    s.customers += 1;
-                    s.invoices += self.past(i) as usize + 1;
-                }
-                Kind::Session => {
-                    s.sessions += 1;
-                    s.session_lines += self.lines(i) as usize;
-                    if self.guest(i) {
-                        s.guest_sessions += 1;
-                    } else {
-                        s.customers += 1;
-                    }
-                }
-                Kind::Invoice => {
-                    s.one_off_invoices += 1;
-                    s.one_off_lines += self.lines(i) as usize;
-                    s.customers += 1;
-                    s.invoices += 1;
-                }
-            }
-        }
-        s
-    }
-
-    // ---- streams -------------------------------------------------------------
-
-    fn sources(&self, ty: &str) -> Vec<Source> {
-        match ty {
-            "customer" => vec![Source::Customers],
-            "subscription" => vec![Source::Subscriptions],
-            "checkout.session" => vec![Source::Sessions],
-            "invoiceitem" => vec![Source::InvoiceItems],
-            "invoice" => {
-                let mut sources = vec![Source::OneOffInvoices];
-                let age = (self.n as i64 - 1) * self.step;
-                for period in [MONTH, YEAR] {
-                    for m in 0..=age / period {
-                        sources.push(Source::SubscriptionInvoices { period, m });
-                    }
-                }
-                sources
-            }
-            _ => vec![],
-        }
-    }
-
-    fn member(&self, src: Source, i: u64) -> bool {
-        let kind = self.kind(i);
-        match src {
-            Source::Customers => kind != Kind::Session || !self.guest(i),
-            Source::Subscriptions => kind == Kind::Subscription,
-            Source::Sessions => kind == Kind::Session,
-            Source::OneOffInvoices | Source::InvoiceItems => kind == Kind::Invoice,
-            Source::SubscriptionInvoices { period, m } => {
-                kind == Kind::Subscription && self.period(i) == period && self.past(i) >= m
-            }
-        }
-    }
-
-    /// The time of a source's elements of purchase `i`, less `created(i)`.
-    fn offset(src: Source) -> i64 {
-        match src {
-            Source::SubscriptionInvoices { period, m } => m * period,
-            _ => 0,
-        }
-    }
-
-    /// The ids (counter values) of a member's elements, ascending.
-    fn seqs(&self, src: Source, i: u64) -> Vec<u64> {
-        let base = ID_BASE + i * STRIDE;
-        match src {
-            Source::Customers => vec![base + 1],
-            Source::Subscriptions => vec![base + 2],
-            Source::Sessions => vec![base + if self.guest(i) { 1 } else { 2 }],
-            Source::OneOffInvoices => vec![base + 2],
-            // customer, subscription, items, then per period: invoice, lines, payment intent, charge.
-            Source::SubscriptionInvoices { m, .. } => {
-                let n = self.items(i);
-                vec![base + 3 + n + m as u64 * (n + 3)]
-            }
-            Source::InvoiceItems => (0..self.lines(i)).map(|j| base + 3 + j).collect(),
-        }
-    }
-
-    /// The largest `i` whose time (`created(i) + off`) is at most `t`.
-    fn last_at_or_before(&self, t: i64, off: i64) -> Option<u64> {
-        let d = i128::from(self.now) + i128::from(off) - i128::from(t);
-        let back = if d <= 0 {
-            0
-        } else {
-            (d + i128::from(self.step) - 1) / i128::from(self.step)
-        };
-        let last = i128::from(self.n) - 1 - back;
-        (last >= 0).then_some(last as u64)
-    }
-
-    /// The smallest `i` whose time is at least `t`.
-    fn first_at_or_after(&self, t: i64, off: i64) -> Option<u64> {
-        let d = i128::from(self.now) + i128::from(off) - i128::from(t);
-        if d < 0 {
-            return None;
-        }
-        let back = (d / i128::from(self.step)).min(i128::from(self.n) - 1);
-        Some((i128::from(self.n) - 1 - back) as u64)
-    }
-}
-
-/// The elements of one source between two bounds, in list order (newest
-/// first, or oldest first when paging back), produced one purchase at a time.
-struct Walk<'a> {
-    g: &'a Generated,
-    src: Source,
-    /// Newest first.
-    desc: bool,
-    /// The next index to look at, and the last one that can qualify.
-    next: Option<u64>,
-    end: u64,
-    /// Exclusive bound on `(time, seq)`: below it newest first, above it oldest first.
-    bound: (i64, u64),
-    /// Elements of the current purchase still to yield, last first.
-    pending: Vec<Elem>,
-}
-
-impl<'a> Walk<'a> {
-    /// Newest first from below `upper` down to time `lo`, or (`desc` false)
-    /// oldest first from above `lower` up to time `hi`.
-    fn new(g: &'a Generated, src: Source, desc: bool, bound: (i64, u64), limit_time: i64) -> Walk<'a> {
-        let off = Generated::offset(src);
-        let (next, end) = if desc {
-            (g.last_at_or_before(bound.0, off), g.first_at_or_after(limit_time, off))
-        } else {
-            (g.first_at_or_after(bound.0, off), g.last_at_or_before(limit_time, off))
-        };
-        let (next, end) = match (next, end) {
-            (Some(next), Some(end)) if (desc && next >= end) || (!desc && next <= end) => (Some(next), end),
-            _ => (None, 0),
-        };
-        Walk {
-            g,
-            src,
-            desc,
-            next,
-            end,
-            bound,
-            pending: Vec::new(),
-        }
-    }
-}
-
-impl Iterator for Walk<'_> {
-    type Item = Elem;
-
-    fn next(&mut self) -> Option<Elem> {
-        loop {
-            if let Some(e) = self.pending.pop() {
-                return Some(e);
-            }
-            let i = self.next?;
-            self.next = if i == self.end {
-                None
-            } else if self.desc {
-                Some(i - 1)
-            } else {
-                Some(i + 1)
-            };
-            if !self.g.member(self.src, i) {
-                continue;
-            }
-            let time = self.g.created(i) + Generated::offset(self.src);
-            let (bound, desc) = (self.bound, self.desc);
-            let part = match self.src {
-                Source::SubscriptionInvoices { m, .. } => Part::PastInvoice(m),
-                Source::Customers => Part::Customer,
-                _ => Part::Purchase,
-            };
-            let mut elems: Vec<Elem> = self
-                .g
-                .seqs(self.src, i)
-                .into_iter()
-                .map(|seq| Elem { time, seq, i, part })
-                .filter(|e| {
-                    if desc {
-                        (e.time, e.seq) < bound
-                    } else {
-                        (e.time, e.seq) > bound
-                    }
-                })
-                .collect();
-            // `pending` pops from the end: newest first wants the smallest last.
-            if !desc {
-                elems.reverse();
-            }
-            self.pending = elems;
-        }
-    }
 }
 
 /// The generated types each read endpoint serves.
@@ -610,35 +388,9 @@ impl Generated {
         }
     }
 
-    /// `GET /v1/<collection>` of a generated type; `None` for stored types.
-    pub fn list(&self, st: &State, ty: &str, url: &str, raw: Option<&str>) -> Option<Result<Value, ApiError>> {
-        if !LISTED.contains(&ty) && !PINNED_ONLY.contains(&ty) {
-            return None;
-        }
-        let req = match ListRequest::parse(ty, raw) {
-            Ok(req) => req,
-            Err(e) => return Some(Err(e)),
-        };
-        if let Some(i) = self.pinned(&req) {
-            let scratch = match i {
-                Some(i) => self.purchase(st, &Self::catalog(st), i),
-                None => self.catalog_only(st, &Self::catalog(st)),
-            };
-            return Some(api::list(&scratch, ty, url, raw));
-        }
-        if PINNED_ONLY.contains(&ty) {
-            let message = format!(
-                "fake-stripe: a generated account lists {ty} objects only for one customer= or payment_intent= \
-                 (retrieve them by id)"
-            );
-            return Some(Err(ApiError::new(400, "invalid_request_error", None, message, None)));
-        }
-        Some(self.walk_list(st, ty, url, &req))
-    }
-
     fn walk_list(&self, st: &State, ty: &str, url: &str, req: &ListRequest) -> Result<Value, ApiError> {
         if self.matches_nothing(ty, req) {
-            return Ok(api::list_value(vec![], false, url));
+            return Ok(list_value(vec![], false, url));
         }
         // The purchases built for this page, by index and the part built.
         let mut built: HashMap<(u64, Part), State> = HashMap::new();
@@ -710,11 +462,37 @@ impl Generated {
                 api::render_one(scratch, scratch.raw(ty, &id).expect("picked above"), &req.expand)
             })
             .collect();
-        Ok(api::list_value(data, has_more, url))
+        Ok(list_value(data, has_more, url))
+    }
+}
+
+impl Computed for Generated {
+    fn list(&self, st: &State, ty: &str, url: &str, raw: Option<&str>) -> Option<Result<Value, ApiError>> {
+        if !LISTED.contains(&ty) && !PINNED_ONLY.contains(&ty) {
+            return None;
+        }
+        let req = match ListRequest::parse(ty, raw) {
+            Ok(req) => req,
+            Err(e) => return Some(Err(e)),
+        };
+        if let Some(i) = self.pinned(&req) {
+            let scratch = match i {
+                Some(i) => self.purchase(st, &Self::catalog(st), i),
+                None => self.catalog_only(st, &Self::catalog(st)),
+            };
+            return Some(api::list(&scratch, ty, url, raw));
+        }
+        if PINNED_ONLY.contains(&ty) {
+            let message = format!(
+                "fake-stripe: a generated account lists {ty} objects only for one customer= or payment_intent= \
+                 (retrieve them by id)"
+            );
+            return Some(Err(ApiError::new(400, "invalid_request_error", None, message, None)));
+        }
+        Some(self.walk_list(st, ty, url, &req))
     }
 
-    /// `GET /v1/<collection>/{id}` of a generated type; `None` for stored types.
-    pub fn retrieve(&self, st: &State, ty: &str, id: &str, raw: Option<&str>) -> Option<Result<Value, ApiError>> {
+    fn retrieve(&self, st: &State, ty: &str, id: &str, raw: Option<&str>) -> Option<Result<Value, ApiError>> {
         if !RETRIEVED.contains(&ty) {
             return None;
         }
@@ -725,8 +503,7 @@ impl Generated {
         Some(api::retrieve(&scratch, ty, id, raw))
     }
 
-    /// The line items of a generated session or the lines of a generated invoice.
-    pub fn list_children(
+    fn list_children(
         &self,
         st: &State,
         parent_ty: &str,
@@ -742,15 +519,47 @@ impl Generated {
         Some(api::list_children(&scratch, parent_ty, parent, child_ty, url, raw))
     }
 
-    /// Whether an id is one of a generated purchase's.
-    pub fn owns(&self, id: &str) -> bool {
+    fn owns(&self, id: &str) -> bool {
         self.index_of(id).is_some()
     }
 
-    /// Any generated object by id, as served unexpanded; `None` when the id is not generated.
-    pub fn get(&self, st: &State, id: &str) -> Option<Option<Value>> {
+    fn get(&self, st: &State, id: &str) -> Option<Option<Value>> {
         let i = self.index_of(id)?;
         Some(self.purchase(st, &Self::catalog(st), i).get(id))
+    }
+
+    fn summary(&self) -> GeneratedSummary {
+        let mut s = GeneratedSummary {
+            oldest: if self.n > 0 { self.created(0) } else { self.now },
+            newest: self.now,
+            ..GeneratedSummary::default()
+        };
+        for i in 0..self.n {
+            match self.kind(i) {
+                Kind::Subscription => {
+                    s.subscriptions += 1;
+                    s.subscription_items += self.items(i) as usize;
+                    s.customers += 1;
+                    s.invoices += self.past(i) as usize + 1;
+                }
+                Kind::Session => {
+                    s.sessions += 1;
+                    s.session_lines += self.lines(i) as usize;
+                    if self.guest(i) {
+                        s.guest_sessions += 1;
+                    } else {
+                        s.customers += 1;
+                    }
+                }
+                Kind::Invoice => {
+                    s.one_off_invoices += 1;
+                    s.one_off_lines += self.lines(i) as usize;
+                    s.customers += 1;
+                    s.invoices += 1;
+                }
+            }
+        }
+        s
     }
 }
 
@@ -817,6 +626,7 @@ impl State {
 
 #[cfg(test)]
 mod tests {
+    use super::streams::Source;
     use super::*;
 
     fn account(subs: usize, sessions: usize, invoices: usize) -> (State, GeneratedAccount) {

@@ -45,6 +45,7 @@ mod generated;
 mod sample;
 mod server;
 mod state;
+mod wire;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

@@ -2,7 +2,8 @@
 //! (metadata per licensing-rules §2), an unlicensed one, customers, and
 //! purchases covering each grant kind and the statuses the reconciler handles.
 
-use crate::state::{DAY, State};
+use crate::state::State;
+use crate::wire::DAY;
 use crate::{CheckoutSpec, InvoiceSpec, SubscriptionSpec};
 
 impl State {

@@ -24,7 +24,8 @@ use tokio::task::JoinHandle;
 use tower::ServiceExt;
 
 use crate::accounts::{Account, Accounts};
-use crate::api::{self, ApiError};
+use crate::api;
+use crate::wire::ApiError;
 use crate::{FaultKind, LoggedRequest};
 
 /// The account a request is served from, handed to the router's handlers.
