@@ -16,7 +16,7 @@ pub const STATUS_ACTIVE: &str = "active";
 ///
 /// Field names are the token's JSON names, which are a public interface.
 /// Times are RFC 3339 in the token and whole seconds in UTC when signed by
-/// [`Signer`](crate::Signer); any RFC 3339 offset is accepted when read.
+/// the `Signer` (feature `sign`); any RFC 3339 offset is accepted when read.
 /// Claims this version does not know are ignored, so a server may add some.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Claims {
