@@ -1,7 +1,11 @@
 //! The planner against licensing-rules §1–5, one rule per test, plus
 //! property tests of idempotence over random Stripe states.
 
+use std::time::Duration;
+
 use super::*;
+use crate::catalog::Catalog;
+use crate::domain::ExpirationStart;
 use crate::domain::{ActionKind as K, CustomerInfo, LicenseStatus as L, ReversalKind as R, SubscriptionStatus as S};
 use crate::tests::fixtures::*;
 
