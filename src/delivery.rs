@@ -89,8 +89,8 @@ pub fn license_email(job: &OutboxJob) -> Option<LicenseEmail> {
         expires_at: l.state.expires_at,
         expiration_days: l.state.expiration_days,
         expiration_start: l.state.expiration_start,
-        resend: job.outbox.kind.starts_with("resend"),
-        reissued: EmailKind::of(&job.outbox.kind) == Some(EmailKind::KeyReissued),
+        resend: job.outbox.kind.email() == Some(EmailKind::Resend),
+        reissued: job.outbox.kind.email() == Some(EmailKind::KeyReissued),
         subscription: l.state.stripe_subscription_id.is_some(),
     })
 }
@@ -450,17 +450,25 @@ mod tests {
 
     #[test]
     fn outbox_kinds_read_back_from_their_column() {
+        use crate::domain::OutboxKind;
         for (kind, n, column) in [
             (EmailKind::LicenseIssued, 1, "license_issued"),
             (EmailKind::Resend, 2, "resend:2"),
             (EmailKind::KeyReissued, 3, "key_reissued:3"),
         ] {
-            assert_eq!(kind.column(n), column);
-            assert_eq!(EmailKind::of(column), Some(kind));
+            assert_eq!(OutboxKind::new(kind, n).to_string(), column);
+            assert_eq!(column.parse::<OutboxKind>().unwrap(), OutboxKind::new(kind, n));
         }
-        for unknown in ["key_reissued", "license_issued:1", "welcome", ""] {
-            assert_eq!(EmailKind::of(unknown), None, "{unknown}");
+        for unknown in ["key_reissued", "license_issued:1", "resend:x", "welcome", ""] {
+            let kind: OutboxKind = unknown.parse().unwrap();
+            assert_eq!(kind, OutboxKind::Unknown(unknown.to_owned()));
+            assert_eq!(kind.to_string(), unknown, "shown as it is");
         }
+        assert_eq!(format!("{:<8}|", OutboxKind::new(EmailKind::Resend, 1)), "resend:1|");
+        assert_eq!(
+            format!("{:<16}|", OutboxKind::new(EmailKind::Resend, 1)),
+            "resend:1        |"
+        );
     }
 
     #[test]

@@ -2,8 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
-/// What an outbox row announces; its `kind` column is `license_issued`
-/// (once per license), `resend:<n>` or `key_reissued:<n>` (one per request).
+/// What an outbox row announces: `license_issued` (once per license),
+/// support's resend or a reissued key (one per request, see [`OutboxKind`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum EmailKind {
     LicenseIssued,
@@ -13,26 +13,78 @@ pub enum EmailKind {
     KeyReissued,
 }
 
-impl EmailKind {
-    /// The kind of an outbox row's `kind` column; `None` for one this version does not know.
-    pub fn of(kind: &str) -> Option<EmailKind> {
-        let series = kind.split_once(':').map_or(kind, |(series, _)| series);
-        match (series, kind.contains(':')) {
-            ("license_issued", false) => Some(EmailKind::LicenseIssued),
-            ("resend", true) => Some(EmailKind::Resend),
-            ("key_reissued", true) => Some(EmailKind::KeyReissued),
-            _ => None,
-        }
+/// An outbox row's `kind` column, typed: the email and, for the kinds sent
+/// on request, which request of its license it answers (`resend:2`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, diesel::AsExpression, diesel::FromSqlRow)]
+#[diesel(sql_type = diesel::sql_types::Text)]
+pub enum OutboxKind {
+    Known {
+        email: EmailKind,
+        /// 1 for `license_issued`, which is sent once.
+        n: i64,
+    },
+    /// A kind this version does not know (a newer one wrote it): shown as
+    /// it is and delivered as the license's email.
+    Unknown(String),
+}
+
+impl OutboxKind {
+    /// The `n`-th email of `email` about a license.
+    pub fn new(email: EmailKind, n: i64) -> OutboxKind {
+        let n = if email == EmailKind::LicenseIssued { 1 } else { n };
+        OutboxKind::Known { email, n }
     }
 
-    /// The `kind` column of the `n`-th email of this kind of a license
-    /// (`n` is ignored for `license_issued`, which is sent once).
-    pub fn column(self, n: i64) -> String {
+    pub fn email(&self) -> Option<EmailKind> {
         match self {
-            EmailKind::LicenseIssued => "license_issued".to_owned(),
-            EmailKind::Resend => format!("resend:{n}"),
-            EmailKind::KeyReissued => format!("key_reissued:{n}"),
+            OutboxKind::Known { email, .. } => Some(*email),
+            OutboxKind::Unknown(_) => None,
         }
+    }
+}
+
+impl std::str::FromStr for OutboxKind {
+    type Err = std::convert::Infallible;
+
+    /// Never fails: a kind this version does not know is [`OutboxKind::Unknown`].
+    fn from_str(kind: &str) -> Result<Self, Self::Err> {
+        let known = match kind.split_once(':') {
+            None if kind == "license_issued" => Some((EmailKind::LicenseIssued, 1)),
+            Some(("resend", n)) => n.parse().ok().map(|n| (EmailKind::Resend, n)),
+            Some(("key_reissued", n)) => n.parse().ok().map(|n| (EmailKind::KeyReissued, n)),
+            _ => None,
+        };
+        Ok(match known {
+            Some((email, n)) => OutboxKind::Known { email, n },
+            None => OutboxKind::Unknown(kind.to_owned()),
+        })
+    }
+}
+
+impl std::fmt::Display for OutboxKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let text = match self {
+            OutboxKind::Known {
+                email: EmailKind::LicenseIssued,
+                ..
+            } => "license_issued".to_owned(),
+            OutboxKind::Known {
+                email: EmailKind::Resend,
+                n,
+            } => format!("resend:{n}"),
+            OutboxKind::Known {
+                email: EmailKind::KeyReissued,
+                n,
+            } => format!("key_reissued:{n}"),
+            OutboxKind::Unknown(kind) => kind.clone(),
+        };
+        f.pad(&text)
+    }
+}
+
+impl Serialize for OutboxKind {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
     }
 }
 

@@ -22,6 +22,7 @@ use serde_json::{Map, Value, json};
 
 use super::report::{Report, render_text as render_account_text};
 use crate::accounts::{Shard, label};
+use crate::domain::RunOutcome;
 use crate::error::{Failure, exit_status};
 
 /// How one account's run ended.
@@ -188,7 +189,7 @@ pub fn render_json(fleet: &Fleet) -> Result<String> {
         accounts.push(Value::Object(entry));
     }
     let value = json!({
-        "outcome": if matches!(fleet.verdict(), Verdict::Failed(_)) { "failed" } else { "succeeded" },
+        "outcome": if matches!(fleet.verdict(), Verdict::Failed(_)) { RunOutcome::Failed } else { RunOutcome::Succeeded },
         "dry_run": fleet.dry_run,
         "shard": fleet.shard.map(|s| s.to_string()),
         "accounts_configured": fleet.configured,

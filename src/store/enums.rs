@@ -8,7 +8,8 @@ use diesel::serialize::{self, Output, ToSql};
 use diesel::sql_types::{Array, Nullable, Text};
 
 use crate::domain::{
-    EmailStatus, ExpirationStart, LedgerAction, LicenseStatus, ProductIdColumn, RunMode, RunOutcome, SourceKind,
+    EmailStatus, ExpirationStart, LedgerAction, LicenseStatus, OutboxKind, ProductIdColumn, RunMode, RunOutcome,
+    SourceKind,
 };
 
 macro_rules! text_enum {
@@ -44,6 +45,21 @@ type TextArray = Array<Nullable<Text>>;
 impl FromSql<TextArray, Pg> for ProductIdColumn {
     fn from_sql(bytes: PgValue<'_>) -> deserialize::Result<Self> {
         <Vec<Option<String>> as FromSql<TextArray, Pg>>::from_sql(bytes).map(ProductIdColumn)
+    }
+}
+
+impl ToSql<Text, Pg> for OutboxKind {
+    fn to_sql<'b>(&'b self, out: &mut Output<'b, '_, Pg>) -> serialize::Result {
+        <String as ToSql<Text, Pg>>::to_sql(&self.to_string(), &mut out.reborrow())
+    }
+}
+
+impl FromSql<Text, Pg> for OutboxKind {
+    fn from_sql(bytes: PgValue<'_>) -> deserialize::Result<Self> {
+        let text = <String as FromSql<Text, Pg>>::from_sql(bytes)?;
+        Ok(text
+            .parse()
+            .unwrap_or_else(|never: std::convert::Infallible| match never {}))
     }
 }
 

@@ -9,11 +9,11 @@ use anyhow::{Context, Result, anyhow};
 use chrono::{DateTime, Utc};
 use diesel::pg::PgConnection;
 use diesel::prelude::*;
-use diesel::sql_types::{Array, BigInt, Integer, Nullable, Text, Timestamptz};
+use diesel::sql_types::{Array, BigInt, Bool, Integer, Nullable, Text, Timestamptz};
 
 use super::Store;
 use super::license::LicenseRow;
-use crate::domain::{EmailKind, EmailStatus, License};
+use crate::domain::{EmailKind, EmailStatus, License, OutboxKind};
 use crate::schema::{email_outbox, licenses};
 use crate::secret::redact;
 use serde::Serialize;
@@ -46,7 +46,7 @@ impl SenderSession {
 pub struct OutboxRow {
     pub id: i64,
     pub license_id: i64,
-    pub kind: String,
+    pub kind: OutboxKind,
     pub recipient: Option<String>,
     pub status: EmailStatus,
     pub attempts: i32,
@@ -65,7 +65,7 @@ pub struct OutboxRow {
 #[diesel(table_name = email_outbox)]
 pub struct NewOutboxRow {
     pub license_id: i64,
-    pub kind: String,
+    pub kind: OutboxKind,
     pub recipient: Option<String>,
     pub status: EmailStatus,
     pub stripe_account: Option<String>,
@@ -95,15 +95,15 @@ pub(super) fn enqueue_email(
     recipient: Option<&str>,
     kind: EmailKind,
 ) -> QueryResult<i64> {
-    let kinds: Vec<String> = email_outbox::table
+    let kinds: Vec<OutboxKind> = email_outbox::table
         .filter(email_outbox::license_id.eq(license_id))
         .select(email_outbox::kind)
         .load(conn)?;
-    let previous = kinds.iter().filter(|k| EmailKind::of(k) == Some(kind)).count() as i64;
+    let previous = kinds.iter().filter(|k| k.email() == Some(kind)).count() as i64;
     diesel::insert_into(email_outbox::table)
         .values(NewOutboxRow {
             license_id,
-            kind: kind.column(previous + 1),
+            kind: OutboxKind::new(kind, previous + 1),
             status: if recipient.is_some() {
                 EmailStatus::Pending
             } else {
@@ -153,24 +153,77 @@ pub struct Mark {
     pub outcome: Outcome,
 }
 
+/// What an [`Outcome`] writes into its row: a status when it ends the row's
+/// tries, the error to keep, when the row is due again, and whether the
+/// attempt counts.
+struct Effect {
+    status: Option<EmailStatus>,
+    /// Not fenced by the claim (see [`Outcome::Sent`]).
+    sent: bool,
+    /// `Some`: `last_error` becomes this (a send clears it).
+    error: Option<Option<String>>,
+    retry_at: Option<DateTime<Utc>>,
+    due_now: bool,
+    uncounted: bool,
+}
+
+impl Outcome {
+    fn effect(&self) -> Effect {
+        let keep = Effect {
+            status: None,
+            sent: false,
+            error: None,
+            retry_at: None,
+            due_now: false,
+            uncounted: false,
+        };
+        match self {
+            Outcome::Sent => Effect {
+                status: Some(EmailStatus::Sent),
+                sent: true,
+                error: Some(None),
+                ..keep
+            },
+            Outcome::Released => Effect {
+                due_now: true,
+                uncounted: true,
+                ..keep
+            },
+            Outcome::Retry { error, at } => Effect {
+                error: Some(Some(redact(error))),
+                retry_at: Some(*at),
+                ..keep
+            },
+            Outcome::Failed { error } => Effect {
+                status: Some(EmailStatus::Failed),
+                error: Some(Some(redact(error))),
+                ..keep
+            },
+            Outcome::NoRecipient => Effect {
+                status: Some(EmailStatus::NoRecipient),
+                uncounted: true,
+                ..keep
+            },
+        }
+    }
+}
+
 /// [`Store::record_outcomes`]: one UPDATE for a whole batch of marks, each
-/// row fenced by its own (id, attempt) pair unless it was sent.
+/// row fenced by its own (id, attempt) pair (`$9`: the pending status)
+/// unless it was sent. The columns of `m` are the marks' [`Effect`]s.
 const RECORD_OUTCOMES: &str = "\
     UPDATE email_outbox AS o SET \
-        status = CASE m.outcome WHEN 'sent' THEN 'sent' WHEN 'failed' THEN 'failed' \
-            WHEN 'no_recipient' THEN 'no_recipient' ELSE o.status END, \
-        sent_at = CASE WHEN m.outcome = 'sent' THEN now() ELSE o.sent_at END, \
-        last_error = CASE m.outcome WHEN 'sent' THEN NULL WHEN 'retry' THEN m.error \
-            WHEN 'failed' THEN m.error ELSE o.last_error END, \
-        next_attempt_at = CASE m.outcome WHEN 'retry' THEN m.retry_at WHEN 'released' THEN now() \
-            ELSE o.next_attempt_at END, \
-        attempts = CASE WHEN m.outcome IN ('released', 'no_recipient') THEN o.attempts - 1 \
-            ELSE o.attempts END, \
+        status = COALESCE(m.status, o.status), \
+        sent_at = CASE WHEN m.sent THEN now() ELSE o.sent_at END, \
+        last_error = CASE WHEN m.set_error THEN m.error ELSE o.last_error END, \
+        next_attempt_at = CASE WHEN m.due_now THEN now() ELSE COALESCE(m.retry_at, o.next_attempt_at) END, \
+        attempts = CASE WHEN m.uncounted THEN o.attempts - 1 ELSE o.attempts END, \
         claimed_by = NULL \
-    FROM unnest($1::bigint[], $2::int4[], $3::text[], $4::text[], $5::timestamptz[]) \
-        AS m(id, attempt, outcome, error, retry_at) \
+    FROM unnest($1::bigint[], $2::int4[], $3::text[], $4::bool[], $5::bool[], $6::text[], \
+                $7::timestamptz[], $8::bool[], $10::bool[]) \
+        AS m(id, attempt, status, sent, set_error, error, retry_at, due_now, uncounted) \
     WHERE o.id = m.id \
-        AND (m.outcome = 'sent' OR (o.status = 'pending' AND o.attempts = m.attempt)) \
+        AND (m.sent OR (o.status = $9 AND o.attempts = m.attempt)) \
     RETURNING o.id";
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
@@ -363,24 +416,31 @@ impl Store {
         if marks.is_empty() {
             return Ok(Vec::new());
         }
-        let mut ids = Vec::with_capacity(marks.len());
-        let mut attempts = Vec::with_capacity(marks.len());
-        let mut outcomes = Vec::with_capacity(marks.len());
-        let mut errors = Vec::with_capacity(marks.len());
-        let mut retry_at = Vec::with_capacity(marks.len());
+        let n = marks.len();
+        let (mut ids, mut attempts, mut statuses, mut sent) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
+        let (mut set_error, mut errors, mut retry_at, mut due_now, mut uncounted) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
         for mark in marks {
+            let effect = mark.outcome.effect();
             ids.push(mark.outbox_id);
             attempts.push(mark.attempt);
-            let (tag, error, at) = match &mark.outcome {
-                Outcome::Sent => ("sent", None, None),
-                Outcome::Released => ("released", None, None),
-                Outcome::Retry { error, at } => ("retry", Some(redact(error)), Some(*at)),
-                Outcome::Failed { error } => ("failed", Some(redact(error)), None),
-                Outcome::NoRecipient => ("no_recipient", None, None),
-            };
-            outcomes.push(tag);
-            errors.push(error);
-            retry_at.push(at);
+            statuses.push(effect.status);
+            sent.push(effect.sent);
+            set_error.push(effect.error.is_some());
+            errors.push(effect.error.flatten());
+            retry_at.push(effect.retry_at);
+            due_now.push(effect.due_now);
+            uncounted.push(effect.uncounted);
         }
 
         #[derive(QueryableByName)]
@@ -392,9 +452,14 @@ impl Store {
         let recorded: Vec<Recorded> = diesel::sql_query(RECORD_OUTCOMES)
             .bind::<Array<BigInt>, _>(ids)
             .bind::<Array<Integer>, _>(attempts)
-            .bind::<Array<Text>, _>(outcomes)
+            .bind::<Array<Nullable<Text>>, _>(statuses)
+            .bind::<Array<Bool>, _>(sent)
+            .bind::<Array<Bool>, _>(set_error)
             .bind::<Array<Nullable<Text>>, _>(errors)
             .bind::<Array<Nullable<Timestamptz>>, _>(retry_at)
+            .bind::<Array<Bool>, _>(due_now)
+            .bind::<Text, _>(EmailStatus::Pending)
+            .bind::<Array<Bool>, _>(uncounted)
             .load(&mut conn)
             .context("recording the outcomes of sent emails")?;
         Ok(recorded.into_iter().map(|r| r.id).collect())

@@ -12,7 +12,7 @@ use super::ledger::NewLedgerRow;
 use super::license::NewLicenseRow;
 use super::outbox::NewOutboxRow;
 use super::run::LOST_LOCK;
-use crate::domain::{ActionKind, EmailKind, EmailStatus, GrantKey, LedgerAction, SourceKind};
+use crate::domain::{ActionKind, EmailKind, EmailStatus, GrantKey, LedgerAction, OutboxKind, SourceKind};
 use crate::schema::{email_outbox, license_ledger, licenses};
 
 /// One write of the applier: a license row (new or existing, by natural
@@ -125,7 +125,7 @@ impl Store {
                 if let Some(status) = w.email {
                     outbox.push(NewOutboxRow {
                         license_id,
-                        kind: EmailKind::LicenseIssued.column(1),
+                        kind: OutboxKind::new(EmailKind::LicenseIssued, 1),
                         status,
                         recipient: w.license.state.customer_email.clone(),
                         stripe_account: self.account.clone(),
