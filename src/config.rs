@@ -70,7 +70,7 @@ impl Config {
             },
             Some(url) => {
                 check_database_url(url)?;
-                Database::Url(Secret::new(url))
+                Database::Url(Secret::from(url))
             }
         };
         let mail_url = secret_setting(

@@ -64,7 +64,7 @@ impl OpenDatabase {
                 let embedded = Embedded { cluster, _lock: lock };
                 embedded.cluster.ensure_running(Tuning::default())?;
                 create_database_if_missing(&embedded.cluster.url("postgres"), EMBEDDED_DB)?;
-                let store = Store::connect(&Secret::new(embedded.cluster.url(EMBEDDED_DB)))?;
+                let store = Store::connect(&Secret::from(embedded.cluster.url(EMBEDDED_DB)))?;
                 tracing::debug!(dir = %dir.display(), "embedded PostgreSQL started");
                 Ok(OpenDatabase {
                     store,

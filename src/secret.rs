@@ -1,35 +1,11 @@
-//! Keeping secrets out of logs, errors, `--help` and panics: a wrapper whose
-//! `Debug`/`Display` never show the value, and a scrubber for free text
+//! Keeping secrets out of logs, errors, `--help` and panics: secrecy's
+//! `SecretString`, whose `Debug` never shows the value, and a scrubber for free text
 //! (error chains from libraries) that masks Stripe keys and URL passwords.
 
-use std::fmt;
-
-/// A configured secret (Stripe key, database URL with password, SMTP URL).
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: impl Into<String>) -> Secret {
-        Secret(value.into())
-    }
-
-    /// The value itself, for the one place that must send it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(\"[redacted]\")")
-    }
-}
-
-impl fmt::Display for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("[redacted]")
-    }
-}
+/// A configured secret (Stripe key, database URL with password, SMTP
+/// password): secrecy's `SecretString`, whose `Debug` shows no value and
+/// which has no `Display`; `expose_secret()` marks each place that sends it.
+pub use secrecy::{ExposeSecret, SecretString as Secret};
 
 /// Masks every `sk_…`/`rk_…` token and every password in a `scheme://user:password@host` URL.
 pub fn redact(text: &str) -> String {
@@ -81,8 +57,9 @@ mod tests {
     }
 
     #[test]
-    fn secrets_never_show_in_debug_or_display() {
-        let s = Secret::new("sk_test_abc");
-        assert!(!format!("{s:?} {s}").contains("abc"));
+    fn secrets_never_show_in_debug() {
+        let s = Secret::from("sk_test_abc");
+        assert!(!format!("{s:?}").contains("abc"));
+        assert_eq!(s.expose_secret(), "sk_test_abc");
     }
 }

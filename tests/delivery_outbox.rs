@@ -322,8 +322,8 @@ async fn two_concurrent_senders_deliver_each_message_exactly_once() {
         .collect();
     // Two senders as two processes would be: each its own pool and transport.
     let (store_a, store_b) = (
-        Store::connect(&Secret::new(db.url.clone())).unwrap(),
-        Store::connect(&Secret::new(db.url.clone())).unwrap(),
+        Store::connect(&Secret::from(db.url.clone())).unwrap(),
+        Store::connect(&Secret::from(db.url.clone())).unwrap(),
     );
     let (mail_a, mail_b) = (service(sink.tls_url()), service(sink.tls_url()));
     let now = Utc::now();

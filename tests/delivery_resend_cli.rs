@@ -81,7 +81,10 @@ async fn mail_resend_writes_a_new_message_for_the_license_with_a_message_id_of_i
 
     let rows = db.store.outbox_for_license(license.license_id).unwrap();
     let summary: Vec<(String, &str)> = rows.iter().map(|r| (r.kind.to_string(), r.status.as_str())).collect();
-    assert_eq!(summary, [("license_issued".to_owned(), "sent"), ("resend:1".to_owned(), "sent")]);
+    assert_eq!(
+        summary,
+        [("license_issued".to_owned(), "sent"), ("resend:1".to_owned(), "sent")]
+    );
     assert_eq!(message_id, format!("{}@acme.test", rows[1].message_id));
 }
 

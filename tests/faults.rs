@@ -1675,7 +1675,7 @@ async fn every_connection_slot_taken_before_or_during_a_run_loses_nothing() {
     );
     let url = pg.url();
     let mail = tempfile::tempdir().unwrap();
-    licensync::store::Store::connect(&licensync::secret::Secret::new(url.clone()))
+    licensync::store::Store::connect(&licensync::secret::Secret::from(url.clone()))
         .unwrap()
         .migrate()
         .unwrap();

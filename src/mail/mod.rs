@@ -27,7 +27,7 @@ use lettre::{AsyncFileTransport, AsyncSmtpTransport, AsyncTransport, Message, To
 
 pub use self::render::{HTML_TEMPLATE, LicenseEmail, SUBJECT_TEMPLATE, TEXT_TEMPLATE, message_id};
 pub use self::url::{DEFAULT_SMTP_CONCURRENCY, MAX_SMTP_CONCURRENCY, MailUrl, MailUrlError, SmtpTls};
-use crate::secret::Secret;
+use crate::secret::ExposeSecret;
 
 /// The sender used when `LICENSYNC_MAIL_FROM` is unset (cli.md).
 pub const DEFAULT_FROM: &str = "licenses@localhost";
@@ -335,7 +335,7 @@ impl MailService {
             MailUrl::Smtp {
                 credentials: Some((_, secret)),
                 ..
-            } if secret.expose().len() >= 4 => text.replace(secret.expose(), "***"),
+            } if secret.expose_secret().len() >= 4 => text.replace(secret.expose_secret(), "***"),
             _ => text,
         }
     }
@@ -345,7 +345,7 @@ fn smtp_transport(
     host: &str,
     port: u16,
     tls: SmtpTls,
-    credentials: Option<&(String, Secret)>,
+    credentials: Option<&(String, self::url::Password)>,
     tls_ca: Option<&std::path::Path>,
 ) -> anyhow::Result<AsyncSmtpTransportBuilder> {
     let tls = match tls {
@@ -376,7 +376,7 @@ fn smtp_transport(
         .port(port)
         .tls(tls);
     if let Some((user, password)) = credentials {
-        builder = builder.credentials(Credentials::new(user.clone(), password.expose().to_owned()));
+        builder = builder.credentials(Credentials::new(user.clone(), password.expose_secret().to_owned()));
     }
     Ok(builder)
 }

@@ -26,6 +26,7 @@ use diesel::prelude::*;
 use diesel::r2d2::{ConnectionManager, Pool, PooledConnection};
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 
+use crate::secret::ExposeSecret;
 use crate::secret::redact;
 use run::RunFence;
 
@@ -77,9 +78,9 @@ impl Store {
     /// database fails at once with libpq's own message (the pool would only
     /// say it timed out).
     pub fn connect(url: &crate::secret::Secret) -> Result<Store> {
-        PgConnection::establish(url.expose())
+        PgConnection::establish(url.expose_secret())
             .map_err(|e| anyhow!("connecting to the license database: {}", redact(&e.to_string())))?;
-        let manager = ConnectionManager::<PgConnection>::new(url.expose());
+        let manager = ConnectionManager::<PgConnection>::new(url.expose_secret());
         let pool = Pool::builder()
             // One run per account side by side (`--account-concurrency`),
             // each mostly on one connection at a time.

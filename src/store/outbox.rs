@@ -15,6 +15,7 @@ use super::Store;
 use super::license::LicenseRow;
 use crate::domain::{EmailKind, EmailStatus, License, OutboxKind};
 use crate::schema::{email_outbox, licenses};
+use crate::secret::ExposeSecret;
 use crate::secret::redact;
 use serde::Serialize;
 
@@ -239,7 +240,7 @@ pub struct OutboxCounts {
 impl Store {
     /// Opens a sender session (see [`SenderSession`]) under a fresh random id.
     pub fn sender_session(&self) -> Result<SenderSession> {
-        let mut conn = PgConnection::establish(self.url.expose())
+        let mut conn = PgConnection::establish(self.url.expose_secret())
             .map_err(|e| anyhow!("connecting to the license database: {}", redact(&e.to_string())))?;
         loop {
             let id: i32 = rand::random_range(1..i32::MAX);

@@ -10,6 +10,7 @@ use serde::Serialize;
 use super::Store;
 use crate::domain::{RunMode, RunOutcome};
 use crate::schema::{licenses, runs};
+use crate::secret::ExposeSecret;
 use crate::secret::redact;
 
 /// The advisory lock key of "a run is in progress" (one run per database).
@@ -70,7 +71,7 @@ impl Store {
     /// time), or `None` when another run has it.
     pub fn try_lock_run(&self) -> Result<Option<RunLock>> {
         let key = run_lock_key(self.account.as_deref());
-        let mut conn = PgConnection::establish(self.url.expose())
+        let mut conn = PgConnection::establish(self.url.expose_secret())
             .map_err(|e| anyhow!("connecting to the license database: {}", redact(&e.to_string())))?;
         let locked: bool = diesel::select(diesel::dsl::sql::<diesel::sql_types::Bool>(&format!(
             "pg_try_advisory_lock({key})"

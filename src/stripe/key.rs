@@ -6,15 +6,26 @@
 use std::fmt;
 use std::str::FromStr;
 
+use secrecy::{ExposeSecret, SecretString};
+
 /// The prefixes licensync accepts: secret and restricted keys, test or live.
 /// Publishable keys (`pk_`) cannot read purchases.
 const PREFIXES: [&str; 4] = ["sk_live_", "sk_test_", "rk_live_", "rk_test_"];
 
-/// A Stripe secret (`sk_`) or restricted (`rk_`) key.
-#[derive(Clone, PartialEq, Eq)]
+/// A Stripe secret (`sk_`) or restricted (`rk_`) key, held as secrecy's
+/// `SecretString` (zeroed when dropped, never in a `Debug`).
+#[derive(Clone)]
 pub struct ApiKey {
-    secret: String,
+    secret: SecretString,
 }
+
+impl PartialEq for ApiKey {
+    fn eq(&self, other: &ApiKey) -> bool {
+        self.expose() == other.expose()
+    }
+}
+
+impl Eq for ApiKey {}
 
 /// Why a string is not a usable Stripe API key. Never contains the key.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -50,23 +61,24 @@ impl ApiKey {
             )));
         }
         Ok(ApiKey {
-            secret: text.to_owned(),
+            secret: SecretString::from(text),
         })
     }
 
     /// Live keys read real customers; test keys must never create production licenses.
     pub fn livemode(&self) -> bool {
-        self.secret.starts_with("sk_live_") || self.secret.starts_with("rk_live_")
+        let key = self.expose();
+        key.starts_with("sk_live_") || key.starts_with("rk_live_")
     }
 
     /// The key in clear text, for the `Authorization` header only.
     pub fn expose(&self) -> &str {
-        &self.secret
+        self.secret.expose_secret()
     }
 
     /// The key as it may appear in logs and errors: `rk_live_…abcd`.
     pub fn masked(&self) -> String {
-        mask(&self.secret)
+        mask(self.expose())
     }
 }
 

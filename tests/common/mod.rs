@@ -67,7 +67,7 @@ fn server() -> &'static Server {
         diesel::sql_query(format!("CREATE DATABASE {template}"))
             .execute(&mut conn)
             .unwrap();
-        let store = Store::connect(&Secret::new(url_pattern.replace("{db}", &template))).unwrap();
+        let store = Store::connect(&Secret::from(url_pattern.replace("{db}", &template))).unwrap();
         store.migrate().expect("migrating the template database");
         drop(store);
         Server { template, url_pattern }
@@ -104,7 +104,7 @@ impl TestDb {
             .execute(&mut admin)
             .unwrap();
         let url = server.url_pattern.replace("{db}", &name);
-        let store = Store::connect(&Secret::new(url.clone())).unwrap();
+        let store = Store::connect(&Secret::from(url.clone())).unwrap();
         TestDb { name, url, store }
     }
 
