@@ -11,8 +11,8 @@ use super::Output;
 use super::reconcile::{Ran, ReconcileArgs, reconcile_once};
 use crate::accounts::Shard;
 use crate::config::Config;
-use crate::error::{EXIT_USAGE, exit_status, usage};
-use crate::reconcile::Interrupted;
+use crate::error::usage;
+use crate::reconcile::{Action, error_policy};
 use crate::shutdown::Shutdown;
 use crate::values::{Schedule, Setting, parse_schedule};
 
@@ -97,18 +97,22 @@ pub async fn run(config: &Config, args: DaemonArgs, mut shutdown: Shutdown) -> R
                 duration_ms = fleet.duration_ms,
                 "run succeeded"
             ),
-            Ok((_, Err(e))) if e.chain().any(|c| c.is::<Interrupted>()) || shutdown.is_shutdown() => {
-                tracing::info!("stopped on signal after the page in progress");
-                return Ok(());
-            }
-            Ok((_, Err(e))) | Err(e) => {
+            Ok((_, Err(e))) | Err(e) => match error_policy(&e) {
+                _ if shutdown.is_shutdown() => {
+                    tracing::info!("stopped on signal after the page in progress");
+                    return Ok(());
+                }
+                Action::Stop => {
+                    tracing::info!("stopped on signal after the page in progress");
+                    return Ok(());
+                }
                 // A configuration error (a mode mismatch, a key Stripe
                 // rejects) fails every tick the same way: stop, exit 2.
-                if exit_status(&e) == EXIT_USAGE {
-                    return Err(e);
+                Action::Refuse => return Err(e),
+                Action::Retry | Action::Locked | Action::Requeue => {
+                    tracing::error!(error = %crate::secret::redact(&format!("{e:#}")), "run failed; the daemon goes on")
                 }
-                tracing::error!(error = %crate::secret::redact(&format!("{e:#}")), "run failed; the daemon goes on");
-            }
+            },
         }
     }
 }

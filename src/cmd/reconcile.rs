@@ -18,7 +18,7 @@ use crate::error::{Failure, usage};
 use crate::mail::{MailService, MailUrl};
 use crate::plan::PlanConfig;
 use crate::reconcile::fleet::{self, AccountRun, Fleet};
-use crate::reconcile::{ModeMismatch, Report, RunOptions, Scope, reconcile, render_json, render_text};
+use crate::reconcile::{Account, Context, ModeMismatch, Outcome, Report, Scope, reconcile, render_json, render_text};
 use crate::shutdown::Shutdown;
 use crate::stripe::{StripeConfig, StripeSource};
 use crate::values::{Setting, parse_timestamp};
@@ -149,7 +149,7 @@ pub async fn reconcile_once(config: &Config, args: &ReconcileArgs, shutdown: Shu
             }
         }
     }
-    let options = RunOptions {
+    let ctx = Context {
         scope,
         stop: Some(shutdown),
         progress: !several && args.output == Output::Text && std::io::stderr().is_terminal(),
@@ -166,9 +166,17 @@ pub async fn reconcile_once(config: &Config, args: &ReconcileArgs, shutdown: Shu
     let metrics_file = args.metrics_file.as_deref().filter(|_| !args.dry_run);
     if !several && let (Some(account), Some(mail)) = (accounts.first(), mails.pop()) {
         let source = account_source(config, account)?;
-        let (report, outcome) = match reconcile(&db.store, source, mail.as_ref(), options).await {
-            Ok(done) => done,
-            Err(e) => {
+        let account = Account {
+            store: &db.store,
+            source,
+            mail: mail.as_ref(),
+        };
+        let (report, outcome) = match reconcile(account, &ctx).await.into_result() {
+            (Some(report), outcome) => (report, outcome),
+            (None, outcome) => {
+                let e = outcome
+                    .err()
+                    .unwrap_or_else(|| anyhow::anyhow!("the run ended without a report"));
                 // A refused run did nothing, but alerting must hear of it.
                 if let Some(path) = metrics_file.filter(|_| is_mode_mismatch(&e)) {
                     write_metrics(path, || {
@@ -185,22 +193,29 @@ pub async fn reconcile_once(config: &Config, args: &ReconcileArgs, shutdown: Shu
     }
     // The report's memory does not grow with the number of accounts either:
     // `--report-actions` is the whole run's, shared out among the accounts.
-    let options = RunOptions {
+    let ctx = Context {
         report_actions: args.report_actions.div_ceil(accounts.len().max(1)),
-        ..options
+        ..ctx
     };
     let started = std::time::Instant::now();
     let shard = args.shard;
     let runs = futures::stream::iter(accounts.into_iter().zip(mails).enumerate())
         .map(|(i, (account, mail))| {
-            let (store, options) = (db.store.for_account(account.stripe_account.as_deref()), options.clone());
+            let (store, ctx) = (db.store.for_account(account.stripe_account.as_deref()), &ctx);
             // Every log line of the account's run names it.
             let span = tracing::info_span!("account", stripe_account = %account.label());
             tracing::Instrument::instrument(
                 async move {
                     let done = match account_source(config, &account) {
-                        Ok(source) => reconcile(&store, source, mail.as_ref(), options).await,
-                        Err(e) => Err(e),
+                        Ok(source) => {
+                            let run = Account {
+                                store: &store,
+                                source,
+                                mail: mail.as_ref(),
+                            };
+                            reconcile(run, ctx).await
+                        }
+                        Err(e) => Outcome::of(None, Err(e)),
                     };
                     let run = AccountRun::of(account.stripe_account.clone(), account.name.clone(), done);
                     match &run.error {

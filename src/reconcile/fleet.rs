@@ -20,10 +20,11 @@ use std::collections::BTreeMap;
 use anyhow::Result;
 use serde_json::{Map, Value, json};
 
+use super::policy::{Action, Outcome};
 use super::report::{Report, render_text as render_account_text};
 use crate::accounts::{Shard, label};
 use crate::domain::RunOutcome;
-use crate::error::{Failure, exit_status};
+use crate::error::Failure;
 
 /// How one account's run ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, strum::AsRefStr, strum::Display)]
@@ -49,20 +50,19 @@ pub struct AccountRun {
 }
 
 impl AccountRun {
-    /// From what the single-account engine returned.
-    pub fn of(stripe_account: Option<String>, name: String, done: Result<(Report, Result<()>)>) -> AccountRun {
-        let (outcome, error, report) = match done {
-            Ok((report, Ok(()))) => (AccountOutcome::Succeeded, None, Some(report)),
-            Ok((report, Err(e))) => (AccountOutcome::Failed, Some(e), Some(report)),
-            Err(e) if exit_status(&e) == crate::error::EXIT_LOCKED => (AccountOutcome::Locked, Some(e), None),
-            Err(e) => (AccountOutcome::Failed, Some(e), None),
+    /// From the outcome of the account's run: its action decides.
+    pub fn of(stripe_account: Option<String>, name: String, done: Outcome) -> AccountRun {
+        let outcome = match done.action {
+            Action::Requeue => AccountOutcome::Succeeded,
+            Action::Locked => AccountOutcome::Locked,
+            Action::Retry | Action::Stop | Action::Refuse => AccountOutcome::Failed,
         };
         AccountRun {
             stripe_account,
             name,
             outcome,
-            error,
-            report,
+            error: done.error,
+            report: done.report,
         }
     }
 
@@ -260,6 +260,7 @@ pub fn render_text(fleet: &Fleet) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::exit_status;
     use AccountOutcome::*;
 
     #[test]

@@ -13,7 +13,8 @@
 //! (pure), `segments` splits a list into `created` ranges (pure), `read`
 //! streams each list's pages, `lists` puts them together into the streams
 //! a run applies, `stage` plans and applies a page, `report` keeps what
-//! the run did, `progress` shows it. `run` holds the phases: read refunds
+//! the run did, `progress` shows it, `policy` maps how a run ended to
+//! what comes next (one error policy). `run` holds the phases: read refunds
 //! and disputes, then every purchase list at once (or the events), then
 //! sweep what the clock expired. This file wraps them: take the run lock,
 //! check the mode, record the run, then send the emails.
@@ -47,6 +48,7 @@
 
 pub mod fleet;
 mod lists;
+mod policy;
 mod progress;
 mod read;
 mod report;
@@ -63,6 +65,7 @@ use std::time::Instant;
 use anyhow::{Result, anyhow};
 use chrono::Utc;
 
+pub use policy::{Action, Interrupted, Outcome, error_policy};
 pub use report::{Report, ReportAction, ReportSkip, TEXT_ACTIONS, render_json, render_text};
 pub use scope::{EVENT_RETENTION, EVENTS_CURSOR, EventCursor, OVERLAP, RunMode, Scope};
 
@@ -77,8 +80,10 @@ use crate::stripe::StripeSource;
 use progress::Progress;
 use run::Run;
 
+/// What every account's run of one `reconcile` shares (controller-rs's
+/// `Context`): what to read, the rules' settings, the shutdown.
 #[derive(Debug, Clone)]
-pub struct RunOptions {
+pub struct Context {
     pub scope: Scope,
     /// Stop after the page in progress once this is shut down (SIGTERM/SIGINT).
     pub stop: Option<Shutdown>,
@@ -94,19 +99,31 @@ pub struct RunOptions {
     pub report_actions: usize,
 }
 
-/// Raised when SIGTERM/SIGINT asked the run to stop between pages.
-#[derive(Debug, thiserror::Error)]
-#[error("stopped by a signal after the page in progress; committed pages stay, the next run converges")]
-pub struct Interrupted;
+/// One account to reconcile: its store (scoped to the account), its Stripe
+/// client and its sender (none on a dry run).
+pub struct Account<'a> {
+    pub store: &'a Store,
+    pub source: StripeSource,
+    pub mail: Option<&'a MailService>,
+}
 
-/// Runs one reconcile; the report says what happened, also when it failed
-/// part-way (`outcome: failed`, with the error), in which case the error is
-/// returned too so the exit code is 1.
-pub async fn reconcile(
+/// Reconciles one account. The outcome's report says what happened, also
+/// when the run failed part-way (`outcome: failed`, with the error); its
+/// action, from [`error_policy`], what comes next.
+pub async fn reconcile(account: Account<'_>, ctx: &Context) -> Outcome {
+    match run_account(account.store, account.source, account.mail, ctx.clone()).await {
+        Ok((report, result)) => Outcome::of(Some(report), result),
+        Err(refused) => Outcome::of(None, Err(refused)),
+    }
+}
+
+/// The run itself: `Err` when it was refused before it began (no report),
+/// else its report and how it ended.
+async fn run_account(
     store: &Store,
     source: StripeSource,
     mail: Option<&MailService>,
-    options: RunOptions,
+    options: Context,
 ) -> Result<(Report, Result<()>)> {
     let started = Instant::now();
     let now = Utc::now();
