@@ -154,7 +154,7 @@ async fn main() -> Result<()> {
     let (_cluster, url) = start_cluster(args.durable)?;
     // Before the store connects: the hook is taken when a connection opens.
     set_default_instrumentation(counting)?;
-    let store = Store::connect(&Secret::new(url))?;
+    let store = Store::connect(&Secret::from(url))?;
     store.migrate()?;
     queue(&store, args.emails)?;
     ensure!(

@@ -148,10 +148,10 @@ fn an_upsert_on_the_natural_key_keeps_the_issued_key() {
     assert_eq!(all[0].state.status, LicenseStatus::Expired);
     let ledger = db.store.ledger(all[0].id).unwrap();
     assert_eq!(
-        ledger.iter().map(|l| l.action.as_str()).collect::<Vec<_>>(),
+        ledger.iter().map(|l| l.entry.action.as_str()).collect::<Vec<_>>(),
         ["issue", "extend"]
     );
-    assert_eq!(ledger[0].after["key"], "AAAAA-AAAAA-AAAAA-AAAAA-AAAAA");
+    assert_eq!(ledger[0].entry.after["key"], "AAAAA-AAAAA-AAAAA-AAAAA-AAAAA");
     let emails = db.store.outbox_for_license(all[0].id).unwrap();
     assert_eq!(emails.len(), 1, "one email per license and kind, even when asked twice");
 }

@@ -175,7 +175,7 @@ fn show_license(store: &Store, key_or_id: &str, output: Output) -> Result<()> {
             }
             writeln!(out, "Ledger:")?;
             for e in &ledger {
-                let operator = match (&e.operator, &e.reason) {
+                let operator = match (&e.entry.operator, &e.entry.reason) {
                     (Some(by), Some(reason)) => format!(" by {by}: {reason}"),
                     (Some(by), None) => format!(" by {by}"),
                     _ => String::new(),
@@ -184,9 +184,9 @@ fn show_license(store: &Store, key_or_id: &str, output: Output) -> Result<()> {
                     out,
                     "  {}  {:<9} run {:<5} because of {}{operator}",
                     e.created_at.format("%Y-%m-%d %H:%M:%S UTC"),
-                    e.action,
-                    e.run_id.map(|r| r.to_string()).unwrap_or_else(|| "-".into()),
-                    e.stripe_object
+                    e.entry.action,
+                    e.entry.run_id.map(|r| r.to_string()).unwrap_or_else(|| "-".into()),
+                    e.entry.stripe_object
                 )?;
             }
             writeln!(out, "Emails:")?;

@@ -10,25 +10,23 @@ use super::Store;
 use crate::domain::LedgerAction;
 use crate::schema::{license_key_history, license_ledger};
 
+/// A ledger row as stored: its entry, numbered and dated.
 #[derive(Debug, Clone, Queryable, Selectable, Serialize)]
 #[diesel(table_name = license_ledger)]
 #[diesel(check_for_backend(diesel::pg::Pg))]
 pub struct LedgerRow {
     pub id: i64,
-    pub license_id: i64,
-    pub run_id: Option<i64>,
-    pub action: LedgerAction,
-    pub before: Option<serde_json::Value>,
-    pub after: serde_json::Value,
-    pub stripe_object: String,
+    #[diesel(embed)]
+    #[serde(flatten)]
+    pub entry: NewLedgerRow,
     pub created_at: DateTime<Utc>,
-    /// Operator rows only: why, and who.
-    pub reason: Option<String>,
-    pub operator: Option<String>,
 }
 
-#[derive(Debug, Clone, Insertable)]
+/// One entry of the ledger: why a license changed, written in the same
+/// transaction as the change.
+#[derive(Debug, Clone, Queryable, Selectable, Insertable, Serialize)]
 #[diesel(table_name = license_ledger)]
+#[diesel(check_for_backend(diesel::pg::Pg))]
 pub struct NewLedgerRow {
     pub license_id: i64,
     pub run_id: Option<i64>,
@@ -36,6 +34,7 @@ pub struct NewLedgerRow {
     pub before: Option<serde_json::Value>,
     pub after: serde_json::Value,
     pub stripe_object: String,
+    /// Operator rows only: why, and who.
     pub reason: Option<String>,
     pub operator: Option<String>,
 }
