@@ -16,6 +16,7 @@ pub mod db;
 pub mod delivery;
 pub mod domain;
 pub mod error;
+pub mod keyapi;
 pub mod keys;
 pub mod logging;
 pub mod mail;
@@ -24,6 +25,7 @@ pub mod operator;
 pub mod pg;
 pub mod plan;
 pub mod reconcile;
+#[rustfmt::skip]
 pub mod schema;
 pub mod secret;
 pub mod settings;

@@ -90,12 +90,13 @@ mod types;
 use std::collections::{HashMap, HashSet};
 
 use crate::domain::{
-    ActionKind, GrantFact, GrantKey, HeldValues, License, LicenseState, LicenseStatus, Override, PaymentReversal,
+    ActionKind, ExpirationStart, GrantFact, GrantKey, HeldValues, License, LicenseState, LicenseStatus, Override, PaymentReversal,
     ReversalKind, SourceKind, Timestamp,
 };
 use desired::{Desired, Target};
 pub use overrides::apply_override;
 use overrides::held_fields;
+use time::add_days;
 #[cfg(test)]
 use time::latest;
 pub use types::{Action, Facts, FieldChange, Held, HeldField, IssueEmail, Plan, PlanConfig, Skipped};
@@ -227,6 +228,14 @@ impl Planner<'_> {
             } else {
                 partial_refunds = partial;
             }
+        }
+
+        // Expiry that starts at activation: the key API started the clock.
+        if state.expiration_start == Some(ExpirationStart::Activation)
+            && state.expires_at.is_none()
+            && let (Some(days), Some(started)) = (state.expiration_days, existing.and_then(|l| l.activated_at))
+        {
+            state.expires_at = Some(add_days(started, days));
         }
 
         if state.status == LicenseStatus::Active && state.expires_at.is_some_and(|at| at <= self.now) {

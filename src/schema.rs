@@ -34,6 +34,21 @@ diesel::table! {
 }
 
 diesel::table! {
+    license_addresses (license_id, address) {
+        license_id -> Int8,
+        address -> Text,
+        last_seen -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    license_clocks (license_id) {
+        license_id -> Int8,
+        started_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
     license_key_history (id) {
         id -> Int8,
         license_id -> Int8,
@@ -74,6 +89,17 @@ diesel::table! {
 }
 
 diesel::table! {
+    machine_activations (id) {
+        id -> Int8,
+        license_id -> Int8,
+        machine_hash -> Text,
+        name -> Nullable<Text>,
+        first_seen -> Timestamptz,
+        last_seen -> Timestamptz,
+    }
+}
+
+diesel::table! {
     runs (id) {
         id -> Int8,
         mode -> Text,
@@ -99,15 +125,21 @@ diesel::table! {
 }
 
 diesel::joinable!(email_outbox -> licenses (license_id));
+diesel::joinable!(license_addresses -> licenses (license_id));
+diesel::joinable!(license_clocks -> licenses (license_id));
 diesel::joinable!(license_key_history -> licenses (license_id));
 diesel::joinable!(license_ledger -> licenses (license_id));
 diesel::joinable!(license_ledger -> runs (run_id));
+diesel::joinable!(machine_activations -> licenses (license_id));
 
 diesel::allow_tables_to_appear_in_same_query!(
     email_outbox,
+    license_addresses,
+    license_clocks,
     license_key_history,
     license_ledger,
     licenses,
+    machine_activations,
     runs,
     sync_state,
 );

@@ -14,11 +14,13 @@ use crate::settings::Settings;
 use crate::shutdown::Shutdown;
 
 pub mod daemon;
+pub mod keys;
 pub mod licenses;
 pub mod mail;
 pub mod migrate;
 pub mod overrides;
 pub mod reconcile;
+pub mod serve;
 pub mod status;
 
 #[derive(Debug, Parser)]
@@ -56,6 +58,11 @@ pub enum Command {
     /// License email support tools.
     #[command(subcommand)]
     Mail(mail::MailCommand),
+    /// The key API an application checks its license with (docs/key-api.md), until SIGTERM/SIGINT.
+    Serve(serve::ServeArgs),
+    /// Signing keys of the key API's tokens.
+    #[command(subcommand)]
+    Keys(keys::KeysCommand),
 }
 
 /// `--output`: text for people, JSON (cli.md "JSON shapes") for scripts.
@@ -70,7 +77,7 @@ impl Command {
     /// Whether the command stops cleanly on SIGTERM/SIGINT (after the page
     /// in progress); the others keep the signals' default action.
     pub fn stops_on_signal(&self) -> bool {
-        matches!(self, Command::Reconcile(_) | Command::Daemon(_))
+        matches!(self, Command::Reconcile(_) | Command::Daemon(_) | Command::Serve(_))
     }
 
     pub async fn run(self, config: &Config, shutdown: Shutdown) -> Result<()> {
@@ -81,6 +88,8 @@ impl Command {
             Command::Status(args) => status::run(config, args),
             Command::Licenses(command) => licenses::run(config, command).await,
             Command::Mail(command) => mail::run(config, command).await,
+            Command::Serve(args) => serve::run(config, args, shutdown).await,
+            Command::Keys(command) => keys::run(command),
         }
     }
 }

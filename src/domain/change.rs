@@ -58,6 +58,8 @@ pub enum OperatorAction {
     Pin,
     Release,
     Reissue,
+    /// Freed a license's machine seats (`licenses deactivate`).
+    Deactivate,
 }
 
 impl OperatorAction {
@@ -69,6 +71,7 @@ impl OperatorAction {
             OperatorAction::Pin => "operator_pin",
             OperatorAction::Release => "operator_release",
             OperatorAction::Reissue => "operator_reissue",
+            OperatorAction::Deactivate => "operator_deactivate",
         }
     }
 
@@ -80,6 +83,7 @@ impl OperatorAction {
             OperatorAction::Pin => "pin",
             OperatorAction::Release => "release",
             OperatorAction::Reissue => "reissue",
+            OperatorAction::Deactivate => "deactivate",
         }
     }
 }
@@ -94,12 +98,13 @@ pub enum LedgerAction {
 }
 
 impl LedgerAction {
-    const OPERATOR: [OperatorAction; 5] = [
+    const OPERATOR: [OperatorAction; 6] = [
         OperatorAction::Revoke,
         OperatorAction::Suspend,
         OperatorAction::Pin,
         OperatorAction::Release,
         OperatorAction::Reissue,
+        OperatorAction::Deactivate,
     ];
 
     pub fn as_str(&self) -> &'static str {

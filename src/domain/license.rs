@@ -70,6 +70,11 @@ pub struct License {
     /// What support holds this license to (licensing-rules §8); `None`: it follows Stripe.
     #[serde(rename = "override")]
     pub operator_override: Option<Override>,
+    /// When the key API first answered `VALID` for a license whose expiry
+    /// starts at activation (its clock); the next run writes `expires_at`
+    /// from it. Kept by the key API, not in the license row.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub activated_at: Option<Timestamp>,
 }
 
 /// The mutable part of a license: what the planner computes from Stripe and

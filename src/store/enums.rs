@@ -129,6 +129,7 @@ mod tests {
             OperatorAction::Pin,
             OperatorAction::Release,
             OperatorAction::Reissue,
+            OperatorAction::Deactivate,
         ]
         .map(LedgerAction::Operator);
         for action in run.into_iter().chain(operator) {

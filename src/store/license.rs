@@ -8,8 +8,8 @@ use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 
 use super::Store;
-use crate::domain::{GrantKey, License, LicenseState, LicenseStatus};
-use crate::schema::{license_key_history, licenses};
+use crate::domain::{ExpirationStart, GrantKey, License, LicenseState, LicenseStatus};
+use crate::schema::{license_clocks, license_key_history, licenses};
 
 /// A license as its row holds it: the domain's [`GrantKey`] and
 /// [`LicenseState`] embedded, with the override as stored JSON.
@@ -47,6 +47,7 @@ impl LicenseRow {
             created_at: self.created_at,
             updated_at: self.updated_at,
             operator_override,
+            activated_at: None,
         })
     }
 }
@@ -104,6 +105,31 @@ const PAGE_LICENSES: &str = "\
             JOIN licenses l ON l.stripe_payment_intent = p.id AND l.account_key = p.account \
     ) AS l ORDER BY l.id";
 
+/// The licenses of `rows`, each with its activation clock when the key API
+/// started one (only licenses whose expiry starts at activation have one).
+fn with_clocks(conn: &mut PgConnection, rows: Vec<LicenseRow>) -> Result<Vec<License>> {
+    let mut licenses: Vec<License> = rows.into_iter().map(LicenseRow::into_domain).collect::<Result<_>>()?;
+    let waiting: Vec<i64> = licenses
+        .iter()
+        .filter(|l| l.state.expiration_start == Some(ExpirationStart::Activation))
+        .map(|l| l.id)
+        .collect();
+    if waiting.is_empty() {
+        return Ok(licenses);
+    }
+    let clocks: BTreeMap<i64, DateTime<Utc>> = license_clocks::table
+        .filter(license_clocks::license_id.eq_any(&waiting))
+        .select((license_clocks::license_id, license_clocks::started_at))
+        .load::<(i64, DateTime<Utc>)>(conn)
+        .context("reading activation clocks")?
+        .into_iter()
+        .collect();
+    for license in &mut licenses {
+        license.activated_at = clocks.get(&license.id).copied();
+    }
+    Ok(licenses)
+}
+
 /// A filter for `licenses list`.
 #[derive(Debug, Default, Clone)]
 pub struct LicenseFilter {
@@ -142,7 +168,7 @@ impl Store {
     pub fn find_license(&self, key_or_id: &str) -> Result<Option<License>> {
         let mut conn = self.conn()?;
         let row = find_row(&mut conn, key_or_id, false).context("looking up a license")?;
-        row.map(LicenseRow::into_domain).transpose()
+        Ok(with_clocks(&mut conn, row.into_iter().collect())?.pop())
     }
 
     /// The licenses a slice of facts can touch, in one query: by natural
@@ -163,7 +189,7 @@ impl Store {
             .page_licenses_query(grants, subscription_ids, payment_intents)
             .load(&mut conn)
             .context("loading the licenses of a page")?;
-        rows.into_iter().map(LicenseRow::into_domain).collect()
+        with_clocks(&mut conn, rows)
     }
 
     /// [`PAGE_LICENSES`] with its binds; [`Store::explain`] runs the same.
@@ -190,17 +216,25 @@ impl Store {
     /// "first N" query would return the same rows forever).
     pub fn licenses_expired_by_clock(&self, now: DateTime<Utc>, after_id: i64, limit: i64) -> Result<Vec<License>> {
         let mut conn = self.conn()?;
+        // An activation clock the key API started is due at once: the run
+        // writes the expiry it implies.
+        let clock_started = licenses::expires_at
+            .is_null()
+            .and(licenses::expiration_start.eq(ExpirationStart::Activation))
+            .and(diesel::dsl::exists(
+                license_clocks::table.filter(license_clocks::license_id.eq(licenses::id)),
+            ));
         let rows = licenses::table
             .filter(licenses::status.eq(LicenseStatus::Active))
             .filter(licenses::account_key.eq(self.account_key()))
             .filter(licenses::id.gt(after_id))
-            .filter(licenses::expires_at.le(now))
+            .filter(licenses::expires_at.le(now).or(clock_started))
             .order(licenses::id.asc())
             .limit(limit)
             .select(LicenseRow::as_select())
             .load(&mut conn)
             .context("finding licenses whose time ran out")?;
-        rows.into_iter().map(LicenseRow::into_domain).collect()
+        with_clocks(&mut conn, rows)
     }
 
     /// The modes (test/live) of this account's stored licenses.

@@ -6,6 +6,7 @@
 //! The rest of the code calls the typed functions here and never writes
 //! SQL or touches `schema`.
 
+mod activation;
 mod cursor;
 mod enums;
 mod explain;
@@ -16,8 +17,6 @@ mod outbox;
 mod overrides;
 mod page;
 mod run;
-#[rustfmt::skip]
-
 
 use anyhow::{Context, Result, anyhow};
 use diesel::connection::SimpleConnection;
@@ -30,6 +29,7 @@ use crate::secret::ExposeSecret;
 use crate::secret::redact;
 use run::RunFence;
 
+pub use activation::{KeyFacts, KeyQuery, KeyWrites, MachineRow};
 pub use explain::PageQuery;
 pub use license::LicenseFilter;
 pub use outbox::{Mark, OutboxCounts, OutboxJob, Outcome, SenderSession};

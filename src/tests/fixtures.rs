@@ -358,6 +358,7 @@ pub fn license_from(action: &Action, id: i64, now: Timestamp) -> License {
         created_at: now,
         updated_at: now,
         operator_override: None,
+        activated_at: None,
     }
 }
 

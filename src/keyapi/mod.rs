@@ -1,0 +1,396 @@
+//! The key API (`licensync serve`, docs/key-api.md): an application asks
+//! whether its key is good, takes or frees a machine's seat, and gets a
+//! signed token it can check again offline.
+//!
+//! One file per concern: `request` types a body (or refuses it with a
+//! `400`), `decide` chooses the answer from a license's facts (pure, with
+//! its table tests), `token` signs a `VALID` answer, `limit` holds each
+//! client address to its request rate, `metrics` counts answers. This file
+//! wires them into axum's router: read the facts, decide, and only when the
+//! answer writes (a seat, an address, the activation clock) decide again
+//! under the license's lock in one transaction (`store::activation`).
+//!
+//! The service never calls Stripe and never writes a license; it never logs
+//! a key or a machine fingerprint (only license ids and codes), and a body,
+//! whatever it holds, gets an answer or a `4xx`, never a `500`.
+
+mod decide;
+mod limit;
+mod metrics;
+mod request;
+mod token;
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use chrono::{Duration, Utc};
+use licensync_verify::sha256_hex;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+
+pub use decide::{Ask, Code, Decision, Question, decide};
+pub use limit::RateLimit;
+pub use request::{Body, Rejection};
+pub use token::{KeyEntry, Keys};
+
+use crate::domain::License;
+use crate::shutdown::Shutdown;
+use crate::store::{KeyQuery, Store, blocking};
+use metrics::Metrics;
+
+/// Bodies over this are refused with `413`.
+pub const MAX_BODY: usize = 8 * 1024;
+
+/// Everything a request needs, shared by all of them.
+pub struct Service {
+    pub store: Store,
+    pub keys: Keys,
+    /// `--ip-window`: how far back client addresses count for `ip_limit`.
+    pub ip_window: Duration,
+    /// `--trust-forwarded-for`: the client is the last `X-Forwarded-For` hop.
+    pub trust_forwarded_for: bool,
+    pub rate_limit: RateLimit,
+    metrics: Metrics,
+}
+
+impl Service {
+    pub fn new(store: Store, keys: Keys, ip_window: Duration, trust_forwarded_for: bool, rate: u32) -> Service {
+        Service {
+            store,
+            keys,
+            ip_window,
+            trust_forwarded_for,
+            rate_limit: RateLimit::per_second(rate),
+            metrics: Metrics::new(),
+        }
+    }
+}
+
+/// The key API's routes.
+pub fn router(service: Arc<Service>) -> Router {
+    Router::new()
+        .route("/v1/licenses/validate", post(validate))
+        .route("/v1/licenses/activate", post(activate))
+        .route("/v1/licenses/deactivate", post(deactivate))
+        .route("/v1/keys", get(keys))
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "not_found", "no such path") })
+        .method_not_allowed_fallback(|| async {
+            error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this path does not take that method",
+            )
+        })
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(service)
+}
+
+/// Serves until `shutdown`, then finishes the requests in flight. Forgets
+/// client addresses once the IP window no longer needs them, every minute.
+pub async fn serve(listener: TcpListener, service: Arc<Service>, mut shutdown: Shutdown) -> Result<()> {
+    let sweeper = {
+        let (service, mut shutdown) = (service.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = shutdown.recv() => return,
+                }
+                service.rate_limit.forget_idle();
+                let (store, before) = (service.store.clone(), Utc::now() - service.ip_window);
+                match blocking(move || store.forget_addresses(before)).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::debug!(addresses = n, "forgot client addresses past the IP window"),
+                    Err(e) => tracing::warn!(error = %format!("{e:#}"), "could not forget old client addresses"),
+                }
+            }
+        })
+    };
+    let app = router(service).into_make_service_with_connect_info::<SocketAddr>();
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move { shutdown.recv().await })
+        .await
+        .context("serving the key API")?;
+    sweeper.abort();
+    Ok(())
+}
+
+/// `{"error": {"code", "message"}}` with `status`.
+fn error(status: StatusCode, code: &str, message: &str) -> Response {
+    (status, axum::Json(json!({"error": {"code": code, "message": message}}))).into_response()
+}
+
+impl IntoResponse for Rejection {
+    fn into_response(self) -> Response {
+        error(self.status, self.code, &self.message)
+    }
+}
+
+/// The client's address: the peer's, or the last `X-Forwarded-For` hop
+/// behind a proxy the operator trusts.
+fn client_address(service: &Service, peer: SocketAddr, headers: &HeaderMap) -> IpAddr {
+    if service.trust_forwarded_for
+        && let Some(hop) = headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|hop| hop.trim().parse::<IpAddr>().ok())
+            .last()
+    {
+        return hop;
+    }
+    peer.ip()
+}
+
+/// The rate limit, then the body: a request over the rate is refused
+/// before anything is read from it.
+fn admit(
+    service: &Service,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+    need_machine: bool,
+) -> Result<(IpAddr, Body), Response> {
+    let address = client_address(service, peer, headers);
+    if let Err(wait) = service.rate_limit.check(address) {
+        service.metrics.rejected(StatusCode::TOO_MANY_REQUESTS);
+        let mut response = error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            "too many requests from this address; retry later",
+        );
+        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(wait.as_secs().max(1)));
+        return Err(response);
+    }
+    let bytes = body.map_err(|rejection| {
+        let status = rejection.status();
+        service.metrics.rejected(status);
+        let message = if status == StatusCode::PAYLOAD_TOO_LARGE {
+            format!("the body is over {MAX_BODY} bytes")
+        } else {
+            "the body could not be read".to_owned()
+        };
+        error(status, "bad_request", &message)
+    })?;
+    let body = request::parse(&bytes, need_machine).map_err(|rejection| {
+        service.metrics.rejected(rejection.status);
+        rejection.into_response()
+    })?;
+    Ok((address, body))
+}
+
+async fn validate(
+    State(service): State<Arc<Service>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    match admit(&service, peer, &headers, body, false) {
+        Ok((address, body)) => answer(service, address, body, Ask::Validate).await,
+        Err(response) => response,
+    }
+}
+
+async fn activate(
+    State(service): State<Arc<Service>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    match admit(&service, peer, &headers, body, true) {
+        Ok((address, body)) => {
+            let name = body.name.clone();
+            answer(service, address, body, Ask::Activate { name }).await
+        }
+        Err(response) => response,
+    }
+}
+
+/// What a request found: the license (none: `NOT_FOUND`) and the decision.
+type Found = Option<(License, Decision)>;
+
+async fn answer(service: Arc<Service>, address: IpAddr, body: Body, ask: Ask) -> Response {
+    let started = Instant::now();
+    let now = Utc::now();
+    let machine_hash = body.machine.as_deref().map(sha256_hex);
+    let found = {
+        let (service, body, machine_hash) = (service.clone(), body.clone(), machine_hash.clone());
+        blocking(move || -> Result<Found> {
+            let address = address.to_string();
+            let query = KeyQuery {
+                key: &body.key,
+                machine_hash: machine_hash.as_deref(),
+                address: &address,
+                window_start: now - service.ip_window,
+            };
+            let question = Question {
+                ask,
+                product: body.product.as_deref(),
+                machine_hash: machine_hash.as_deref(),
+                address: &address,
+                now,
+            };
+            let Some(facts) = service.store.key_facts(&query)? else {
+                return Ok(None);
+            };
+            let first = decide(&facts, &question);
+            if first.writes.is_empty() {
+                return Ok(Some((facts.license, first)));
+            }
+            // It writes: decide again on the facts as they are under the lock.
+            service.store.key_request(&query, facts.license.id, now, |facts| {
+                let decision = decide(facts, &question);
+                let writes = decision.writes.clone();
+                ((facts.license.clone(), decision), writes)
+            })
+        })
+        .await
+    };
+    let found = match found {
+        Ok(found) => found,
+        Err(e) => return unavailable(&service, &e),
+    };
+    let token = match &found {
+        Some((license, decision)) if decision.code == Code::Valid => {
+            match service.keys.sign(
+                license,
+                decision.expires_at,
+                machine_hash.as_deref(),
+                body.nonce.as_deref(),
+                now,
+            ) {
+                Ok(token) => Some(token),
+                Err(e) => return unavailable(&service, &e),
+            }
+        }
+        _ => None,
+    };
+    let (code, license) = match &found {
+        None => (Code::NotFound, None),
+        Some((license, decision)) => (decision.code, Some((license, decision))),
+    };
+    service.metrics.answered(code, started.elapsed());
+    tracing::debug!(license_id = found.as_ref().map(|(l, _)| l.id), code = code.as_ref(), "key API answer");
+    reply(code, license, token, body.nonce.as_deref())
+}
+
+async fn deactivate(
+    State(service): State<Arc<Service>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let (address, body) = match admit(&service, peer, &headers, body, true) {
+        Ok(admitted) => admitted,
+        Err(response) => return response,
+    };
+    let started = Instant::now();
+    let now = Utc::now();
+    let machine_hash = body.machine.as_deref().map(sha256_hex).unwrap_or_default();
+    let found = {
+        let (service, key) = (service.clone(), body.key.clone());
+        blocking(move || -> Result<Option<(License, Decision)>> {
+            let address = address.to_string();
+            let query = KeyQuery {
+                key: &key,
+                machine_hash: Some(&machine_hash),
+                address: &address,
+                window_start: now - service.ip_window,
+            };
+            let Some(facts) = service.store.key_facts(&query)? else {
+                return Ok(None);
+            };
+            let freed = facts.machine_seen.is_some() && service.store.deactivate_machine(facts.license.id, &machine_hash)?;
+            let decision = Decision {
+                code: if freed { Code::Deactivated } else { Code::MachineNotActivated },
+                writes: Default::default(),
+                status: facts.license.state.status,
+                expires_at: facts.license.state.expires_at,
+                machines: facts.machines - i64::from(freed),
+            };
+            Ok(Some((facts.license, decision)))
+        })
+        .await
+    };
+    let found = match found {
+        Ok(found) => found,
+        Err(e) => return unavailable(&service, &e),
+    };
+    let code = found.as_ref().map_or(Code::NotFound, |(_, d)| d.code);
+    service.metrics.answered(code, started.elapsed());
+    reply(code, found.as_ref().map(|(l, d)| (l, d)), None, body.nonce.as_deref())
+}
+
+/// Every answer has this one shape, `NOT_FOUND` included, with status 200.
+fn reply(code: Code, license: Option<(&License, &Decision)>, token: Option<String>, nonce: Option<&str>) -> Response {
+    let license = license.map(|(license, decision)| {
+        json!({
+            "status": decision.status,
+            "product_ids": license.state.product_ids,
+            "expires_at": decision.expires_at,
+            "hwid_limit": license.state.hwid_limit,
+            "ip_limit": license.state.ip_limit,
+            "machines": decision.machines,
+        })
+    });
+    axum::Json(json!({
+        "valid": code == Code::Valid,
+        "code": code,
+        "detail": code.detail(),
+        "license": license.unwrap_or(Value::Null),
+        "token": token,
+        "nonce": nonce,
+    }))
+    .into_response()
+}
+
+/// The database (or the signer) failed: a `503` the client may retry; the
+/// log says why, without the request's key.
+fn unavailable(service: &Service, e: &anyhow::Error) -> Response {
+    service.metrics.rejected(StatusCode::SERVICE_UNAVAILABLE);
+    tracing::warn!(error = %crate::secret::redact(&format!("{e:#}")), "key API request failed");
+    error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "unavailable",
+        "the license database is not answering; retry later",
+    )
+}
+
+async fn keys(State(service): State<Arc<Service>>) -> Response {
+    axum::Json(json!({ "keys": service.keys.list() })).into_response()
+}
+
+async fn healthz(State(service): State<Arc<Service>>) -> Response {
+    let store = service.store.clone();
+    match blocking(move || Ok(store.ping())).await {
+        Ok(true) => (StatusCode::OK, "ok\n").into_response(),
+        _ => (StatusCode::SERVICE_UNAVAILABLE, "the license database is not answering\n").into_response(),
+    }
+}
+
+async fn metrics(State(service): State<Arc<Service>>) -> Response {
+    match service.metrics.render() {
+        Ok(text) => (
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response(),
+        Err(e) => unavailable(&service, &e),
+    }
+}
