@@ -90,8 +90,8 @@ mod types;
 use std::collections::{HashMap, HashSet};
 
 use crate::domain::{
-    ActionKind, ExpirationStart, GrantFact, GrantKey, HeldValues, License, LicenseState, LicenseStatus, Override, PaymentReversal,
-    ReversalKind, SourceKind, Timestamp,
+    ActionKind, ExpirationStart, GrantFact, GrantKey, HeldValues, License, LicenseState, LicenseStatus, Override,
+    PaymentReversal, ReversalKind, SourceKind, Timestamp,
 };
 use desired::{Desired, Target};
 pub use overrides::apply_override;

@@ -21,14 +21,24 @@ use crate::values::{self, Setting};
 #[derive(Debug, Args)]
 pub struct ServeArgs {
     /// Address to listen on.
-    #[arg(long, env = "LICENSYNC_LISTEN", default_value = "127.0.0.1:8080", value_name = "ADDR")]
+    #[arg(
+        long,
+        env = "LICENSYNC_LISTEN",
+        default_value = "127.0.0.1:8080",
+        value_name = "ADDR"
+    )]
     pub listen: SocketAddr,
     /// File holding the token signing key (a PASERK `k4.secret`, from `licensync keys generate`).
     #[arg(long, env = "LICENSYNC_SIGNING_KEY_FILE", value_name = "PATH")]
     pub signing_key_file: PathBuf,
     /// A public key (`k4.public` file) to list in `/v1/keys` beside the signing key's: the next key
     /// of a rotation, or the previous one while its tokens live. Repeatable.
-    #[arg(long, env = "LICENSYNC_PUBLISH_KEY_FILES", value_delimiter = ',', value_name = "PATH")]
+    #[arg(
+        long,
+        env = "LICENSYNC_PUBLISH_KEY_FILES",
+        value_delimiter = ',',
+        value_name = "PATH"
+    )]
     pub publish_key_file: Vec<PathBuf>,
     /// How long a token is good for at most (30s, 15m, 24h, 7d).
     #[arg(
@@ -86,7 +96,8 @@ pub async fn run(config: &Config, args: ServeArgs, shutdown: Shutdown) -> Result
         args.trust_forwarded_for,
         args.rate_limit,
     );
-    tracing::info!(listen = %args.listen, kid = %kid, "key API listening");
+    let listen = listener.local_addr().unwrap_or(args.listen);
+    tracing::info!(listen = %listen, kid = %kid, "key API listening");
     serve(listener, Arc::new(service), shutdown).await?;
     tracing::info!("key API stopped");
     Ok(())

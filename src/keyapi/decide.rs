@@ -65,7 +65,9 @@ impl Code {
 pub enum Ask {
     Validate,
     /// Take a seat for the machine (required), with an optional name.
-    Activate { name: Option<String> },
+    Activate {
+        name: Option<String>,
+    },
 }
 
 /// One request, as the decision needs it.

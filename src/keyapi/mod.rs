@@ -32,7 +32,7 @@ use axum::extract::{ConnectInfo, DefaultBodyLimit, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use chrono::{Duration, Utc};
+use chrono::{Duration, SubsecRound, Utc};
 use licensync_verify::sha256_hex;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
@@ -141,22 +141,23 @@ impl IntoResponse for Rejection {
 /// The client's address: the peer's, or the last `X-Forwarded-For` hop
 /// behind a proxy the operator trusts.
 fn client_address(service: &Service, peer: SocketAddr, headers: &HeaderMap) -> IpAddr {
-    if service.trust_forwarded_for
-        && let Some(hop) = headers
-            .get_all("x-forwarded-for")
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|hop| hop.trim().parse::<IpAddr>().ok())
-            .last()
-    {
-        return hop;
+    // The last hop only: the proxy wrote it; earlier hops are the client's word.
+    let last_hop = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .next_back()
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.rsplit(',').next())
+        .and_then(|hop| hop.trim().parse::<IpAddr>().ok());
+    match last_hop {
+        Some(hop) if service.trust_forwarded_for => hop,
+        _ => peer.ip(),
     }
-    peer.ip()
 }
 
 /// The rate limit, then the body: a request over the rate is refused
-/// before anything is read from it.
+/// before anything is read from it. The error is the response to send.
+#[allow(clippy::result_large_err)]
 fn admit(
     service: &Service,
     peer: SocketAddr,
@@ -172,7 +173,9 @@ fn admit(
             "rate_limited",
             "too many requests from this address; retry later",
         );
-        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(wait.as_secs().max(1)));
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(wait.as_secs().max(1)));
         return Err(response);
     }
     let bytes = body.map_err(|rejection| {
@@ -224,7 +227,9 @@ type Found = Option<(License, Decision)>;
 
 async fn answer(service: Arc<Service>, address: IpAddr, body: Body, ask: Ask) -> Response {
     let started = Instant::now();
-    let now = Utc::now();
+    // Microseconds, as the database keeps times: the clock an answer starts
+    // shows the same expiry in this answer as in every later one.
+    let now = Utc::now().trunc_subsecs(6);
     let machine_hash = body.machine.as_deref().map(sha256_hex);
     let found = {
         let (service, body, machine_hash) = (service.clone(), body.clone(), machine_hash.clone());
@@ -283,7 +288,11 @@ async fn answer(service: Arc<Service>, address: IpAddr, body: Body, ask: Ask) ->
         Some((license, decision)) => (decision.code, Some((license, decision))),
     };
     service.metrics.answered(code, started.elapsed());
-    tracing::debug!(license_id = found.as_ref().map(|(l, _)| l.id), code = code.as_ref(), "key API answer");
+    tracing::debug!(
+        license_id = found.as_ref().map(|(l, _)| l.id),
+        code = code.as_ref(),
+        "key API answer"
+    );
     reply(code, license, token, body.nonce.as_deref())
 }
 
@@ -298,7 +307,9 @@ async fn deactivate(
         Err(response) => return response,
     };
     let started = Instant::now();
-    let now = Utc::now();
+    // Microseconds, as the database keeps times: the clock an answer starts
+    // shows the same expiry in this answer as in every later one.
+    let now = Utc::now().trunc_subsecs(6);
     let machine_hash = body.machine.as_deref().map(sha256_hex).unwrap_or_default();
     let found = {
         let (service, key) = (service.clone(), body.key.clone());
@@ -313,9 +324,14 @@ async fn deactivate(
             let Some(facts) = service.store.key_facts(&query)? else {
                 return Ok(None);
             };
-            let freed = facts.machine_seen.is_some() && service.store.deactivate_machine(facts.license.id, &machine_hash)?;
+            let freed =
+                facts.machine_seen.is_some() && service.store.deactivate_machine(facts.license.id, &machine_hash)?;
             let decision = Decision {
-                code: if freed { Code::Deactivated } else { Code::MachineNotActivated },
+                code: if freed {
+                    Code::Deactivated
+                } else {
+                    Code::MachineNotActivated
+                },
                 writes: Default::default(),
                 status: facts.license.state.status,
                 expires_at: facts.license.state.expires_at,
@@ -377,7 +393,11 @@ async fn healthz(State(service): State<Arc<Service>>) -> Response {
     let store = service.store.clone();
     match blocking(move || Ok(store.ping())).await {
         Ok(true) => (StatusCode::OK, "ok\n").into_response(),
-        _ => (StatusCode::SERVICE_UNAVAILABLE, "the license database is not answering\n").into_response(),
+        _ => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the license database is not answering\n",
+        )
+            .into_response(),
     }
 }
 

@@ -6,7 +6,13 @@ use serde::Deserialize;
 use serde_json::Value;
 
 /// The longest value each field may hold, in characters.
-const LIMITS: [(&str, usize); 5] = [("key", 200), ("machine", 256), ("name", 100), ("nonce", 128), ("product", 200)];
+const LIMITS: [(&str, usize); 5] = [
+    ("key", 200),
+    ("machine", 256),
+    ("name", 100),
+    ("nonce", 128),
+    ("product", 200),
+];
 
 /// A refused request: its status and message (`{"error": {...}}`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,6 +58,9 @@ pub fn parse(bytes: &[u8], need_machine: bool) -> Result<Body, Rejection> {
             Some(Value::String(s)) if s.chars().count() > max => Err(Rejection::bad_request(format!(
                 "`{name}` is longer than {max} characters"
             ))),
+            Some(Value::String(s)) if s.chars().any(char::is_control) => {
+                Err(Rejection::bad_request(format!("`{name}` holds a control character")))
+            }
             Some(Value::String(s)) if s.trim().is_empty() => Ok(None),
             Some(Value::String(s)) => Ok(Some(s.clone())),
             Some(_) => Err(Rejection::bad_request(format!("`{name}` must be a string"))),
@@ -102,13 +111,24 @@ mod tests {
             (br#"{"key":7}"#, false, "`key` must be a string"),
             (br#"{"key":"K"}"#, true, "`machine` is missing"),
             (br#"{"key":"K","nonce":{"a":1}}"#, false, "`nonce` must be a string"),
+            (br#"{"key":"K\u0000"}"#, false, "`key` holds a control character"),
+            (
+                br#"{"key":"K","name":"a\nb"}"#,
+                false,
+                "`name` holds a control character",
+            ),
         ] {
             let err = parse(body, need_machine).unwrap_err();
             assert_eq!(err.status, StatusCode::BAD_REQUEST);
             assert!(err.message.contains(why), "{err:?}");
         }
         let long = format!(r#"{{"key":"{}"}}"#, "k".repeat(201));
-        assert!(parse(long.as_bytes(), false).unwrap_err().message.contains("longer than 200"));
+        assert!(
+            parse(long.as_bytes(), false)
+                .unwrap_err()
+                .message
+                .contains("longer than 200")
+        );
         let name = format!(r#"{{"key":"K","name":"{}"}}"#, "é".repeat(100));
         assert!(parse(name.as_bytes(), false).is_ok(), "characters, not bytes");
     }

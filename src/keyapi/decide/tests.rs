@@ -111,7 +111,12 @@ fn the_first_code_that_applies_is_the_answer() {
             validate(None, Some("other")),
             Code::ProductMismatch,
         ),
-        ("its own product", Box::new(|_| {}), validate(None, Some("app")), Code::Valid),
+        (
+            "its own product",
+            Box::new(|_| {}),
+            validate(None, Some("app")),
+            Code::Valid,
+        ),
         (
             "seats and no machine",
             Box::new(|f| {
@@ -277,7 +282,10 @@ fn an_activated_machine_is_refreshed_at_most_once_a_minute() {
     assert!(decide(&f, &validate(Some(HASH_A), None)).writes.is_empty());
     f.machine_seen = Some(now() - Duration::minutes(2));
     assert_eq!(
-        decide(&f, &validate(Some(HASH_A), None)).writes.touch_machine.as_deref(),
+        decide(&f, &validate(Some(HASH_A), None))
+            .writes
+            .touch_machine
+            .as_deref(),
         Some(HASH_A)
     );
 }
