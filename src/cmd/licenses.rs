@@ -1,11 +1,13 @@
-//! `licensync licenses ...`: look at licenses (`list`, `show`) and the
-//! operator overrides, whose arguments and run are in `overrides`.
+//! `licensync licenses ...`: look at licenses (`list`, `show`), the
+//! operator overrides, whose arguments and run are in `overrides`, and the
+//! key API's machines (`machines`, `deactivate`), in `machines`.
 
 use std::io::Write;
 
 use anyhow::{Context, Result};
 use clap::{ArgGroup, Subcommand};
 
+use super::machines::{self, DeactivateArgs, MachinesArgs};
 use super::overrides::{self, OverrideArgs, PinArgs, ReleaseArgs};
 use super::{Output, open_migrated};
 use crate::accounts::{self, ConnectedAccount};
@@ -31,7 +33,7 @@ pub enum LicensesCommand {
         #[arg(long, value_enum, default_value_t)]
         output: Output,
     },
-    /// One license with its ledger and key history (a replaced key finds its license).
+    /// One license with its machines, ledger and key history (a replaced key finds its license).
     Show {
         /// The license key or its numeric id.
         key_or_id: String,
@@ -49,6 +51,10 @@ pub enum LicensesCommand {
     Release(ReleaseArgs),
     /// A new key for the same license, mailed; the old key is kept in its history and no longer valid.
     Reissue(OverrideArgs),
+    /// The machines holding the license's seats in the key API (hash prefix, name, first and last seen).
+    Machines(MachinesArgs),
+    /// Free one machine's seat (--machine) or every seat (--all), with a ledger row.
+    Deactivate(DeactivateArgs),
 }
 
 pub async fn run(config: &Config, command: LicensesCommand) -> Result<()> {
@@ -76,6 +82,8 @@ pub async fn run(config: &Config, command: LicensesCommand) -> Result<()> {
         LicensesCommand::Pin(args) => overrides::pin(config, args).await,
         LicensesCommand::Release(args) => overrides::release(config, args).await,
         LicensesCommand::Reissue(args) => overrides::reissue(config, args).await,
+        LicensesCommand::Machines(args) => machines::list(config, args),
+        LicensesCommand::Deactivate(args) => machines::deactivate(config, args),
     }
 }
 
@@ -128,6 +136,7 @@ fn show_license(store: &Store, key_or_id: &str, output: Output) -> Result<()> {
         .find_license(key_or_id)?
         .ok_or_else(|| usage(anyhow::anyhow!("no license with key or id `{key_or_id}`")))?;
     let ledger = store.ledger(license.id)?;
+    let activated = store.machines(license.id)?;
     let emails = store.outbox_for_license(license.id)?;
     let history = store
         .key_history(&[license.id])?
@@ -141,6 +150,7 @@ fn show_license(store: &Store, key_or_id: &str, output: Output) -> Result<()> {
             let mut value = serde_json::to_value(&license).context("serializing the license")?;
             value["key_history"] = serde_json::to_value(&history)?;
             value["replaced_key"] = serde_json::to_value(replaced)?;
+            value["machines"] = serde_json::to_value(machines::views(&activated))?;
             value["ledger"] = serde_json::to_value(&ledger)?;
             value["emails"] = serde_json::to_value(&emails)?;
             println!("{}", serde_json::to_string_pretty(&value)?);
@@ -172,6 +182,13 @@ fn show_license(store: &Store, key_or_id: &str, output: Output) -> Result<()> {
                         h.reason
                     )?;
                 }
+            }
+            writeln!(out, "Machines:")?;
+            if activated.is_empty() {
+                writeln!(out, "  none activated")?;
+            }
+            for m in &activated {
+                writeln!(out, "  {}", machines::machine_line(m))?;
             }
             writeln!(out, "Ledger:")?;
             for e in &ledger {

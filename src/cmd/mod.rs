@@ -16,6 +16,7 @@ use crate::shutdown::Shutdown;
 pub mod daemon;
 pub mod keys;
 pub mod licenses;
+pub mod machines;
 pub mod mail;
 pub mod migrate;
 pub mod overrides;

@@ -70,7 +70,7 @@ pub struct ReleaseArgs {
     pub operator: OperatorArgs,
 }
 
-fn non_empty(value: &str) -> Result<String, String> {
+pub(super) fn non_empty(value: &str) -> Result<String, String> {
     let value = value.trim();
     if value.is_empty() {
         return Err("must not be empty: say why, e.g. \"chargeback abuse, ticket 4711\"".into());
