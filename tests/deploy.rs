@@ -847,6 +847,40 @@ fn secret_keys_read(m: &Manifest, pod: &Value, container: &Value, string_data: &
     keys_read
 }
 
+/// The keys of the Secret `licensync` whose files a container can read:
+/// every volume of that Secret it mounts, with the volume's `items` or,
+/// without them, every key of the Secret.
+fn secret_keys_mounted(pod: &Value, container: &Value, string_data: &Value) -> BTreeSet<String> {
+    let mut mounted = BTreeSet::new();
+    for mount in container["volumeMounts"].as_sequence().into_iter().flatten() {
+        let volume = pod["volumes"]
+            .as_sequence()
+            .into_iter()
+            .flatten()
+            .find(|v| v["name"] == mount["name"])
+            .unwrap_or_else(|| panic!("no volume {:?}", mount["name"]));
+        let secret = &volume["secret"];
+        if secret["secretName"].as_str() != Some(SECRET_NAME) {
+            continue;
+        }
+        match secret["items"].as_sequence() {
+            Some(items) => mounted.extend(
+                items
+                    .iter()
+                    .map(|i| i["key"].as_str().expect("items[].key").to_string()),
+            ),
+            None => mounted.extend(
+                string_data
+                    .as_mapping()
+                    .unwrap()
+                    .keys()
+                    .map(|k| k.as_str().unwrap().to_string()),
+            ),
+        }
+    }
+    mounted
+}
+
 #[test]
 fn every_secret_a_container_needs_is_a_file_of_the_mounted_secret() {
     let string_data = the_example_secret();
@@ -868,6 +902,33 @@ fn every_secret_a_container_needs_is_a_file_of_the_mounted_secret() {
         keys_read, defined,
         "every key of secret.example.yaml is a file some pod reads"
     );
+}
+
+/// Least privilege: a reconcile pod has no use for the signing key, the key
+/// API none for the Stripe key or the mail URL. A pod that mounts the whole
+/// Secret, or lists an item it does not read, fails here.
+#[test]
+fn every_pod_mounts_only_the_secret_files_it_reads() {
+    let string_data = the_example_secret();
+    let all = manifests();
+    let mut serve_pods = 0;
+    for (m, spec) in workloads(&all) {
+        let pod = pod_spec(spec);
+        for container in containers(spec) {
+            let read = secret_keys_read(m, pod, container, &string_data);
+            let mounted = secret_keys_mounted(pod, container, &string_data);
+            assert_eq!(
+                mounted,
+                read,
+                "{}: mounts the Secret's files {mounted:?} but reads {read:?}: list only those in the volume's items",
+                m.label()
+            );
+            if read.contains(SIGNING_KEY) {
+                serve_pods += 1;
+            }
+        }
+    }
+    assert_eq!(serve_pods, 1, "only the key API's pods can read the signing key");
 }
 
 #[test]
