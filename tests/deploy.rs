@@ -7,9 +7,10 @@
 //! renamed flag or command breaks the test instead of a production cron job.
 //!
 //! No deploy file may hand licensync a secret (the Stripe key, the database
-//! URL, the mail URL) other than as a file named by its `_FILE` variable: a
-//! flag is visible to every user in `ps`, an environment value is inherited
-//! by every child process and ends up in world-readable env files.
+//! URL, the mail URL, the key API's signing key) other than as a file named
+//! by its `_FILE` variable: a flag is visible to every user in `ps`, an
+//! environment value is inherited by every child process and ends up in
+//! world-readable env files.
 
 mod common;
 
@@ -87,11 +88,40 @@ fn secret_by_var<'a>(secrets: &'a [SecretSetting], var: &str) -> &'a SecretSetti
     secrets.iter().find(|s| s.var == var).unwrap()
 }
 
-/// The secrets a command line needs: `migrate` only the database.
+/// The secrets a command line needs: `migrate` and the key API (`serve`,
+/// which never calls Stripe nor sends mail) only the database; `serve` also
+/// reads the signing key (see [`signing_key_path`]).
 fn secrets_needed(cli: &Cli) -> Vec<&'static str> {
     match cli.command {
-        Command::Migrate => vec!["DATABASE_URL"],
+        Command::Migrate | Command::Serve(_) => vec!["DATABASE_URL"],
         _ => vec!["STRIPE_API_KEY", "DATABASE_URL", "LICENSYNC_MAIL_URL"],
+    }
+}
+
+/// The name of the key API's signing key as a file: the key of the Secret
+/// `licensync` and the systemd credential, as `licensync keys generate`
+/// names the file it writes.
+const SIGNING_KEY: &str = "signing.key";
+
+/// The variable of the key API's token signing key, a secret that exists
+/// only as a file (`serve --signing-key-file PATH`), from licensync's own CLI
+/// definition. The file's name is [`SIGNING_KEY`].
+fn signing_key_file_var() -> String {
+    let cli = Cli::command();
+    let serve = cli.find_subcommand("serve").expect("licensync serve");
+    let arg = serve
+        .get_arguments()
+        .find(|a| a.get_long() == Some("signing-key-file"))
+        .expect("serve --signing-key-file");
+    let var = arg.get_env().expect("--signing-key-file has a variable");
+    var.to_string_lossy().into_owned()
+}
+
+/// The signing key file a command line reads, if any: `serve`'s.
+fn signing_key_path(cli: &Cli) -> Option<&Path> {
+    match &cli.command {
+        Command::Serve(args) => Some(&args.signing_key_file),
+        _ => None,
     }
 }
 
@@ -181,6 +211,15 @@ impl Manifest {
             _ => None,
         }
     }
+
+    /// The spec that holds a pod `template`: a Job's (see `job_spec`) or a
+    /// Deployment's.
+    fn workload_spec(&self) -> Option<&Value> {
+        match self.kind() {
+            "Deployment" => Some(&self.doc["spec"]),
+            _ => self.job_spec(),
+        }
+    }
 }
 
 fn manifest_files() -> Vec<String> {
@@ -216,6 +255,28 @@ fn manifests() -> Vec<Manifest> {
 
 fn jobs(all: &[Manifest]) -> Vec<(&Manifest, &Value)> {
     all.iter().filter_map(|m| m.job_spec().map(|spec| (m, spec))).collect()
+}
+
+/// Everything that runs licensync pods: the Jobs and the key API's Deployment.
+fn workloads(all: &[Manifest]) -> Vec<(&Manifest, &Value)> {
+    all.iter()
+        .filter_map(|m| m.workload_spec().map(|spec| (m, spec)))
+        .collect()
+}
+
+/// The labels of the pods a workload spec stamps out.
+fn pod_labels(spec: &Value) -> &Value {
+    &spec["template"]["metadata"]["labels"]
+}
+
+/// Whether a label selector (`key: value` pairs, all of which must match)
+/// selects pods with `labels`. An empty selector would select every pod of
+/// the namespace: it selects none here, so that a test on it fails.
+fn selects(selector: &Value, labels: &Value) -> bool {
+    let Some(selector) = selector.as_mapping().filter(|m| !m.is_empty()) else {
+        return false;
+    };
+    selector.iter().all(|(k, v)| labels.get(k) == Some(v))
 }
 
 fn pod_spec(job_spec: &Value) -> &Value {
@@ -429,7 +490,14 @@ fn every_manifest_file_parses_and_every_document_names_its_kind() {
         assert_ne!(m.name(), "?", "{}: no metadata.name", m.label());
     }
     let kinds: BTreeSet<&str> = all.iter().map(Manifest::kind).collect();
-    for kind in ["CronJob", "Job", "Secret"] {
+    for kind in [
+        "CronJob",
+        "Job",
+        "Secret",
+        "Deployment",
+        "Service",
+        "PodDisruptionBudget",
+    ] {
         assert!(kinds.contains(kind), "no {kind} among the manifests: {kinds:?}");
     }
 }
@@ -531,7 +599,7 @@ fn a_configuration_error_fails_the_job_and_a_held_lock_is_not_counted_as_a_failu
 fn pods_run_as_the_images_non_root_user_on_a_read_only_root_filesystem_with_resource_limits() {
     let image_uid = dockerfile_final_user_uid();
     let all = manifests();
-    for (m, spec) in jobs(&all) {
+    for (m, spec) in workloads(&all) {
         let pod = pod_spec(spec);
         let pod_sc = &pod["securityContext"];
         assert_eq!(
@@ -697,7 +765,7 @@ fn secret_key_read_at(m: &Manifest, pod: &Value, container: &Value, path: &str, 
 fn no_container_gets_a_secret_as_an_environment_value_or_a_flag() {
     let secrets = secrets();
     let all = manifests();
-    for (m, spec) in jobs(&all) {
+    for (m, spec) in workloads(&all) {
         for container in containers(spec) {
             let label = m.label();
             for env in container["env"].as_sequence().into_iter().flatten() {
@@ -724,49 +792,104 @@ fn no_container_gets_a_secret_as_an_environment_value_or_a_flag() {
     }
 }
 
+/// The keys of the Secret `licensync` that a container reads, each at a
+/// path [`secret_key_read_at`] accepts: the files its `_FILE` variables name
+/// (every secret its command needs has one) and `serve`'s signing key file,
+/// whether `LICENSYNC_SIGNING_KEY_FILE` or `--signing-key-file` names it.
+fn secret_keys_read(m: &Manifest, pod: &Value, container: &Value, string_data: &Value) -> BTreeSet<String> {
+    let secrets = secrets();
+    let label = m.label();
+    let cli = container_cli(m, container);
+    let env_value = |name: &str| {
+        container["env"]
+            .as_sequence()
+            .into_iter()
+            .flatten()
+            .find(|env| env["name"].as_str() == Some(name))
+            .map(|env| {
+                env["value"]
+                    .as_str()
+                    .unwrap_or_else(|| panic!("{label}: {name} must be a plain value (a path)"))
+            })
+    };
+    for var in secrets_needed(&cli) {
+        let secret = secret_by_var(&secrets, var);
+        assert!(
+            env_value(&secret.file_var).is_some(),
+            "{label}: needs {var}: set {} to its file in the mounted Secret",
+            secret.file_var
+        );
+    }
+    let mut keys_read = BTreeSet::new();
+    for secret in &secrets {
+        let Some(path) = env_value(&secret.file_var) else {
+            continue;
+        };
+        let key = secret_key_read_at(m, pod, container, path, string_data);
+        assert_eq!(
+            key, secret.name,
+            "{label}: {} points at the Secret's key {key}, not at {}",
+            secret.file_var, secret.name
+        );
+        keys_read.insert(key);
+    }
+    if let Some(path) = signing_key_path(&cli) {
+        let path = path.to_str().expect("a UTF-8 path");
+        let key = secret_key_read_at(m, pod, container, path, string_data);
+        assert_eq!(
+            key,
+            SIGNING_KEY,
+            "{label}: the signing key file ({} or --signing-key-file) {path} is the Secret's key {key}, not {SIGNING_KEY}",
+            signing_key_file_var()
+        );
+        keys_read.insert(key);
+    }
+    keys_read
+}
+
+/// The keys of the Secret `licensync` whose files a container can read:
+/// every volume of that Secret it mounts, with the volume's `items` or,
+/// without them, every key of the Secret.
+fn secret_keys_mounted(pod: &Value, container: &Value, string_data: &Value) -> BTreeSet<String> {
+    let mut mounted = BTreeSet::new();
+    for mount in container["volumeMounts"].as_sequence().into_iter().flatten() {
+        let volume = pod["volumes"]
+            .as_sequence()
+            .into_iter()
+            .flatten()
+            .find(|v| v["name"] == mount["name"])
+            .unwrap_or_else(|| panic!("no volume {:?}", mount["name"]));
+        let secret = &volume["secret"];
+        if secret["secretName"].as_str() != Some(SECRET_NAME) {
+            continue;
+        }
+        match secret["items"].as_sequence() {
+            Some(items) => mounted.extend(
+                items
+                    .iter()
+                    .map(|i| i["key"].as_str().expect("items[].key").to_string()),
+            ),
+            None => mounted.extend(
+                string_data
+                    .as_mapping()
+                    .unwrap()
+                    .keys()
+                    .map(|k| k.as_str().unwrap().to_string()),
+            ),
+        }
+    }
+    mounted
+}
+
 #[test]
 fn every_secret_a_container_needs_is_a_file_of_the_mounted_secret() {
-    let secrets = secrets();
     let string_data = the_example_secret();
     let all = manifests();
     let mut keys_read = BTreeSet::new();
-    for (m, spec) in jobs(&all) {
+    for (m, spec) in workloads(&all) {
         let pod = pod_spec(spec);
         for container in containers(spec) {
-            let label = m.label();
-            let cli = parse(&container_argv(m, container), &label);
-            let env_value = |name: &str| {
-                container["env"]
-                    .as_sequence()
-                    .into_iter()
-                    .flatten()
-                    .find(|env| env["name"].as_str() == Some(name))
-                    .map(|env| {
-                        env["value"]
-                            .as_str()
-                            .unwrap_or_else(|| panic!("{label}: {name} must be a plain value (a path)"))
-                    })
-            };
-            for var in secrets_needed(&cli) {
-                let secret = secret_by_var(&secrets, var);
-                assert!(
-                    env_value(&secret.file_var).is_some(),
-                    "{label}: needs {var}: set {} to its file in the mounted Secret",
-                    secret.file_var
-                );
-            }
-            for secret in &secrets {
-                let Some(path) = env_value(&secret.file_var) else {
-                    continue;
-                };
-                let key = secret_key_read_at(m, pod, container, path, &string_data);
-                assert_eq!(
-                    key, secret.name,
-                    "{label}: {} points at the Secret's key {key}, not at {}",
-                    secret.file_var, secret.name
-                );
-                keys_read.insert(key);
-            }
+            keys_read.extend(secret_keys_read(m, pod, container, &string_data));
         }
     }
     let defined: BTreeSet<String> = string_data
@@ -777,8 +900,35 @@ fn every_secret_a_container_needs_is_a_file_of_the_mounted_secret() {
         .collect();
     assert_eq!(
         keys_read, defined,
-        "every key of secret.example.yaml is a file some Job reads"
+        "every key of secret.example.yaml is a file some pod reads"
     );
+}
+
+/// Least privilege: a reconcile pod has no use for the signing key, the key
+/// API none for the Stripe key or the mail URL. A pod that mounts the whole
+/// Secret, or lists an item it does not read, fails here.
+#[test]
+fn every_pod_mounts_only_the_secret_files_it_reads() {
+    let string_data = the_example_secret();
+    let all = manifests();
+    let mut serve_pods = 0;
+    for (m, spec) in workloads(&all) {
+        let pod = pod_spec(spec);
+        for container in containers(spec) {
+            let read = secret_keys_read(m, pod, container, &string_data);
+            let mounted = secret_keys_mounted(pod, container, &string_data);
+            assert_eq!(
+                mounted,
+                read,
+                "{}: mounts the Secret's files {mounted:?} but reads {read:?}: list only those in the volume's items",
+                m.label()
+            );
+            if read.contains(SIGNING_KEY) {
+                serve_pods += 1;
+            }
+        }
+    }
+    assert_eq!(serve_pods, 1, "only the key API's pods can read the signing key");
 }
 
 #[test]
@@ -790,11 +940,12 @@ fn the_example_secret_holds_one_placeholder_file_per_secret_and_no_real_credenti
         .keys()
         .map(|k| k.as_str().unwrap().to_string())
         .collect();
-    let expected: BTreeSet<String> = secrets().into_iter().map(|s| s.name).collect();
+    let mut expected: BTreeSet<String> = secrets().into_iter().map(|s| s.name).collect();
+    expected.insert(SIGNING_KEY.to_string());
     assert_eq!(
         keys, expected,
-        "secret.example.yaml: one key per secret, named as the file the Jobs read; \
-         settings that are not secret are plain env values in the Jobs"
+        "secret.example.yaml: one key per secret, named as the file the pods read; \
+         settings that are not secret are plain env values in the manifests"
     );
     for key in &keys {
         let value = string_data[key.as_str()]
@@ -809,6 +960,21 @@ fn the_example_secret_holds_one_placeholder_file_per_secret_and_no_real_credenti
     assert!(
         key.starts_with("rk_"),
         "the example shows a restricted key (rk_), the least privilege licensync needs"
+    );
+    // The shape `keys generate` writes, but no key: a copied example must
+    // not sign anything (serve refuses it at start).
+    let signing = string_data[SIGNING_KEY].as_str().unwrap();
+    assert!(
+        signing.starts_with("k4.secret."),
+        "secret.example.yaml: {SIGNING_KEY} is a k4.secret PASERK"
+    );
+    assert!(
+        licensync_verify::Signer::from_paserk(signing).is_err(),
+        "secret.example.yaml: {SIGNING_KEY} must be a placeholder, not a usable key"
+    );
+    assert!(
+        read("kubernetes/secret.example.yaml").contains("licensync keys generate"),
+        "secret.example.yaml says how to make {SIGNING_KEY}"
     );
 }
 
@@ -868,6 +1034,76 @@ fn parse(argv: &[String], source: &str) -> Cli {
     Cli::try_parse_from(&with_name).unwrap_or_else(|e| panic!("{source}: `{}` does not parse: {e}", argv.join(" ")))
 }
 
+/// `argv` parsed as licensync parses it in the environment `env`: clap
+/// reads a setting's variable when its flag is not given. clap cannot be
+/// handed an environment other than the process's, so each variable of
+/// `env` that is a setting of the command the words name (or of licensync
+/// as a whole) is turned into its flag, unless the flag is on the command
+/// line (the flag wins), and parsed as such: a required setting given as a
+/// variable (`LICENSYNC_SIGNING_KEY_FILE`) counts, and a malformed value
+/// (`LICENSYNC_LISTEN=nonsense`) fails. Variables that are no setting are
+/// left out here (`every_environment_variable_..._is_a_licensync_setting`
+/// holds them to licensync's).
+fn parse_with_env(argv: &[String], env: &[(String, String)], source: &str) -> Cli {
+    let root = Cli::command();
+    // The command the words name, `licenses list` as well as `serve`.
+    let mut leaf = &root;
+    let mut after_command = 1;
+    for (i, word) in argv.iter().enumerate().skip(1) {
+        if let Some(sub) = leaf.find_subcommand(word) {
+            leaf = sub;
+            after_command = i + 1;
+        }
+    }
+    let given = |long: &str| {
+        argv.iter()
+            .any(|w| w == &format!("--{long}") || w.starts_with(&format!("--{long}=")))
+    };
+    let as_flag = |arg: &clap::Arg, value: &str| -> Option<String> {
+        let long = arg.get_long().expect("a setting with a variable has a long flag");
+        if given(long) {
+            return None;
+        }
+        match arg.get_action() {
+            // clap's reading of a boolean variable: these are false, anything else true.
+            clap::ArgAction::SetTrue => (!matches!(
+                value.to_ascii_lowercase().as_str(),
+                "" | "n" | "no" | "f" | "false" | "off" | "0"
+            ))
+            .then(|| format!("--{long}")),
+            _ => Some(format!("--{long}={value}")),
+        }
+    };
+    let setting = |cmd: &clap::Command, name: &str| -> Option<clap::Arg> {
+        cmd.get_arguments()
+            .find(|a| a.get_env().is_some_and(|e| e == name))
+            .cloned()
+    };
+    let (mut global, mut own) = (Vec::new(), Vec::new());
+    for (name, value) in env {
+        if !std::ptr::eq(leaf, &root)
+            && let Some(arg) = setting(leaf, name)
+        {
+            own.extend(as_flag(&arg, value));
+        } else if let Some(arg) = setting(&root, name) {
+            global.extend(as_flag(&arg, value));
+        }
+    }
+    let mut with_env = vec![argv[0].clone()];
+    with_env.extend(global);
+    with_env.extend(argv[1..after_command].iter().cloned());
+    with_env.extend(own);
+    with_env.extend(argv[after_command..].iter().cloned());
+    parse(&with_env, source)
+}
+
+/// A container's command line with the plain values of its env, as the
+/// process in the pod sees them.
+fn container_cli(m: &Manifest, container: &Value) -> Cli {
+    let env = pod_env(container, 0, None);
+    parse_with_env(&pod_argv(m, container, &env), &env, &m.label())
+}
+
 fn reconcile(cli: Cli, source: &str) -> licensync::cmd::reconcile::ReconcileArgs {
     match cli.command {
         Command::Reconcile(args) => args,
@@ -917,13 +1153,14 @@ fn every_cronjob_runs_reconcile_with_a_json_report() {
 fn every_container_command_in_the_manifests_parses_with_licensync_cli() {
     let all = manifests();
     let mut parsed = 0;
-    for (m, spec) in jobs(&all) {
+    for (m, spec) in workloads(&all) {
         for container in containers(spec) {
-            parse(&container_argv(m, container), &m.label());
+            // With the settings of its env: serve's signing key is one.
+            container_cli(m, container);
             parsed += 1;
         }
     }
-    assert!(parsed >= 2);
+    assert!(parsed >= 5, "the Jobs and the key API's Deployment");
 }
 
 /// `# args: [...]` lines: alternatives the manifests document in comments.
@@ -1256,31 +1493,40 @@ fn open_shop(f: &fake_stripe::FakeStripe, email: &str) {
 }
 
 /// What a deployment of a manifest stands on, on this machine: the
-/// database, the Secret `licensync` as its volume shows it (test values in
-/// the files the manifest names), a file outbox for the mail, and a
-/// directory per pod for its emptyDir volumes.
+/// database, the Secret `licensync` with a test value for each of its keys
+/// (a new signing key, whose id is `signing_kid`), a file outbox for the
+/// mail, and a directory per pod for its volumes.
 struct Deployment {
     db: common::TestDb,
     secrets: tempfile::TempDir,
     outbox: tempfile::TempDir,
     pods: tempfile::TempDir,
+    signing_kid: String,
 }
 
 impl Deployment {
     fn new(fake: &fake_stripe::FakeStripe) -> Deployment {
+        Deployment::with_stripe_api_key(&fake.api_key())
+    }
+
+    /// For pods that never call Stripe (the key API): any key will do.
+    fn with_stripe_api_key(stripe_api_key: &str) -> Deployment {
+        let signing = licensync_verify::Signer::generate().unwrap();
         let d = Deployment {
             db: common::TestDb::new(),
             secrets: tempfile::tempdir().unwrap(),
             outbox: tempfile::tempdir().unwrap(),
             pods: tempfile::tempdir().unwrap(),
+            signing_kid: signing.kid,
         };
         let keys = the_example_secret();
         for key in keys.as_mapping().unwrap().keys() {
             let key = key.as_str().unwrap();
             let value = match key {
-                "stripe-api-key" => fake.api_key(),
+                "stripe-api-key" => stripe_api_key.to_string(),
                 "database-url" => d.db.url.clone(),
                 "mail-url" => format!("file://{}", d.outbox.path().display()),
+                SIGNING_KEY => signing.secret.clone(),
                 other => panic!("no test value for the Secret's key {other}"),
             };
             std::fs::write(d.secrets.path().join(key), format!("{value}\n")).unwrap();
@@ -1289,8 +1535,9 @@ impl Deployment {
     }
 
     /// The container's volume mounts as directories of this machine,
-    /// longest mount path first: the Secret `licensync` is shared by every
-    /// pod, an emptyDir is the pod's own.
+    /// longest mount path first: a Secret volume holds the Secret's files
+    /// (only its `items`, under their paths, when it lists some), an
+    /// emptyDir is the pod's own.
     fn mounts(&self, pod_spec: &Value, container: &Value, pod: &str) -> Vec<(String, PathBuf)> {
         let mut mounts = Vec::new();
         for mount in container["volumeMounts"].as_sequence().into_iter().flatten() {
@@ -1304,8 +1551,19 @@ impl Deployment {
                 .unwrap_or_else(|| panic!("no volume {name}"));
             let dir = if volume.get("secret").is_some() {
                 assert_eq!(volume["secret"]["secretName"].as_str(), Some(SECRET_NAME));
-                assert!(volume["secret"].get("items").is_none(), "items are not modelled here");
-                self.secrets.path().to_path_buf()
+                match volume["secret"]["items"].as_sequence() {
+                    None => self.secrets.path().to_path_buf(),
+                    Some(items) => {
+                        let dir = self.pods.path().join(pod).join(name);
+                        std::fs::create_dir_all(&dir).unwrap();
+                        for item in items {
+                            let (key, file) = (item["key"].as_str().unwrap(), item["path"].as_str().unwrap());
+                            std::fs::copy(self.secrets.path().join(key), dir.join(file))
+                                .unwrap_or_else(|e| panic!("volume {name}: item {key}: {e}"));
+                        }
+                        dir
+                    }
+                }
             } else if volume.get("emptyDir").is_some() {
                 let dir = self.pods.path().join(pod).join(name);
                 std::fs::create_dir_all(&dir).unwrap();
@@ -1322,10 +1580,11 @@ impl Deployment {
     /// The real licensync binary as the pod would run it: `argv` (the
     /// image's path replaced by this build's) with the pod's `env`, whose
     /// paths inside volume mounts lead to their directories here. Only
-    /// STRIPE_API_BASE is added: the fake Stripe instead of api.stripe.com.
+    /// STRIPE_API_BASE is added, with a `fake`: the fake Stripe instead of
+    /// api.stripe.com.
     fn pod_command(
         &self,
-        fake: &fake_stripe::FakeStripe,
+        fake: Option<&fake_stripe::FakeStripe>,
         pod_spec: &Value,
         container: &Value,
         pod: &str,
@@ -1348,7 +1607,9 @@ impl Deployment {
         for (name, value) in env {
             cmd.env(name, on_host(value));
         }
-        cmd.env("STRIPE_API_BASE", fake.base_url());
+        if let Some(fake) = fake {
+            cmd.env("STRIPE_API_BASE", fake.base_url());
+        }
         cmd
     }
 
@@ -1428,7 +1689,14 @@ async fn the_indexed_jobs_pods_run_their_shards_at_once_and_together_equal_one_u
     let pods = (0..n).map(|index| {
         let env = pod_env(container, index, Some(&maps));
         let argv = pod_argv(cronjob, container, &env);
-        run(sharded.pod_command(&platform, pod_spec, container, &format!("pod-{index}"), &argv, &env))
+        run(sharded.pod_command(
+            Some(&platform),
+            pod_spec,
+            container,
+            &format!("pod-{index}"),
+            &argv,
+            &env,
+        ))
     });
     let ran = futures::future::join_all(pods).await;
     let mut seen: Vec<String> = Vec::new();
@@ -1459,7 +1727,7 @@ async fn the_indexed_jobs_pods_run_their_shards_at_once_and_together_equal_one_u
     let whole = Deployment::new(&platform);
     let env = pod_env(container, 0, Some(&maps));
     let argv = without_shard(&pod_argv(cronjob, container, &env));
-    let ran = run(whole.pod_command(&platform, pod_spec, container, "whole", &argv, &env)).await;
+    let ran = run(whole.pod_command(Some(&platform), pod_spec, container, "whole", &argv, &env)).await;
     let report = ran.report();
     assert!(report["shard"].is_null(), "{report:#}");
     assert_eq!(report["accounts"].as_array().unwrap().len(), ids.len());
@@ -1469,6 +1737,407 @@ async fn the_indexed_jobs_pods_run_their_shards_at_once_and_together_equal_one_u
     assert_eq!(licenses, whole.portable_licenses());
     assert_eq!(sharded.emails(), licenses.len(), "one email per license, none twice");
     assert_eq!(whole.emails(), licenses.len());
+}
+
+// ---------------------------------------------------------------------------
+// The key API: serve.yaml (Deployment, Service, PodDisruptionBudget)
+// ---------------------------------------------------------------------------
+
+const SERVE_FILE: &str = "kubernetes/serve.yaml";
+
+/// The one document of `kind` in serve.yaml.
+fn serve_document<'a>(all: &'a [Manifest], kind: &str) -> &'a Manifest {
+    let found: Vec<&Manifest> = all
+        .iter()
+        .filter(|m| m.file == SERVE_FILE && m.kind() == kind)
+        .collect();
+    assert_eq!(found.len(), 1, "{SERVE_FILE} holds one {kind}");
+    found[0]
+}
+
+/// The Deployment's one container.
+fn serve_container(deployment: &Manifest) -> &Value {
+    let containers = containers(deployment.workload_spec().unwrap());
+    assert_eq!(containers.len(), 1, "{}: one container", deployment.label());
+    &containers[0]
+}
+
+fn serve_args(cli: Cli, source: &str) -> licensync::cmd::serve::ServeArgs {
+    match cli.command {
+        Command::Serve(args) => args,
+        other => panic!("{source}: expected `serve`, got {other:?}"),
+    }
+}
+
+/// The `containerPort` of the container's port named `name`.
+fn named_port(container: &Value, name: &str) -> Option<u16> {
+    container["ports"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+        .find(|p| p["name"].as_str() == Some(name))
+        .map(|p| {
+            let port = p["containerPort"].as_u64().expect("ports[].containerPort");
+            u16::try_from(port).expect("a TCP port")
+        })
+}
+
+/// A probe's `httpGet` path and port, the port by name: a number would
+/// silently keep probing an old port when the container's changes.
+fn http_probe<'a>(container: &'a Value, probe: &str, label: &str) -> (&'a str, &'a str) {
+    let get = &container[probe]["httpGet"];
+    let path = get["path"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{label}: {probe} is an httpGet probe with a path"));
+    let port = get["port"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{label}: {probe} names its port (port: http), got {:?}", get["port"]));
+    assert!(
+        named_port(container, port).is_some(),
+        "{label}: {probe} probes port {port}, which the container does not name"
+    );
+    (path, port)
+}
+
+#[test]
+fn the_key_api_deployment_runs_two_replicas_of_serve_listening_on_its_named_http_port() {
+    let all = manifests();
+    let deployment = serve_document(&all, "Deployment");
+    let label = deployment.label();
+    let spec = &deployment.doc["spec"];
+    assert_eq!(spec["replicas"].as_u64(), Some(2), "{label}: replicas");
+    assert!(
+        spec["selector"].get("matchExpressions").is_none(),
+        "{label}: matchLabels only (the tests read those)"
+    );
+    assert!(
+        selects(&spec["selector"]["matchLabels"], pod_labels(spec)),
+        "{label}: spec.selector must select the template's labels (the API server refuses it otherwise)"
+    );
+    let container = serve_container(deployment);
+    let args = serve_args(container_cli(deployment, container), &label);
+    assert!(
+        args.listen.ip().is_unspecified(),
+        "{label}: --listen {}: a pod must listen on all its addresses, or no Service reaches it",
+        args.listen
+    );
+    assert_eq!(
+        named_port(container, "http"),
+        Some(args.listen.port()),
+        "{label}: the container port named http must be the port serve listens on"
+    );
+    // The image the Jobs run: one build of licensync, one version everywhere.
+    let cronjob = all
+        .iter()
+        .find(|m| m.kind() == "CronJob" && m.name() == "licensync")
+        .expect("the CronJob");
+    let cron_container = &containers(cronjob.job_spec().unwrap())[0];
+    assert_eq!(container["image"], cron_container["image"], "{label}: image");
+    assert_eq!(
+        pod_spec(spec)["automountServiceAccountToken"].as_bool(),
+        Some(false),
+        "{label}: licensync never talks to the Kubernetes API"
+    );
+}
+
+#[test]
+fn the_key_api_is_ready_while_healthz_answers_and_alive_without_asking_the_database() {
+    let all = manifests();
+    let deployment = serve_document(&all, "Deployment");
+    let label = deployment.label();
+    let container = serve_container(deployment);
+    let (ready_path, ready_port) = http_probe(container, "readinessProbe", &label);
+    assert_eq!(ready_path, "/healthz", "{label}: readiness is the database answering");
+    assert_eq!(ready_port, "http", "{label}: readinessProbe port");
+    // /healthz is 503 while the database is down. A restart cannot fix the
+    // database, and serve exits 2 at start without it: liveness on /healthz
+    // would turn an outage into a CrashLoopBackOff of every replica.
+    let (live_path, live_port) = http_probe(container, "livenessProbe", &label);
+    assert_ne!(
+        live_path, "/healthz",
+        "{label}: livenessProbe must not depend on the database"
+    );
+    assert_eq!(live_port, "http", "{label}: livenessProbe port");
+
+    let seconds = |probe: &str, field: &str, default: u64| container[probe][field].as_u64().unwrap_or(default);
+    for probe in ["readinessProbe", "livenessProbe"] {
+        for field in ["periodSeconds", "timeoutSeconds", "failureThreshold"] {
+            assert!(
+                container[probe][field].as_u64().is_some_and(|v| v > 0),
+                "{label}: {probe}.{field} set, not left to the defaults"
+            );
+        }
+        assert!(
+            seconds(probe, "timeoutSeconds", 1) < seconds(probe, "periodSeconds", 10),
+            "{label}: {probe} times out before the next probe"
+        );
+    }
+    // A pod that stops answering leaves the Service before it is restarted.
+    let window = |probe: &str| seconds(probe, "periodSeconds", 10) * seconds(probe, "failureThreshold", 3);
+    assert!(
+        window("livenessProbe") > window("readinessProbe"),
+        "{label}: liveness gives up after readiness"
+    );
+}
+
+#[test]
+fn the_key_api_service_sends_its_http_port_to_the_deployments_pods_and_to_no_job_pod() {
+    let all = manifests();
+    let deployment = serve_document(&all, "Deployment");
+    let service = serve_document(&all, "Service");
+    let label = service.label();
+    let pods = pod_labels(&deployment.doc["spec"]);
+    let selector = &service.doc["spec"]["selector"];
+    assert!(
+        selects(selector, pods),
+        "{label}: selector {selector:?} must select the Deployment's pods {pods:?}"
+    );
+    for (m, spec) in jobs(&all) {
+        assert!(
+            !selects(selector, pod_labels(spec)),
+            "{label}: selector {selector:?} also selects the pods of {}: requests would reach reconcile runs",
+            m.label()
+        );
+    }
+    let container = serve_container(deployment);
+    let ports = service.doc["spec"]["ports"].as_sequence().expect("spec.ports");
+    assert!(!ports.is_empty(), "{label}: ports");
+    for port in ports {
+        let target = port["targetPort"].as_str().unwrap_or_else(|| {
+            panic!(
+                "{label}: targetPort names the container's port (http), got {:?}",
+                port["targetPort"]
+            )
+        });
+        assert_eq!(target, "http", "{label}: targetPort");
+        assert!(
+            named_port(container, target).is_some(),
+            "{label}: no container port {target}"
+        );
+    }
+}
+
+#[test]
+fn the_key_api_disruption_budget_keeps_one_pod_answering_and_lets_a_drain_proceed() {
+    let all = manifests();
+    let deployment = serve_document(&all, "Deployment");
+    let budget = serve_document(&all, "PodDisruptionBudget");
+    let label = budget.label();
+    let spec = &budget.doc["spec"];
+    assert!(
+        selects(&spec["selector"]["matchLabels"], pod_labels(&deployment.doc["spec"])),
+        "{label}: selects the Deployment's pods"
+    );
+    for (m, job) in jobs(&all) {
+        assert!(
+            !selects(&spec["selector"]["matchLabels"], pod_labels(job)),
+            "{label}: also selects the pods of {}",
+            m.label()
+        );
+    }
+    let replicas = deployment.doc["spec"]["replicas"].as_u64().unwrap();
+    let count = |field: &str| {
+        spec.get(field).map(|v| {
+            v.as_u64()
+                .unwrap_or_else(|| panic!("{label}: {field} as a number of pods, got {v:?}"))
+        })
+    };
+    let evictable = match (count("maxUnavailable"), count("minAvailable")) {
+        (Some(max), None) => max,
+        (None, Some(min)) => replicas.saturating_sub(min),
+        other => panic!("{label}: one of maxUnavailable and minAvailable, got {other:?}"),
+    };
+    assert!(
+        evictable >= 1,
+        "{label}: no pod of {replicas} may ever be evicted: every node drain would hang"
+    );
+    assert!(
+        evictable < replicas,
+        "{label}: all {replicas} pods may be evicted at once"
+    );
+}
+
+#[test]
+fn the_key_api_trusts_x_forwarded_for_only_where_every_client_comes_through_a_proxy() {
+    let all = manifests();
+    let deployment = serve_document(&all, "Deployment");
+    let label = deployment.label();
+    let container = serve_container(deployment);
+    let args = serve_args(container_cli(deployment, container), &label);
+    if args.trust_forwarded_for {
+        let service = serve_document(&all, "Service");
+        let kind = service.doc["spec"]["type"].as_str().unwrap_or("ClusterIP");
+        assert_eq!(
+            kind, "ClusterIP",
+            "{label} trusts X-Forwarded-For: its Service must be reachable only inside the cluster (through the ingress)"
+        );
+        for port in container["ports"].as_sequence().into_iter().flatten() {
+            assert!(
+                port.get("hostPort").is_none(),
+                "{label} trusts X-Forwarded-For: a hostPort lets clients write it"
+            );
+        }
+    }
+    // The documented alternative (`# args: [...]`) parses, listens where
+    // the args do, and is the other choice of --trust-forwarded-for.
+    let env = pod_env(container, 0, None);
+    let alternatives = commented_args(SERVE_FILE);
+    assert!(
+        !alternatives.is_empty(),
+        "{SERVE_FILE}: documents the args for the other case, in a `# args: [...]` comment"
+    );
+    for alternative in alternatives {
+        let mut argv = vec![BINARY.to_string()];
+        argv.extend(alternative);
+        let other = serve_args(parse_with_env(&argv, &env, SERVE_FILE), SERVE_FILE);
+        assert_ne!(
+            other.trust_forwarded_for, args.trust_forwarded_for,
+            "{SERVE_FILE}: `# args:`"
+        );
+        assert_eq!(other.listen, args.listen, "{SERVE_FILE}: `# args:`");
+    }
+
+    let args = serve_args(unit_cli(SERVE_UNIT), SERVE_UNIT);
+    if args.trust_forwarded_for {
+        assert!(
+            args.listen.ip().is_loopback(),
+            "{SERVE_UNIT}: trusts X-Forwarded-For, so it must listen on loopback only (--listen {}), behind the proxy on the host",
+            args.listen
+        );
+    }
+    let readme = read("README.md");
+    assert!(
+        readme.contains("--trust-forwarded-for") && readme.contains("Ingress"),
+        "deploy/README.md says when --trust-forwarded-for is needed"
+    );
+}
+
+/// `GET path` over a fresh connection: the status and the body.
+fn http_get(addr: std::net::SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let timeout = std::time::Duration::from_secs(5);
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, timeout)?;
+    stream.set_read_timeout(Some(timeout))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: licensync-serve\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("not an HTTP response: {response:?}")))?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+/// The argv with `--listen` moved to `addr` (a free port of this machine
+/// instead of the pod's own 8080).
+fn listening_on(argv: &[String], addr: std::net::SocketAddr) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut replaced = 0;
+    let mut words = argv.iter();
+    while let Some(word) = words.next() {
+        if word == "--listen" {
+            words.next().expect("--listen ADDR");
+            out.extend(["--listen".to_string(), addr.to_string()]);
+            replaced += 1;
+        } else if word.starts_with("--listen=") {
+            out.push(format!("--listen={addr}"));
+            replaced += 1;
+        } else {
+            out.push(word.clone());
+        }
+    }
+    assert_eq!(replaced, 1, "one --listen in {argv:?}");
+    out
+}
+
+/// The Deployment's pod as the kubelet starts it, on this machine: the real
+/// binary with the manifest's argv and env, the Secret's files (a new
+/// signing key among them) where the volume's items put them, and a test
+/// database. Its probes, asked on the port they name, answer 200; the key
+/// it publishes is the Secret's; SIGTERM (a rollout, a drain) ends it with 0.
+#[test]
+fn the_key_api_pod_answers_its_probes_with_the_secrets_signing_key_and_stops_on_sigterm() {
+    let all = manifests();
+    let deployment = serve_document(&all, "Deployment");
+    let label = deployment.label();
+    let spec = deployment.workload_spec().unwrap();
+    let container = serve_container(deployment);
+    let env = pod_env(container, 0, None);
+    let argv = pod_argv(deployment, container, &env);
+    let listen = serve_args(container_cli(deployment, container), &label).listen;
+    let (ready_path, port) = http_probe(container, "readinessProbe", &label);
+    let (live_path, _) = http_probe(container, "livenessProbe", &label);
+    assert_eq!(named_port(container, port), Some(listen.port()), "{label}");
+
+    let free = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let argv = listening_on(&argv, free);
+    let pods = Deployment::with_stripe_api_key("rk_test_unused_by_serve");
+    let mut cmd = pods.pod_command(None, pod_spec(spec), container, "serve-0", &argv, &env);
+    cmd.stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let stderr = |child: &mut std::process::Child| {
+        let mut text = String::new();
+        if let Some(mut pipe) = child.stderr.take() {
+            std::io::Read::read_to_string(&mut pipe, &mut text).unwrap();
+        }
+        text
+    };
+
+    let started = std::time::Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!(
+                "{label}: serve exited {status} before it was ready:\n{}",
+                stderr(&mut child)
+            );
+        }
+        match http_get(free, ready_path) {
+            Ok((200, _)) => break,
+            Ok(_) | Err(_) if started.elapsed() < std::time::Duration::from_secs(60) => {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            other => {
+                child.kill().unwrap();
+                panic!("{label}: readiness {ready_path}: {other:?}\n{}", stderr(&mut child));
+            }
+        }
+    }
+    let (status, _) = http_get(free, live_path).unwrap();
+    assert_eq!(status, 200, "{label}: liveness {live_path}");
+    let (status, body) = http_get(free, "/v1/keys").unwrap();
+    assert_eq!(status, 200, "{body}");
+    let keys: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        keys["keys"][0]["kid"], pods.signing_kid,
+        "{label}: signs with the Secret's signing.key"
+    );
+
+    let pid = i32::try_from(child.id()).unwrap();
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{label}: still running 30 s after SIGTERM"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(0), "{label}: SIGTERM:\n{}", stderr(&mut child));
 }
 
 // ---------------------------------------------------------------------------
@@ -1530,7 +2199,7 @@ fn the_systemd_service_is_one_reconcile_and_a_held_lock_is_not_a_failure() {
 
 #[test]
 fn the_systemd_units_run_without_root() {
-    for file in ["systemd/licensync.service", "systemd/licensync-daemon.service"] {
+    for file in SERVICE_UNITS {
         let dynamic = unit_values(file, "DynamicUser").iter().any(|v| v == "yes");
         let user = unit_values(file, "User");
         assert!(
@@ -1567,7 +2236,97 @@ fn the_daemon_unit_runs_the_daemon_on_a_valid_schedule() {
     );
 }
 
-const SERVICE_UNITS: [&str; 2] = ["systemd/licensync.service", "systemd/licensync-daemon.service"];
+const SERVE_UNIT: &str = "systemd/licensync-serve.service";
+
+#[test]
+fn the_key_api_unit_runs_serve_restarts_it_and_keeps_no_state_beside_the_batch_runs() {
+    let file = SERVE_UNIT;
+    assert_eq!(
+        unit_value(file, "Type"),
+        "exec",
+        "{file}: a long-running process, started once exec'd"
+    );
+    let args = serve_args(unit_cli(file), file);
+    assert!(
+        signing_key_path(&unit_cli(file)).is_some_and(|p| p == args.signing_key_file.as_path()),
+        "{file}"
+    );
+    // serve exits 2 when the database does not answer at start (at boot,
+    // before a remote PostgreSQL is up): a restart fixes that one.
+    let restart = unit_value(file, "Restart");
+    assert!(
+        matches!(restart.as_str(), "on-failure" | "always"),
+        "{file}: Restart={restart}: the key API must come back by itself"
+    );
+    assert!(
+        !unit_values(file, "RestartPreventExitStatus")
+            .iter()
+            .any(|v| v.split_whitespace().any(|c| c == EXIT_USAGE.to_string())),
+        "{file}: exit 2 includes a database that did not answer at start: restart it"
+    );
+    assert!(!unit_value(file, "TimeoutStopSec").is_empty(), "{file}: TimeoutStopSec");
+    // DynamicUser= hands a StateDirectory= to the unit's own user at every
+    // start: shared with licensync.service's, the two would take it from
+    // each other (and with it the embedded database).
+    let batch: BTreeSet<String> = ["systemd/licensync.service", "systemd/licensync-daemon.service"]
+        .iter()
+        .flat_map(|f| unit_values(f, "StateDirectory"))
+        .collect();
+    for dir in unit_values(file, "StateDirectory") {
+        assert!(
+            !batch.contains(&dir),
+            "{file}: StateDirectory={dir} is the batch units'"
+        );
+    }
+}
+
+/// The sandboxing directives of licensync.service, by family.
+const HARDENING_PREFIXES: [&str; 12] = [
+    "DynamicUser",
+    "UMask",
+    "NoNewPrivileges",
+    "CapabilityBoundingSet",
+    "AmbientCapabilities",
+    "Protect",
+    "Private",
+    "Restrict",
+    "LockPersonality",
+    "MemoryDenyWriteExecute",
+    "SystemCallArchitectures",
+    "SystemCallFilter",
+];
+
+#[test]
+fn every_service_unit_is_hardened_as_the_reconcile_unit_is() {
+    let reference = "systemd/licensync.service";
+    let hardening: BTreeSet<String> = unit_entries(reference)
+        .into_iter()
+        .map(|(key, _)| key)
+        .filter(|key| HARDENING_PREFIXES.iter().any(|p| key.starts_with(p)))
+        .collect();
+    assert!(hardening.len() >= 20, "{reference}: {hardening:?}");
+    for file in SERVICE_UNITS {
+        for key in &hardening {
+            assert_eq!(
+                unit_values(file, key),
+                unit_values(reference, key),
+                "{file}: {key}= as in {reference}"
+            );
+        }
+    }
+}
+
+const SERVICE_UNITS: [&str; 3] = [
+    "systemd/licensync.service",
+    "systemd/licensync-daemon.service",
+    SERVE_UNIT,
+];
+
+/// A unit's ExecStart as licensync parses it with the unit's Environment=
+/// (not its EnvironmentFile=, the operator's).
+fn unit_cli(file: &str) -> Cli {
+    parse_with_env(&exec_start_argv(file), &unit_environment(file), file)
+}
 
 /// A unit's `Environment=` assignments (a line may hold several, quoted).
 fn unit_environment(file: &str) -> Vec<(String, String)> {
@@ -1618,7 +2377,8 @@ fn the_systemd_units_load_the_secrets_as_credentials_and_name_them_by_their_file
                 (id.to_string(), path.to_string())
             })
             .collect();
-        let cli = parse(&exec_start_argv(file), file);
+        let cli = unit_cli(file);
+        let mut used = BTreeSet::new();
         for var in secrets_needed(&cli) {
             let secret = secret_by_var(&secrets, var);
             let values: Vec<&String> = environment
@@ -1653,7 +2413,31 @@ fn the_systemd_units_load_the_secrets_as_credentials_and_name_them_by_their_file
                 source.starts_with("/etc/licensync/"),
                 "{file}: LoadCredential={id}:{source} must load a root-only file under /etc/licensync/"
             );
+            used.insert(id.to_string());
         }
+        // serve's signing key, from LICENSYNC_SIGNING_KEY_FILE or --signing-key-file.
+        if let Some(path) = signing_key_path(&cli) {
+            let path = path.to_str().unwrap();
+            let id = path.strip_prefix("%d/").unwrap_or_else(|| {
+                panic!(
+                    "{file}: the signing key file ({} or --signing-key-file) {path} must be a credential (%d/...)",
+                    signing_key_file_var()
+                )
+            });
+            assert_eq!(id, SIGNING_KEY, "{file}: the signing key's credential");
+            let (_, source) = credentials
+                .iter()
+                .find(|(cid, _)| cid == id)
+                .unwrap_or_else(|| panic!("{file}: %d/{id} without a LoadCredential={id}:<path>"));
+            assert!(
+                source.starts_with("/etc/licensync/"),
+                "{file}: LoadCredential={id}:{source} must load a root-only file under /etc/licensync/"
+            );
+            used.insert(id.to_string());
+        }
+        // Least privilege: the key API has no use for the Stripe key.
+        let loaded: BTreeSet<String> = credentials.into_iter().map(|(id, _)| id).collect();
+        assert_eq!(loaded, used, "{file}: loads only the credentials its command reads");
     }
 }
 
@@ -1995,7 +2779,7 @@ fn every_environment_variable_the_deploy_files_set_is_a_licensync_setting() {
     let mut checked = 0;
 
     let all = manifests();
-    for (m, spec) in jobs(&all) {
+    for (m, spec) in workloads(&all) {
         for container in containers(spec) {
             for env in container["env"].as_sequence().into_iter().flatten() {
                 // JOB_COMPLETION_INDEX, defined for `--shard $(JOB_COMPLETION_INDEX)/N`.
@@ -2066,6 +2850,12 @@ fn the_env_file_example_holds_no_secret_and_no_secret_file_path() {
                  the env file would override it"
             );
         }
+        assert_ne!(
+            name,
+            signing_key_file_var(),
+            "licensync.env.example: {name} is set by licensync-serve.service (a credential); \
+             the env file would override it"
+        );
     }
     let settings: Vec<(String, String)> = read("licensync.env.example")
         .lines()
