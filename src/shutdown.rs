@@ -44,7 +44,7 @@ impl Shutdown {
                 _ = term.recv() => {}
                 _ = tokio::signal::ctrl_c() => {}
             }
-            tracing::info!("stop requested: finishing the page in progress");
+            tracing::info!("stop requested: finishing the work in progress (a run: its page; the key API: its requests)");
             trigger.shutdown();
         });
         shutdown
