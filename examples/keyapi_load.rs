@@ -54,7 +54,9 @@ const DB: &str = "keyapi_load";
 fn main() -> Result<()> {
     let args = Args::parse();
     let binaries = Binaries::discover()?;
-    let dir = tempfile::Builder::new().prefix("licensync-keyapi-load-").tempdir_in("/tmp")?;
+    let dir = tempfile::Builder::new()
+        .prefix("licensync-keyapi-load-")
+        .tempdir_in("/tmp")?;
     let cluster = Cluster::new(binaries, &dir.path().join("pg"))?;
     cluster.ensure_running(Tuning { unsafe_fast: true })?;
     let result = run(&args, &cluster, dir.path());
@@ -76,7 +78,13 @@ fn run(args: &Args, cluster: &Cluster, dir: &std::path::Path) -> Result<()> {
     std::fs::write(&key_file, &keys.secret)?;
     let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let mut server = std::process::Command::new(&args.licensync)
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--rate-limit", "10000000"])
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--rate-limit",
+            "10000000",
+        ])
         .arg("--signing-key-file")
         .arg(&key_file)
         .env("DATABASE_URL", &url)

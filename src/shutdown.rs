@@ -44,7 +44,9 @@ impl Shutdown {
                 _ = term.recv() => {}
                 _ = tokio::signal::ctrl_c() => {}
             }
-            tracing::info!("stop requested: finishing the work in progress (a run: its page; the key API: its requests)");
+            tracing::info!(
+                "stop requested: finishing the work in progress (a run: its page; the key API: its requests)"
+            );
             trigger.shutdown();
         });
         shutdown

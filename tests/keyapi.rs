@@ -292,6 +292,15 @@ async fn the_token_is_checked_offline_with_the_published_key() {
     assert_eq!((claims.hwid_limit, claims.ip_limit), (Some(2), Some(3)));
     assert_eq!(claims.nonce.as_deref(), Some("n-123"));
     assert!(!token.contains(&key), "the token never carries the key");
+    // One changed character of the signed payload: refused.
+    let mut tampered: Vec<char> = token.chars().collect();
+    let at = "v4.public.".len() + 20;
+    tampered[at] = if tampered[at] == 'A' { 'B' } else { 'A' };
+    let tampered: String = tampered.into_iter().collect();
+    assert!(matches!(
+        verifier.verify(&tampered, &key, Some("fingerprint-A"), Utc::now()),
+        Err(VerifyError::BadSignature | VerifyError::Malformed(_))
+    ));
     // `exp` is the earlier of the lease (7 days) and the license's expiry (2 days).
     assert_eq!(claims.exp, claims.lic_exp.unwrap());
     // Another machine, another key, a later clock: refused.

@@ -90,7 +90,7 @@ pub async fn run(config: &Config, args: ServeArgs, shutdown: Shutdown) -> Result
     let db = open_migrated(config).map_err(|e| usage(e.context("opening the license database")))?;
     let kid = keys.signer.kid().to_owned();
     let service = Service::new(
-        db.store.clone(),
+        db.store.serving(8),
         keys,
         ip_window,
         args.trust_forwarded_for,

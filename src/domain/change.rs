@@ -63,6 +63,15 @@ pub enum OperatorAction {
 }
 
 impl OperatorAction {
+    pub const ALL: [OperatorAction; 6] = [
+        OperatorAction::Revoke,
+        OperatorAction::Suspend,
+        OperatorAction::Pin,
+        OperatorAction::Release,
+        OperatorAction::Reissue,
+        OperatorAction::Deactivate,
+    ];
+
     /// The ledger's `action` (distinct from the actions of runs).
     pub fn as_str(self) -> &'static str {
         match self {
@@ -98,15 +107,6 @@ pub enum LedgerAction {
 }
 
 impl LedgerAction {
-    const OPERATOR: [OperatorAction; 6] = [
-        OperatorAction::Revoke,
-        OperatorAction::Suspend,
-        OperatorAction::Pin,
-        OperatorAction::Release,
-        OperatorAction::Reissue,
-        OperatorAction::Deactivate,
-    ];
-
     pub fn as_str(&self) -> &'static str {
         match self {
             LedgerAction::Run(action) => action.as_str(),
@@ -132,7 +132,7 @@ impl std::str::FromStr for LedgerAction {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let run = ActionKind::ALL.into_iter().map(LedgerAction::Run);
-        let operator = Self::OPERATOR.into_iter().map(LedgerAction::Operator);
+        let operator = OperatorAction::ALL.into_iter().map(LedgerAction::Operator);
         run.chain(operator)
             .find(|a| a.as_str() == s)
             .ok_or_else(|| format!("unknown ledger action `{s}`"))

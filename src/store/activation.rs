@@ -14,7 +14,7 @@ use anyhow::{Context, Result};
 use chrono::{DateTime, Utc};
 use diesel::pg::PgConnection;
 use diesel::prelude::*;
-use diesel::sql_types::{BigInt, Integer, Nullable, Text, Timestamptz};
+use diesel::sql_types::Integer;
 
 use super::Store;
 use super::ledger::NewLedgerRow;
@@ -98,55 +98,66 @@ impl MachineRow {
     }
 }
 
-#[derive(QueryableByName)]
-struct FactsRow {
-    #[diesel(embed)]
-    license: LicenseRow,
-    #[diesel(sql_type = Nullable<Timestamptz>)]
-    clock_started: Option<DateTime<Utc>>,
-    #[diesel(sql_type = BigInt)]
-    machines: i64,
-    #[diesel(sql_type = Nullable<Timestamptz>)]
-    machine_seen: Option<DateTime<Utc>>,
-    #[diesel(sql_type = BigInt)]
-    other_addresses: i64,
-    #[diesel(sql_type = Nullable<Timestamptz>)]
-    address_seen: Option<DateTime<Utc>>,
-}
-
 /// One statement: the license by its key (a replaced key is no key), with
-/// everything a request decides on.
-const KEY_FACTS: &str = "\
-    SELECT l.*, c.started_at AS clock_started, \
-        (SELECT count(*) FROM machine_activations m WHERE m.license_id = l.id) AS machines, \
-        (SELECT m.last_seen FROM machine_activations m \
-            WHERE m.license_id = l.id AND m.machine_hash = $2) AS machine_seen, \
-        (SELECT count(*) FROM license_addresses a \
-            WHERE a.license_id = l.id AND a.last_seen >= $4 AND a.address <> $3) AS other_addresses, \
-        (SELECT a.last_seen FROM license_addresses a \
-            WHERE a.license_id = l.id AND a.address = $3) AS address_seen \
-    FROM licenses l LEFT JOIN license_clocks c ON c.license_id = l.id \
-    WHERE l.key = $1";
-
+/// everything a request decides on, each count a subquery on an index. Built
+/// with diesel's query builder, so each connection prepares it once.
 fn read_facts(conn: &mut PgConnection, query: &KeyQuery<'_>) -> Result<Option<KeyFacts>> {
-    let row: Option<FactsRow> = diesel::sql_query(KEY_FACTS)
-        .bind::<Text, _>(query.key)
-        .bind::<Nullable<Text>, _>(query.machine_hash)
-        .bind::<Text, _>(query.address)
-        .bind::<Timestamptz, _>(query.window_start)
-        .get_result(conn)
+    use crate::schema::licenses;
+    let machines = machine_activations::table
+        .filter(machine_activations::license_id.eq(licenses::id))
+        .count()
+        .single_value();
+    let machine_seen = machine_activations::table
+        .filter(machine_activations::license_id.eq(licenses::id))
+        // No hash matches the empty string (the column holds 64 hex digits).
+        .filter(machine_activations::machine_hash.eq(query.machine_hash.unwrap_or("")))
+        .select(machine_activations::last_seen)
+        .single_value();
+    let other_addresses = license_addresses::table
+        .filter(license_addresses::license_id.eq(licenses::id))
+        .filter(license_addresses::last_seen.ge(query.window_start))
+        .filter(license_addresses::address.ne(query.address))
+        .count()
+        .single_value();
+    let address_seen = license_addresses::table
+        .filter(license_addresses::license_id.eq(licenses::id))
+        .filter(license_addresses::address.eq(query.address))
+        .select(license_addresses::last_seen)
+        .single_value();
+    #[allow(clippy::type_complexity)]
+    let row: Option<(
+        LicenseRow,
+        Option<DateTime<Utc>>,
+        Option<i64>,
+        Option<DateTime<Utc>>,
+        Option<i64>,
+        Option<DateTime<Utc>>,
+    )> = licenses::table
+        .left_join(license_clocks::table)
+        .filter(licenses::key.eq(query.key))
+        .select((
+            LicenseRow::as_select(),
+            license_clocks::started_at.nullable(),
+            machines,
+            machine_seen,
+            other_addresses,
+            address_seen,
+        ))
+        .first(conn)
         .optional()
         .context("reading a license for the key API")?;
-    row.map(|r| {
-        Ok(KeyFacts {
-            license: r.license.into_domain()?,
-            clock_started: r.clock_started,
-            machines: r.machines,
-            machine_seen: r.machine_seen,
-            other_addresses: r.other_addresses,
-            address_seen: r.address_seen,
-        })
-    })
+    row.map(
+        |(license, clock_started, machines, machine_seen, other_addresses, address_seen)| {
+            Ok(KeyFacts {
+                license: license.into_domain()?,
+                clock_started,
+                machines: machines.unwrap_or(0),
+                machine_seen,
+                other_addresses: other_addresses.unwrap_or(0),
+                address_seen,
+            })
+        },
+    )
     .transpose()
 }
 

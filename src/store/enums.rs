@@ -123,15 +123,7 @@ mod tests {
     fn every_ledger_action_reads_back_as_itself() {
         use crate::domain::{ActionKind, OperatorAction};
         let run = ActionKind::ALL.map(LedgerAction::Run);
-        let operator = [
-            OperatorAction::Revoke,
-            OperatorAction::Suspend,
-            OperatorAction::Pin,
-            OperatorAction::Release,
-            OperatorAction::Reissue,
-            OperatorAction::Deactivate,
-        ]
-        .map(LedgerAction::Operator);
+        let operator = OperatorAction::ALL.map(LedgerAction::Operator);
         for action in run.into_iter().chain(operator) {
             assert_eq!(action.as_str().parse::<LedgerAction>(), Ok(action));
         }

@@ -97,6 +97,28 @@ impl Store {
         })
     }
 
+    /// This store with a pool for a request server (the key API): more
+    /// connections, and no `SELECT 1` before each checkout. Every request
+    /// is one or two statements; a connection the server closed fails its
+    /// one request (a 503 the client retries) and is dropped, instead of
+    /// costing every request a round trip. Idle connections are closed
+    /// after a minute.
+    pub fn serving(&self, connections: u32) -> Store {
+        let manager = ConnectionManager::<PgConnection>::new(self.url.expose_secret());
+        let pool = Pool::builder()
+            .max_size(connections.max(1))
+            .min_idle(Some(0))
+            .test_on_check_out(false)
+            .idle_timeout(Some(std::time::Duration::from_secs(60)))
+            .connection_timeout(std::time::Duration::from_secs(5))
+            .build_unchecked(manager);
+        Store {
+            pool,
+            fence: None,
+            ..self.clone()
+        }
+    }
+
     fn conn(&self) -> Result<PooledConnection<ConnectionManager<PgConnection>>> {
         self.pool
             .get()
