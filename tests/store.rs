@@ -78,9 +78,12 @@ fn migrations_apply_and_roll_back_on_a_real_server() {
         table_names(&db),
         [
             "email_outbox",
+            "license_addresses",
+            "license_clocks",
             "license_key_history",
             "license_ledger",
             "licenses",
+            "machine_activations",
             "runs",
             "sync_state"
         ]
