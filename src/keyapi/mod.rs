@@ -59,12 +59,16 @@ pub struct Service {
     /// `--trust-forwarded-for`: the client is the last `X-Forwarded-For` hop.
     pub trust_forwarded_for: bool,
     pub rate_limit: RateLimit,
+    /// As many database tasks at once as the pool has connections: the
+    /// others wait here, not in blocking threads contending for the pool.
+    db_slots: tokio::sync::Semaphore,
     metrics: Metrics,
 }
 
 impl Service {
     pub fn new(store: Store, keys: Keys, ip_window: Duration, trust_forwarded_for: bool, rate: u32) -> Service {
         Service {
+            db_slots: tokio::sync::Semaphore::new(store.pool_size() as usize),
             store,
             keys,
             ip_window,
@@ -231,6 +235,7 @@ async fn answer(service: Arc<Service>, address: IpAddr, body: Body, ask: Ask) ->
     // shows the same expiry in this answer as in every later one.
     let now = Utc::now().trunc_subsecs(6);
     let machine_hash = body.machine.as_deref().map(sha256_hex);
+    let slot = service.db_slots.acquire().await;
     let found = {
         let (service, body, machine_hash) = (service.clone(), body.clone(), machine_hash.clone());
         blocking(move || -> Result<Found> {
@@ -248,15 +253,19 @@ async fn answer(service: Arc<Service>, address: IpAddr, body: Body, ask: Ask) ->
                 address: &address,
                 now,
             };
-            let Some(facts) = service.store.key_facts(&query)? else {
-                return Ok(None);
-            };
-            let first = decide(&facts, &question);
-            if first.writes.is_empty() {
-                return Ok(Some((facts.license, first)));
+            // A validation seldom writes: decide on the facts read without a
+            // lock, and only when that answer writes, decide again under it.
+            // An activation of a new machine always writes: straight to the lock.
+            if question.ask == Ask::Validate {
+                let Some(facts) = service.store.key_facts(&query)? else {
+                    return Ok(None);
+                };
+                let first = decide(&facts, &question);
+                if first.writes.is_empty() {
+                    return Ok(Some((facts.license, first)));
+                }
             }
-            // It writes: decide again on the facts as they are under the lock.
-            service.store.key_request(&query, facts.license.id, now, |facts| {
+            service.store.key_request(&query, now, |facts| {
                 let decision = decide(facts, &question);
                 let writes = decision.writes.clone();
                 ((facts.license.clone(), decision), writes)
@@ -264,6 +273,7 @@ async fn answer(service: Arc<Service>, address: IpAddr, body: Body, ask: Ask) ->
         })
         .await
     };
+    drop(slot);
     let found = match found {
         Ok(found) => found,
         Err(e) => return unavailable(&service, &e),

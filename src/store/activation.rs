@@ -4,9 +4,9 @@
 //! read here; the batch job stays their one writer.
 //!
 //! A request that may write (take a seat, record an address, start the
-//! clock) reads its facts again under a transaction-scoped advisory lock on
-//! the license, so concurrent requests of one license are decided one after
-//! the other: two activations never take the same last seat. Requests of
+//! clock) reads its facts under a transaction-scoped advisory lock on the
+//! license's key, so concurrent requests of one license are decided one
+//! after the other: two activations never take the same last seat. Requests of
 //! different licenses never wait for each other, and the batch job never
 //! waits for the service (an advisory lock is not a row lock).
 
@@ -215,23 +215,24 @@ impl Store {
         read_facts(&mut conn, query)
     }
 
-    /// Reads the facts again under the license's lock, lets `decide` choose
-    /// the answer and its writes from them, and writes them in the same
+    /// Reads the facts under the license's lock, lets `decide` choose the
+    /// answer and its writes from them, and writes them in the same
     /// transaction. `None`: the key matches no license (any more).
+    ///
+    /// The lock is taken on the key's hash: a license has one key at a
+    /// time, so its requests wait for each other, and the lock needs no read
+    /// before it. Keys whose hashes collide only wait for each other.
     pub fn key_request<T>(
         &self,
         query: &KeyQuery<'_>,
-        license_id: i64,
         now: DateTime<Utc>,
         decide: impl FnOnce(&KeyFacts) -> (T, KeyWrites),
     ) -> Result<Option<T>> {
         let mut conn = self.conn()?;
         conn.transaction::<_, anyhow::Error, _>(|conn| {
-            diesel::sql_query("SELECT pg_advisory_xact_lock($1, $2)")
+            diesel::sql_query("SELECT pg_advisory_xact_lock($1, hashtext($2))")
                 .bind::<Integer, _>(SEAT_LOCK_CLASS)
-                // Ids past 2^31 share a lock with another license: they
-                // wait for each other, nothing more.
-                .bind::<Integer, _>(license_id as i32)
+                .bind::<diesel::sql_types::Text, _>(query.key)
                 .execute(conn)
                 .context("locking a license's seats")?;
             let Some(facts) = read_facts(conn, query)? else {

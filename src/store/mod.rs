@@ -14,6 +14,7 @@ mod ledger;
 mod license;
 pub mod models;
 mod outbox;
+mod outcomes;
 mod overrides;
 mod page;
 mod run;
@@ -32,7 +33,8 @@ use run::RunFence;
 pub use activation::{KeyFacts, KeyQuery, KeyWrites, MachineRow};
 pub use explain::PageQuery;
 pub use license::LicenseFilter;
-pub use outbox::{Mark, OutboxCounts, OutboxJob, Outcome, SenderSession};
+pub use outbox::{OutboxCounts, OutboxJob, SenderSession};
+pub use outcomes::{Mark, Outcome};
 pub use overrides::{Operated, OperatorWrite};
 pub use page::{LicenseWrite, Written};
 pub use run::RunLock;
@@ -117,6 +119,11 @@ impl Store {
             fence: None,
             ..self.clone()
         }
+    }
+
+    /// The most connections this store's pool opens.
+    pub fn pool_size(&self) -> u32 {
+        self.pool.max_size()
     }
 
     fn conn(&self) -> Result<PooledConnection<ConnectionManager<PgConnection>>> {
