@@ -34,7 +34,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use chrono::{Duration, SubsecRound, Utc};
 use licensync_verify::sha256_hex;
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio::net::TcpListener;
 
 pub use decide::{Ask, Code, Decision, Question, decide};
@@ -361,25 +361,43 @@ async fn deactivate(
 }
 
 /// Every answer has this one shape, `NOT_FOUND` included, with status 200.
+#[derive(serde::Serialize)]
+struct Answer<'a> {
+    valid: bool,
+    code: Code,
+    detail: &'static str,
+    license: Option<LicenseView<'a>>,
+    token: Option<String>,
+    nonce: Option<&'a str>,
+}
+
+/// The license as an answer shows it.
+#[derive(serde::Serialize)]
+struct LicenseView<'a> {
+    status: crate::domain::LicenseStatus,
+    product_ids: &'a [String],
+    expires_at: Option<crate::domain::Timestamp>,
+    hwid_limit: Option<i32>,
+    ip_limit: Option<i32>,
+    machines: i64,
+}
+
 fn reply(code: Code, license: Option<(&License, &Decision)>, token: Option<String>, nonce: Option<&str>) -> Response {
-    let license = license.map(|(license, decision)| {
-        json!({
-            "status": decision.status,
-            "product_ids": license.state.product_ids,
-            "expires_at": decision.expires_at,
-            "hwid_limit": license.state.hwid_limit,
-            "ip_limit": license.state.ip_limit,
-            "machines": decision.machines,
-        })
-    });
-    axum::Json(json!({
-        "valid": code == Code::Valid,
-        "code": code,
-        "detail": code.detail(),
-        "license": license.unwrap_or(Value::Null),
-        "token": token,
-        "nonce": nonce,
-    }))
+    axum::Json(Answer {
+        valid: code == Code::Valid,
+        code,
+        detail: code.detail(),
+        license: license.map(|(license, decision)| LicenseView {
+            status: decision.status,
+            product_ids: &license.state.product_ids,
+            expires_at: decision.expires_at,
+            hwid_limit: license.state.hwid_limit,
+            ip_limit: license.state.ip_limit,
+            machines: decision.machines,
+        }),
+        token,
+        nonce,
+    })
     .into_response()
 }
 
