@@ -7,6 +7,13 @@
 
 mod common;
 
+// The operator commands and the batch side of the activation clock, in this
+// one test binary (each test binary links the whole crate).
+#[path = "keyapi/clock.rs"]
+mod clock;
+#[path = "keyapi/operators.rs"]
+mod operators;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 

@@ -3,9 +3,7 @@
 //! against a real PostgreSQL database whose machine activations were
 //! written the way `licensync serve` writes them.
 
-mod common;
-
-use common::{Ran, TestDb, issue_license, licensync};
+use crate::common::{Ran, TestDb, issue_license, licensync};
 use diesel::prelude::*;
 use licensync_verify::sha256_hex;
 use serde_json::Value;

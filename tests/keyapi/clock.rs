@@ -5,10 +5,8 @@
 //! license's days expires it. The real binary against a fake Stripe and a
 //! real PostgreSQL database; the clock rows are written as `serve` writes them.
 
-mod common;
-
+use crate::common::{Ran, TestDb, licensync};
 use chrono::{DateTime, SecondsFormat, Utc};
-use common::{Ran, TestDb, licensync};
 use diesel::prelude::*;
 use fake_stripe::{CheckoutSpec, FakeStripe};
 use serde_json::Value;
@@ -62,7 +60,7 @@ impl World {
             .env("LICENSYNC_MAIL_URL", format!("file://{}", self.mail.path().display()))
             .env("STRIPE_API_BASE", self.fake.base_url())
             .env("STRIPE_API_KEY", self.fake.api_key());
-        common::run_binary(cmd).await
+        crate::common::run_binary(cmd).await
     }
 
     /// `reconcile --output json [extra]`, which must succeed.
