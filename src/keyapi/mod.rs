@@ -160,7 +160,7 @@ fn client_address(service: &Service, peer: SocketAddr, headers: &HeaderMap) -> I
 }
 
 /// The rate limit, then the body: a request over the rate is refused
-/// before anything is read from it. The error is the response to send.
+/// before its body is parsed. The error is the response to send.
 #[allow(clippy::result_large_err)]
 fn admit(
     service: &Service,
