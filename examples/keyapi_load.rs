@@ -57,7 +57,7 @@ fn main() -> Result<()> {
     let dir = tempfile::Builder::new()
         .prefix("licensync-keyapi-load-")
         .tempdir_in("/tmp")?;
-    let cluster = Cluster::new(binaries, &dir.path().join("pg"))?;
+    let cluster = Cluster::new(binaries, dir.path().join("pg"))?;
     cluster.ensure_running(Tuning { unsafe_fast: true })?;
     let result = run(&args, &cluster, dir.path());
     cluster.stop(false)?;
