@@ -107,9 +107,9 @@ fn find(store: &Store, key_or_id: &str) -> Result<License> {
 }
 
 fn seats(license: &License) -> String {
-    match license.state.hwid_limit {
-        Some(n) if n > 0 => format!("hwid_limit {n}"),
-        _ => "no seat limit".to_owned(),
+    match crate::keyapi::limit(license.state.hwid_limit) {
+        Some(n) => format!("hwid_limit {n}"),
+        None => "no seat limit".to_owned(),
     }
 }
 
@@ -203,7 +203,7 @@ pub fn deactivate(config: &Config, args: DeactivateArgs) -> Result<()> {
         None => None,
     };
     // The whole hash: a machine activated meanwhile is never freed by a prefix.
-    let freed = db
+    let (freed, kept) = db
         .store
         .operator_deactivate(license.id, target.as_deref(), &args.reason, &by)?;
     if let (Some(hash), true) = (&target, freed.is_empty()) {
@@ -212,7 +212,6 @@ pub fn deactivate(config: &Config, args: DeactivateArgs) -> Result<()> {
             &hash[..12]
         )));
     }
-    let kept = db.store.machines(license.id)?;
     match args.operator.output {
         Output::Json => {
             let value = json!({

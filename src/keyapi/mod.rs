@@ -37,7 +37,7 @@ use licensync_verify::sha256_hex;
 use serde_json::json;
 use tokio::net::TcpListener;
 
-pub use decide::{Ask, Code, Decision, Question, decide};
+pub use decide::{Ask, Code, Decision, Question, decide, limit};
 pub use limit::RateLimit;
 pub use request::{Body, Rejection};
 pub use token::{KeyEntry, Keys};

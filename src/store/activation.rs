@@ -268,14 +268,15 @@ impl Store {
 
     /// An operator frees seats: `machine` (a hash or the start of one,
     /// unambiguous), or every machine; with a ledger row naming what was
-    /// freed. Returns the machines freed.
+    /// freed. Returns the machines freed and the machines kept, as the
+    /// transaction saw them (the ledger row's before and after).
     pub fn operator_deactivate(
         &self,
         license_id: i64,
         machine_prefix: Option<&str>,
         reason: &str,
         operator: &str,
-    ) -> Result<Vec<MachineRow>> {
+    ) -> Result<(Vec<MachineRow>, Vec<MachineRow>)> {
         let mut conn = self.conn()?;
         conn.transaction::<_, anyhow::Error, _>(|conn| {
             let machines: Vec<MachineRow> = machine_activations::table
@@ -290,7 +291,7 @@ impl Store {
                 .into_iter()
                 .partition(|m| machine_prefix.is_none_or(|prefix| m.machine_hash.starts_with(prefix)));
             if freed.is_empty() {
-                return Ok(freed);
+                return Ok((freed, kept));
             }
             let ids: Vec<i64> = freed.iter().map(|m| m.id).collect();
             diesel::delete(machine_activations::table)
@@ -311,7 +312,7 @@ impl Store {
                 })
                 .execute(conn)
                 .context("writing the ledger row")?;
-            Ok(freed)
+            Ok((freed, kept))
         })
     }
 
@@ -323,16 +324,6 @@ impl Store {
             .filter(license_addresses::last_seen.lt(before))
             .execute(&mut conn)
             .context("forgetting old client addresses")
-    }
-
-    /// When the activation clocks of these licenses started.
-    pub fn clocks(&self, license_ids: &[i64]) -> Result<Vec<(i64, DateTime<Utc>)>> {
-        let mut conn = self.conn()?;
-        license_clocks::table
-            .filter(license_clocks::license_id.eq_any(license_ids))
-            .select((license_clocks::license_id, license_clocks::started_at))
-            .load(&mut conn)
-            .context("reading activation clocks")
     }
 
     /// Whether the database answers (the key API's `/healthz`).
