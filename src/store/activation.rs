@@ -14,7 +14,6 @@ use anyhow::{Context, Result};
 use chrono::{DateTime, Utc};
 use diesel::pg::PgConnection;
 use diesel::prelude::*;
-use diesel::sql_types::Integer;
 
 use super::Store;
 use super::ledger::NewLedgerRow;
@@ -207,6 +206,40 @@ fn write(conn: &mut PgConnection, license_id: i64, writes: &KeyWrites, now: Date
     Ok(())
 }
 
+/// The seat lock of a key: the first four bytes of its SHA-256. Computed
+/// here rather than by the database, so the lock can be taken in the same
+/// round trip as `BEGIN` with nothing from the request spliced into SQL.
+fn seat_lock(key: &str) -> i32 {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(key.as_bytes());
+    i32::from_be_bytes([digest[0], digest[1], digest[2], digest[3]])
+}
+
+/// Runs `f` in a transaction that holds the key's seat lock from its first
+/// statement: `BEGIN` and the lock travel in one round trip (an activation
+/// is a handful of round trips, and each costs both processes a wake-up).
+fn locked_transaction<T>(
+    conn: &mut PgConnection,
+    key: &str,
+    f: impl FnOnce(&mut PgConnection) -> Result<T>,
+) -> Result<T> {
+    use diesel::connection::{AnsiTransactionManager, TransactionManager};
+    let begin = format!("BEGIN; SELECT pg_advisory_xact_lock({SEAT_LOCK_CLASS}, {})", seat_lock(key));
+    AnsiTransactionManager::begin_transaction_sql(conn, &begin).context("locking a license's seats")?;
+    match f(conn) {
+        Ok(value) => {
+            AnsiTransactionManager::commit_transaction(conn).context("committing a key API answer")?;
+            Ok(value)
+        }
+        Err(error) => {
+            // The error is the one to report; a failed rollback leaves the
+            // connection broken, and the pool discards it.
+            let _ = AnsiTransactionManager::rollback_transaction(conn);
+            Err(error)
+        }
+    }
+}
+
 impl Store {
     /// A request's facts, read without a lock: enough for every answer
     /// that writes nothing.
@@ -229,12 +262,7 @@ impl Store {
         decide: impl FnOnce(&KeyFacts) -> (T, KeyWrites),
     ) -> Result<Option<T>> {
         let mut conn = self.conn()?;
-        conn.transaction::<_, anyhow::Error, _>(|conn| {
-            diesel::sql_query("SELECT pg_advisory_xact_lock($1, hashtext($2))")
-                .bind::<Integer, _>(SEAT_LOCK_CLASS)
-                .bind::<diesel::sql_types::Text, _>(query.key)
-                .execute(conn)
-                .context("locking a license's seats")?;
+        locked_transaction(&mut conn, query.key, |conn| {
             let Some(facts) = read_facts(conn, query)? else {
                 return Ok(None);
             };
