@@ -133,6 +133,49 @@ async fn an_incremental_run_re_plans_exactly_the_subscription_an_event_names() {
     );
 }
 
+/// A sale made while a full run scans, after the scan read its sessions:
+/// the run's events are listed before the scan, so that sale's event is not
+/// among the handled ones and the next run licenses it. (Listed after the
+/// scan, it was taken for handled and never licensed: Stripe dates events
+/// in whole seconds, and the full run counts its own second in.)
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sale_made_while_a_full_run_scans_is_licensed_by_the_next_run() {
+    let w = world().await;
+    let launch = Utc::now().timestamp();
+    // Keeps the events request (wherever the run makes it) open for 2 s.
+    w.fake.inject_fault(Fault {
+        path_prefix: "/v1/events".into(),
+        kind: FaultKind::Latency(Duration::from_secs(2)),
+        times: 1,
+    });
+    let sale = async {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        while !w.fake.requests().iter().any(|r| r.path.starts_with("/v1/checkout/sessions")) {
+            assert!(tokio::time::Instant::now() < deadline, "the full run read no sessions");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // Dated in the run's window, as Stripe dates it (whole seconds).
+        w.fake.set_now(launch);
+        let customer = w.fake.create_customer(Some("midscan@example.test"), None);
+        w.fake.create_checkout_session(CheckoutSpec {
+            customer: Some(customer),
+            lines: vec![(w.one_time.clone(), 1)],
+            ..CheckoutSpec::default()
+        });
+    };
+    let (first, ()) = tokio::join!(reconcile(&w, &[]), sale);
+    assert_eq!(first["mode"], "full", "{first}");
+    reconcile(&w, &[]).await;
+    let list = licenses(&w).await;
+    let emails: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|l| l["customer_email"].as_str())
+        .collect();
+    assert!(emails.contains(&"midscan@example.test"), "the sale was lost: {list}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_late_event_inside_the_overlap_window_is_handled_once() {
     let w = world().await;

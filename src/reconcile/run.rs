@@ -236,19 +236,22 @@ impl Run {
 
     /// A full scan, then the clock; the cursor starts at the run's start.
     async fn full(&mut self) -> Result<(RunMode, Option<EventCursor>)> {
-        self.scan(CreatedRange::default()).await?;
-        self.clock_sweep().await?;
-        // The scan read every object after the events created before it
-        // started: those count as handled, so the next run does not replay
-        // them (a product change would otherwise mean another full scan
-        // within the overlap window).
-        // Stripe's `created` has whole seconds: the run's own second is in
-        // (events of it may predate the run, and the cursor starts there).
+        // The events listed before the scan starts count as handled: the
+        // scan reads every object after them, so the next run does not
+        // replay them (a product change would otherwise mean another full
+        // scan within the overlap window). An event created after this
+        // listing is not among them, even when Stripe dates it in the
+        // run's own second (`created` has whole seconds), so the next run
+        // replays it: a purchase made while the scan went on is never taken
+        // for handled. (With a webhook waking a run per sale, that second
+        // is no longer rare.)
         let window = CreatedRange {
             gte: Some(self.now - OVERLAP),
             lt: chrono::DateTime::from_timestamp(self.now.timestamp() + 1, 0),
         };
         let (_, listed) = self.events(window, &HashSet::new()).await?;
+        self.scan(CreatedRange::default()).await?;
+        self.clock_sweep().await?;
         Ok((RunMode::Full, Some(scope::next_cursor(self.now, &listed))))
     }
 
