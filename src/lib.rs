@@ -12,6 +12,7 @@ pub mod apply;
 pub mod catalog;
 pub mod cmd;
 pub mod config;
+pub mod daemon;
 pub mod db;
 pub mod delivery;
 pub mod domain;

@@ -12,6 +12,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use anyhow::{Context, Result};
 use chrono::{DateTime, Utc};
@@ -114,23 +115,30 @@ impl Snapshot {
     }
 }
 
-/// Renders the metrics of a run and the state of the store.
-pub fn render(report: &Report, store: &Store) -> Result<String> {
-    Ok(encode(&Snapshot::read(store, LastRun::Ran(RunMetrics::of(report)))?))
+/// A snapshot and the account it belongs to: `None` for the one account of
+/// a run without accounts (no `stripe_account` label), else its label.
+pub type Labelled = (Option<String>, Snapshot);
+
+/// The metrics of a run and the state of the store.
+pub fn of_run(report: &Report, store: &Store) -> Result<Vec<Labelled>> {
+    Ok(vec![(
+        None,
+        Snapshot::read(store, LastRun::Ran(RunMetrics::of(report)))?,
+    )])
 }
 
-/// Renders the metrics of a refused run and the state of the store.
-pub fn render_refused(refusal: Refusal, store: &Store) -> Result<String> {
-    Ok(encode(&Snapshot::read(store, LastRun::Refused(refusal))?))
+/// The metrics of a refused run: the store's state and why.
+pub fn of_refusal(refusal: Refusal, store: &Store) -> Result<Vec<Labelled>> {
+    Ok(vec![(None, Snapshot::read(store, LastRun::Refused(refusal))?)])
 }
 
-/// Renders the metrics of several accounts' runs (licensing-rules §9):
+/// The metrics of several accounts' runs (licensing-rules §9):
 /// every sample carries `stripe_account` (`acct_...`, or `own` for the key's
 /// own account), and each account's database figures are its own. An
 /// account refused before it ran (locked, a bad key) has no `licensync_run_*`
 /// samples and `licensync_last_run_success` 0, unless another run holds it
 /// (then it is left out: that run writes its metrics).
-pub fn render_fleet(fleet: &Fleet, store: &Store) -> Result<String> {
+pub fn of_fleet(fleet: &Fleet, store: &Store) -> Result<Vec<Labelled>> {
     let mut snapshots = Vec::new();
     for run in &fleet.runs {
         if run.outcome == AccountOutcome::Locked {
@@ -143,7 +151,7 @@ pub fn render_fleet(fleet: &Fleet, store: &Store) -> Result<String> {
         let scoped = store.for_account(run.stripe_account.as_deref());
         snapshots.push((Some(run.label().to_owned()), Snapshot::read(&scoped, last_run)?));
     }
-    Ok(encode_all(snapshots))
+    Ok(snapshots)
 }
 
 /// The snapshot in the Prometheus text format, through prometheus-client's
@@ -154,12 +162,34 @@ pub fn encode(snapshot: &Snapshot) -> String {
 
 /// Snapshots of several accounts in one file: one family per metric, a
 /// sample per account (labelled `stripe_account` when the account is named).
-fn encode_all(snapshots: Vec<(Option<String>, Snapshot)>) -> String {
+pub fn encode_all(snapshots: Vec<Labelled>) -> String {
     let mut registry = Registry::default();
     registry.register_collector(Box::new(SnapshotCollector(snapshots)));
     let mut out = String::new();
     prometheus_client::encoding::prometheus_text::encode(&mut out, &registry).expect("writing to a String cannot fail");
     out
+}
+
+/// What a long-lived process (the daemon) publishes: each account's last
+/// snapshot. A run of some accounts (a webhook's wake-up) replaces theirs
+/// and keeps the others', so the file and `/metrics` always describe every
+/// account.
+#[derive(Debug, Clone, Default)]
+pub struct Board(Arc<Mutex<BTreeMap<Option<String>, Snapshot>>>);
+
+impl Board {
+    /// Merges a run's snapshots; the whole board, encoded.
+    pub fn publish(&self, snapshots: Vec<Labelled>) -> String {
+        let mut board = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        board.extend(snapshots);
+        encode_all(board.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+    }
+
+    /// The board encoded; `None` before the first run.
+    pub fn render(&self) -> Option<String> {
+        let board = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        (!board.is_empty()).then(|| encode_all(board.iter().map(|(k, v)| (k.clone(), v.clone())).collect()))
+    }
 }
 
 /// Hands the snapshots to the encoder as constant gauges, in a fixed order

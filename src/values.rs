@@ -150,6 +150,14 @@ impl Schedule {
     pub fn next(&self) -> Option<DateTime<Utc>> {
         self.schedule.upcoming(Utc).next()
     }
+
+    /// The time between the next two ticks after `now`: the period a
+    /// health check measures in (`None` when fewer than two are left).
+    pub fn period(&self, now: DateTime<Utc>) -> Option<chrono::Duration> {
+        let mut ticks = self.schedule.after(&now);
+        let first = ticks.next()?;
+        Some(ticks.next()? - first)
+    }
 }
 
 impl std::fmt::Display for Schedule {

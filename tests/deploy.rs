@@ -1964,7 +1964,7 @@ fn the_key_api_trusts_x_forwarded_for_only_where_every_client_comes_through_a_pr
     let label = deployment.label();
     let container = serve_container(deployment);
     let args = serve_args(container_cli(deployment, container), &label);
-    if args.trust_forwarded_for {
+    if args.key_api.trust_forwarded_for {
         let service = serve_document(&all, "Service");
         let kind = service.doc["spec"]["type"].as_str().unwrap_or("ClusterIP");
         assert_eq!(
@@ -1991,14 +1991,14 @@ fn the_key_api_trusts_x_forwarded_for_only_where_every_client_comes_through_a_pr
         argv.extend(alternative);
         let other = serve_args(parse_with_env(&argv, &env, SERVE_FILE), SERVE_FILE);
         assert_ne!(
-            other.trust_forwarded_for, args.trust_forwarded_for,
+            other.key_api.trust_forwarded_for, args.key_api.trust_forwarded_for,
             "{SERVE_FILE}: `# args:`"
         );
         assert_eq!(other.listen, args.listen, "{SERVE_FILE}: `# args:`");
     }
 
     let args = serve_args(unit_cli(SERVE_UNIT), SERVE_UNIT);
-    if args.trust_forwarded_for {
+    if args.key_api.trust_forwarded_for {
         assert!(
             args.listen.ip().is_loopback(),
             "{SERVE_UNIT}: trusts X-Forwarded-For, so it must listen on loopback only (--listen {}), behind the proxy on the host",

@@ -3,6 +3,10 @@
 
 mod common;
 
+// `daemon --listen`: webhooks as wake-ups, in this one test binary.
+#[path = "incremental/webhooks.rs"]
+mod webhooks;
+
 use std::time::Duration;
 
 use chrono::Utc;
@@ -11,7 +15,7 @@ use diesel::prelude::*;
 use fake_stripe::{CheckoutSpec, FakeStripe, Fault, FaultKind, SubscriptionSpec};
 use serde_json::Value;
 
-struct World {
+pub(crate) struct World {
     db: TestDb,
     fake: FakeStripe,
     product: String,
@@ -23,7 +27,7 @@ struct World {
 
 /// A catalog and two subscriptions, created a while ago (outside the
 /// overlap window), with the fake's clock at wall time.
-async fn world() -> World {
+pub(crate) async fn world() -> World {
     let fake = FakeStripe::start().await;
     let db = TestDb::new();
     let now = Utc::now().timestamp();
@@ -150,7 +154,12 @@ async fn a_sale_made_while_a_full_run_scans_is_licensed_by_the_next_run() {
     });
     let sale = async {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        while !w.fake.requests().iter().any(|r| r.path.starts_with("/v1/checkout/sessions")) {
+        while !w
+            .fake
+            .requests()
+            .iter()
+            .any(|r| r.path.starts_with("/v1/checkout/sessions"))
+        {
             assert!(tokio::time::Instant::now() < deadline, "the full run read no sessions");
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
@@ -364,7 +373,7 @@ async fn the_daemon_stops_with_exit_2_when_stripe_rejects_the_key() {
 }
 
 #[derive(QueryableByName)]
-struct N {
+pub(crate) struct N {
     #[diesel(sql_type = diesel::sql_types::BigInt)]
     n: i64,
 }

@@ -45,6 +45,7 @@ mod generated;
 mod sample;
 mod server;
 mod state;
+mod webhooks;
 mod wire;
 
 use std::collections::BTreeMap;
@@ -58,6 +59,7 @@ use serde_json::Value;
 pub use generated::MAX_PAST_PERIODS;
 pub use state::DEFAULT_NOW;
 use state::State;
+pub use webhooks::{DEFAULT_WEBHOOK_SECRET, Delivery, sign_webhook};
 
 /// The API key accepted by [`FakeStripe::start`].
 pub const DEFAULT_API_KEY: &str = "sk_test_fake_0123456789";
@@ -78,6 +80,8 @@ pub struct FakeStripe {
     account: Arc<accounts::Account>,
     accounts: Arc<accounts::Accounts>,
     server: Arc<server::ServerTask>,
+    /// The webhooks delivered so far, of every account.
+    deliveries: Arc<std::sync::Mutex<Vec<Delivery>>>,
 }
 
 /// How to start a [`FakeStripe`].
@@ -368,6 +372,7 @@ impl FakeStripe {
             account: accounts.first.clone(),
             accounts,
             server: Arc::new(server),
+            deliveries: Arc::default(),
         };
         if opts.seed_sample {
             fake.seed_sample();
@@ -385,6 +390,7 @@ impl FakeStripe {
             account,
             accounts: self.accounts.clone(),
             server: self.server.clone(),
+            deliveries: self.deliveries.clone(),
         }
     }
 
@@ -445,6 +451,27 @@ impl FakeStripe {
     /// for a top-level account.
     pub fn platform_account_id(&self) -> Option<String> {
         self.account.platform.clone()
+    }
+
+    /// From now on, delivers every event this account and its connected
+    /// accounts (those made so far) record to `url` as a Stripe webhook
+    /// signed with `secret`: posted at once, side by side, in no promised
+    /// order, a connected account's with its id in `account`. Call it in a
+    /// Tokio runtime: the deliveries are its tasks.
+    pub fn send_webhooks(&self, url: &str, secret: &str) {
+        for handle in std::iter::once(self.clone()).chain(self.connected_accounts()) {
+            let endpoint = webhooks::Endpoint::new(url, secret, handle.account_id(), self.deliveries.clone());
+            handle.st().webhooks = Some(endpoint.start());
+        }
+    }
+
+    /// Every webhook delivered so far (of every account), with the
+    /// endpoint's answer, in the order the answers came.
+    pub fn webhook_deliveries(&self) -> Vec<Delivery> {
+        self.deliveries
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
     }
 
     /// Revokes access to this account, as when a key is rolled or a

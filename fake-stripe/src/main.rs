@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use fake_stripe::{DEFAULT_API_KEY, FakeStripe, GeneratedAccount, Latency, Options, RateLimits};
+use fake_stripe::{CheckoutSpec, DEFAULT_API_KEY, FakeStripe, GeneratedAccount, Latency, Options, RateLimits};
 
 #[derive(Parser)]
 #[command(
@@ -70,6 +70,20 @@ struct Args {
     /// given to --exec's command as FAKE_STRIPE_ACCOUNTS, comma-separated.
     #[arg(long, value_name = "N", default_value_t = 0)]
     connected: usize,
+    /// Deliver every event from now on to this URL as a signed Stripe
+    /// webhook (e.g. http://127.0.0.1:8080/v1/stripe/webhook, a
+    /// `licensync daemon --listen`). Connected accounts' events carry their
+    /// `account`, as on a Connect endpoint.
+    #[arg(long, value_name = "URL")]
+    webhook_url: Option<String>,
+    /// The endpoint secret the webhooks are signed with.
+    #[arg(long, value_name = "WHSEC", default_value = fake_stripe::DEFAULT_WEBHOOK_SECRET, requires = "webhook_url")]
+    webhook_secret: String,
+    /// Sell a license every N seconds while serving: a new customer pays a
+    /// one-time Checkout Session for "Acme Plugin" (hwid_limit 2), so a
+    /// running daemon has something new to find (with --webhook-url, at once).
+    #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
+    sell_every: Option<u64>,
     /// Run this command against the server, then stop with its exit code.
     /// Its environment has STRIPE_API_BASE, STRIPE_API_KEY and
     /// FAKE_STRIPE_ACCOUNTS (the --connected accounts' ids, comma-separated;
@@ -93,6 +107,29 @@ fn parse_latency(raw: &str) -> Result<Latency, String> {
         return Err(format!("the minimum {min} is above the maximum {max}"));
     }
     Ok(Latency::ms(min, max))
+}
+
+/// A sale every `every`: a new customer pays a one-time Checkout Session.
+async fn sell(fake: FakeStripe, every: std::time::Duration) {
+    let product = fake.create_product("Acme Plugin", &[("product_id", "acme-plugin"), ("hwid_limit", "2")]);
+    let price = fake.create_price(&product, None, 4_900, &[]);
+    let mut tick = tokio::time::interval(every);
+    tick.tick().await;
+    for n in 1.. {
+        tick.tick().await;
+        // The wall clock, so the sale is new to a reconciler that runs on it.
+        if let Ok(wall) = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
+            fake.set_now(wall.as_secs() as i64);
+        }
+        let email = format!("buyer-{n}@example.com");
+        let customer = fake.create_customer(Some(&email), None);
+        fake.create_checkout_session(CheckoutSpec {
+            customer: Some(customer),
+            lines: vec![(price.clone(), 1)],
+            ..CheckoutSpec::default()
+        });
+        eprintln!("fake-stripe: sold Acme Plugin to {email}");
+    }
 }
 
 #[tokio::main]
@@ -146,6 +183,13 @@ async fn main() -> anyhow::Result<ExitCode> {
         }
     }
     let connected: Vec<String> = accounts[1..].iter().map(|a| a.stripe_account_id()).collect();
+    if let Some(url) = &args.webhook_url {
+        fake.send_webhooks(url, &args.webhook_secret);
+        eprintln!("fake-stripe: delivering webhooks to {url}");
+    }
+    if let Some(every) = args.sell_every {
+        tokio::spawn(sell(fake.clone(), std::time::Duration::from_secs(every)));
+    }
     // Loading is done: the conditions apply to the clients from here on.
     fake.set_latency(args.latency_ms);
     let limited = args.rate_limits || args.endpoint_rps.is_some() || args.global_rps.is_some();

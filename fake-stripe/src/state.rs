@@ -156,6 +156,8 @@ pub(crate) struct State {
     /// Off for bulk loads (benchmarks): each event holds a full snapshot,
     /// which at 100k purchases is most of the fake's memory and load time.
     pub record_events: bool,
+    /// Where each recorded event is delivered as a webhook, if anywhere.
+    pub webhooks: Option<tokio::sync::mpsc::UnboundedSender<Value>>,
     /// A generated account: its purchases are built on demand, not stored.
     pub generated: Option<Arc<dyn Computed>>,
     /// Scratch builds of a generated purchase that serve one object: of a
@@ -183,6 +185,7 @@ impl State {
             invoice_payments: HashMap::new(),
             faults: Vec::new(),
             record_events: true,
+            webhooks: None,
             generated: None,
             history_only: None,
             catalog: None,
@@ -396,6 +399,11 @@ impl State {
                 "request": {"id": null, "idempotency_key": null}, "type": ty,
             }),
         );
+        if let Some(webhooks) = &self.webhooks {
+            // The delivery task outlives nothing: a closed channel is a
+            // server shutting down.
+            let _ = webhooks.send(event.clone());
+        }
         self.put(event);
     }
 

@@ -1,19 +1,29 @@
-//! `licensync daemon`: a reconcile at each tick of a cron schedule until
-//! SIGTERM/SIGINT, which finishes the page in progress and exits cleanly.
+//! `licensync daemon`: a reconcile at each tick of a cron schedule, and
+//! with `--listen` one as soon as a Stripe webhook names an account
+//! (docs/deployment.md), until SIGTERM/SIGINT, which finishes the run in
+//! progress and exits cleanly.
 
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 
-use anyhow::Result;
-use chrono::Utc;
+use anyhow::{Result, anyhow};
+use chrono::{DateTime, Utc};
 use clap::Args;
 
 use super::Output;
-use super::reconcile::{Ran, ReconcileArgs, reconcile_once};
+use super::reconcile::{Ran, ReconcileArgs, reconcile_in};
+use super::serve::{KeyApiOptions, KeyApiSettings};
 use crate::accounts::Shard;
-use crate::config::Config;
+use crate::config::{Config, secret_setting};
+use crate::daemon::{Endpoint, Health, Wakeups};
+use crate::db::OpenDatabase;
 use crate::error::usage;
+use crate::metrics::Board;
 use crate::reconcile::{Action, error_policy};
 use crate::shutdown::Shutdown;
+use crate::stripe::WebhookSecrets;
 use crate::values::{Schedule, Setting, parse_schedule};
 
 #[derive(Debug, Args)]
@@ -26,6 +36,21 @@ pub struct DaemonArgs {
         value_parser = Setting::new("--schedule / LICENSYNC_SCHEDULE", parse_schedule)
     )]
     pub schedule: Schedule,
+    /// Serve Stripe's webhooks (POST /v1/stripe/webhook), /healthz and /metrics here, and the key API
+    /// with --signing-key-file.
+    #[arg(long, env = "LICENSYNC_LISTEN", value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+    /// The webhook endpoint's signing secret (whsec_...); several, comma-separated, while one is rolled.
+    #[arg(long, env = "LICENSYNC_WEBHOOK_SECRET", hide_env_values = true, value_name = "WHSEC")]
+    pub webhook_secret: Option<String>,
+    /// A file holding the webhook secret(s), as container secrets are mounted.
+    #[arg(long, env = "LICENSYNC_WEBHOOK_SECRET_FILE", value_name = "PATH")]
+    pub webhook_secret_file: Option<PathBuf>,
+    /// Also answer the key API on --listen, signing with this key (a PASERK `k4.secret` file).
+    #[arg(long, env = "LICENSYNC_SIGNING_KEY_FILE", value_name = "PATH")]
+    pub signing_key_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub key_api: KeyApiOptions,
     #[command(flatten)]
     pub reconcile: DaemonReconcileArgs,
 }
@@ -43,15 +68,128 @@ pub struct DaemonReconcileArgs {
     pub shard: Option<Shard>,
 }
 
-/// A reconcile at each tick until SIGTERM/SIGINT. Runs never overlap: the
-/// next tick is computed when a run ends, so ticks that passed during a long
-/// run are skipped. A failed run is logged and the daemon goes on.
+/// Why a run starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Trigger {
+    Schedule,
+    Webhook,
+}
+
+impl Trigger {
+    fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Schedule => "schedule",
+            Trigger::Webhook => "webhook",
+        }
+    }
+}
+
+/// A reconcile at each tick until SIGTERM/SIGINT, and with `--listen` one
+/// for the accounts webhooks woke. Runs never overlap: one run at a time,
+/// so an account has at most one run going and one waiting. A tick that
+/// passes during a run waits for it (a wake-up never makes the schedule
+/// skip a tick); ticks that passed during a scheduled run are skipped. A
+/// failed run is logged and the daemon goes on.
 pub async fn run(config: &Config, args: DaemonArgs, mut shutdown: Shutdown) -> Result<()> {
     if config.accounts.is_configured() {
         config.accounts().map_err(usage)?;
     } else {
         config.require_stripe_key().map_err(usage)?;
     }
+    // Every setting is checked before the database opens or a port binds.
+    let secrets = secret_setting(
+        args.webhook_secret.as_deref(),
+        args.webhook_secret_file.as_deref(),
+        ("--webhook-secret", "LICENSYNC_WEBHOOK_SECRET"),
+    )
+    .map_err(usage)?
+    .map(|list| WebhookSecrets::parse(&list))
+    .transpose()
+    .map_err(|e| usage(anyhow!("--webhook-secret / LICENSYNC_WEBHOOK_SECRET: {e}")))?;
+    let key_api = args
+        .signing_key_file
+        .as_deref()
+        .map(|path| KeyApiSettings::read(path, &args.key_api))
+        .transpose()?;
+    if args.listen.is_none() && (secrets.is_some() || key_api.is_some()) {
+        return Err(usage(anyhow!(
+            "a webhook secret or --signing-key-file needs --listen / LICENSYNC_LISTEN: \
+             the webhook endpoint and the key API are served there"
+        )));
+    }
+    let listener = match args.listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| usage(anyhow!("cannot listen on {addr} (--listen / LICENSYNC_LISTEN): {e}")))?,
+        ),
+        None => None,
+    };
+    // One database for every run and the key API: the embedded one admits
+    // a single opener.
+    let db = OpenDatabase::open(&config.database)?;
+    db.store.migrate()?;
+    let wakeups = Wakeups::default();
+    let health = Health::new(Utc::now());
+    let board = Board::default();
+    let server = match listener {
+        Some(listener) => {
+            let accounts: BTreeSet<Option<String>> =
+                crate::accounts::select(config.accounts().map_err(usage)?, args.reconcile.shard)
+                    .into_iter()
+                    .map(|account| account.stripe_account)
+                    .collect();
+            if secrets.is_none() {
+                tracing::warn!(
+                    "no LICENSYNC_WEBHOOK_SECRET: the webhook endpoint is off (404); runs follow the schedule only"
+                );
+            }
+            let key_api = key_api.map(|settings| {
+                tracing::info!(kid = %settings.kid(), "the key API is served on the daemon's address");
+                Arc::new(settings.service(&db.store))
+            });
+            let endpoint = Endpoint::new(
+                secrets,
+                accounts,
+                wakeups.clone(),
+                health.clone(),
+                args.schedule.clone(),
+                board.clone(),
+                key_api,
+            );
+            let listen = listener.local_addr()?;
+            tracing::info!(listen = %listen, "daemon listening");
+            Some(tokio::spawn(crate::daemon::serve(
+                listener,
+                Arc::new(endpoint),
+                shutdown.clone(),
+            )))
+        }
+        None => None,
+    };
+    let ran = runs(config, &args, &db, &wakeups, &health, board, &mut shutdown).await;
+    if let Some(server) = server {
+        // The stop reached the server too: it finishes its requests in flight.
+        match server.await {
+            Ok(Err(e)) => tracing::warn!(error = %format!("{e:#}"), "the daemon's endpoint failed"),
+            Err(e) => tracing::warn!(error = %e, "the daemon's endpoint panicked"),
+            Ok(Ok(())) => {}
+        }
+    }
+    ran
+}
+
+/// The runs, one at a time, until the stop (or a run that must not be
+/// repeated: a configuration Stripe refuses).
+async fn runs(
+    config: &Config,
+    args: &DaemonArgs,
+    db: &OpenDatabase,
+    wakeups: &Wakeups,
+    health: &Health,
+    board: Board,
+    shutdown: &mut Shutdown,
+) -> Result<()> {
     let reconcile_args = ReconcileArgs {
         full: false,
         since: None,
@@ -63,40 +201,67 @@ pub async fn run(config: &Config, args: DaemonArgs, mut shutdown: Shutdown) -> R
         // The daemon logs counts, never the actions: keep none.
         report_actions: 0,
         shard: args.reconcile.shard,
+        only: None,
+        board: Some(board),
     };
-    tracing::info!(schedule = %args.schedule, "daemon started");
+    let schedule = &args.schedule;
+    tracing::info!(schedule = %schedule, "daemon started");
+    let mut tick: Option<DateTime<Utc>> = schedule.next();
     loop {
-        let Some(next) = args.schedule.next() else {
+        let Some(next) = tick else {
             tracing::info!("the schedule has no further ticks; stopping");
             return Ok(());
         };
         let wait = (next - Utc::now()).to_std().unwrap_or_default();
-        tokio::select! {
-            _ = tokio::time::sleep(wait) => {}
-            _ = shutdown.recv() => {}
-        }
+        let (trigger, only) = tokio::select! {
+            _ = tokio::time::sleep(wait) => (Trigger::Schedule, None),
+            accounts = wakeups.next() => (Trigger::Webhook, Some(accounts)),
+            _ = shutdown.recv() => (Trigger::Schedule, None),
+        };
         if shutdown.is_shutdown() {
             tracing::info!("stopping on signal");
             return Ok(());
         }
-        match reconcile_once(config, &reconcile_args, shutdown.clone()).await {
-            Ok((Ran::One(report), Ok(()))) => tracing::info!(
-                run_id = report.run_id.as_deref().unwrap_or("-"),
-                mode = report.mode.as_ref(),
-                counts = %serde_json::to_string(&report.counts).unwrap_or_default(),
-                stripe_requests = report.stripe_requests,
-                emails_sent = report.emails_sent,
-                duration_ms = report.duration_ms,
-                "run succeeded"
-            ),
-            Ok((Ran::Many(fleet), Ok(()))) => tracing::info!(
-                accounts = fleet.runs.len(),
-                counts = %serde_json::to_string(&fleet.counts()).unwrap_or_default(),
-                stripe_requests = fleet.stripe_requests(),
-                emails_sent = fleet.emails_sent(),
-                duration_ms = fleet.duration_ms,
-                "run succeeded"
-            ),
+        if trigger == Trigger::Schedule {
+            // This run covers every account: wake-ups so far are served.
+            wakeups.clear();
+        }
+        let args = ReconcileArgs {
+            only,
+            ..reconcile_args.clone()
+        };
+        let outcome = reconcile_in(config, &args, Some(db), shutdown.clone()).await;
+        if trigger == Trigger::Schedule {
+            // Ticks that passed during this run are skipped.
+            tick = schedule.next();
+        }
+        let trigger = trigger.as_str();
+        match outcome {
+            Ok((Ran::One(report), Ok(()))) => {
+                health.succeeded(Utc::now());
+                tracing::info!(
+                    trigger,
+                    run_id = report.run_id.as_deref().unwrap_or("-"),
+                    mode = report.mode.as_ref(),
+                    counts = %serde_json::to_string(&report.counts).unwrap_or_default(),
+                    stripe_requests = report.stripe_requests,
+                    emails_sent = report.emails_sent,
+                    duration_ms = report.duration_ms,
+                    "run succeeded"
+                )
+            }
+            Ok((Ran::Many(fleet), Ok(()))) => {
+                health.succeeded(Utc::now());
+                tracing::info!(
+                    trigger,
+                    accounts = fleet.runs.len(),
+                    counts = %serde_json::to_string(&fleet.counts()).unwrap_or_default(),
+                    stripe_requests = fleet.stripe_requests(),
+                    emails_sent = fleet.emails_sent(),
+                    duration_ms = fleet.duration_ms,
+                    "run succeeded"
+                )
+            }
             Ok((_, Err(e))) | Err(e) => match error_policy(&e) {
                 _ if shutdown.is_shutdown() => {
                     tracing::info!("stopped on signal after the page in progress");
@@ -110,7 +275,7 @@ pub async fn run(config: &Config, args: DaemonArgs, mut shutdown: Shutdown) -> R
                 // rejects) fails every tick the same way: stop, exit 2.
                 Action::Refuse => return Err(e),
                 Action::Retry | Action::Locked | Action::Requeue => {
-                    tracing::error!(error = %crate::secret::redact(&format!("{e:#}")), "run failed; the daemon goes on")
+                    tracing::error!(trigger, error = %crate::secret::redact(&format!("{e:#}")), "run failed; the daemon goes on")
                 }
             },
         }

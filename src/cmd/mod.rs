@@ -48,7 +48,7 @@ pub enum Command {
     /// One run: incremental from the event cursor when one is fresh, else full.
     Reconcile(reconcile::ReconcileArgs),
     /// Long-running: a reconcile at each tick of a cron expression, until SIGTERM/SIGINT.
-    Daemon(daemon::DaemonArgs),
+    Daemon(Box<daemon::DaemonArgs>),
     /// Apply pending database migrations and exit.
     Migrate,
     /// Last runs, cursor age, license counts by status, pending or failed email.
@@ -84,7 +84,7 @@ impl Command {
     pub async fn run(self, config: &Config, shutdown: Shutdown) -> Result<()> {
         match self {
             Command::Reconcile(args) => reconcile::run(config, args, shutdown).await,
-            Command::Daemon(args) => daemon::run(config, args, shutdown).await,
+            Command::Daemon(args) => daemon::run(config, *args, shutdown).await,
             Command::Migrate => migrate::run(config),
             Command::Status(args) => status::run(config, args),
             Command::Licenses(command) => licenses::run(config, command).await,

@@ -2,6 +2,7 @@
 //! accounts side by side (`--stripe-account`, `--accounts-file`), as the
 //! command and each daemon tick run it.
 
+use std::collections::BTreeSet;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 
@@ -54,6 +55,13 @@ pub struct ReconcileArgs {
     /// Indexed Job passes $(JOB_COMPLETION_INDEX)/N.
     #[arg(long, env = "LICENSYNC_SHARD", value_name = "I/N")]
     pub shard: Option<Shard>,
+    /// Only these accounts (`None`: the key's own) of those configured: a
+    /// daemon's wake-up runs the accounts its webhooks named.
+    #[arg(skip)]
+    pub only: Option<BTreeSet<Option<String>>>,
+    /// Where a daemon keeps each account's last metrics between runs.
+    #[arg(skip)]
+    pub board: Option<crate::metrics::Board>,
 }
 
 /// One run, its report printed as text or JSON; the run's own failure
@@ -99,8 +107,20 @@ impl Ran {
     }
 }
 
-/// One reconcile as the `reconcile` command and each daemon tick run it.
+/// One reconcile as the `reconcile` command runs it.
 pub async fn reconcile_once(config: &Config, args: &ReconcileArgs, shutdown: Shutdown) -> Result<(Ran, Result<()>)> {
+    reconcile_in(config, args, None, shutdown).await
+}
+
+/// One reconcile in a database already open (a daemon's, which it keeps
+/// for its key API and its runs: the embedded database admits one opener),
+/// or in one it opens for the run.
+pub async fn reconcile_in(
+    config: &Config,
+    args: &ReconcileArgs,
+    opened: Option<&OpenDatabase>,
+    shutdown: Shutdown,
+) -> Result<(Ran, Result<()>)> {
     let several = config.accounts.is_configured();
     if !several {
         config.require_stripe_key().map_err(usage)?;
@@ -111,7 +131,10 @@ pub async fn reconcile_once(config: &Config, args: &ReconcileArgs, shutdown: Shu
     let configured = config.accounts().map_err(usage)?;
     let count = configured.len();
     let configured_ids: Vec<Option<String>> = configured.iter().map(|a| a.stripe_account.clone()).collect();
-    let accounts = crate::accounts::select(configured, args.shard);
+    let mut accounts = crate::accounts::select(configured, args.shard);
+    if let Some(only) = &args.only {
+        accounts.retain(|account| only.contains(&account.stripe_account));
+    }
     let mut mails = Vec::with_capacity(accounts.len());
     for account in &accounts {
         mails.push(if args.dry_run {
@@ -125,7 +148,14 @@ pub async fn reconcile_once(config: &Config, args: &ReconcileArgs, shutdown: Shu
             })
         });
     }
-    let db = OpenDatabase::open(&config.database)?;
+    let owned;
+    let db = match opened {
+        Some(db) => db,
+        None => {
+            owned = OpenDatabase::open(&config.database)?;
+            &owned
+        }
+    };
     if args.dry_run {
         if db.store.has_pending_migrations()? {
             return Err(usage(anyhow::anyhow!(
@@ -163,7 +193,6 @@ pub async fn reconcile_once(config: &Config, args: &ReconcileArgs, shutdown: Shu
         mail_max_attempts: config.mail_max_attempts,
         report_actions: args.report_actions,
     };
-    let metrics_file = args.metrics_file.as_deref().filter(|_| !args.dry_run);
     if !several && let (Some(account), Some(mail)) = (accounts.first(), mails.pop()) {
         let source = account_source(config, account)?;
         let account = Account {
@@ -178,17 +207,15 @@ pub async fn reconcile_once(config: &Config, args: &ReconcileArgs, shutdown: Shu
                     .err()
                     .unwrap_or_else(|| anyhow::anyhow!("the run ended without a report"));
                 // A refused run did nothing, but alerting must hear of it.
-                if let Some(path) = metrics_file.filter(|_| is_mode_mismatch(&e)) {
-                    write_metrics(path, || {
-                        crate::metrics::render_refused(crate::metrics::Refusal::ModeMismatch, &db.store)
+                if is_mode_mismatch(&e) {
+                    publish_metrics(args, || {
+                        crate::metrics::of_refusal(crate::metrics::Refusal::ModeMismatch, &db.store)
                     });
                 }
                 return Err(e);
             }
         };
-        if let Some(path) = metrics_file {
-            write_metrics(path, || crate::metrics::render(&report, &db.store));
-        }
+        publish_metrics(args, || crate::metrics::of_run(&report, &db.store));
         return Ok((Ran::One(Box::new(report)), outcome));
     }
     // The report's memory does not grow with the number of accounts either:
@@ -246,9 +273,7 @@ pub async fn reconcile_once(config: &Config, args: &ReconcileArgs, shutdown: Shu
         configured: count,
         duration_ms: started.elapsed().as_millis() as u64,
     };
-    if let Some(path) = metrics_file {
-        write_metrics(path, || crate::metrics::render_fleet(&fleet, &db.store));
-    }
+    publish_metrics(args, || crate::metrics::of_fleet(&fleet, &db.store));
     let outcome = fleet.outcome();
     Ok((Ran::Many(fleet), outcome))
 }
@@ -288,8 +313,24 @@ fn account_source(config: &Config, account: &crate::accounts::Account) -> Result
 }
 
 /// Metrics are for alerting: a failure to write them must not hide the run's own outcome.
-fn write_metrics(path: &std::path::Path, render: impl FnOnce() -> Result<String>) {
-    if let Err(e) = render().and_then(|m| crate::metrics::write(path, &m)) {
+/// Writes the run's metrics to `--metrics-file` and the daemon's board,
+/// whichever there are; a dry run publishes nothing. A failure to write
+/// them is logged, never the run's failure.
+fn publish_metrics(args: &ReconcileArgs, snapshots: impl FnOnce() -> Result<Vec<crate::metrics::Labelled>>) {
+    if args.dry_run || (args.metrics_file.is_none() && args.board.is_none()) {
+        return;
+    }
+    let published = snapshots().and_then(|snapshots| {
+        let text = match &args.board {
+            Some(board) => board.publish(snapshots),
+            None => crate::metrics::encode_all(snapshots),
+        };
+        match &args.metrics_file {
+            Some(path) => crate::metrics::write(path, &text),
+            None => Ok(()),
+        }
+    });
+    if let Err(e) = published {
         tracing::warn!(error = %format!("{e:#}"), "could not write the metrics file");
     }
 }

@@ -16,6 +16,7 @@ use crate::config::Config;
 use crate::error::usage;
 use crate::keyapi::{Keys, Service, serve};
 use crate::shutdown::Shutdown;
+use crate::store::Store;
 use crate::values::{self, Setting};
 
 #[derive(Debug, Args)]
@@ -31,6 +32,14 @@ pub struct ServeArgs {
     /// File holding the token signing key (a PASERK `k4.secret`, from `licensync keys generate`).
     #[arg(long, env = "LICENSYNC_SIGNING_KEY_FILE", value_name = "PATH")]
     pub signing_key_file: PathBuf,
+    #[command(flatten)]
+    pub key_api: KeyApiOptions,
+}
+
+/// The key API's settings besides its signing key, shared by `serve` and
+/// `daemon --signing-key-file`.
+#[derive(Debug, Args)]
+pub struct KeyApiOptions {
     /// A public key (`k4.public` file) to list in `/v1/keys` beside the signing key's: the next key
     /// of a rotation, or the previous one while its tokens live. Repeatable.
     #[arg(
@@ -69,18 +78,7 @@ pub struct ServeArgs {
 
 pub async fn run(config: &Config, args: ServeArgs, shutdown: Shutdown) -> Result<()> {
     // Everything a bad setting breaks is checked before the database opens.
-    let keys = Keys {
-        signer: read_signing_key(&args.signing_key_file)?,
-        published: args
-            .publish_key_file
-            .iter()
-            .map(|path| read_public_key(path))
-            .collect::<Result<_>>()?,
-        lease: chrono::Duration::from_std(args.token_lease)
-            .map_err(|_| usage(anyhow!("--token-lease / LICENSYNC_TOKEN_LEASE is too long")))?,
-    };
-    let ip_window = chrono::Duration::from_std(args.ip_window)
-        .map_err(|_| usage(anyhow!("--ip-window / LICENSYNC_IP_WINDOW is too long")))?;
+    let settings = KeyApiSettings::read(&args.signing_key_file, &args.key_api)?;
     let listener = tokio::net::TcpListener::bind(args.listen).await.map_err(|e| {
         usage(anyhow!(
             "cannot listen on {} (--listen / LICENSYNC_LISTEN): {e}",
@@ -88,19 +86,59 @@ pub async fn run(config: &Config, args: ServeArgs, shutdown: Shutdown) -> Result
         ))
     })?;
     let db = open_migrated(config).map_err(|e| usage(e.context("opening the license database")))?;
-    let kid = keys.signer.kid().to_owned();
-    let service = Service::new(
-        db.store.serving(8),
-        keys,
-        ip_window,
-        args.trust_forwarded_for,
-        args.rate_limit,
-    );
+    let kid = settings.keys.signer.kid().to_owned();
+    let service = settings.service(&db.store);
     let listen = listener.local_addr().unwrap_or(args.listen);
     tracing::info!(listen = %listen, kid = %kid, "key API listening");
     serve(listener, Arc::new(service), shutdown).await?;
     tracing::info!("key API stopped");
     Ok(())
+}
+
+/// The key API's settings, read and checked before anything opens.
+pub struct KeyApiSettings {
+    keys: Keys,
+    ip_window: chrono::Duration,
+    trust_forwarded_for: bool,
+    rate_limit: u32,
+}
+
+impl KeyApiSettings {
+    pub fn read(signing_key_file: &Path, options: &KeyApiOptions) -> Result<KeyApiSettings> {
+        let keys = Keys {
+            signer: read_signing_key(signing_key_file)?,
+            published: options
+                .publish_key_file
+                .iter()
+                .map(|path| read_public_key(path))
+                .collect::<Result<_>>()?,
+            lease: chrono::Duration::from_std(options.token_lease)
+                .map_err(|_| usage(anyhow!("--token-lease / LICENSYNC_TOKEN_LEASE is too long")))?,
+        };
+        let ip_window = chrono::Duration::from_std(options.ip_window)
+            .map_err(|_| usage(anyhow!("--ip-window / LICENSYNC_IP_WINDOW is too long")))?;
+        Ok(KeyApiSettings {
+            keys,
+            ip_window,
+            trust_forwarded_for: options.trust_forwarded_for,
+            rate_limit: options.rate_limit,
+        })
+    }
+
+    pub fn kid(&self) -> &str {
+        self.keys.signer.kid()
+    }
+
+    /// The service over `store`, with a pool of its own.
+    pub fn service(self, store: &Store) -> Service {
+        Service::new(
+            store.serving(8),
+            self.keys,
+            self.ip_window,
+            self.trust_forwarded_for,
+            self.rate_limit,
+        )
+    }
 }
 
 /// The signing key, from its file only (never from the command line).

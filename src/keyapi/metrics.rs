@@ -73,6 +73,13 @@ impl Metrics {
             .inc();
     }
 
+    /// In the Prometheus text format (no `# EOF`), to be joined with others.
+    pub fn render_prometheus(&self) -> Result<String> {
+        let mut text = String::new();
+        prometheus_client::encoding::prometheus_text::encode(&mut text, &self.registry)?;
+        Ok(text)
+    }
+
     pub fn render(&self) -> Result<String> {
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &self.registry)?;

@@ -79,15 +79,27 @@ impl Service {
     }
 }
 
-/// The key API's routes.
-pub fn router(service: Arc<Service>) -> Router {
+/// The key API's own routes (its answers and its public keys), for a
+/// server that adds its own `/healthz` and `/metrics` (the daemon's).
+pub fn routes(service: Arc<Service>) -> Router {
     Router::new()
         .route("/v1/licenses/validate", post(validate))
         .route("/v1/licenses/activate", post(activate))
         .route("/v1/licenses/deactivate", post(deactivate))
         .route("/v1/keys", get(keys))
-        .route("/healthz", get(healthz))
-        .route("/metrics", get(metrics))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(service)
+}
+
+/// `serve`'s routes: the key API with its probe and its metrics.
+pub fn router(service: Arc<Service>) -> Router {
+    routes(service.clone())
+        .merge(
+            Router::new()
+                .route("/healthz", get(healthz))
+                .route("/metrics", get(metrics))
+                .with_state(service),
+        )
         .fallback(|| async { error(StatusCode::NOT_FOUND, "not_found", "no such path") })
         .method_not_allowed_fallback(|| async {
             error(
@@ -96,32 +108,11 @@ pub fn router(service: Arc<Service>) -> Router {
                 "this path does not take that method",
             )
         })
-        .layer(DefaultBodyLimit::max(MAX_BODY))
-        .with_state(service)
 }
 
-/// Serves until `shutdown`, then finishes the requests in flight. Forgets
-/// client addresses once the IP window no longer needs them, every minute.
+/// Serves until `shutdown`, then finishes the requests in flight.
 pub async fn serve(listener: TcpListener, service: Arc<Service>, mut shutdown: Shutdown) -> Result<()> {
-    let sweeper = {
-        let (service, mut shutdown) = (service.clone(), shutdown.clone());
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
-            loop {
-                tokio::select! {
-                    _ = tick.tick() => {}
-                    _ = shutdown.recv() => return,
-                }
-                service.rate_limit.forget_idle();
-                let (store, before) = (service.store.clone(), Utc::now() - service.ip_window);
-                match blocking(move || store.forget_addresses(before)).await {
-                    Ok(0) => {}
-                    Ok(n) => tracing::debug!(addresses = n, "forgot client addresses past the IP window"),
-                    Err(e) => tracing::warn!(error = %format!("{e:#}"), "could not forget old client addresses"),
-                }
-            }
-        })
-    };
+    let sweeper = sweep(service.clone(), shutdown.clone());
     let app = router(service).into_make_service_with_connect_info::<SocketAddr>();
     axum::serve(listener, app)
         .with_graceful_shutdown(async move { shutdown.recv().await })
@@ -131,8 +122,43 @@ pub async fn serve(listener: TcpListener, service: Arc<Service>, mut shutdown: S
     Ok(())
 }
 
+/// Every minute until `shutdown`: forgets client addresses once the IP
+/// window no longer needs them, and idle clients' rate buckets.
+pub fn sweep(service: Arc<Service>, mut shutdown: Shutdown) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = shutdown.recv() => return,
+            }
+            service.rate_limit.forget_idle();
+            let (store, before) = (service.store.clone(), Utc::now() - service.ip_window);
+            match blocking(move || store.forget_addresses(before)).await {
+                Ok(0) => {}
+                Ok(n) => tracing::debug!(addresses = n, "forgot client addresses past the IP window"),
+                Err(e) => tracing::warn!(error = %format!("{e:#}"), "could not forget old client addresses"),
+            }
+        }
+    })
+}
+
+impl Service {
+    /// Whether the license database answers.
+    pub async fn database_answers(&self) -> bool {
+        let store = self.store.clone();
+        matches!(blocking(move || Ok(store.ping())).await, Ok(true))
+    }
+
+    /// The key API's metrics in the Prometheus text format, to serve beside
+    /// another's (the daemon's).
+    pub fn metrics_text(&self) -> Result<String> {
+        self.metrics.render_prometheus()
+    }
+}
+
 /// `{"error": {"code", "message"}}` with `status`.
-fn error(status: StatusCode, code: &str, message: &str) -> Response {
+pub(crate) fn error(status: StatusCode, code: &str, message: &str) -> Response {
     (status, axum::Json(json!({"error": {"code": code, "message": message}}))).into_response()
 }
 
@@ -418,14 +444,14 @@ async fn keys(State(service): State<Arc<Service>>) -> Response {
 }
 
 async fn healthz(State(service): State<Arc<Service>>) -> Response {
-    let store = service.store.clone();
-    match blocking(move || Ok(store.ping())).await {
-        Ok(true) => (StatusCode::OK, "ok\n").into_response(),
-        _ => (
+    if service.database_answers().await {
+        (StatusCode::OK, "ok\n").into_response()
+    } else {
+        (
             StatusCode::SERVICE_UNAVAILABLE,
             "the license database is not answering\n",
         )
-            .into_response(),
+            .into_response()
     }
 }
 

@@ -224,7 +224,10 @@ fn locked_transaction<T>(
     f: impl FnOnce(&mut PgConnection) -> Result<T>,
 ) -> Result<T> {
     use diesel::connection::{AnsiTransactionManager, TransactionManager};
-    let begin = format!("BEGIN; SELECT pg_advisory_xact_lock({SEAT_LOCK_CLASS}, {})", seat_lock(key));
+    let begin = format!(
+        "BEGIN; SELECT pg_advisory_xact_lock({SEAT_LOCK_CLASS}, {})",
+        seat_lock(key)
+    );
     AnsiTransactionManager::begin_transaction_sql(conn, &begin).context("locking a license's seats")?;
     match f(conn) {
         Ok(value) => {

@@ -12,6 +12,7 @@
 //! - `pages`: the one path every list is read through, page by page, each
 //!   object decoded on its own so that one Stripe sends outside
 //!   async-stripe's types skips only itself.
+//! - `webhook`: Stripe's webhook signatures (a daemon's wake-ups).
 
 mod catalog;
 mod checkout;
@@ -25,6 +26,7 @@ mod reversals;
 mod source;
 mod subscriptions;
 mod transport;
+mod webhook;
 
 pub use config::{DEFAULT_API_BASE, RateCeiling, StripeConfig};
 pub use error::StripeError;
@@ -33,3 +35,7 @@ pub use invoices::{InvoiceItemFact, InvoiceItemsPage};
 pub use key::{ApiKey, InvalidApiKey, redact};
 pub use source::{CreatedRange, GrantPage, Page, Span, StripeSource};
 pub use transport::Transport;
+pub use webhook::{
+    EventHead, Refused as WebhookRefused, TOLERANCE_SECONDS as WEBHOOK_TOLERANCE_SECONDS, WebhookSecrets,
+    verify as verify_webhook,
+};
