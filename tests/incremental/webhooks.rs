@@ -388,14 +388,28 @@ async fn a_webhook_wakes_its_own_account_only() {
     assert_eq!(code, Some(0), "{log}");
 }
 
+/// The schedule goes on beside the webhook endpoint, and the same process
+/// answers the key API when it has a signing key: one process for a small
+/// vendor.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_schedule_keeps_running_beside_webhooks() {
+async fn the_schedule_keeps_running_beside_webhooks_and_the_key_api() {
     let w = world().await;
+    let keys = tempfile::tempdir().unwrap();
+    let generated = licensync()
+        .args(["keys", "generate", "--out"])
+        .arg(keys.path().join("keys"))
+        .output()
+        .unwrap();
+    assert!(generated.status.success());
+    let signing = keys.path().join("keys/signing.key");
     let daemon = start(
         &w.db,
         &w.fake,
         "*/2 * * * * *",
-        &[("LICENSYNC_WEBHOOK_SECRET", NEW_SECRET)],
+        &[
+            ("LICENSYNC_WEBHOOK_SECRET", NEW_SECRET),
+            ("LICENSYNC_SIGNING_KEY_FILE", signing.to_str().unwrap()),
+        ],
         None,
     );
     // No webhook arrives: the schedule licenses the subscriptions and a
@@ -419,6 +433,46 @@ async fn the_schedule_keeps_running_beside_webhooks() {
     })
     .await;
     assert_eq!(daemon.request("GET", "/healthz", b"", None).await.0, 200);
+
+    // The key API on the daemon's address: the product allows 2 machines.
+    let key: String = diesel::sql_query("SELECT key AS k FROM licenses ORDER BY id LIMIT 1")
+        .load::<K>(&mut w.db.conn())
+        .unwrap()
+        .remove(0)
+        .k;
+    let ask = |machine: Option<&str>| {
+        let mut body = json!({"key": key});
+        if let Some(machine) = machine {
+            body["machine"] = json!(machine);
+        }
+        body.to_string()
+    };
+    let (status, answer) = daemon
+        .request("POST", "/v1/licenses/validate", ask(None).as_bytes(), None)
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    assert!(answer.contains(r#""code":"NO_MACHINE""#), "{answer}");
+    let (status, answer) = daemon
+        .request("POST", "/v1/licenses/activate", ask(Some("laptop")).as_bytes(), None)
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    assert!(
+        answer.contains(r#""code":"VALID""#) && answer.contains("v4.public."),
+        "{answer}"
+    );
+    let (_, metrics) = daemon.request("GET", "/metrics", b"", None).await;
+    assert!(
+        metrics.contains(r#"licensync_keyapi_answers_total{code="VALID"} 1"#),
+        "{metrics}"
+    );
+    assert!(metrics.contains("licensync_last_run_success 1"), "{metrics}");
     let (code, log) = daemon.stop();
     assert_eq!(code, Some(0), "{log}");
+    assert!(!log.contains(&key), "a license key reached the log");
+}
+
+#[derive(QueryableByName)]
+struct K {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    k: String,
 }
