@@ -2681,41 +2681,137 @@ async fn the_daemon_pod_answers_its_probes_and_webhooks_signed_with_the_secrets_
 // systemd
 // ---------------------------------------------------------------------------
 
+/// A unit's `Key=value` entries, in order (keys may repeat), named for
+/// assertion messages.
+struct Unit {
+    source: String,
+    entries: Vec<(String, String)>,
+}
+
+/// A directive commented out systemd's way, `#Key=value` with no space
+/// after the `#` (the comments of the units are `# ...`): an alternative
+/// the unit offers, such as the daemon's webhook lines.
+fn commented_directive(line: &str) -> Option<&str> {
+    let body = line.trim().strip_prefix('#')?;
+    let (key, _) = body.split_once('=')?;
+    let is_key = key.starts_with(|c: char| c.is_ascii_uppercase()) && key.chars().all(|c| c.is_ascii_alphanumeric());
+    is_key.then_some(body)
+}
+
+impl Unit {
+    /// The unit as systemd reads it.
+    fn read(file: &str) -> Unit {
+        Unit::parse(file, file, false)
+    }
+
+    /// The unit with its commented directives uncommented in place, as its
+    /// comments tell the operator to (`None` when it has none). A commented
+    /// `ExecStart=` takes the place of the active one: a service that is not
+    /// `Type=oneshot` has exactly one.
+    fn with_commented_directives(file: &str) -> Option<Unit> {
+        let text = read(file);
+        text.lines().any(|l| commented_directive(l).is_some()).then(|| {
+            let source = format!("{file} (its commented #Key= lines uncommented)");
+            Unit::parse(file, &source, true)
+        })
+    }
+
+    fn parse(file: &str, source: &str, uncomment: bool) -> Unit {
+        // Each entry with whether it was commented out.
+        let mut entries: Vec<(String, String, bool)> = Vec::new();
+        for line in read(file).lines() {
+            let (line, commented) = match commented_directive(line) {
+                Some(directive) if uncomment => (directive, true),
+                _ => (line.trim(), false),
+            };
+            if line.is_empty() || line.starts_with(['#', ';', '[']) {
+                continue;
+            }
+            let (k, v) = line
+                .split_once('=')
+                .unwrap_or_else(|| panic!("{source}: not a Key=value line: {line}"));
+            entries.push((k.trim().to_string(), v.trim().to_string(), commented));
+        }
+        let replaces_exec_start = entries.iter().any(|(k, _, commented)| *commented && k == "ExecStart");
+        Unit {
+            source: source.to_string(),
+            entries: entries
+                .into_iter()
+                .filter(|(k, _, commented)| !(replaces_exec_start && !commented && k == "ExecStart"))
+                .map(|(k, v, _)| (k, v))
+                .collect(),
+        }
+    }
+
+    fn values(&self, key: &str) -> Vec<String> {
+        self.entries
+            .iter()
+            .filter(|(k, _)| k == key)
+            .map(|(_, v)| v.clone())
+            .collect()
+    }
+
+    fn value(&self, key: &str) -> String {
+        let values = self.values(key);
+        assert_eq!(values.len(), 1, "{}: exactly one {key}=, got {values:?}", self.source);
+        values.into_iter().next().unwrap()
+    }
+
+    fn exec_start_argv(&self) -> Vec<String> {
+        let file = &self.source;
+        let line = self.value("ExecStart");
+        let argv = shlex::split(&line).unwrap_or_else(|| panic!("{file}: ExecStart quoting: {line}"));
+        // Prefixes like `-` or `+` would change what a failure means; none are expected.
+        assert_eq!(argv.first().map(String::as_str), Some(BINARY), "{file}: ExecStart");
+        argv
+    }
+
+    /// The `Environment=` assignments (a line may hold several, quoted).
+    fn environment(&self) -> Vec<(String, String)> {
+        let file = &self.source;
+        self.values("Environment")
+            .iter()
+            .flat_map(|line| shlex::split(line).unwrap_or_else(|| panic!("{file}: Environment= quoting: {line}")))
+            .map(|assignment| {
+                let (name, value) = assignment
+                    .split_once('=')
+                    .unwrap_or_else(|| panic!("{file}: Environment={assignment} is not NAME=value"));
+                (name.to_string(), value.to_string())
+            })
+            .collect()
+    }
+
+    /// ExecStart as licensync parses it with the unit's Environment= (not
+    /// its EnvironmentFile=, the operator's).
+    fn cli(&self) -> Cli {
+        parse_with_env(&self.exec_start_argv(), &self.environment(), &self.source)
+    }
+}
+
+/// Every service unit as systemd reads it, and as its commented
+/// alternatives make it.
+fn service_units_and_their_alternatives() -> Vec<Unit> {
+    SERVICE_UNITS
+        .iter()
+        .flat_map(|file| std::iter::once(Unit::read(file)).chain(Unit::with_commented_directives(file)))
+        .collect()
+}
+
 /// `Key=value` lines of a unit file, in order (keys may repeat).
 fn unit_entries(file: &str) -> Vec<(String, String)> {
-    read(file)
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with(['#', ';', '[']))
-        .map(|l| {
-            let (k, v) = l
-                .split_once('=')
-                .unwrap_or_else(|| panic!("{file}: not a Key=value line: {l}"));
-            (k.trim().to_string(), v.trim().to_string())
-        })
-        .collect()
+    Unit::read(file).entries
 }
 
 fn unit_values(file: &str, key: &str) -> Vec<String> {
-    unit_entries(file)
-        .into_iter()
-        .filter(|(k, _)| k == key)
-        .map(|(_, v)| v)
-        .collect()
+    Unit::read(file).values(key)
 }
 
 fn unit_value(file: &str, key: &str) -> String {
-    let values = unit_values(file, key);
-    assert_eq!(values.len(), 1, "{file}: exactly one {key}=, got {values:?}");
-    values.into_iter().next().unwrap()
+    Unit::read(file).value(key)
 }
 
 fn exec_start_argv(file: &str) -> Vec<String> {
-    let line = unit_value(file, "ExecStart");
-    let argv = shlex::split(&line).unwrap_or_else(|| panic!("{file}: ExecStart quoting: {line}"));
-    // Prefixes like `-` or `+` would change what a failure means; none are expected.
-    assert_eq!(argv.first().map(String::as_str), Some(BINARY), "{file}: ExecStart");
-    argv
+    Unit::read(file).exec_start_argv()
 }
 
 #[test]
@@ -2771,6 +2867,49 @@ fn the_daemon_unit_runs_the_daemon_on_a_valid_schedule() {
             .any(|v| v.split_whitespace().any(|c| c == EXIT_USAGE.to_string())),
         "{file}: a configuration error (2) must not be restarted forever"
     );
+}
+
+/// The daemon unit's commented `#Key=value` lines turn Stripe's webhooks
+/// on: uncommented, its daemon listens on loopback only (for the TLS proxy
+/// on the host; /healthz and /metrics stay local), on the same schedule, and
+/// reads the webhook secret from its credential (which
+/// `the_systemd_units_load_the_secrets_as_credentials_...` holds to the
+/// other secrets' rules).
+#[test]
+fn the_daemon_units_commented_webhook_lines_listen_on_loopback_and_read_the_secret_as_a_credential() {
+    let file = "systemd/licensync-daemon.service";
+    let unit = Unit::with_commented_directives(file)
+        .unwrap_or_else(|| panic!("{file}: shows how to turn webhooks on, in commented #Key=value lines"));
+    let source = unit.source.clone();
+    let cli = unit.cli();
+    let path = webhook_secret_path(&cli)
+        .unwrap_or_else(|| panic!("{source}: reads no webhook secret ({})", webhook_secret().file_var))
+        .to_path_buf();
+    assert_eq!(
+        path,
+        Path::new("%d").join(WEBHOOK_SECRET),
+        "{source}: the webhook secret's credential"
+    );
+    let args = daemon_args(cli, &source);
+    let listen = args
+        .listen
+        .unwrap_or_else(|| panic!("{source}: --listen, for the webhook path"));
+    assert!(
+        listen.ip().is_loopback(),
+        "{source}: --listen {listen}: on loopback only, behind the reverse proxy that terminates TLS"
+    );
+    let active = daemon_args(unit_cli(file), file);
+    assert_eq!(
+        args.schedule.expression(),
+        active.schedule.expression(),
+        "{source}: the webhook lines keep the unit's schedule (it stays the backstop)"
+    );
+    // Everything else is the unit as it is: the hardening, the restarts.
+    for (key, value) in unit_entries(file) {
+        if key != "ExecStart" {
+            assert!(unit.values(&key).contains(&value), "{source}: lost {key}={value}");
+        }
+    }
 }
 
 const SERVE_UNIT: &str = "systemd/licensync-serve.service";
@@ -2862,51 +3001,44 @@ const SERVICE_UNITS: [&str; 3] = [
 /// A unit's ExecStart as licensync parses it with the unit's Environment=
 /// (not its EnvironmentFile=, the operator's).
 fn unit_cli(file: &str) -> Cli {
-    parse_with_env(&exec_start_argv(file), &unit_environment(file), file)
-}
-
-/// A unit's `Environment=` assignments (a line may hold several, quoted).
-fn unit_environment(file: &str) -> Vec<(String, String)> {
-    unit_values(file, "Environment")
-        .iter()
-        .flat_map(|line| shlex::split(line).unwrap_or_else(|| panic!("{file}: Environment= quoting: {line}")))
-        .map(|assignment| {
-            let (name, value) = assignment
-                .split_once('=')
-                .unwrap_or_else(|| panic!("{file}: Environment={assignment} is not NAME=value"));
-            (name.to_string(), value.to_string())
-        })
-        .collect()
+    Unit::read(file).cli()
 }
 
 #[test]
 fn the_systemd_units_load_the_secrets_as_credentials_and_name_them_by_their_file_form() {
     let secrets = secrets();
-    for file in SERVICE_UNITS {
-        let environment = unit_environment(file);
+    let every_secret = every_secret();
+    let units = service_units_and_their_alternatives();
+    assert!(
+        units.len() > SERVICE_UNITS.len(),
+        "the daemon unit's commented webhook lines are checked too"
+    );
+    for unit in units {
+        let file = unit.source.as_str();
+        let environment = unit.environment();
         for (name, _) in &environment {
-            if let Some(secret) = secrets.iter().find(|s| s.var == *name) {
+            if let Some(secret) = every_secret.iter().find(|s| s.var == *name) {
                 panic!(
                     "{file}: Environment= sets {name}, the secret itself; use LoadCredential= and {}=%d/...",
                     secret.file_var
                 );
             }
         }
-        for value in unit_values(file, "PassEnvironment") {
+        for value in unit.values("PassEnvironment") {
             for name in value.split_whitespace() {
                 assert!(
-                    !secrets.iter().any(|s| s.var == name),
+                    !every_secret.iter().any(|s| s.var == name),
                     "{file}: PassEnvironment={name} passes a secret through the environment"
                 );
             }
         }
         assert!(
-            unit_values(file, "SetCredential").is_empty(),
+            unit.values("SetCredential").is_empty(),
             "{file}: SetCredential= writes the secret into the unit (readable by every user over D-Bus); use LoadCredential="
         );
         let credentials: Vec<(String, String)> = ["LoadCredential", "LoadCredentialEncrypted"]
             .iter()
-            .flat_map(|key| unit_values(file, key))
+            .flat_map(|key| unit.values(key))
             .map(|value| {
                 let (id, path) = value
                     .split_once(':')
@@ -2914,7 +3046,17 @@ fn the_systemd_units_load_the_secrets_as_credentials_and_name_them_by_their_file
                 (id.to_string(), path.to_string())
             })
             .collect();
-        let cli = unit_cli(file);
+        let loads = |id: &str| {
+            let (_, source) = credentials
+                .iter()
+                .find(|(cid, _)| cid == id)
+                .unwrap_or_else(|| panic!("{file}: %d/{id} without a LoadCredential={id}:<path>"));
+            assert!(
+                source.starts_with("/etc/licensync/"),
+                "{file}: LoadCredential={id}:{source} must load a root-only file under /etc/licensync/"
+            );
+        };
+        let cli = unit.cli();
         let mut used = BTreeSet::new();
         for var in secrets_needed(&cli) {
             let secret = secret_by_var(&secrets, var);
@@ -2940,36 +3082,26 @@ fn the_systemd_units_load_the_secrets_as_credentials_and_name_them_by_their_file
                 "{file}: {} names the credential {id}, not {}",
                 secret.file_var, secret.name
             );
-            let (_, source) = credentials.iter().find(|(cid, _)| cid == id).unwrap_or_else(|| {
-                panic!(
-                    "{file}: {}=%d/{id} without a LoadCredential={id}:<path>",
-                    secret.file_var
-                )
-            });
-            assert!(
-                source.starts_with("/etc/licensync/"),
-                "{file}: LoadCredential={id}:{source} must load a root-only file under /etc/licensync/"
-            );
+            loads(id);
             used.insert(id.to_string());
         }
-        // serve's signing key, from LICENSYNC_SIGNING_KEY_FILE or --signing-key-file.
-        if let Some(path) = signing_key_path(&cli) {
+        // The files that exist only as files: the signing key (serve's, or
+        // a daemon's serving the key API) and the daemon's webhook secret,
+        // whether their variable or their flag names them.
+        let files = [
+            (signing_key_path(&cli), SIGNING_KEY, signing_key_file_var()),
+            (webhook_secret_path(&cli), WEBHOOK_SECRET, webhook_secret().file_var),
+        ];
+        for (path, expected, var) in files {
+            let Some(path) = path else {
+                continue;
+            };
             let path = path.to_str().unwrap();
-            let id = path.strip_prefix("%d/").unwrap_or_else(|| {
-                panic!(
-                    "{file}: the signing key file ({} or --signing-key-file) {path} must be a credential (%d/...)",
-                    signing_key_file_var()
-                )
-            });
-            assert_eq!(id, SIGNING_KEY, "{file}: the signing key's credential");
-            let (_, source) = credentials
-                .iter()
-                .find(|(cid, _)| cid == id)
-                .unwrap_or_else(|| panic!("{file}: %d/{id} without a LoadCredential={id}:<path>"));
-            assert!(
-                source.starts_with("/etc/licensync/"),
-                "{file}: LoadCredential={id}:{source} must load a root-only file under /etc/licensync/"
-            );
+            let id = path
+                .strip_prefix("%d/")
+                .unwrap_or_else(|| panic!("{file}: the file {path} ({var} or its flag) must be a credential (%d/...)"));
+            assert_eq!(id, expected, "{file}: {var}'s credential");
+            loads(id);
             used.insert(id.to_string());
         }
         // Least privilege: the key API has no use for the Stripe key.
@@ -3323,9 +3455,9 @@ fn every_environment_variable_the_deploy_files_set_is_a_licensync_setting() {
             }
         }
     }
-    for file in SERVICE_UNITS {
-        for (name, _) in unit_environment(file) {
-            assert_known(&name, file, &known);
+    for unit in service_units_and_their_alternatives() {
+        for (name, _) in unit.environment() {
+            assert_known(&name, &unit.source, &known);
             checked += 1;
         }
     }
