@@ -3572,6 +3572,48 @@ fn every_licensync_command_in_the_deploy_readme_parses() {
     assert!(parsed >= 3, "the README shows how to run licensync");
 }
 
+/// The events the README tells the operator to subscribe the webhook
+/// endpoint to: its one code block of event types, which must be the types
+/// a run reads. One missing would never wake a run (the schedule would
+/// catch up); one extra would only be ignored, at the cost of a delivery.
+#[test]
+fn the_readme_subscribes_the_webhook_endpoint_to_every_event_type_a_run_reads() {
+    let is_event_type = |word: &str| {
+        word.contains('.')
+            && word
+                .split('.')
+                .all(|part| !part.is_empty() && part.chars().all(|c| c.is_ascii_lowercase() || c == '_'))
+    };
+    let mut blocks: Vec<Vec<String>> = Vec::new();
+    let mut current: Option<Vec<String>> = None;
+    for line in read("README.md").lines() {
+        if line.trim_start().starts_with("```") {
+            match current.take() {
+                Some(block) => blocks.push(block),
+                None => current = Some(Vec::new()),
+            }
+        } else if let Some(block) = current.as_mut() {
+            block.extend(line.split([',', ' ']).filter(|w| !w.is_empty()).map(str::to_string));
+        }
+    }
+    let lists: Vec<&Vec<String>> = blocks
+        .iter()
+        .filter(|words| !words.is_empty() && words.iter().all(|w| is_event_type(w)))
+        .collect();
+    assert_eq!(
+        lists.len(),
+        1,
+        "deploy/README.md: one code block lists the Stripe events (comma-separated event types)"
+    );
+    let listed: BTreeSet<&str> = lists[0].iter().map(String::as_str).collect();
+    assert_eq!(listed.len(), lists[0].len(), "deploy/README.md: an event listed twice");
+    let read_by_a_run: BTreeSet<&str> = licensync::stripe::RELEVANT_EVENT_TYPES.into_iter().collect();
+    assert_eq!(
+        listed, read_by_a_run,
+        "deploy/README.md: the webhook endpoint's events must be those a run reads"
+    );
+}
+
 // ---------------------------------------------------------------------------
 // Secrets on every command line the deploy files run or show
 // ---------------------------------------------------------------------------
