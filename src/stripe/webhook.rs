@@ -37,7 +37,13 @@ impl WebhookSecrets {
             .map(str::trim)
             .filter(|s| !s.is_empty())
             .map(|s| {
-                if s.starts_with("whsec_") && s.len() > "whsec_".len() {
+                if s.contains("REPLACE_ME") {
+                    // The deployment examples' placeholder is public: a
+                    // copy left unreplaced must not accept deliveries.
+                    Err("a webhook secret is still the example's placeholder (REPLACE_ME): \
+                         paste the endpoint's signing secret from the Stripe Dashboard"
+                        .to_owned())
+                } else if s.starts_with("whsec_") && s.len() > "whsec_".len() {
                     Ok(Secret::from(s.to_owned()))
                 } else {
                     Err(
@@ -251,6 +257,11 @@ mod tests {
         assert!(WebhookSecrets::parse("").is_err());
         assert!(WebhookSecrets::parse("sk_test_123").is_err());
         assert!(WebhookSecrets::parse("whsec_").is_err());
+        assert!(
+            WebhookSecrets::parse("whsec_REPLACE_ME")
+                .unwrap_err()
+                .contains("placeholder")
+        );
         let two = WebhookSecrets::parse("whsec_a,whsec_b").unwrap();
         assert_eq!(format!("{two:?}"), "WebhookSecrets(2 secrets)");
         let e = WebhookSecrets::parse("whsec_ok,not_a_secret_value").unwrap_err();
