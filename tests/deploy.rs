@@ -1068,11 +1068,17 @@ fn the_example_secret_holds_one_placeholder_file_per_secret_and_no_real_credenti
         read("kubernetes/secret.example.yaml").contains("licensync keys generate"),
         "secret.example.yaml says how to make {SIGNING_KEY}"
     );
-    // The shape the daemon reads (licensync cannot tell this placeholder
-    // from a real secret: the comment says to replace it).
+    // The shape the daemon reads, but no secret: a copied example must not
+    // accept deliveries (the daemon refuses it at start).
     let webhook = string_data[WEBHOOK_SECRET].as_str().unwrap();
-    licensync::stripe::WebhookSecrets::parse(webhook)
-        .unwrap_or_else(|e| panic!("secret.example.yaml: {WEBHOOK_SECRET}: {e}"));
+    assert!(
+        webhook.starts_with("whsec_"),
+        "secret.example.yaml: {WEBHOOK_SECRET} is a whsec_ endpoint secret"
+    );
+    assert!(
+        licensync::stripe::WebhookSecrets::parse(webhook).is_err(),
+        "secret.example.yaml: {WEBHOOK_SECRET} must be a placeholder the daemon refuses"
+    );
     assert!(
         read("kubernetes/secret.example.yaml").contains("Developers > Webhooks"),
         "secret.example.yaml says where to find {WEBHOOK_SECRET}"
@@ -1953,38 +1959,10 @@ fn the_key_api_is_ready_while_healthz_answers_and_alive_without_asking_the_datab
     let deployment = serve_document(&all, "Deployment");
     let label = deployment.label();
     let container = serve_container(deployment);
-    let (ready_path, ready_port) = http_probe(container, "readinessProbe", &label);
-    assert_eq!(ready_path, "/healthz", "{label}: readiness is the database answering");
-    assert_eq!(ready_port, "http", "{label}: readinessProbe port");
     // /healthz is 503 while the database is down. A restart cannot fix the
     // database, and serve exits 2 at start without it: liveness on /healthz
     // would turn an outage into a CrashLoopBackOff of every replica.
-    let (live_path, live_port) = http_probe(container, "livenessProbe", &label);
-    assert_ne!(
-        live_path, "/healthz",
-        "{label}: livenessProbe must not depend on the database"
-    );
-    assert_eq!(live_port, "http", "{label}: livenessProbe port");
-
-    let seconds = |probe: &str, field: &str, default: u64| container[probe][field].as_u64().unwrap_or(default);
-    for probe in ["readinessProbe", "livenessProbe"] {
-        for field in ["periodSeconds", "timeoutSeconds", "failureThreshold"] {
-            assert!(
-                container[probe][field].as_u64().is_some_and(|v| v > 0),
-                "{label}: {probe}.{field} set, not left to the defaults"
-            );
-        }
-        assert!(
-            seconds(probe, "timeoutSeconds", 1) < seconds(probe, "periodSeconds", 10),
-            "{label}: {probe} times out before the next probe"
-        );
-    }
-    // A pod that stops answering leaves the Service before it is restarted.
-    let window = |probe: &str| seconds(probe, "periodSeconds", 10) * seconds(probe, "failureThreshold", 3);
-    assert!(
-        window("livenessProbe") > window("readinessProbe"),
-        "{label}: liveness gives up after readiness"
-    );
+    assert_ready_on_healthz_alive_elsewhere(container, &label, "the database answering");
 }
 
 #[test]
@@ -2391,40 +2369,10 @@ fn the_daemon_is_ready_while_its_runs_succeed_and_alive_without_asking_them() {
     let deployment = document(&all, DAEMON_FILE, "Deployment");
     let label = deployment.label();
     let container = serve_container(deployment);
-    let (ready_path, ready_port) = http_probe(container, "readinessProbe", &label);
-    assert_eq!(
-        ready_path, "/healthz",
-        "{label}: readiness is the runs succeeding (and the key API's database)"
-    );
-    assert_eq!(ready_port, "http", "{label}: readinessProbe port");
     // /healthz is 503 once runs fail for two periods: Stripe or the
     // database down, or a first full scan longer than that. A restart fixes
     // none of them and cuts the page in progress short.
-    let (live_path, live_port) = http_probe(container, "livenessProbe", &label);
-    assert_ne!(
-        live_path, "/healthz",
-        "{label}: livenessProbe must not depend on the runs succeeding"
-    );
-    assert_eq!(live_port, "http", "{label}: livenessProbe port");
-
-    let seconds = |probe: &str, field: &str, default: u64| container[probe][field].as_u64().unwrap_or(default);
-    for probe in ["readinessProbe", "livenessProbe"] {
-        for field in ["periodSeconds", "timeoutSeconds", "failureThreshold"] {
-            assert!(
-                container[probe][field].as_u64().is_some_and(|v| v > 0),
-                "{label}: {probe}.{field} set, not left to the defaults"
-            );
-        }
-        assert!(
-            seconds(probe, "timeoutSeconds", 1) < seconds(probe, "periodSeconds", 10),
-            "{label}: {probe} times out before the next probe"
-        );
-    }
-    let window = |probe: &str| seconds(probe, "periodSeconds", 10) * seconds(probe, "failureThreshold", 3);
-    assert!(
-        window("livenessProbe") > window("readinessProbe"),
-        "{label}: liveness gives up after readiness"
-    );
+    assert_ready_on_healthz_alive_elsewhere(container, &label, "the runs succeeding (and the key API's database)");
 }
 
 #[test]
@@ -3819,4 +3767,38 @@ fn every_systemd_run_shown_loads_the_secrets_as_credentials() {
         runs += 1;
     }
     assert!(runs >= 1, "the README shows a run by hand with systemd-run");
+}
+
+/// Readiness on `/healthz`, liveness on another path of the `http` port (a
+/// restart fixes nothing `/healthz` reports), both with explicit timings,
+/// and liveness giving up after readiness: a pod that stops answering leaves
+/// the Service before it is restarted.
+fn assert_ready_on_healthz_alive_elsewhere(container: &Value, label: &str, ready_means: &str) {
+    let (ready_path, ready_port) = http_probe(container, "readinessProbe", label);
+    assert_eq!(ready_path, "/healthz", "{label}: readiness is {ready_means}");
+    assert_eq!(ready_port, "http", "{label}: readinessProbe port");
+    let (live_path, live_port) = http_probe(container, "livenessProbe", label);
+    assert_ne!(
+        live_path, "/healthz",
+        "{label}: livenessProbe must not depend on {ready_means}"
+    );
+    assert_eq!(live_port, "http", "{label}: livenessProbe port");
+    let seconds = |probe: &str, field: &str, default: u64| container[probe][field].as_u64().unwrap_or(default);
+    for probe in ["readinessProbe", "livenessProbe"] {
+        for field in ["periodSeconds", "timeoutSeconds", "failureThreshold"] {
+            assert!(
+                container[probe][field].as_u64().is_some_and(|v| v > 0),
+                "{label}: {probe}.{field} set, not left to the defaults"
+            );
+        }
+        assert!(
+            seconds(probe, "timeoutSeconds", 1) < seconds(probe, "periodSeconds", 10),
+            "{label}: {probe} times out before the next probe"
+        );
+    }
+    let window = |probe: &str| seconds(probe, "periodSeconds", 10) * seconds(probe, "failureThreshold", 3);
+    assert!(
+        window("livenessProbe") > window("readinessProbe"),
+        "{label}: liveness gives up after readiness"
+    );
 }

@@ -682,29 +682,7 @@ async fn serve_binary_drains_on_sigterm_and_logs_no_key_fingerprint_or_signing_k
         .unwrap();
     // Read the log as it comes (a full pipe would stop the server), and
     // find the address it bound.
-    let stderr = child.stderr.take().unwrap();
-    let (found, address) = std::sync::mpsc::channel();
-    let reader = std::thread::spawn(move || {
-        use std::io::BufRead;
-        let mut log = String::new();
-        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Ok(event) = serde_json::from_str::<Value>(&line)
-                && let Some(listen) = event["listen"].as_str()
-            {
-                let _ = found.send(listen.to_owned());
-            }
-            log.push_str(&line);
-            log.push('\n');
-        }
-        log
-    });
-    let addr: SocketAddr = match address.recv_timeout(std::time::Duration::from_secs(60)) {
-        Ok(addr) => addr.parse().unwrap(),
-        Err(_) => {
-            let _ = child.kill();
-            panic!("serve did not start: {}", reader.join().unwrap())
-        }
-    };
+    let (addr, reader) = common::listening(&mut child);
     let client: Client<HttpConnector, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
     let fingerprint = "fp-7f3a9c-secret-machine";
     for path in [

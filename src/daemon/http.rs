@@ -111,15 +111,7 @@ fn router(endpoint: Arc<Endpoint>) -> Router {
     if let Some(service) = &endpoint.key_api {
         router = router.merge(keyapi::routes(service.clone()));
     }
-    router
-        .fallback(|| async { error(StatusCode::NOT_FOUND, "not_found", "no such path") })
-        .method_not_allowed_fallback(|| async {
-            error(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method_not_allowed",
-                "this path does not take that method",
-            )
-        })
+    keyapi::json_fallbacks(router)
 }
 
 /// Serves until `shutdown`, then finishes the requests in flight.

@@ -93,13 +93,19 @@ pub fn routes(service: Arc<Service>) -> Router {
 
 /// `serve`'s routes: the key API with its probe and its metrics.
 pub fn router(service: Arc<Service>) -> Router {
-    routes(service.clone())
-        .merge(
+    json_fallbacks(
+        routes(service.clone()).merge(
             Router::new()
                 .route("/healthz", get(healthz))
                 .route("/metrics", get(metrics))
                 .with_state(service),
-        )
+        ),
+    )
+}
+
+/// An unknown path or method answers JSON like every other refusal.
+pub(crate) fn json_fallbacks(router: Router) -> Router {
+    router
         .fallback(|| async { error(StatusCode::NOT_FOUND, "not_found", "no such path") })
         .method_not_allowed_fallback(|| async {
             error(

@@ -13,7 +13,7 @@ use hmac::{Hmac, Mac};
 use serde::Deserialize;
 use sha2::Sha256;
 
-use crate::secret::{ExposeSecret, Secret};
+use secrecy::{ExposeSecret, SecretString};
 
 /// Stripe's own libraries refuse signatures older than this.
 pub const TOLERANCE_SECONDS: i64 = 300;
@@ -21,7 +21,7 @@ pub const TOLERANCE_SECONDS: i64 = 300;
 /// The endpoint secrets a delivery may be signed with: one, or several
 /// while one is rolled (Stripe signs with the old and the new one for as
 /// long as the Dashboard keeps the old one).
-pub struct WebhookSecrets(Vec<Secret>);
+pub struct WebhookSecrets(Vec<SecretString>);
 
 impl std::fmt::Debug for WebhookSecrets {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -32,7 +32,7 @@ impl std::fmt::Debug for WebhookSecrets {
 impl WebhookSecrets {
     /// Comma-separated `whsec_...` secrets. Errors never quote a secret.
     pub fn parse(list: &str) -> Result<WebhookSecrets, String> {
-        let secrets: Vec<Secret> = list
+        let secrets: Vec<SecretString> = list
             .split(',')
             .map(str::trim)
             .filter(|s| !s.is_empty())
@@ -44,7 +44,7 @@ impl WebhookSecrets {
                          paste the endpoint's signing secret from the Stripe Dashboard"
                         .to_owned())
                 } else if s.starts_with("whsec_") && s.len() > "whsec_".len() {
-                    Ok(Secret::from(s.to_owned()))
+                    Ok(SecretString::from(s.to_owned()))
                 } else {
                     Err(
                         "a webhook secret starts with whsec_ (the endpoint's signing secret in the Stripe Dashboard)"

@@ -278,3 +278,35 @@ pub fn portable_licenses(licenses: &[serde_json::Value]) -> Vec<serde_json::Valu
     all.sort_by_key(|l| (l["stripe_account"].to_string(), l["source_id"].to_string()));
     all
 }
+
+/// Reads a child's JSON log (its piped stderr) as it comes, so that a full
+/// pipe never stops it, until the child logs the address it listens on
+/// (a `listen` field). Returns that address and the reader, whose `join`
+/// gives the whole log once the child exits. Kills the child and fails with
+/// its log if no address comes within a minute.
+#[allow(dead_code)] // not every test binary starts a server
+pub fn listening(child: &mut std::process::Child) -> (std::net::SocketAddr, std::thread::JoinHandle<String>) {
+    let stderr = child.stderr.take().expect("stderr piped");
+    let (found, address) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead;
+        let mut log = String::new();
+        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Ok(event) = serde_json::from_str::<serde_json::Value>(&line)
+                && let Some(listen) = event["listen"].as_str()
+            {
+                let _ = found.send(listen.to_owned());
+            }
+            log.push_str(&line);
+            log.push('\n');
+        }
+        log
+    });
+    match address.recv_timeout(std::time::Duration::from_secs(60)) {
+        Ok(addr) => (addr.parse().expect("a socket address"), reader),
+        Err(_) => {
+            let _ = child.kill();
+            panic!("the server did not start listening: {}", reader.join().unwrap())
+        }
+    }
+}
