@@ -126,9 +126,12 @@ pub async fn run(config: &Config, args: DaemonArgs, mut shutdown: Shutdown) -> R
         None => None,
     };
     // One database for every run and the key API: the embedded one admits
-    // a single opener.
-    let db = OpenDatabase::open(&config.database)?;
-    db.store.migrate()?;
+    // a single opener. A database that is down or refuses the password is
+    // tried again at each tick, as a failed run would be; the endpoint
+    // serves once it is open.
+    let Some(db) = open_database(config, &args.schedule, &mut shutdown).await? else {
+        return Ok(());
+    };
     let wakeups = Wakeups::default();
     let health = Health::new(Utc::now());
     let board = Board::default();
@@ -177,6 +180,44 @@ pub async fn run(config: &Config, args: DaemonArgs, mut shutdown: Shutdown) -> R
         }
     }
     ran
+}
+
+/// Opens and migrates the license database, again at each tick until it
+/// opens; `None` when the stop (or the schedule's end) comes first. Only a
+/// configuration error (no PostgreSQL binaries for the embedded database)
+/// stops the daemon.
+async fn open_database(config: &Config, schedule: &Schedule, shutdown: &mut Shutdown) -> Result<Option<OpenDatabase>> {
+    loop {
+        let opened = OpenDatabase::open(&config.database).and_then(|db| {
+            db.store.migrate()?;
+            Ok(db)
+        });
+        let e = match opened {
+            Ok(db) => return Ok(Some(db)),
+            Err(e) => e,
+        };
+        if error_policy(&e) == Action::Refuse {
+            return Err(e);
+        }
+        tracing::error!(
+            trigger = Trigger::Schedule.as_str(),
+            error = %crate::secret::redact(&format!("{e:#}")),
+            "run failed; the daemon goes on (the license database did not open: it is tried again at the next tick)"
+        );
+        let Some(next) = schedule.next() else {
+            tracing::info!("the schedule has no further ticks; stopping");
+            return Ok(None);
+        };
+        let wait = (next - Utc::now()).to_std().unwrap_or_default();
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = shutdown.recv() => {}
+        }
+        if shutdown.is_shutdown() {
+            tracing::info!("stopping on signal");
+            return Ok(None);
+        }
+    }
 }
 
 /// The runs, one at a time, until the stop (or a run that must not be

@@ -15,7 +15,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde_json::{Value, json};
 
-use super::common::{TestDb, eml_files, licensync};
+use super::common::{TestDb, eml_files, licensync, listening};
 use super::{N, World, world};
 
 const NEW_SECRET: &str = "whsec_test_new_4f9a1c";
@@ -38,9 +38,19 @@ fn start(
     env: &[(&str, &str)],
     mail: Option<&std::path::Path>,
 ) -> Daemon {
+    start_on(&db.url, fake, schedule, env, mail)
+}
+
+fn start_on(
+    database_url: &str,
+    fake: &FakeStripe,
+    schedule: &str,
+    env: &[(&str, &str)],
+    mail: Option<&std::path::Path>,
+) -> Daemon {
     let mut cmd = licensync();
     cmd.args(["daemon", "--schedule", schedule, "--listen", "127.0.0.1:0"])
-        .env("DATABASE_URL", &db.url)
+        .env("DATABASE_URL", database_url)
         .env("STRIPE_API_BASE", fake.base_url())
         .env("STRIPE_API_KEY", fake.api_key())
         .env("LICENSYNC_LOG_FORMAT", "json")
@@ -54,29 +64,7 @@ fn start(
         cmd.env(key, value);
     }
     let mut child = cmd.spawn().unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (found, address) = std::sync::mpsc::channel();
-    let log = std::thread::spawn(move || {
-        use std::io::BufRead;
-        let mut log = String::new();
-        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Ok(event) = serde_json::from_str::<Value>(&line)
-                && let Some(listen) = event["listen"].as_str()
-            {
-                let _ = found.send(listen.to_owned());
-            }
-            log.push_str(&line);
-            log.push('\n');
-        }
-        log
-    });
-    let addr: SocketAddr = match address.recv_timeout(Duration::from_secs(60)) {
-        Ok(addr) => addr.parse().unwrap(),
-        Err(_) => {
-            let _ = child.kill();
-            panic!("the daemon did not start listening: {}", log.join().unwrap())
-        }
-    };
+    let (addr, log) = listening(&mut child);
     Daemon {
         child,
         addr,
@@ -469,6 +457,55 @@ async fn the_schedule_keeps_running_beside_webhooks_and_the_key_api() {
     let (code, log) = daemon.stop();
     assert_eq!(code, Some(0), "{log}");
     assert!(!log.contains(&key), "a license key reached the log");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_started_before_its_database_waits_for_it() {
+    let w = world().await;
+    // The daemon's database does not exist yet: every attempt to open it
+    // fails until it is created, as while PostgreSQL is still starting.
+    let later = format!("{}_later", w.db.name);
+    let url = w.db.url.replace(&w.db.name, &later);
+    let admin = w.db.url.replace(&w.db.name, "postgres");
+    let creator = {
+        let (admin, later) = (admin.clone(), later.clone());
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(2500));
+            let mut conn = PgConnection::establish(&admin).unwrap();
+            diesel::sql_query(format!("CREATE DATABASE {later}"))
+                .execute(&mut conn)
+                .unwrap();
+        })
+    };
+    // It serves once the database opens (this waits for it).
+    let daemon = start_on(
+        &url,
+        &w.fake,
+        "* * * * * *",
+        &[("LICENSYNC_WEBHOOK_SECRET", NEW_SECRET)],
+        None,
+    );
+    creator.join().unwrap();
+    let licenses = || {
+        diesel::sql_query("SELECT count(*) AS n FROM licenses")
+            .load::<N>(&mut PgConnection::establish(&url).unwrap())
+            .map(|r| r[0].n)
+            .unwrap_or(0)
+    };
+    until("the first run after the database opened", || licenses() == 2).await;
+    assert_eq!(daemon.request("GET", "/healthz", b"", None).await.0, 200);
+    let (code, log) = daemon.stop();
+    assert_eq!(code, Some(0), "{log}");
+    let failed = log
+        .lines()
+        .filter(|line| line.contains("run failed; the daemon goes on") && line.contains("does not exist"))
+        .count();
+    assert!(
+        failed >= 2,
+        "each tick before the database existed failed and was logged: {log}"
+    );
+    let _ = diesel::sql_query(format!("DROP DATABASE IF EXISTS {later} WITH (FORCE)"))
+        .execute(&mut PgConnection::establish(&admin).unwrap());
 }
 
 #[derive(QueryableByName)]
