@@ -123,7 +123,12 @@ impl Generated {
         let step = if n > 1 { span / (n as i64 - 1) } else { 1 };
         // No events: they would take ids, and a generated account has none.
         let events = std::mem::replace(&mut st.record_events, false);
+        // The catalog predates the first purchase, as a price must in
+        // Stripe: a day before it.
+        let now = st.now;
+        st.now = now - (n.max(1) - 1) as i64 * step - DAY;
         let prices = create_catalog(st);
+        st.now = now;
         st.record_events = events;
         Generated {
             account,
