@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use anyhow::{Context, Result};
 use futures::stream::{self, Stream, StreamExt};
 
-use super::read::WIDTH;
+use super::read::{Horizon, WIDTH};
 use super::segments::Segment;
 use super::{read, routing};
 use crate::catalog::Catalog;
@@ -33,12 +33,17 @@ pub(super) fn purchase_pages(
     estimate: Arc<AtomicU64>,
 ) -> Pages {
     let floor = catalog.oldest_price();
+    let one_time = catalog.one_time_prices_that_grant();
+    // Subscriptions and Checkout Sessions start together; the one-off
+    // invoices follow the sessions and report when they start.
+    let horizon = Horizon::new(if one_time.is_empty() { 1 } else { 2 });
     let subscriptions = {
         let source = source.clone();
         read::pages(
             CreatedRange::default(),
             floor,
             WIDTH,
+            horizon.clone(),
             Some(estimate.clone()),
             move |s: Segment| {
                 let source = source.clone();
@@ -47,7 +52,6 @@ pub(super) fn purchase_pages(
         )
         .map(|r| r.context("reading subscriptions"))
     };
-    let one_time = catalog.one_time_prices_that_grant();
     if one_time.is_empty() {
         tracing::info!(
             "no one-time price of a licensed product: Checkout Sessions and one-off invoices cannot grant and are not read"
@@ -58,10 +62,17 @@ pub(super) fn purchase_pages(
     let sessions = {
         let source = source.clone();
         let session_invoices = session_invoices.clone();
-        read::pages(window, floor, WIDTH, Some(estimate.clone()), move |s: Segment| {
-            let source = source.clone();
-            async move { source.checkout_sessions_page(s.after.as_deref(), &s.range()).await }
-        })
+        read::pages(
+            window,
+            floor,
+            WIDTH,
+            horizon.clone(),
+            Some(estimate.clone()),
+            move |s: Segment| {
+                let source = source.clone();
+                async move { source.checkout_sessions_page(s.after.as_deref(), &s.range()).await }
+            },
+        )
         .map(move |r| {
             let page = r.context("reading checkout sessions")?;
             session_invoices
@@ -72,9 +83,10 @@ pub(super) fn purchase_pages(
         })
     };
     // Built once the sessions are read: it needs their invoices.
-    let invoices =
-        stream::once(async move { one_off_invoice_pages(source, window, floor, one_time, session_invoices, estimate) })
-            .flatten();
+    let invoices = stream::once(async move {
+        one_off_invoice_pages(source, window, floor, one_time, session_invoices, horizon, estimate)
+    })
+    .flatten();
     stream::select(subscriptions, sessions.chain(invoices)).boxed()
 }
 
@@ -86,10 +98,11 @@ fn one_off_invoice_pages(
     floor: Option<i64>,
     one_time: BTreeSet<String>,
     session_invoices: Arc<Mutex<HashSet<String>>>,
+    horizon: Arc<Horizon>,
     estimate: Arc<AtomicU64>,
 ) -> Pages {
     if window != CreatedRange::default() {
-        return read::pages(window, floor, WIDTH, Some(estimate), move |s: Segment| {
+        return read::pages(window, floor, WIDTH, horizon, Some(estimate), move |s: Segment| {
             let source = source.clone();
             async move { source.invoices_page(s.after.as_deref(), &s.range()).await }
         })
@@ -104,7 +117,7 @@ fn one_off_invoice_pages(
     let one_time = Arc::new(one_time);
     let items = {
         let (source, one_time) = (source.clone(), one_time.clone());
-        read::pages(window, floor, WIDTH, Some(estimate), move |s: Segment| {
+        read::pages(window, floor, WIDTH, horizon, Some(estimate), move |s: Segment| {
             let (source, one_time) = (source.clone(), one_time.clone());
             async move {
                 source

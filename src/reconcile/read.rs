@@ -12,11 +12,11 @@ use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use futures::stream::{self, FuturesUnordered, Stream, StreamExt};
 
-use super::segments::{self, PAGE, Segment};
+use super::segments::{self, PAGE, Segment, Split};
 use crate::stripe::{CreatedRange, GrantPage, InvoiceItemsPage, Page, Span, StripeError};
 
 /// Requests in flight per list: Stripe allows 25 requests/s per endpoint
@@ -24,6 +24,46 @@ use crate::stripe::{CreatedRange, GrantPage, InvoiceItemsPage, Page, Span, Strip
 pub const WIDTH: usize = 10;
 /// Pages read ahead of the planner.
 pub const AHEAD: usize = 2 * WIDTH;
+
+/// What the lists of one scan, read side by side, know of each other: the
+/// longest list's estimated pages. The run lasts as long as that list, read
+/// by [`WIDTH`] segments at once; a shorter list is split into segments no
+/// shorter than those, since more would cost requests (each segment ends on
+/// a partial page) and end no sooner. No list splits before each of the
+/// `lists` has reported its first page.
+#[derive(Debug)]
+pub struct Horizon {
+    lists: usize,
+    reported: AtomicUsize,
+    pages: AtomicU64,
+}
+
+impl Horizon {
+    /// For a scan that starts `lists` lists at once.
+    pub fn new(lists: usize) -> Arc<Horizon> {
+        Arc::new(Horizon {
+            lists,
+            reported: AtomicUsize::new(0),
+            pages: AtomicU64::new(0),
+        })
+    }
+
+    /// A list's estimated pages after its first page; `None` when the
+    /// list cannot tell (no lower bound to estimate from).
+    fn report(&self, pages: Option<u64>) {
+        if let Some(pages) = pages {
+            self.pages.fetch_max(pages, Ordering::SeqCst);
+        }
+        self.reported.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Estimated pages a segment should hold, once every list reported (0:
+    /// no list could tell, the least).
+    fn pages_per_segment(&self, width: usize) -> Option<u64> {
+        (self.reported.load(Ordering::SeqCst) >= self.lists)
+            .then(|| self.pages.load(Ordering::SeqCst).div_ceil(width.max(1) as u64))
+    }
+}
 
 /// A page the segmented reader can continue from.
 pub trait Paged {
@@ -70,13 +110,15 @@ struct Segmented<P, F> {
 
 /// Every page of one list within `range`, up to `width` requests at once.
 /// `fetch` reads one page of a segment; `floor` is the oldest `created` the
-/// account can have (guides the split only). When `estimate` is given, the
-/// list's estimated size in objects is added to it after the first page.
-/// The stream ends after the first error.
+/// account can have (guides the split only); `horizon` is shared with the
+/// lists read beside this one. When `estimate` is given, the list's
+/// estimated size in objects is added to it after the first page. The
+/// stream ends after the first error.
 pub fn pages<P, F, Fut>(
     range: CreatedRange,
     floor: Option<i64>,
     width: usize,
+    horizon: Arc<Horizon>,
     estimate: Option<Arc<AtomicU64>>,
     fetch: F,
 ) -> impl Stream<Item = Result<P, StripeError>> + Send + 'static
@@ -94,6 +136,7 @@ where
     };
     stream::unfold(state, move |mut st| {
         let estimate = estimate.clone();
+        let horizon = horizon.clone();
         async move {
             if st.failed {
                 return None;
@@ -110,18 +153,34 @@ where
                     // The ETA only trusts a real floor: Stripe's launch (the
                     // split's fallback) would promise hours for a young account.
                     let low = segment.gte.or(floor.filter(|f| span.oldest.is_some_and(|o| *f < o)));
-                    if std::mem::take(&mut st.first)
-                        && let Some(estimate) = estimate
-                    {
-                        let rest = if page.next_cursor().is_some() {
-                            segments::pages_left(&span, low).max(1) * PAGE as u64
-                        } else {
-                            0
-                        };
-                        estimate.fetch_add(span.listed as u64 + rest, Ordering::Relaxed);
+                    if std::mem::take(&mut st.first) {
+                        let more = page.next_cursor().is_some();
+                        if let Some(estimate) = estimate {
+                            let rest = if more {
+                                segments::pages_left(&span, low).max(1) * PAGE as u64
+                            } else {
+                                0
+                            };
+                            estimate.fetch_add(span.listed as u64 + rest, Ordering::Relaxed);
+                        }
+                        // Only a real lower bound gives a size: the
+                        // fallback to Stripe's launch can be years too long.
+                        horizon.report(match (more, low) {
+                            (false, _) => Some(1),
+                            (true, Some(low)) => Some(1 + segments::pages_left(&span, Some(low)).max(1)),
+                            (true, None) => None,
+                        });
                     }
+                    let split = match horizon.pages_per_segment(width) {
+                        Some(pages_per_segment) => Split {
+                            // Readers neither busy nor promised a segment.
+                            room: width.max(1).saturating_sub(st.flight.len() + st.pending.len() + 1),
+                            pages_per_segment,
+                        },
+                        None => Split::NONE,
+                    };
                     st.pending
-                        .extend(segments::rest(&segment, &span, page.next_cursor(), floor));
+                        .extend(segments::rest(&segment, &span, page.next_cursor(), floor, split));
                     Some((Ok(page), st))
                 }
                 Err(e) => {
@@ -232,6 +291,7 @@ mod tests {
             CreatedRange::default(),
             Some(floor),
             width,
+            Horizon::new(1),
             Some(estimate.clone()),
             move |s| m2.clone().page(s),
         );
@@ -251,13 +311,71 @@ mod tests {
         assert_eq!(seen, (0..5_000).collect::<Vec<_>>());
         let max = m.max_in_flight.load(Ordering::SeqCst);
         assert!(max > 1 && max <= WIDTH as u64, "in flight at most: {max}");
-        // 50 pages of data plus the few the split costs.
+        // 50 pages of data plus at most a partial page per reader.
         let requests = m.requests.load(Ordering::SeqCst);
-        assert!((50..=70).contains(&requests), "requests: {requests}");
+        assert!((50..=50 + WIDTH as u64).contains(&requests), "requests: {requests}");
         assert!(
             (4_500..=5_500).contains(&estimate),
             "estimated from the first page: {estimate}"
         );
+    }
+
+    /// Reads a model list beside others sharing `horizon`; its requests.
+    async fn requests_beside(m: &Arc<Model>, horizon: Arc<Horizon>) -> u64 {
+        let m2 = m.clone();
+        let mut stream = Box::pin(pages(
+            CreatedRange::default(),
+            Some(0),
+            WIDTH,
+            horizon,
+            None,
+            move |s| m2.clone().page(s),
+        ));
+        let mut seen = 0;
+        while let Some(page) = stream.next().await {
+            seen += page.unwrap().items.len();
+        }
+        assert_eq!(seen, m.created.len());
+        m.requests.load(Ordering::SeqCst)
+    }
+
+    #[tokio::test]
+    async fn a_short_list_beside_a_long_one_is_split_no_finer_than_the_long_one() {
+        // 200 pages beside 14: the long list's segments hold 20 pages, so
+        // the short one is read serially (its 14 pages, no partial page).
+        let (long, short) = (model(20_000), model(1_400));
+        let horizon = Horizon::new(2);
+        let (long_requests, short_requests) = tokio::join!(
+            requests_beside(&long, horizon.clone()),
+            requests_beside(&short, horizon)
+        );
+        assert_eq!(short_requests, 14, "the short list beside the long one");
+        assert!(
+            (200..=200 + 2 * WIDTH as u64).contains(&long_requests),
+            "the long list: {long_requests}"
+        );
+        assert!(long.max_in_flight.load(Ordering::SeqCst) > 1);
+        // Alone, the short list is the longest: split for its own sake.
+        let alone = model(1_400);
+        assert!(requests_beside(&alone, Horizon::new(1)).await > 14);
+    }
+
+    #[tokio::test]
+    async fn a_list_it_cannot_size_costs_at_most_a_request_per_reader_per_split() {
+        // Purchases older than every price: the split reaches back to
+        // Stripe's launch, years too far, and most segments are empty.
+        let m = Arc::new(Model {
+            created: (0..5_000).map(|i| 1_500_000_000 + i * 1_000).collect(),
+            in_flight: AtomicU64::new(0),
+            max_in_flight: AtomicU64::new(0),
+            requests: AtomicU64::new(0),
+        });
+        let (seen, _) = read_with_floor(&m, WIDTH, 1_800_000_000).await;
+        assert_eq!(seen.len(), 5_000);
+        // 50 pages of data; 69 requests here, 80 when each split makes
+        // segments no reader can take yet.
+        let requests = m.requests.load(Ordering::SeqCst);
+        assert!(requests < 75, "requests: {requests}");
     }
 
     #[tokio::test]
@@ -292,16 +410,23 @@ mod tests {
     async fn the_stream_ends_after_an_error_and_dropping_it_stops_the_reading() {
         let calls = Arc::new(Mutex::new(0));
         let c = calls.clone();
-        let stream = pages(CreatedRange::default(), Some(0), 4, None, move |_s: Segment| {
-            let c = c.clone();
-            async move {
-                *c.lock().unwrap() += 1;
-                Err::<Page<i64>, _>(StripeError::Decode {
-                    path: "/v1/x".into(),
-                    message: "bad".into(),
-                })
-            }
-        });
+        let stream = pages(
+            CreatedRange::default(),
+            Some(0),
+            4,
+            Horizon::new(1),
+            None,
+            move |_s: Segment| {
+                let c = c.clone();
+                async move {
+                    *c.lock().unwrap() += 1;
+                    Err::<Page<i64>, _>(StripeError::Decode {
+                        path: "/v1/x".into(),
+                        message: "bad".into(),
+                    })
+                }
+            },
+        );
         let mut ahead = Ahead::new(stream, 2);
         assert!(ahead.next().await.unwrap().is_err());
         assert!(ahead.next().await.is_none());

@@ -10,7 +10,7 @@ use futures::stream::{self, StreamExt};
 
 use super::lists::{Pages, purchase_pages, refetch_pages};
 use super::progress::Progress;
-use super::read::{AHEAD, Ahead, WIDTH};
+use super::read::{AHEAD, Ahead, Horizon, WIDTH};
 use super::scope::{Choice, Reading};
 use super::segments::Segment;
 use super::stage::{PageContext, Slice, Staged, plan_and_apply};
@@ -118,15 +118,29 @@ impl Run {
         let (refunds, disputes) = (self.source.clone(), self.source.clone());
         // Short lists, without a `created` filter here: one page at a time,
         // never split (no floor).
-        let refunds = read::pages(CreatedRange::default(), None, 1, None, move |s: Segment| {
-            let source = refunds.clone();
-            async move { source.reversals_page(s.after.as_deref()).await }
-        })
+        let refunds = read::pages(
+            CreatedRange::default(),
+            None,
+            1,
+            Horizon::new(1),
+            None,
+            move |s: Segment| {
+                let source = refunds.clone();
+                async move { source.reversals_page(s.after.as_deref()).await }
+            },
+        )
         .map(|r| r.context("reading refunds"));
-        let disputes = read::pages(CreatedRange::default(), None, 1, None, move |s: Segment| {
-            let source = disputes.clone();
-            async move { source.disputes_page(s.after.as_deref()).await }
-        })
+        let disputes = read::pages(
+            CreatedRange::default(),
+            None,
+            1,
+            Horizon::new(1),
+            None,
+            move |s: Segment| {
+                let source = disputes.clone();
+                async move { source.disputes_page(s.after.as_deref()).await }
+            },
+        )
         .map(|r| r.context("reading disputes"));
         let mut ahead = Ahead::new(stream::select(refunds, disputes), AHEAD);
         while let Some(page) = ahead.next().await {
@@ -168,7 +182,7 @@ impl Run {
     ) -> Result<(Vec<EventFact>, Vec<(Timestamp, String)>)> {
         let source = self.source.clone();
         let floor = range.gte.map(|t| t.timestamp());
-        let pages = read::pages(range, floor, WIDTH, None, move |s: Segment| {
+        let pages = read::pages(range, floor, WIDTH, Horizon::new(1), None, move |s: Segment| {
             let source = source.clone();
             async move { source.events_in(&s.range(), s.after.as_deref()).await }
         });

@@ -20,8 +20,15 @@
 //!   list's was: the floor (the oldest price) only guides the estimate, so
 //!   an object older than it is still read (`objects_older_than_the_floor_are_read`);
 //! - a segment is split when its estimated rest exceeds [`SPLIT_ABOVE`]
-//!   pages, into about one segment per [`PAGES_PER_SEGMENT`] estimated
-//!   pages, at most [`MAX_SPLIT`] at a time (`split_table`).
+//!   pages, into segments of about [`Split::pages_per_segment`] estimated
+//!   pages, at most [`MAX_SPLIT`] at a time and no more than the reader has
+//!   room for (`split_table`). Every segment ends on a partial page (or an
+//!   empty one, where the estimate was wrong), so a segment costs a request
+//!   and is only worth it where it shortens the read: no more segments than
+//!   readers, and none shorter than the longest list's segments (the run
+//!   lasts as long as that list; a short list read in fewer, longer
+//!   segments ends no later). A long segment is split again at a later page
+//!   once readers fall idle.
 
 use crate::stripe::{CreatedRange, Span};
 use chrono::DateTime;
@@ -30,13 +37,31 @@ use chrono::DateTime;
 pub const PAGE: usize = 100;
 /// A rest estimated at more pages than this is split.
 pub const SPLIT_ABOVE: u64 = 3;
-/// Estimated pages each new segment should hold.
+/// Estimated pages a new segment holds at least.
 pub const PAGES_PER_SEGMENT: u64 = 4;
 /// New segments per split.
 pub const MAX_SPLIT: u64 = 16;
 /// The floor when the one given is no use (at or above the page's oldest
 /// object: purchases older than every price): Stripe's launch, 2011-01-01.
 pub const STRIPE_EPOCH: i64 = 1_293_840_000;
+
+/// How far a segment may be split after a page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Split {
+    /// Segments the reader can start now beside the continuation.
+    pub room: usize,
+    /// Estimated pages each new segment should hold (at least
+    /// [`PAGES_PER_SEGMENT`]).
+    pub pages_per_segment: u64,
+}
+
+impl Split {
+    /// No split: the segment continues serially.
+    pub const NONE: Split = Split {
+        room: 0,
+        pages_per_segment: PAGES_PER_SEGMENT,
+    };
+}
 
 /// A part of a list: objects with `gte <= created < lt` (unix seconds,
 /// open when unset), listed after `after` when set.
@@ -104,7 +129,8 @@ pub fn lower_bound(segment: &Segment, floor: Option<i64>, span: &Span) -> Option
 /// price), a guess used when the segment has no lower bound; when it is
 /// not below the page's oldest object, [`STRIPE_EPOCH`] is used instead.
 /// Without a floor (`None`) the list is never split.
-pub fn rest(segment: &Segment, span: &Span, next: Option<&str>, floor: Option<i64>) -> Vec<Segment> {
+/// `split` bounds the new segments.
+pub fn rest(segment: &Segment, span: &Span, next: Option<&str>, floor: Option<i64>, split: Split) -> Vec<Segment> {
     let (Some(next), Some(oldest)) = (next, span.oldest) else {
         return Vec::new();
     };
@@ -115,10 +141,14 @@ pub fn rest(segment: &Segment, span: &Span, next: Option<&str>, floor: Option<i6
     };
     let low = lower_bound(segment, floor, span);
     let pages = pages_left(span, low);
-    let Some(low) = low.filter(|_| pages > SPLIT_ABOVE) else {
+    let parts = pages
+        .div_ceil(split.pages_per_segment.max(PAGES_PER_SEGMENT))
+        .min(MAX_SPLIT)
+        .min(split.room as u64 + 1);
+    let Some(low) = low.filter(|_| pages > SPLIT_ABOVE && parts >= 2) else {
         return vec![continuation(segment.gte)];
     };
-    let parts = pages.div_ceil(PAGES_PER_SEGMENT).clamp(2, MAX_SPLIT) as i64;
+    let parts = parts as i64;
     // Boundaries strictly inside (low, oldest): the continuation keeps the
     // page's own second.
     let width = oldest - low;
@@ -151,6 +181,17 @@ pub fn rest(segment: &Segment, span: &Span, next: Option<&str>, floor: Option<i6
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    /// Room for every split the estimate asks for, in segments of the
+    /// least pages.
+    const ROOMY: Split = Split {
+        room: MAX_SPLIT as usize,
+        pages_per_segment: PAGES_PER_SEGMENT,
+    };
+
+    fn room(room: usize) -> Split {
+        Split { room, ..ROOMY }
+    }
 
     fn span(newest: i64, oldest: i64, listed: usize) -> Span {
         Span {
@@ -264,7 +305,7 @@ mod tests {
             ),
         ];
         for (case, segment, span, next, floor, expected) in cases {
-            assert_eq!(rest(&segment, &span, next, floor), expected, "{case}");
+            assert_eq!(rest(&segment, &span, next, floor, ROOMY), expected, "{case}");
         }
     }
 
@@ -304,7 +345,13 @@ mod tests {
 
     /// Reads a whole model list the way the engine does and returns every
     /// object read, in reading order.
-    fn read_all(objects: &[(i64, u32)], whole: Segment, floor: Option<i64>, limit: usize) -> Vec<(i64, u32)> {
+    fn read_all(
+        objects: &[(i64, u32)],
+        whole: Segment,
+        floor: Option<i64>,
+        limit: usize,
+        split: Split,
+    ) -> Vec<(i64, u32)> {
         let mut pending = vec![whole];
         let mut read = Vec::new();
         let mut requests = 0;
@@ -319,7 +366,7 @@ mod tests {
             };
             let next = has_more.then(|| page.last().unwrap().1.to_string());
             read.extend(page);
-            pending.extend(rest(&s, &span, next.as_deref(), floor));
+            pending.extend(rest(&s, &span, next.as_deref(), floor, split));
         }
         read
     }
@@ -333,6 +380,10 @@ mod tests {
             burst in prop::collection::vec(4_000i64..4_010, 0..400),
             floor in prop::option::of(0i64..6_000),
             limit in prop_oneof![Just(100usize), 1usize..20],
+            split in prop_oneof![
+                Just(ROOMY),
+                (0usize..12, 1u64..40).prop_map(|(room, pages_per_segment)| Split { room, pages_per_segment }),
+            ],
         ) {
             let objects: Vec<(i64, u32)> = created
                 .iter()
@@ -340,7 +391,7 @@ mod tests {
                 .enumerate()
                 .map(|(i, c)| (*c, i as u32))
                 .collect();
-            let mut read = read_all(&objects, Segment::default(), floor, limit);
+            let mut read = read_all(&objects, Segment::default(), floor, limit, split);
             read.sort();
             let mut expected = objects.clone();
             expected.sort();
@@ -352,14 +403,14 @@ mod tests {
     fn objects_older_than_the_floor_are_read() {
         // Floor at 5,000 (the oldest price) but purchases long before it.
         let objects: Vec<(i64, u32)> = (0..2_000).map(|i| (i * 3, i as u32)).collect();
-        let read = read_all(&objects, Segment::default(), Some(5_000), 100);
+        let read = read_all(&objects, Segment::default(), Some(5_000), 100, ROOMY);
         assert_eq!(read.len(), 2_000);
     }
 
     #[test]
     fn a_windowed_list_stays_in_its_window() {
         let objects: Vec<(i64, u32)> = (0..3_000).map(|i| (i, i as u32)).collect();
-        let read = read_all(&objects, seg(Some(1_000), Some(2_500), None), Some(0), 100);
+        let read = read_all(&objects, seg(Some(1_000), Some(2_500), None), Some(0), 100, ROOMY);
         assert_eq!(read.len(), 1_500);
         assert!(read.iter().all(|(c, _)| (1_000..2_500).contains(c)));
     }
@@ -367,8 +418,37 @@ mod tests {
     #[test]
     fn a_large_even_list_fans_out_and_a_small_one_does_not() {
         let objects: Vec<(i64, u32)> = (0..10_000).map(|i| (i, i as u32)).collect();
-        let after_first = rest(&Segment::default(), &span(9_999, 9_900, 100), Some("9900"), Some(0));
+        let after_first = rest(
+            &Segment::default(),
+            &span(9_999, 9_900, 100),
+            Some("9900"),
+            Some(0),
+            ROOMY,
+        );
         assert_eq!(after_first.len(), MAX_SPLIT as usize, "{after_first:?}");
+        let first = |split| {
+            rest(
+                &Segment::default(),
+                &span(9_999, 9_900, 100),
+                Some("9900"),
+                Some(0),
+                split,
+            )
+        };
+        assert_eq!(first(room(0)).len(), 1, "no room: continue serially, split later");
+        assert_eq!(first(Split::NONE).len(), 1);
+        assert_eq!(
+            first(room(3)).len(),
+            4,
+            "the continuation and one segment per free reader"
+        );
+        let long = |pages_per_segment| Split {
+            room: 9,
+            pages_per_segment,
+        };
+        assert_eq!(first(long(25)).len(), 4, "99 pages left in segments of 25");
+        assert_eq!(first(long(60)).len(), 2);
+        assert_eq!(first(long(200)).len(), 1, "shorter than one segment: read serially");
         let small: Vec<(i64, u32)> = (0..150).map(|i| (i, i as u32)).collect();
         let (page, _) = list(&small, &Segment::default(), 100);
         let after_small = rest(
@@ -376,6 +456,7 @@ mod tests {
             &span(page[0].0, page[99].0, 100),
             Some("50"),
             Some(0),
+            ROOMY,
         );
         assert_eq!(after_small.len(), 1, "a rest of one page is read serially");
         let _ = objects;
