@@ -272,8 +272,12 @@ mod tests {
     }
 
     fn model(n: i64) -> Arc<Model> {
+        model_of((0..n).collect())
+    }
+
+    fn model_of(created: Vec<i64>) -> Arc<Model> {
         Arc::new(Model {
-            created: (0..n).collect(),
+            created,
             in_flight: AtomicU64::new(0),
             max_in_flight: AtomicU64::new(0),
             requests: AtomicU64::new(0),
@@ -364,12 +368,7 @@ mod tests {
     async fn a_list_it_cannot_size_costs_at_most_a_request_per_reader_per_split() {
         // Purchases older than every price: the split reaches back to
         // Stripe's launch, years too far, and most segments are empty.
-        let m = Arc::new(Model {
-            created: (0..5_000).map(|i| 1_500_000_000 + i * 1_000).collect(),
-            in_flight: AtomicU64::new(0),
-            max_in_flight: AtomicU64::new(0),
-            requests: AtomicU64::new(0),
-        });
+        let m = model_of((0..5_000).map(|i| 1_500_000_000 + i * 1_000).collect());
         let (seen, _) = read_with_floor(&m, WIDTH, 1_800_000_000).await;
         assert_eq!(seen.len(), 5_000);
         // 50 pages of data; 69 requests here, 80 when each split makes
@@ -382,12 +381,7 @@ mod tests {
     async fn a_floor_above_the_objects_still_splits_but_estimates_nothing_it_cannot_know() {
         // Purchases older than every price: the split reaches back to
         // Stripe's launch, the ETA does not (it would promise hours).
-        let m = Arc::new(Model {
-            created: (0..5_000).map(|i| 1_500_000_000 + i * 1_000).collect(),
-            in_flight: AtomicU64::new(0),
-            max_in_flight: AtomicU64::new(0),
-            requests: AtomicU64::new(0),
-        });
+        let m = model_of((0..5_000).map(|i| 1_500_000_000 + i * 1_000).collect());
         let (seen, estimate) = read_with_floor(&m, WIDTH, 1_800_000_000).await;
         assert_eq!(seen.len(), 5_000);
         assert!(m.max_in_flight.load(Ordering::SeqCst) > 1, "split anyway");
