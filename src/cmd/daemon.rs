@@ -204,20 +204,42 @@ async fn open_database(config: &Config, schedule: &Schedule, shutdown: &mut Shut
             error = %crate::secret::redact(&format!("{e:#}")),
             "run failed; the daemon goes on (the license database did not open: it is tried again at the next tick)"
         );
-        let Some(next) = schedule.next() else {
-            tracing::info!("the schedule has no further ticks; stopping");
-            return Ok(None);
-        };
-        let wait = (next - Utc::now()).to_std().unwrap_or_default();
-        tokio::select! {
-            _ = tokio::time::sleep(wait) => {}
-            _ = shutdown.recv() => {}
-        }
-        if shutdown.is_shutdown() {
-            tracing::info!("stopping on signal");
+        // Nothing serves yet, so nothing wakes the daemon but the schedule.
+        if next_trigger(schedule.next(), None, shutdown).await.is_none() {
             return Ok(None);
         }
     }
+}
+
+/// What a run waits for: `tick`, or a wake-up when `wakeups` are given;
+/// with the accounts a wake-up names. `None` (logged) when the stop comes
+/// first or the schedule has no tick left.
+async fn next_trigger(
+    tick: Option<DateTime<Utc>>,
+    wakeups: Option<&Wakeups>,
+    shutdown: &mut Shutdown,
+) -> Option<(Trigger, Option<BTreeSet<Option<String>>>)> {
+    let Some(next) = tick else {
+        tracing::info!("the schedule has no further ticks; stopping");
+        return None;
+    };
+    let wait = (next - Utc::now()).to_std().unwrap_or_default();
+    let woken = async {
+        match wakeups {
+            Some(wakeups) => wakeups.next().await,
+            None => std::future::pending().await,
+        }
+    };
+    let trigger = tokio::select! {
+        _ = tokio::time::sleep(wait) => (Trigger::Schedule, None),
+        accounts = woken => (Trigger::Webhook, Some(accounts)),
+        _ = shutdown.recv() => (Trigger::Schedule, None),
+    };
+    if shutdown.is_shutdown() {
+        tracing::info!("stopping on signal");
+        return None;
+    }
+    Some(trigger)
 }
 
 /// The runs, one at a time, until the stop (or a run that must not be
@@ -249,20 +271,9 @@ async fn runs(
     tracing::info!(schedule = %schedule, "daemon started");
     let mut tick: Option<DateTime<Utc>> = schedule.next();
     loop {
-        let Some(next) = tick else {
-            tracing::info!("the schedule has no further ticks; stopping");
+        let Some((trigger, only)) = next_trigger(tick, Some(wakeups), shutdown).await else {
             return Ok(());
         };
-        let wait = (next - Utc::now()).to_std().unwrap_or_default();
-        let (trigger, only) = tokio::select! {
-            _ = tokio::time::sleep(wait) => (Trigger::Schedule, None),
-            accounts = wakeups.next() => (Trigger::Webhook, Some(accounts)),
-            _ = shutdown.recv() => (Trigger::Schedule, None),
-        };
-        if shutdown.is_shutdown() {
-            tracing::info!("stopping on signal");
-            return Ok(());
-        }
         if trigger == Trigger::Schedule {
             // This run covers every account: wake-ups so far are served.
             wakeups.clear();
