@@ -154,22 +154,19 @@ where
                     // split's fallback) would promise hours for a young account.
                     let low = segment.gte.or(floor.filter(|f| span.oldest.is_some_and(|o| *f < o)));
                     if std::mem::take(&mut st.first) {
-                        let more = page.next_cursor().is_some();
+                        // Pages below this one: none after the last page;
+                        // unknown without a real lower bound.
+                        let left = match (page.next_cursor(), low) {
+                            (None, _) => Some(0),
+                            (Some(_), Some(_)) => Some(segments::pages_left(&span, low).max(1)),
+                            (Some(_), None) => None,
+                        };
                         if let Some(estimate) = estimate {
-                            let rest = if more {
-                                segments::pages_left(&span, low).max(1) * PAGE as u64
-                            } else {
-                                0
-                            };
+                            // The ETA counts an unknown rest as one page.
+                            let rest = left.unwrap_or(1) * PAGE as u64;
                             estimate.fetch_add(span.listed as u64 + rest, Ordering::Relaxed);
                         }
-                        // Only a real lower bound gives a size: the
-                        // fallback to Stripe's launch can be years too long.
-                        horizon.report(match (more, low) {
-                            (false, _) => Some(1),
-                            (true, Some(low)) => Some(1 + segments::pages_left(&span, Some(low)).max(1)),
-                            (true, None) => None,
-                        });
+                        horizon.report(left.map(|left| 1 + left));
                     }
                     let split = match horizon.pages_per_segment(width) {
                         Some(pages_per_segment) => Split {
@@ -190,6 +187,17 @@ where
             }
         }
     })
+}
+
+/// A short list without a `created` filter (refunds, disputes): one page
+/// at a time, never split.
+pub fn serial<P, F, Fut>(fetch: F) -> impl Stream<Item = Result<P, StripeError>> + Send + 'static
+where
+    P: Paged + Send + 'static,
+    F: Fn(Segment) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<P, StripeError>> + Send + 'static,
+{
+    pages(CreatedRange::default(), None, 1, Horizon::new(1), None, fetch)
 }
 
 /// A stream read ahead of its consumer in its own task, up to `ahead`

@@ -116,31 +116,15 @@ impl Run {
     /// Refunds and disputes; see `taken_back`.
     async fn reversals(&mut self) -> Result<()> {
         let (refunds, disputes) = (self.source.clone(), self.source.clone());
-        // Short lists, without a `created` filter here: one page at a time,
-        // never split (no floor).
-        let refunds = read::pages(
-            CreatedRange::default(),
-            None,
-            1,
-            Horizon::new(1),
-            None,
-            move |s: Segment| {
-                let source = refunds.clone();
-                async move { source.reversals_page(s.after.as_deref()).await }
-            },
-        )
+        let refunds = read::serial(move |s: Segment| {
+            let source = refunds.clone();
+            async move { source.reversals_page(s.after.as_deref()).await }
+        })
         .map(|r| r.context("reading refunds"));
-        let disputes = read::pages(
-            CreatedRange::default(),
-            None,
-            1,
-            Horizon::new(1),
-            None,
-            move |s: Segment| {
-                let source = disputes.clone();
-                async move { source.disputes_page(s.after.as_deref()).await }
-            },
-        )
+        let disputes = read::serial(move |s: Segment| {
+            let source = disputes.clone();
+            async move { source.disputes_page(s.after.as_deref()).await }
+        })
         .map(|r| r.context("reading disputes"));
         let mut ahead = Ahead::new(stream::select(refunds, disputes), AHEAD);
         while let Some(page) = ahead.next().await {
