@@ -4,6 +4,9 @@
 mod common;
 
 // `daemon --listen`: webhooks as wake-ups, in this one test binary.
+// `daemon` before its database is up.
+#[path = "incremental/daemon_database.rs"]
+mod daemon_database;
 #[path = "incremental/webhooks.rs"]
 mod webhooks;
 

@@ -18,30 +18,20 @@ use serde_json::{Value, json};
 use super::common::{TestDb, eml_files, licensync, listening};
 use super::{N, World, world};
 
-const NEW_SECRET: &str = "whsec_test_new_4f9a1c";
+pub(super) const NEW_SECRET: &str = "whsec_test_new_4f9a1c";
 const OLD_SECRET: &str = "whsec_test_old_77b2e0";
 /// Once a year: no scheduled run happens while a test looks.
 const YEARLY: &str = "0 0 0 1 1 *";
 
 /// A daemon binary listening on a free port, its log read as it comes.
-struct Daemon {
+pub(super) struct Daemon {
     child: std::process::Child,
     addr: SocketAddr,
     log: std::thread::JoinHandle<String>,
     client: Client<HttpConnector, Full<Bytes>>,
 }
 
-fn start(
-    db: &TestDb,
-    fake: &FakeStripe,
-    schedule: &str,
-    env: &[(&str, &str)],
-    mail: Option<&std::path::Path>,
-) -> Daemon {
-    start_on(&db.url, fake, schedule, env, mail)
-}
-
-fn start_on(
+pub(super) fn start(
     database_url: &str,
     fake: &FakeStripe,
     schedule: &str,
@@ -78,7 +68,13 @@ impl Daemon {
         format!("http://{}/v1/stripe/webhook", self.addr)
     }
 
-    async fn request(&self, method: &str, path: &str, body: &[u8], signature: Option<&str>) -> (u16, String) {
+    pub(super) async fn request(
+        &self,
+        method: &str,
+        path: &str,
+        body: &[u8],
+        signature: Option<&str>,
+    ) -> (u16, String) {
         let mut request = hyper::Request::builder()
             .method(method)
             .uri(format!("http://{}{path}", self.addr));
@@ -101,7 +97,7 @@ impl Daemon {
     }
 
     /// SIGTERM; the exit code and the whole log.
-    fn stop(mut self) -> (Option<i32>, String) {
+    pub(super) fn stop(mut self) -> (Option<i32>, String) {
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         let status = self.child.wait().unwrap();
         (status.code(), self.log.join().unwrap())
@@ -151,7 +147,7 @@ fn count(db: &TestDb, table: &str) -> i64 {
         .unwrap_or(0)
 }
 
-async fn until(what: &str, mut done: impl FnMut() -> bool) {
+pub(super) async fn until(what: &str, mut done: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     while !done() {
         assert!(tokio::time::Instant::now() < deadline, "timed out waiting: {what}");
@@ -189,7 +185,7 @@ async fn webhooks_wake_the_daemon_and_only_a_valid_signature_counts() {
     let outbox = tempfile::tempdir().unwrap();
     let secrets = format!("{NEW_SECRET},{OLD_SECRET}");
     let daemon = start(
-        &w.db,
+        &w.db.url,
         &w.fake,
         YEARLY,
         &[("LICENSYNC_WEBHOOK_SECRET", &secrets)],
@@ -340,7 +336,7 @@ async fn a_webhook_wakes_its_own_account_only() {
     let [a, b] = [accounts[0].stripe_account_id(), accounts[1].stripe_account_id()];
     let both = format!("{a},{b}");
     let daemon = start(
-        &db,
+        &db.url,
         &fake,
         YEARLY,
         &[
@@ -391,7 +387,7 @@ async fn the_schedule_keeps_running_beside_webhooks_and_the_key_api() {
     assert!(generated.status.success());
     let signing = keys.path().join("keys/signing.key");
     let daemon = start(
-        &w.db,
+        &w.db.url,
         &w.fake,
         "*/2 * * * * *",
         &[
@@ -457,55 +453,6 @@ async fn the_schedule_keeps_running_beside_webhooks_and_the_key_api() {
     let (code, log) = daemon.stop();
     assert_eq!(code, Some(0), "{log}");
     assert!(!log.contains(&key), "a license key reached the log");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_daemon_started_before_its_database_waits_for_it() {
-    let w = world().await;
-    // The daemon's database does not exist yet: every attempt to open it
-    // fails until it is created, as while PostgreSQL is still starting.
-    let later = format!("{}_later", w.db.name);
-    let url = w.db.url.replace(&w.db.name, &later);
-    let admin = w.db.url.replace(&w.db.name, "postgres");
-    let creator = {
-        let (admin, later) = (admin.clone(), later.clone());
-        std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_millis(2500));
-            let mut conn = PgConnection::establish(&admin).unwrap();
-            diesel::sql_query(format!("CREATE DATABASE {later}"))
-                .execute(&mut conn)
-                .unwrap();
-        })
-    };
-    // It serves once the database opens (this waits for it).
-    let daemon = start_on(
-        &url,
-        &w.fake,
-        "* * * * * *",
-        &[("LICENSYNC_WEBHOOK_SECRET", NEW_SECRET)],
-        None,
-    );
-    creator.join().unwrap();
-    let licenses = || {
-        diesel::sql_query("SELECT count(*) AS n FROM licenses")
-            .load::<N>(&mut PgConnection::establish(&url).unwrap())
-            .map(|r| r[0].n)
-            .unwrap_or(0)
-    };
-    until("the first run after the database opened", || licenses() == 2).await;
-    assert_eq!(daemon.request("GET", "/healthz", b"", None).await.0, 200);
-    let (code, log) = daemon.stop();
-    assert_eq!(code, Some(0), "{log}");
-    let failed = log
-        .lines()
-        .filter(|line| line.contains("run failed; the daemon goes on") && line.contains("does not exist"))
-        .count();
-    assert!(
-        failed >= 2,
-        "each tick before the database existed failed and was logged: {log}"
-    );
-    let _ = diesel::sql_query(format!("DROP DATABASE IF EXISTS {later} WITH (FORCE)"))
-        .execute(&mut PgConnection::establish(&admin).unwrap());
 }
 
 #[derive(QueryableByName)]
