@@ -2,8 +2,8 @@
 //! each reached with its own API key, and the connected accounts of a Connect
 //! platform, reached with the platform's key and a `Stripe-Account` header.
 //!
-//! Each account has its own objects, id counters, events, injected faults and
-//! rate limits; the clock, the latency and the request log are the server's.
+//! Each account has its own objects, id counters, events, injected faults,
+//! rate limits, write permission and idempotency keys; the clock, the latency and the request log are the server's.
 //! The server resolves a request's account from its headers ([`Accounts::address`])
 //! before it locks that account's state, so accounts never wait on each other.
 
@@ -17,6 +17,7 @@ use crate::LoggedRequest;
 use crate::conditions::{Conditions, Limits};
 use crate::state::{DEFAULT_NOW, State};
 use crate::wire::ApiError;
+use crate::writes::Writes;
 
 /// The request header of Stripe Connect that names the connected account a
 /// platform's request acts on.
@@ -33,6 +34,8 @@ pub(crate) struct Account {
     pub platform: Option<String>,
     state: Mutex<State>,
     pub limits: Limits,
+    /// Its key's write permission, idempotency keys and applied metadata writes.
+    pub writes: Writes,
     revoked: AtomicBool,
     clock: Arc<AtomicI64>,
 }
@@ -45,6 +48,7 @@ impl Account {
             api_key,
             platform,
             limits: Limits::default(),
+            writes: Writes::default(),
             revoked: AtomicBool::new(false),
             clock,
         }

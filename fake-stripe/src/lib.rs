@@ -28,12 +28,47 @@
 //!   (`ii_` and the line's number), listed at `/v1/invoiceitems` by its `date`;
 //!   subscription invoices have none. An invoice without a customer gets none
 //!   (an invoice item needs one). Invoice items record no events.
+//! - the only writes are the metadata updates of licensync's write-back:
+//!   `POST /v1/subscription_items/{id}`, `/v1/payment_intents/{id}` and
+//!   `/v1/invoices/{id}` with a form body of `metadata[KEY]=VALUE` pairs. As
+//!   in Stripe, the pairs are merged into the object's `metadata` and an empty
+//!   value unsets its key; any other parameter is 400 `parameter_unknown`
+//!   (`expand[]`, which Stripe takes, included; `metadata=`, Stripe's way to
+//!   unset every key, is 400 too); Stripe's limits (50 keys, keys of 40
+//!   characters, values of 500) are checked on the merged metadata, and a
+//!   write over them is 400 and changes nothing; an
+//!   unknown id is 404 `resource_missing`, an object of a generated account
+//!   (computed, not stored) 400. An applied write goes through
+//!   [`FakeStripe::update`]'s path, so it records the usual event (a
+//!   subscription item's `customer.subscription.updated`,
+//!   `payment_intent.updated`, `invoice.updated`, with the request's id and
+//!   idempotency key in `request`) and delivers it as a webhook; a write that
+//!   changes nothing records none. The answer is 200 with the object as its
+//!   GET serves it, unexpanded;
+//! - an `Idempotency-Key` is remembered per account with the first request's
+//!   path and body and its answer, for the life of the account (Stripe keeps
+//!   keys at least 24 hours): the same request again replays that answer with
+//!   `Idempotent-Replayed: true` and changes nothing, another request with it
+//!   is 400 `idempotency_error`. Every answer of the endpoint (2xx and 4xx,
+//!   also when a latency, pass or truncated-body fault let it through) is
+//!   remembered; a rate limit's or an injected fault's answer (429, 5xx,
+//!   dropped connection, HTML) never reaches it and is not. Stripe does not
+//!   save answers to parameters that fail validation; the fake does, so that
+//!   a replay shows the same 400. A 403 of [`FakeStripe::deny_writes`] is not
+//!   remembered (it is the key's, checked before the endpoint runs);
+//! - [`FakeStripe::deny_writes`] makes the account's key a restricted key
+//!   that may read but not write: every write is 403 naming the permission
+//!   (`rak_subscription_write`, `rak_payment_intent_write`, `rak_invoice_write`);
+//! - [`FakeStripe::metadata_writes`] lists every write the endpoint accepted
+//!   (200, no-ops included, so that a test sees a redundant write), not
+//!   replays nor refusals.
 //!
 //! One server serves several accounts, as Stripe does (see [`FakeStripe::connect_account`]
 //! and [`FakeStripe::add_account`]): a request's key selects a top-level account and
 //! Stripe Connect's `Stripe-Account` header one of its connected accounts. Each account
 //! has its own objects, id counters (so ids may coincide across accounts), events,
-//! faults and rate limits; the clock, the latency and the request log are the server's.
+//! faults, rate limits, write permission, idempotency keys and metadata writes;
+//! the clock, the latency and the request log are the server's.
 
 // Large json! literals (Stripe objects have many fields) need a deeper macro recursion.
 #![recursion_limit = "256"]
@@ -47,6 +82,7 @@ mod server;
 mod state;
 mod webhooks;
 mod wire;
+mod writes;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -299,6 +335,19 @@ pub struct CreatedInvoice {
     pub payment_intent: Option<String>,
 }
 
+/// A metadata write the server accepted ([`FakeStripe::metadata_writes`]):
+/// one POST to `/v1/subscription_items/{id}`, `/v1/payment_intents/{id}` or
+/// `/v1/invoices/{id}` answered 200, whether or not it changed the object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetadataWrite {
+    /// The id of the object written.
+    pub object: String,
+    /// The `metadata[KEY]=VALUE` pairs sent, decoded; an empty value unsets its key.
+    pub metadata: BTreeMap<String, String>,
+    /// The request's `Idempotency-Key` header.
+    pub idempotency_key: Option<String>,
+}
+
 /// One request the server received. `status` is 0 when a fault dropped the connection.
 #[derive(Debug, Clone)]
 pub struct LoggedRequest {
@@ -495,6 +544,32 @@ impl FakeStripe {
     /// Whether [`FakeStripe::revoke`] was called on this account.
     pub fn revoked(&self) -> bool {
         self.account.is_revoked()
+    }
+
+    /// Makes this account's key a restricted key without write permission
+    /// (or, with `false`, gives the permission back): while on, every
+    /// metadata write for the account is answered 403 `invalid_request_error`,
+    /// `The provided key 'sk_test_****6789' does not have the required
+    /// permissions for this endpoint on account 'acct_...'. Having the
+    /// 'rak_subscription_write' permission would allow this request to
+    /// continue.` (the key masked; `rak_payment_intent_write`,
+    /// `rak_invoice_write` for the other endpoints), and changes nothing. Reads are still served. For a
+    /// connected account it refuses the writes that name it in `Stripe-Account`.
+    pub fn deny_writes(&self, on: bool) {
+        self.account.writes.deny(on)
+    }
+
+    /// The metadata writes this account accepted, in order: every POST that
+    /// was answered 200 and was not an idempotent replay, including those
+    /// that changed nothing. A write with `Stripe-Account` is its connected
+    /// account's.
+    pub fn metadata_writes(&self) -> Vec<MetadataWrite> {
+        self.account.writes.applied()
+    }
+
+    /// Forgets this account's metadata writes (not its idempotency keys).
+    pub fn clear_metadata_writes(&self) {
+        self.account.writes.clear_applied()
     }
 
     /// The account for a step that stores a purchase or changes one, which a

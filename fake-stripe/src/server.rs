@@ -1,7 +1,8 @@
-//! The HTTP side: an axum router for the read endpoints, wrapped in a hyper
-//! service that resolves the request's account from its key and
-//! `Stripe-Account` header, applies that account's rate limits and injected
-//! faults, stamps `Request-Id` and logs every request. Serving through hyper directly (rather
+//! The HTTP side: an axum router for the read endpoints and the metadata
+//! writes (`writes`), wrapped in a hyper service that resolves the request's
+//! account from its key and `Stripe-Account` header, applies that account's
+//! rate limits and injected faults, stamps `Request-Id` and logs every
+//! request, reads and writes alike. Serving through hyper directly (rather
 //! than `axum::serve`) is what lets a fault close a connection without answering:
 //! a service error makes hyper drop the connection.
 
@@ -14,7 +15,7 @@ use axum::Extension;
 use axum::Router;
 use axum::body::{Body, Bytes, HttpBody};
 use axum::extract::{Path, RawQuery};
-use axum::http::{HeaderValue, Method, Request, Response, StatusCode, Uri, header};
+use axum::http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, header};
 use axum::routing::get;
 use hyper::body::{Frame, Incoming};
 use hyper_util::rt::TokioIo;
@@ -26,10 +27,16 @@ use tower::ServiceExt;
 use crate::accounts::{Account, Accounts};
 use crate::api;
 use crate::wire::ApiError;
+use crate::writes::{self, IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED, WriteRequest};
 use crate::{FaultKind, LoggedRequest};
 
 /// The account a request is served from, handed to the router's handlers.
 type Served = Extension<Arc<Account>>;
+
+/// A request's `Request-Id`, handed to the router's handlers: the events a
+/// write records name it.
+#[derive(Clone)]
+struct RequestId(String);
 
 /// The accept loop; aborted when the last [`crate::FakeStripe`] clone goes away.
 pub(crate) struct ServerTask {
@@ -176,6 +183,7 @@ async fn handle(
                     None => {
                         let mut req = req.map(Body::new);
                         req.extensions_mut().insert(account.clone());
+                        req.extensions_mut().insert(RequestId(request_id.clone()));
                         match router.oneshot(req).await {
                             Ok(resp) => resp,
                             Err(never) => match never {},
@@ -257,6 +265,42 @@ fn reply(result: Result<Value, ApiError>) -> Response<Body> {
     }
 }
 
+/// A write's answer, with Stripe's idempotency headers: the key echoed,
+/// and `Idempotent-Replayed: true` on a replay.
+fn write_reply(answer: writes::Answer, idempotency_key: Option<&str>) -> Response<Body> {
+    let mut resp = json_response(answer.status, &answer.body);
+    let headers = resp.headers_mut();
+    if let Some(key) = idempotency_key.and_then(|k| HeaderValue::from_str(k).ok()) {
+        headers.insert(IDEMPOTENCY_KEY, key);
+    }
+    if answer.replayed {
+        headers.insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
+    }
+    resp
+}
+
+/// `POST /v1/<collection>/{id}` of a type that takes metadata writes.
+fn post_write(
+    ty: &str,
+    account: &Account,
+    request_id: &RequestId,
+    id: &str,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Response<Body> {
+    let idempotency_key = headers.get(IDEMPOTENCY_KEY).and_then(|v| v.to_str().ok());
+    let req = WriteRequest {
+        ty,
+        id,
+        path: uri.path(),
+        body,
+        idempotency_key,
+        request_id: &request_id.0,
+    };
+    write_reply(writes::write(account, &req), idempotency_key)
+}
+
 /// Collections served at `/v1/<path>` and `/v1/<path>/{id}`, with their object type.
 const COLLECTIONS: &[(&str, &str)] = &[
     ("/v1/products", "product"),
@@ -284,14 +328,27 @@ fn router() -> Router {
                     reply(api::list(&account.lock(), ty, path, q.as_deref()))
                 }),
             )
-            .route(
-                &format!("{path}/{{id}}"),
-                get(
+            .route(&format!("{path}/{{id}}"), {
+                let one = get(
                     move |Extension(account): Served, Path(id): Path<String>, RawQuery(q): RawQuery| async move {
                         reply(api::retrieve(&account.lock(), ty, &id, q.as_deref()))
                     },
-                ),
-            );
+                );
+                if writes::writable(ty) {
+                    one.post(
+                        move |account: Served,
+                              request_id: Extension<RequestId>,
+                              id: Path<String>,
+                              uri: Uri,
+                              headers: HeaderMap,
+                              body: Bytes| async move {
+                            post_write(ty, &account, &request_id, &id, &uri, &headers, &body)
+                        },
+                    )
+                } else {
+                    one
+                }
+            });
     }
     let children: [(&str, &str, &str, &str); 2] = [
         (
@@ -325,7 +382,9 @@ fn router() -> Router {
 
 async fn unrecognized(method: Method, uri: Uri) -> Response<Body> {
     let message = format!(
-        "Unrecognized request URL ({method}: {}). fake-stripe serves the read endpoints licensync uses.",
+        "Unrecognized request URL ({method}: {}). fake-stripe serves the read endpoints licensync uses \
+         and the metadata writes of its write-back (POST /v1/subscription_items/{{id}}, \
+         /v1/payment_intents/{{id}}, /v1/invoices/{{id}}).",
         uri.path()
     );
     error_response(ApiError::new(404, "invalid_request_error", None, message, None))

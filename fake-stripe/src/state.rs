@@ -169,6 +169,11 @@ pub(crate) struct State {
     /// A scratch build's read-only catalog (products and prices by id),
     /// shared by the builds of one request instead of copied into each.
     pub catalog: Option<Arc<Catalog>>,
+    /// The API request (its `Request-Id` and `Idempotency-Key`) whose change
+    /// is being recorded, set by a metadata write for the length of its
+    /// change: its events name it in `request`, as Stripe's events of API
+    /// changes do. `None` for scenario steps, whose events name none.
+    pub api_request: Option<(String, Option<String>)>,
 }
 
 impl State {
@@ -189,6 +194,7 @@ impl State {
             generated: None,
             history_only: None,
             catalog: None,
+            api_request: None,
         }
     }
 
@@ -390,13 +396,17 @@ impl State {
             return;
         }
         let id = self.next_id("evt");
+        let request = match &self.api_request {
+            Some((id, idempotency_key)) => json!({"id": id, "idempotency_key": idempotency_key}),
+            None => json!({"id": null, "idempotency_key": null}),
+        };
         let mut event = template("event");
         set(
             &mut event,
             json!({
                 "id": id, "api_version": API_VERSION, "created": self.now,
                 "data": {"object": object}, "livemode": self.livemode, "pending_webhooks": 0,
-                "request": {"id": null, "idempotency_key": null}, "type": ty,
+                "request": request, "type": ty,
             }),
         );
         if let Some(webhooks) = &self.webhooks {

@@ -4,7 +4,7 @@
 #![allow(dead_code)] // each test binary uses a different part
 
 use fake_stripe::FakeStripe;
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Bytes;
 use hyper::header::HeaderMap;
 use hyper_util::client::legacy::Client;
@@ -82,4 +82,51 @@ pub fn ids(list: &Value) -> Vec<String> {
         .iter()
         .map(|o| o["id"].as_str().unwrap().to_owned())
         .collect()
+}
+
+/// POST a form body with exactly these request headers.
+pub async fn post_with_headers(
+    base: &str,
+    headers: &[(&str, &str)],
+    path: &str,
+    body: &str,
+) -> Result<Reply, hyper_util::client::legacy::Error> {
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let mut req =
+        hyper::Request::post(format!("{base}{path}")).header("content-type", "application/x-www-form-urlencoded");
+    for (name, value) in headers {
+        req = req.header(*name, *value);
+    }
+    let resp = client
+        .request(req.body(Full::new(Bytes::from(body.to_owned()))).unwrap())
+        .await?;
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    let text = String::from_utf8(bytes.to_vec()).unwrap();
+    let body = serde_json::from_str(&text).unwrap_or(Value::Null);
+    Ok(Reply {
+        status,
+        headers,
+        text,
+        body,
+    })
+}
+
+/// POST a form body as licensync's client reaches the fake's account (its
+/// key and, for a connected account, `Stripe-Account`), with an optional
+/// `Idempotency-Key`; panics on transport errors.
+pub async fn try_post(fake: &FakeStripe, path: &str, body: &str, idempotency_key: Option<&str>) -> Reply {
+    let auth = format!("Bearer {}", fake.api_key());
+    let account = fake.account_id();
+    let mut headers = vec![("authorization", auth.as_str())];
+    if let Some(account) = &account {
+        headers.push(("stripe-account", account.as_str()));
+    }
+    if let Some(key) = idempotency_key {
+        headers.push(("idempotency-key", key));
+    }
+    post_with_headers(&fake.base_url(), &headers, path, body)
+        .await
+        .expect("request reaches the fake")
 }
