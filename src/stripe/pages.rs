@@ -191,7 +191,7 @@ impl StripeSource {
             builder.query = Some(starting_after(builder.query.take(), cursor));
         }
         let path = format!("/v1{}", builder.path);
-        let body = self.transport.send(&builder, None, None).await?;
+        let body = self.transport.send(&builder, None, None, None).await?;
         decode(&body, &path, whole)
     }
 

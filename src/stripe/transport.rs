@@ -271,11 +271,14 @@ impl Transport {
     /// a 2xx answer, or the reason there is none. backon retries what
     /// `attempt_once` calls retryable, waiting the server's `Retry-After`
     /// when it gave one, else the backoff.
+    /// A POST carries `idempotency_key`, or a random one, the same for every
+    /// attempt.
     pub async fn send(
         &self,
         request: &RequestBuilder,
         timeout: Option<Duration>,
         account: Option<&str>,
+        idempotency_key: Option<&str>,
     ) -> Result<Bytes, StripeError> {
         let method = method_of(request.method);
         let path = format!("/v1{}", request.path);
@@ -286,7 +289,8 @@ impl Transport {
         }
         let call = Call {
             // One key for every attempt, so a retried POST cannot apply twice.
-            idempotency_key: (method == Method::POST).then(|| IdempotencyKey::new_uuid_v4().into_inner()),
+            idempotency_key: (method == Method::POST)
+                .then(|| idempotency_key.map_or_else(|| IdempotencyKey::new_uuid_v4().into_inner(), str::to_owned)),
             method,
             path,
             uri,
@@ -463,8 +467,9 @@ impl Transport {
 impl StripeClient for Transport {
     type Err = StripeError;
 
-    /// async-stripe's per-request timeout and account overrides are honoured;
-    /// its request strategy is not: retries are this transport's policy.
+    /// async-stripe's per-request timeout and account overrides are honoured,
+    /// and the idempotency key of its request strategy; the rest of the
+    /// strategy is not: retries are this transport's policy.
     fn execute(
         &self,
         req: CustomizedStripeRequest,
@@ -472,7 +477,9 @@ impl StripeClient for Transport {
         let (request, overrides) = req.into_pieces();
         async move {
             let account = overrides.account_id.as_ref().map(|a| a.as_str().to_owned());
-            self.send(&request, overrides.timeout, account.as_deref()).await
+            let key = overrides.request_strategy.as_ref().and_then(|s| s.get_key());
+            let key = key.as_ref().map(|k| k.as_str());
+            self.send(&request, overrides.timeout, account.as_deref(), key).await
         }
     }
 }
