@@ -162,6 +162,7 @@ fn seed(store: &Store, n: usize) -> Result<(Vec<String>, Vec<String>)> {
                     after: serde_json::to_value(&state).expect("state serializes"),
                     stripe_object: format!("sub_{i}"),
                     email: None,
+                    write_back: None,
                 }
             })
             .collect();

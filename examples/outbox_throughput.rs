@@ -139,6 +139,7 @@ fn queue(store: &Store, n: usize) -> Result<()> {
                 after: serde_json::to_value(&state).expect("a license state is JSON"),
                 stripe_object: format!("sub_bench_{i}"),
                 email: Some(EmailStatus::Pending),
+                write_back: None,
             }
         })
         .collect();

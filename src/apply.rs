@@ -8,7 +8,7 @@ use std::collections::HashMap;
 
 use anyhow::Result;
 
-use crate::domain::{EmailStatus, GrantKey};
+use crate::domain::{ActionKind, EmailStatus, GrantKey, WriteTo};
 use crate::keys::new_license_key;
 use crate::plan::{Action, IssueEmail};
 use crate::store::models::NewLicenseRow;
@@ -25,7 +25,15 @@ pub struct Applied {
 /// Writes `actions` (one page) in one transaction; returns them with their
 /// license ids and keys, in the same order: `None` for an action left alone
 /// because an operator changed the license's override after it was planned.
-pub fn apply_page(store: &Store, run_id: Option<i64>, actions: &[Action]) -> Result<Vec<Option<Applied>>> {
+///
+/// With `write_back` (`--stripe-write-back`), every issued license queues
+/// the write of its key onto its Stripe object in the same transaction.
+pub fn apply_page(
+    store: &Store,
+    run_id: Option<i64>,
+    actions: &[Action],
+    write_back: bool,
+) -> Result<Vec<Option<Applied>>> {
     if actions.is_empty() {
         return Ok(Vec::new());
     }
@@ -60,6 +68,7 @@ pub fn apply_page(store: &Store, run_id: Option<i64>, actions: &[Action]) -> Res
                     (IssueEmail::Silent, Some(_)) => EmailStatus::Skipped,
                     (IssueEmail::Send, Some(_)) => EmailStatus::Pending,
                 }),
+                write_back: write_back_of(action, write_back),
             }
         })
         .collect();
@@ -86,4 +95,13 @@ pub fn apply_page(store: &Store, run_id: Option<i64>, actions: &[Action]) -> Res
             applied
         })
         .collect())
+}
+
+/// The Stripe object an action's key is written onto: only an issue makes
+/// a key in a run (a reissue is an operator's, `crate::operator`).
+pub fn write_back_of(action: &Action, write_back: bool) -> Option<WriteTo> {
+    if !write_back || action.kind != ActionKind::Issue {
+        return None;
+    }
+    WriteTo::for_grant(&action.grant, action.after.stripe_payment_intent.as_deref())
 }

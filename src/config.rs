@@ -46,6 +46,8 @@ pub struct Config {
     pub accounts: AccountSettings,
     /// `--account-concurrency`.
     pub account_concurrency: usize,
+    /// `--stripe-write-back`: keys are written onto their Stripe objects.
+    pub stripe_write_back: bool,
 }
 
 impl Config {
@@ -107,6 +109,7 @@ impl Config {
                 file: s.accounts_file.clone().filter(|p| !p.as_os_str().is_empty()),
             },
             account_concurrency: usize::from(s.account_concurrency),
+            stripe_write_back: s.stripe_write_back,
         })
     }
 

@@ -36,3 +36,4 @@ pub mod stripe;
 #[cfg(test)]
 mod tests;
 pub mod values;
+pub mod write_back;

@@ -22,10 +22,10 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 
-use crate::domain::EmailStatus;
+use crate::domain::{EmailStatus, WriteStatus};
 use crate::reconcile::Report;
 use crate::reconcile::fleet::{AccountOutcome, Fleet};
-use crate::store::{OutboxCounts, Store};
+use crate::store::{OutboxCounts, Store, WriteCounts};
 
 /// Why a run was refused before it read or wrote anything
 /// (`licensync_last_run_refused{reason}`).
@@ -99,6 +99,9 @@ pub struct Snapshot {
     pub emails: OutboxCounts,
     /// When the oldest email still pending was queued.
     pub oldest_pending_email: Option<DateTime<Utc>>,
+    /// The write-back queue (`--stripe-write-back`); its metric is left out
+    /// while the queue has never held a row.
+    pub stripe_writes: WriteCounts,
 }
 
 impl Snapshot {
@@ -111,6 +114,7 @@ impl Snapshot {
             licenses: store.license_counts()?,
             emails: store.outbox_counts()?,
             oldest_pending_email: store.oldest_pending_email()?,
+            stripe_writes: store.stripe_write_counts()?,
         })
     }
 }
@@ -305,6 +309,10 @@ impl Collector for SnapshotCollector {
             "Seconds since the oldest email still pending was queued (0: none pending).",
         );
         let mut licenses = Family::new("licensync_licenses", "Licenses by status.");
+        let mut writes = Family::new(
+            "licensync_stripe_writes",
+            "License keys written back onto Stripe objects (--stripe-write-back), by status.",
+        );
         for (account, s) in &self.0 {
             last_run.add(account, &[], s.now.timestamp());
             let succeeded = matches!(&s.last_run, LastRun::Ran(run) if run.succeeded);
@@ -345,6 +353,16 @@ impl Collector for SnapshotCollector {
             for (k, v) in &s.licenses {
                 licenses.add(account, &[("status", k.as_str())], *v);
             }
+            let w = &s.stripe_writes;
+            if w.pending + w.sent + w.refused > 0 {
+                for (status, n) in [
+                    (WriteStatus::Pending, w.pending),
+                    (WriteStatus::Sent, w.sent),
+                    (WriteStatus::Refused, w.refused),
+                ] {
+                    writes.add(account, &[("status", status.as_ref())], n);
+                }
+            }
         }
         for family in [
             last_run,
@@ -358,6 +376,7 @@ impl Collector for SnapshotCollector {
             emails,
             oldest,
             licenses,
+            writes,
         ] {
             family.encode(&mut encoder)?;
         }
@@ -397,6 +416,7 @@ mod tests {
                 skipped: 2,
             },
             oldest_pending_email: Some(at(1_800_000_000 - 125)),
+            stripe_writes: WriteCounts::default(),
         }
     }
 
@@ -454,6 +474,26 @@ mod tests {
         assert!(text.contains("licensync_last_run_success 0\n"), "{text}");
         assert!(text.contains("licensync_licenses{status=\"active\"} 2\n"), "{text}");
         assert!(!text.contains("licensync_run_"), "{text}");
+    }
+
+    #[test]
+    fn write_back_is_counted_by_status_once_it_queued_anything() {
+        let mut s = snapshot(LastRun::Ran(ran()));
+        assert!(!encode(&s).contains("licensync_stripe_writes"), "write-back never used");
+        s.stripe_writes = WriteCounts {
+            pending: 3,
+            sent: 40,
+            refused: 1,
+            last_error: None,
+        };
+        let text = encode(&s);
+        for line in [
+            "licensync_stripe_writes{status=\"pending\"} 3",
+            "licensync_stripe_writes{status=\"sent\"} 40",
+            "licensync_stripe_writes{status=\"refused\"} 1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing `{line}` in:\n{text}");
+        }
     }
 
     #[test]

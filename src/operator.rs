@@ -28,6 +28,7 @@ use serde_json::{Value, json};
 
 use crate::domain::{
     EmailKind, HeldStatus, HeldValues, License, LicenseState, LicenseStatus, OperatorAction, Override, Timestamp,
+    WriteTo,
 };
 use crate::error::usage;
 use crate::plan::apply_override;
@@ -70,6 +71,9 @@ pub struct Request {
     pub reason: Option<String>,
     pub by: String,
     pub now: Timestamp,
+    /// `--stripe-write-back`: a reissued key is written onto the license's
+    /// Stripe object too.
+    pub write_back: bool,
 }
 
 /// What `command` writes to `license`, or a usage error saying why not.
@@ -170,6 +174,10 @@ pub fn decide(license: &License, request: &Request) -> Result<OperatorWrite> {
         old.insert("key".into(), Value::String(license.key.clone()));
         obj.insert("key".into(), Value::String(key.clone()));
     }
+    let write_back = new_key
+        .as_ref()
+        .filter(|_| request.write_back)
+        .and_then(|_| WriteTo::for_grant(&license.grant, license.state.stripe_payment_intent.as_deref()));
     Ok(OperatorWrite {
         action,
         state,
@@ -180,6 +188,7 @@ pub fn decide(license: &License, request: &Request) -> Result<OperatorWrite> {
         reason: reason.map(str::to_owned),
         operator: request.by.clone(),
         email,
+        write_back,
     })
 }
 

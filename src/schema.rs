@@ -117,6 +117,25 @@ diesel::table! {
 }
 
 diesel::table! {
+    stripe_writes (id) {
+        id -> Int8,
+        account_key -> Text,
+        target_kind -> Text,
+        target_id -> Text,
+        source_kind -> Text,
+        purchase -> Text,
+        status -> Text,
+        sent_metadata -> Nullable<Jsonb>,
+        attempts -> Int4,
+        last_error -> Nullable<Text>,
+        next_attempt_at -> Timestamptz,
+        sent_at -> Nullable<Timestamptz>,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
     sync_state (name) {
         name -> Text,
         value -> Text,
@@ -141,5 +160,6 @@ diesel::allow_tables_to_appear_in_same_query!(
     licenses,
     machine_activations,
     runs,
+    stripe_writes,
     sync_state,
 );

@@ -205,4 +205,10 @@ pub struct Settings {
         value_parser = clap::value_parser!(u16).range(1..)
     )]
     pub account_concurrency: u16,
+
+    /// Write each issued or reissued key into the metadata of its Stripe object (subscription item,
+    /// payment intent or one-off invoice) for support to see in the Dashboard. Needs write permission
+    /// on those objects, and shows the keys to everyone with Dashboard access.
+    #[arg(long, env = "LICENSYNC_STRIPE_WRITE_BACK", global = true)]
+    pub stripe_write_back: bool,
 }

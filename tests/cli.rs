@@ -72,6 +72,7 @@ fn licenses_list_json_has_every_field_of_the_contract() {
                 after: serde_json::to_value(&state).unwrap(),
                 stripe_object: "cs_1".into(),
                 email: None,
+                write_back: None,
             }],
         )
         .unwrap();

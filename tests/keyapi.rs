@@ -175,6 +175,7 @@ fn seed(db: &TestDb, n: usize, edit: impl FnOnce(&mut LicenseState)) -> String {
         after: serde_json::to_value(&state).unwrap(),
         stripe_object: format!("cs_{n}"),
         email: None,
+        write_back: None,
     };
     db.store.write_page(None, &[write]).unwrap();
     key

@@ -44,6 +44,7 @@ fn write(key: &str, item: &str, email: Option<&str>) -> LicenseWrite {
         } else {
             EmailStatus::NoRecipient
         }),
+        write_back: None,
     }
 }
 
@@ -85,6 +86,7 @@ fn migrations_apply_and_roll_back_on_a_real_server() {
             "licenses",
             "machine_activations",
             "runs",
+            "stripe_writes",
             "sync_state"
         ]
     );
@@ -270,6 +272,7 @@ fn a_page_refreshes_the_stripe_side_of_an_override_and_leaves_alone_a_license_an
         reason: Some("enterprise deal".into()),
         by: "alice".into(),
         now: Utc::now(),
+        write_back: false,
     };
     let pinned = db
         .store

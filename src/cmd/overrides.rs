@@ -132,6 +132,7 @@ async fn operate(
         reason,
         by: operator::operator_name(who.by.as_deref())?,
         now: Utc::now(),
+        write_back: config.stripe_write_back,
     };
     let db = open_migrated(config)?;
     let done = db

@@ -191,6 +191,7 @@ pub async fn reconcile_in(
             mail_since: config.mail_since,
         },
         mail_max_attempts: config.mail_max_attempts,
+        write_back: config.stripe_write_back,
         report_actions: args.report_actions,
     };
     if !several && let (Some(account), Some(mail)) = (accounts.first(), mails.pop()) {

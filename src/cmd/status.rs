@@ -30,6 +30,8 @@ fn status(store: &Store, output: Output) -> Result<()> {
     let licenses = store.license_counts()?;
     let under_override = store.override_count()?;
     let emails = store.outbox_counts()?;
+    // Shown once write-back (`--stripe-write-back`) has queued anything.
+    let writes = Some(store.stripe_write_counts()?).filter(|w| w.pending + w.sent + w.refused > 0);
     let now = Utc::now();
     let cursor_json = |cursor: &Option<(String, chrono::DateTime<Utc>)>| {
         cursor.as_ref().map(|(value, updated_at)| {
@@ -62,7 +64,7 @@ fn status(store: &Store, output: Output) -> Result<()> {
                     })
                 })
                 .collect();
-            let report = json!({
+            let mut report = json!({
                 "runs": runs,
                 "cursor": cursor_json(&cursor),
                 "licenses": licenses,
@@ -70,6 +72,9 @@ fn status(store: &Store, output: Output) -> Result<()> {
                 "emails": emails,
                 "accounts": by_account,
             });
+            if let Some(writes) = &writes {
+                report["stripe_writes"] = serde_json::to_value(writes)?;
+            }
             println!("{}", serde_json::to_string_pretty(&report)?);
         }
         Output::Text => {
@@ -111,6 +116,19 @@ fn status(store: &Store, output: Output) -> Result<()> {
                 "Emails: {} pending, {} sent, {} failed, {} without recipient, {} skipped (before --mail-since)",
                 emails.pending, emails.sent, emails.failed, emails.no_recipient, emails.skipped
             )?;
+            if let Some(w) = &writes {
+                writeln!(
+                    out,
+                    "Stripe write-back: {} pending, {} written, {} refused{}",
+                    w.pending,
+                    w.sent,
+                    w.refused,
+                    w.last_error
+                        .as_deref()
+                        .map(|e| format!("; waiting because: {e}"))
+                        .unwrap_or_default()
+                )?;
+            }
             if accounts.len() > 1 {
                 writeln!(out, "By account:")?;
                 for (account, last_run, cursor, licenses, emails) in &accounts {

@@ -14,9 +14,11 @@ mod email;
 mod grant;
 mod license;
 mod terms;
+mod write_back;
 
 pub use change::*;
 pub use email::*;
 pub use grant::*;
 pub use license::*;
 pub use terms::*;
+pub use write_back::*;

@@ -16,6 +16,7 @@ fn request(command: Command) -> Request {
         reason: Some("ticket 12".to_owned()),
         by: "alice".to_owned(),
         now: day(2),
+        write_back: false,
     }
 }
 
@@ -164,6 +165,27 @@ fn a_reissue_changes_only_the_key_keeps_the_override_and_mails_the_new_key() {
     assert_eq!(write.new_key.as_deref(), Some("NEWKY-AAAAA-BBBBB-CCCCC-DDDDD"));
     assert_eq!(write.email, Some(crate::domain::EmailKind::KeyReissued));
     assert_eq!(write.before["key"], l.key.as_str());
+    assert_eq!(write.write_back, None, "write-back is off");
+    let on = Request {
+        write_back: true,
+        ..request(Command::Reissue {
+            new_key: "NEWKY-AAAAA-BBBBB-CCCCC-DDDDD".into(),
+        })
+    };
+    let to = decide(&l, &on)
+        .unwrap()
+        .write_back
+        .expect("the new key is written back");
+    assert_eq!(to.target_id, l.grant.source_id, "onto the subscription item");
+    let suspend = Request {
+        write_back: true,
+        ..request(Command::Suspend)
+    };
+    assert_eq!(
+        decide(&l, &suspend).unwrap().write_back,
+        None,
+        "only a new key is written"
+    );
 }
 
 #[test]

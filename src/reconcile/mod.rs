@@ -66,7 +66,7 @@ use anyhow::{Result, anyhow};
 use chrono::Utc;
 
 pub use policy::{Action, Interrupted, Outcome, error_policy};
-pub use report::{Report, ReportAction, ReportSkip, TEXT_ACTIONS, render_json, render_text};
+pub use report::{Report, ReportAction, ReportSkip, TEXT_ACTIONS, WriteBackReport, render_json, render_text};
 pub use scope::{EVENT_RETENTION, EVENTS_CURSOR, EventCursor, OVERLAP, RunMode, Scope};
 
 use crate::delivery::deliver_due;
@@ -75,7 +75,7 @@ use crate::error::{Failure, usage};
 use crate::mail::MailService;
 use crate::plan::PlanConfig;
 use crate::shutdown::Shutdown;
-use crate::store::Store;
+use crate::store::{Store, blocking};
 use crate::stripe::StripeSource;
 use progress::Progress;
 use run::Run;
@@ -97,6 +97,9 @@ pub struct Context {
     /// `--report-actions`: the report keeps this many actions and counts the
     /// rest, so a run's memory does not grow with its actions.
     pub report_actions: usize,
+    /// `--stripe-write-back`: issued keys are queued for their Stripe
+    /// objects, and the queue is sent after the pages.
+    pub write_back: bool,
 }
 
 /// One account to reconcile: its store (scoped to the account), its Stripe
@@ -179,7 +182,11 @@ async fn run_account(
         progress: Progress::new(options.progress),
         report: Report::new(planned_mode, dry_run, options.report_actions),
         taken_back: HashMap::new(),
+        write_back: options.write_back,
     };
+    if options.write_back {
+        run.report.stripe_writes = Some(WriteBackReport::default());
+    }
     let outcome = run.execute(scope::choose(options.scope, cursor, now)).await;
     run.progress.bar.finish_and_clear();
     let mut report = run.report;
@@ -198,6 +205,10 @@ async fn run_account(
         Err(e) => Err(e),
     };
     report.run_id = run_id.map(|id| id.to_string());
+    if let Some(writes) = &mut report.stripe_writes {
+        // Before the request count: the writes are this run's requests too.
+        write_back(store, &run.source, dry_run, options.report_actions, writes).await;
+    }
     report.stripe_requests = run.source.requests();
     report.stripe_rate_limited = run.source.rate_limited();
     report.duration_ms = started.elapsed().as_millis() as u64;
@@ -229,6 +240,37 @@ async fn run_account(
         )?;
     }
     Ok((report, outcome))
+}
+
+/// Sends the write-back queue after the pages committed (a dry run lists
+/// what it would send). A failure is logged and left for the next run:
+/// write-back never fails a run. A run that lost its lock writes nothing.
+async fn write_back(store: &Store, source: &StripeSource, dry_run: bool, limit: usize, writes: &mut WriteBackReport) {
+    let now = Utc::now();
+    let result = if dry_run {
+        let list_store = store.clone();
+        blocking(move || crate::write_back::planned_writes(&list_store, now, limit))
+            .await
+            .map(|mut queued| {
+                queued.append(&mut writes.planned);
+                queued.truncate(limit);
+                writes.planned = queued;
+            })
+    } else if store.check_fence().is_ok() {
+        crate::write_back::write_back_due(store, source, now)
+            .await
+            .map(|pass| writes.pass = pass)
+    } else {
+        Ok(())
+    };
+    if let Err(e) = result {
+        tracing::warn!(error = %format!("{e:#}"), "could not write license keys back to Stripe; the next run retries");
+    }
+    let count_store = store.clone();
+    match blocking(move || count_store.stripe_write_counts()).await {
+        Ok(counts) => writes.pending = counts.pending,
+        Err(e) => tracing::warn!(error = %format!("{e:#}"), "could not count the write-back queue"),
+    }
 }
 
 /// Test and live mode never mix (licensing-rules §5).

@@ -3,7 +3,7 @@
 //! `--report-actions` actions and skips and counts the rest, and the
 //! licenses looked at and changed are compressed id bitmaps.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::Result;
 use roaring::RoaringTreemap;
@@ -11,9 +11,10 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use super::scope::RunMode;
-use crate::apply::Applied;
-use crate::domain::{ActionKind, RunOutcome};
+use crate::apply::{Applied, write_back_of};
+use crate::domain::{ActionKind, RunOutcome, WriteTo};
 use crate::plan::{Action, Held, Plan};
+use crate::write_back::{PlannedWrite, WriteBackCounts};
 
 /// One entry of the report's `actions` (cli.md JSON shape).
 #[derive(Debug, Clone, Serialize)]
@@ -34,6 +35,39 @@ pub struct ReportAction {
 pub struct ReportSkip {
     pub stripe_object: String,
     pub reason: String,
+}
+
+/// What `--stripe-write-back` did in a run (the report's `stripe_writes`).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct WriteBackReport {
+    /// Stripe objects the run's new licenses queued (a dry run: would queue).
+    pub queued: usize,
+    /// The pass after the pages: sent, unchanged, retrying, refused, stopped.
+    #[serde(flatten)]
+    pub pass: WriteBackCounts,
+    /// Writes still queued after the run; a later run sends them.
+    pub pending: i64,
+    /// A dry run: the writes it would make (queued earlier, then those of
+    /// the licenses it would issue, whose keys do not exist yet), at most
+    /// `--report-actions`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub planned: Vec<PlannedWrite>,
+}
+
+impl WriteBackReport {
+    fn record(&mut self, plan: &Plan, dry_run: bool, limit: usize) {
+        let objects: BTreeSet<WriteTo> = plan.actions.iter().filter_map(|a| write_back_of(a, true)).collect();
+        self.queued += objects.len();
+        if dry_run {
+            let room = limit.saturating_sub(self.planned.len());
+            self.planned
+                .extend(objects.into_iter().take(room).map(|to| PlannedWrite {
+                    target: to.target,
+                    object: to.target_id,
+                    metadata: None,
+                }));
+        }
+    }
 }
 
 /// The run report (`reconcile --output json`).
@@ -69,6 +103,9 @@ pub struct Report {
     pub note: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// `--stripe-write-back` only: the keys written onto Stripe objects.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stripe_writes: Option<WriteBackReport>,
     /// Licenses some page looked at, and those some page changed: a license
     /// can be in several pages of one run (its purchase's page, then the
     /// refunds page), and `unchanged` counts it once, only if no page changed it.
@@ -105,6 +142,7 @@ impl Report {
             duration_ms: 0,
             note: None,
             error: None,
+            stripe_writes: None,
             seen: RoaringTreemap::new(),
             changed: RoaringTreemap::new(),
             action_limit,
@@ -121,6 +159,9 @@ impl Report {
         let (mailed, silent) = plan.emails();
         self.emails_to_send += mailed;
         self.emails_skipped += silent;
+        if let Some(writes) = &mut self.stripe_writes {
+            writes.record(plan, self.dry_run, self.action_limit);
+        }
         for s in &plan.skipped {
             if self.skipped.len() < self.action_limit {
                 self.skipped.push(ReportSkip {
@@ -300,10 +341,42 @@ pub fn render_text(report: &Report) -> String {
             report.emails_to_send, report.emails_sent
         );
     }
+    if let Some(writes) = &report.stripe_writes {
+        render_writes(&mut out, writes, report.dry_run);
+    }
     if let Some(e) = &report.error {
         let _ = writeln!(out, "run failed: {e}");
     }
     out
+}
+
+fn render_writes(out: &mut String, writes: &WriteBackReport, dry_run: bool) {
+    use std::fmt::Write;
+    if dry_run {
+        let _ = writeln!(
+            out,
+            "Stripe write-back: this run would write keys onto {} objects",
+            writes.planned.len().max(writes.queued)
+        );
+        for w in writes.planned.iter().take(TEXT_ACTIONS) {
+            let what = match &w.metadata {
+                // Keys are not shown: the text goes to terminals and logs.
+                Some(m) => m.keys().cloned().collect::<Vec<_>>().join(", "),
+                None => "the key this run would issue".into(),
+            };
+            let _ = writeln!(out, "  {:<9} {} {}  {what}", "write", w.target, w.object);
+        }
+        return;
+    }
+    let p = &writes.pass;
+    let _ = writeln!(
+        out,
+        "Stripe write-back: {} objects queued; {} written, {} already held their keys, {} to retry, {} refused; {} pending",
+        writes.queued, p.sent, p.unchanged, p.retrying, p.refused, writes.pending
+    );
+    if let Some(stopped) = &p.stopped {
+        let _ = writeln!(out, "Stripe write-back stopped: {stopped}");
+    }
 }
 
 fn short(value: &Value) -> String {

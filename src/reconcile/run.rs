@@ -41,6 +41,8 @@ pub(super) struct Run {
     /// before licensync first saw it issues nothing instead of a key that
     /// is mailed and revoked in the same run.
     pub(super) taken_back: HashMap<String, PaymentReversal>,
+    /// `--stripe-write-back`.
+    pub(super) write_back: bool,
 }
 
 impl Run {
@@ -84,6 +86,7 @@ impl Run {
             dry_run: self.dry_run,
             now: self.now,
             run_id: self.run_id,
+            write_back: self.write_back,
         };
         let Staged {
             plan,

@@ -21,6 +21,8 @@ pub(super) struct PageContext {
     pub dry_run: bool,
     pub now: Timestamp,
     pub run_id: Option<i64>,
+    /// `--stripe-write-back`.
+    pub write_back: bool,
 }
 
 /// The facts of one page.
@@ -80,7 +82,7 @@ pub(super) fn plan_and_apply(ctx: &PageContext, slice: Slice) -> Result<Staged> 
         .actions
         .iter()
         .cloned()
-        .zip(apply_page(&ctx.store, ctx.run_id, &plan.actions)?)
+        .zip(apply_page(&ctx.store, ctx.run_id, &plan.actions, ctx.write_back)?)
         .filter_map(|(action, applied)| applied.map(|a| (action, a)))
         .unzip();
     plan.actions = actions;

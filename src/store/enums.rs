@@ -9,7 +9,7 @@ use diesel::sql_types::{Array, Nullable, Text};
 
 use crate::domain::{
     EmailStatus, ExpirationStart, LedgerAction, LicenseStatus, OutboxKind, ProductIdColumn, RunMode, RunOutcome,
-    SourceKind,
+    SourceKind, WriteStatus, WriteTarget,
 };
 
 macro_rules! text_enum {
@@ -37,7 +37,9 @@ text_enum!(
     RunOutcome,
     EmailStatus,
     ExpirationStart,
-    LedgerAction
+    LedgerAction,
+    WriteTarget,
+    WriteStatus
 );
 
 type TextArray = Array<Nullable<Text>>;

@@ -1,7 +1,7 @@
 //! The license store on PostgreSQL: embedded migrations, the connection
 //! pool, and every query licensync makes, a file per entity (its row, its
 //! insertable and its queries): `license`, `ledger`, `run`, `cursor`,
-//! `outbox`, with the `page` write, operator `overrides` and the `explain`
+//! `outbox`, `stripe_write` (the write-back queue), with the `page` write, operator `overrides` and the `explain`
 //! of page queries.
 //! The rest of the code calls the typed functions here and never writes
 //! SQL or touches `schema`.
@@ -18,6 +18,7 @@ mod outcomes;
 mod overrides;
 mod page;
 mod run;
+mod stripe_write;
 
 use anyhow::{Context, Result, anyhow};
 use diesel::connection::SimpleConnection;
@@ -38,6 +39,7 @@ pub use outcomes::{Mark, Outcome};
 pub use overrides::{Operated, OperatorWrite};
 pub use page::{LicenseWrite, Written};
 pub use run::RunLock;
+pub use stripe_write::{StripeWriteJob, StripeWriteRow, WriteCounts, WriteOutcome};
 
 pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
 

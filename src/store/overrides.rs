@@ -13,7 +13,8 @@ use super::Store;
 use super::license::find_row;
 use super::models::{KeyHistoryRow, LicenseRow, NewKeyHistoryRow, NewLedgerRow};
 use super::outbox::enqueue_email;
-use crate::domain::{EmailKind, LedgerAction, License, LicenseState, OperatorAction, Override};
+use super::stripe_write::enqueue_writes;
+use crate::domain::{EmailKind, LedgerAction, License, LicenseState, OperatorAction, Override, WriteTo};
 use crate::schema::{license_key_history, license_ledger, licenses};
 
 /// The stripe_object of operator ledger rows: no Stripe object caused them.
@@ -36,6 +37,9 @@ pub struct OperatorWrite {
     pub operator: String,
     /// Queues the `n`-th email of this kind (`key_reissued:<n>`), one per command.
     pub email: Option<EmailKind>,
+    /// `--stripe-write-back`: the Stripe object that shows the new key,
+    /// queued in the same transaction.
+    pub write_back: Option<WriteTo>,
 }
 
 /// What an operator command did.
@@ -150,6 +154,10 @@ fn write_change(conn: &mut PgConnection, before: License, write: OperatorWrite) 
             kind,
         )?),
     };
+    if let Some(to) = &write.write_back {
+        let account_key = before.stripe_account.as_deref().unwrap_or("");
+        enqueue_writes(conn, account_key, std::slice::from_ref(to))?;
+    }
     Ok(Operated {
         before,
         after: after.into_domain()?,

@@ -1,5 +1,5 @@
 //! A page of a plan written in one transaction: its licenses, their ledger
-//! rows and their `license_issued` emails.
+//! rows, their `license_issued` emails and their write-backs.
 
 use std::collections::BTreeMap;
 
@@ -12,7 +12,8 @@ use super::ledger::NewLedgerRow;
 use super::license::NewLicenseRow;
 use super::outbox::NewOutboxRow;
 use super::run::LOST_LOCK;
-use crate::domain::{ActionKind, EmailKind, EmailStatus, GrantKey, LedgerAction, OutboxKind, SourceKind};
+use super::stripe_write::enqueue_writes;
+use crate::domain::{ActionKind, EmailKind, EmailStatus, GrantKey, LedgerAction, OutboxKind, SourceKind, WriteTo};
 use crate::schema::{email_outbox, license_ledger, licenses};
 
 /// One write of the applier: a license row (new or existing, by natural
@@ -27,6 +28,9 @@ pub struct LicenseWrite {
     /// Queues the license's `license_issued` email (once per license), in
     /// the state the applier decides.
     pub email: Option<EmailStatus>,
+    /// `--stripe-write-back`: the Stripe object that shows the license's
+    /// key, queued in the same transaction.
+    pub write_back: Option<WriteTo>,
 }
 
 /// What a write produced.
@@ -102,6 +106,7 @@ impl Store {
             let mut written = Vec::with_capacity(writes.len());
             let mut ledger = Vec::with_capacity(writes.len());
             let mut outbox = Vec::new();
+            let mut write_back = Vec::new();
             for w in writes {
                 let grant = (w.license.grant.source_kind, w.license.grant.source_id.clone());
                 let Some((license_id, key)) = by_grant.get(&grant).cloned() else {
@@ -131,6 +136,7 @@ impl Store {
                         stripe_account: self.account.clone(),
                     });
                 }
+                write_back.extend(w.write_back.clone());
                 let source_kind = grant.0;
                 written.push(Written {
                     license_id,
@@ -153,6 +159,7 @@ impl Store {
                     .do_nothing()
                     .execute(conn)?;
             }
+            enqueue_writes(conn, self.account_key(), &write_back)?;
             Ok::<_, diesel::result::Error>(written)
         })
         .context("writing a page of license changes")

@@ -12,6 +12,8 @@
 //! - `pages`: the one path every list is read through, page by page, each
 //!   object decoded on its own so that one Stripe sends outside
 //!   async-stripe's types skips only itself.
+//! - `metadata`: the one write, a license's keys onto its object
+//!   (`--stripe-write-back`).
 //! - `webhook`: Stripe's webhook signatures (a daemon's wake-ups).
 
 mod catalog;
@@ -21,6 +23,7 @@ mod error;
 mod events;
 mod invoices;
 mod key;
+mod metadata;
 mod pages;
 mod reversals;
 mod source;

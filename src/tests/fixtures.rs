@@ -386,6 +386,7 @@ pub fn operate(license: &mut License, command: crate::operator::Command, now: Ti
         reason: Some("support ticket 7".to_owned()),
         by: "alice".to_owned(),
         now,
+        write_back: false,
     };
     let write = crate::operator::decide(license, &request)?;
     license.state = write.state.clone();

@@ -174,6 +174,7 @@ pub fn issue_license(store: &Store, n: usize, email: Option<&str>) -> licensync:
         } else {
             EmailStatus::NoRecipient
         }),
+        write_back: None,
     };
     store.write_page(None, &[write]).unwrap().remove(0)
 }

@@ -1,0 +1,2 @@
+DROP INDEX licenses_purchase_idx;
+DROP TABLE stripe_writes;

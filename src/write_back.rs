@@ -1,0 +1,325 @@
+//! Sending the write-back queue (`--stripe-write-back`) after a run's pages
+//! committed: each queued Stripe object gets its licenses' keys as metadata
+//! (`domain::metadata_for`), through the run's own Stripe client, so the
+//! writes share its rate ceiling and its `Stripe-Account` header.
+//!
+//! A write never fails a run, and never holds one up for long:
+//! - skipped, with no request, when Stripe already confirmed the same
+//!   metadata (a rerun, or a line whose purchase was written already);
+//! - the idempotency key is a hash of the account, the object and the
+//!   metadata, so a write repeated after a crash (sent, not yet recorded)
+//!   is answered by Stripe from the first one instead of made twice;
+//! - the first write of a pass goes alone; a failure that another attempt
+//!   may get past (network, 5xx, 429 after the transport's own retries)
+//!   ends the pass and the write is retried by a later run with backoff, so
+//!   an outage costs one attempt per run, not one per write;
+//! - a key without write permission (401/403) ends the pass with one message
+//!   naming the permission to grant; every write stays queued for the run
+//!   after the permission is granted;
+//! - any other refusal (the object is gone, its metadata is full) marks
+//!   that write `refused`, logged, and the others go on;
+//! - a pass starts no write after [`PASS_BUDGET`]: a first import of a large
+//!   account spreads its writes over the next runs instead of delaying this
+//!   one's end by minutes.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use chrono::{DateTime, Utc};
+use futures::stream::{self, StreamExt};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::delivery::retry_delay;
+use crate::domain::{WriteTarget, metadata_for};
+use crate::store::{Store, StripeWriteJob, WriteOutcome, blocking};
+use crate::stripe::{StripeError, StripeSource};
+
+/// A pass starts no write after this long.
+pub const PASS_BUDGET: Duration = Duration::from_secs(60);
+/// Rows read from the queue at a time.
+const BATCH: i64 = 100;
+/// Writes in flight at once, once the first of the pass went through; the
+/// transport's rate ceiling paces them.
+const IN_FLIGHT: usize = 8;
+
+/// What one pass did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct WriteBackCounts {
+    /// Objects Stripe now shows the keys on.
+    pub sent: usize,
+    /// Objects that already showed them: no request made.
+    pub unchanged: usize,
+    /// Writes that failed this time and are retried by a later run.
+    pub retrying: usize,
+    /// Writes Stripe refused for good.
+    pub refused: usize,
+    /// Why the pass stopped writing (the key lacks write permission); the
+    /// writes stay queued.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stopped: Option<String>,
+}
+
+/// One write the queue asks for (a dry run's list), with the metadata it
+/// sets; `metadata` is `None` for a license the run would issue (its key
+/// does not exist yet).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PlannedWrite {
+    pub target: WriteTarget,
+    pub object: String,
+    pub metadata: Option<BTreeMap<String, String>>,
+}
+
+/// What a job asks Stripe for, or `None` when Stripe holds it already.
+fn wanted(job: &StripeWriteJob) -> Option<BTreeMap<String, String>> {
+    let metadata = metadata_for(job.row.target_kind, &job.licenses);
+    let value = serde_json::to_value(&metadata).expect("a string map serializes");
+    (!metadata.is_empty() && job.row.sent_metadata.as_ref() != Some(&value)).then_some(metadata)
+}
+
+/// The same key for the same write of the same account; another for
+/// anything else (Stripe refuses a key reused with other parameters).
+fn idempotency_key(account_key: &str, job: &StripeWriteJob, metadata: &BTreeMap<String, String>) -> String {
+    let mut hash = Sha256::new();
+    for part in [account_key, job.row.target_kind.as_ref(), &job.row.target_id] {
+        hash.update(part.as_bytes());
+        hash.update([0]);
+    }
+    hash.update(serde_json::to_vec(metadata).expect("a string map serializes"));
+    let digest = hash.finalize();
+    let hex: String = digest.iter().take(16).map(|b| format!("{b:02x}")).collect();
+    format!("licensync-write-back-{hex}")
+}
+
+/// Stripe's words, without the keys they may quote (a refusal of a value
+/// over the limit repeats it): logs and the queue never show a key.
+fn without_keys(text: &str, job: &StripeWriteJob) -> String {
+    job.licenses
+        .iter()
+        .fold(text.to_owned(), |text, (_, key)| text.replace(key.as_str(), "[key]"))
+}
+
+/// How one write ended, as the pass acts on it.
+enum Sent {
+    Done(WriteOutcome),
+    /// Another attempt may get past it: retried with backoff, and the pass ends.
+    Transient(WriteOutcome),
+    /// The key may not write: due again at the next run, and the pass ends.
+    Forbidden(String),
+}
+
+fn classify(job: &StripeWriteJob, metadata: &BTreeMap<String, String>, result: Result<(), StripeError>) -> Sent {
+    let error = match result {
+        Ok(()) => {
+            let value = serde_json::to_value(metadata).expect("a string map serializes");
+            return Sent::Done(WriteOutcome::Sent(value));
+        }
+        Err(e) => e,
+    };
+    let (target, id) = (job.row.target_kind, &job.row.target_id);
+    match &error {
+        StripeError::Auth { status, message, .. } => {
+            let (permission, dashboard) = target.permission();
+            Sent::Forbidden(format!(
+                "Stripe refused to write license keys onto {target} {id} (HTTP {status}: {}). \
+                 --stripe-write-back needs write permission: grant the restricted key \"{dashboard}\" \
+                 ({permission}), and the same for the other objects written (Subscriptions, PaymentIntents, \
+                 Invoices), or turn write-back off. The writes stay queued; licenses are not affected",
+                without_keys(message, job)
+            ))
+        }
+        StripeError::Api { status, .. } if *status != 429 && (400..500).contains(status) && *status != 409 => {
+            Sent::Done(WriteOutcome::Refused(without_keys(&error.to_string(), job)))
+        }
+        _ => Sent::Transient(WriteOutcome::Retry {
+            error: without_keys(&error.to_string(), job),
+            retry_at: Utc::now()
+                + chrono::Duration::from_std(retry_delay(job.row.attempts + 1)).expect("the backoff fits"),
+        }),
+    }
+}
+
+/// Sends one job, unless Stripe holds its metadata already (`false`: no
+/// request made), or the pass has stopped (`None`: left pending).
+async fn send_one(
+    source: &StripeSource,
+    account_key: &str,
+    job: &StripeWriteJob,
+    stop: &AtomicBool,
+    started: Instant,
+) -> Option<(Sent, bool)> {
+    let Some(metadata) = wanted(job) else {
+        let held =
+            serde_json::to_value(metadata_for(job.row.target_kind, &job.licenses)).expect("a string map serializes");
+        return Some((Sent::Done(WriteOutcome::Sent(held)), false));
+    };
+    if stop.load(Ordering::Relaxed) || started.elapsed() >= PASS_BUDGET {
+        return None;
+    }
+    let key = idempotency_key(account_key, job, &metadata);
+    let result = source
+        .set_metadata(job.row.target_kind, &job.row.target_id, &metadata, &key)
+        .await;
+    let sent = classify(job, &metadata, result);
+    if !matches!(sent, Sent::Done(_)) {
+        stop.store(true, Ordering::Relaxed);
+    }
+    Some((sent, true))
+}
+
+/// Sends every write of the store's account due at `now`, within
+/// [`PASS_BUDGET`] (see the module's notes). Only database errors are
+/// returned.
+pub async fn write_back_due(store: &Store, source: &StripeSource, now: DateTime<Utc>) -> Result<WriteBackCounts> {
+    let started = Instant::now();
+    let account_key = store.account().unwrap_or("").to_owned();
+    let mut counts = WriteBackCounts::default();
+    let mut after_id = 0;
+    // The first write goes alone: an outage or a missing permission then
+    // costs one request.
+    let mut in_flight = 1;
+    while started.elapsed() < PASS_BUDGET {
+        let batch_store = store.clone();
+        let jobs = blocking(move || batch_store.due_stripe_writes(after_id, now, BATCH)).await?;
+        let Some(last) = jobs.last() else { break };
+        after_id = last.row.id;
+        let stop = AtomicBool::new(false);
+        let done: Vec<(StripeWriteJob, Option<(Sent, bool)>)> = stream::iter(jobs)
+            .map(|job| {
+                let (stop, account_key) = (&stop, account_key.as_str());
+                async move {
+                    let sent = send_one(source, account_key, &job, stop, started).await;
+                    (job, sent)
+                }
+            })
+            .buffered(in_flight)
+            .collect()
+            .await;
+        for (job, sent) in done {
+            let (target, object) = (job.row.target_kind, job.row.target_id.clone());
+            let outcome = match sent {
+                None => continue,
+                Some((Sent::Forbidden(message), attempted)) => {
+                    tracing::warn!("{message}");
+                    counts.stopped = Some(message.clone());
+                    // Due again at once: the next run tries once more, and
+                    // `status` shows why it waits.
+                    let retry_at = Utc::now();
+                    (
+                        WriteOutcome::Retry {
+                            error: message,
+                            retry_at,
+                        },
+                        attempted,
+                    )
+                }
+                Some((Sent::Done(outcome), attempted)) => {
+                    match (&outcome, attempted) {
+                        (WriteOutcome::Sent(_), false) => counts.unchanged += 1,
+                        (WriteOutcome::Sent(_), true) => counts.sent += 1,
+                        (WriteOutcome::Refused(error), _) => {
+                            tracing::warn!(%target, %object, %error, "Stripe refused to write license keys onto this object; not retried");
+                            counts.refused += 1;
+                        }
+                        (WriteOutcome::Retry { .. }, _) => counts.retrying += 1,
+                    }
+                    (outcome, attempted)
+                }
+                Some((Sent::Transient(outcome), attempted)) => {
+                    if let WriteOutcome::Retry { error, .. } = &outcome {
+                        tracing::warn!(%target, %object, %error, "could not write license keys onto this object; a later run retries");
+                    }
+                    counts.retrying += 1;
+                    (outcome, attempted)
+                }
+            };
+            let (record_store, id) = (store.clone(), job.row.id);
+            blocking(move || record_store.record_stripe_write(id, &outcome.0, outcome.1)).await?;
+        }
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+        in_flight = IN_FLIGHT;
+    }
+    Ok(counts)
+}
+
+/// What a pass would send now (a dry run's list), at most `limit`.
+pub fn planned_writes(store: &Store, now: DateTime<Utc>, limit: usize) -> Result<Vec<PlannedWrite>> {
+    let jobs = store.due_stripe_writes(0, now, i64::try_from(limit).unwrap_or(i64::MAX))?;
+    Ok(jobs
+        .iter()
+        .filter_map(|job| {
+            wanted(job).map(|metadata| PlannedWrite {
+                target: job.row.target_kind,
+                object: job.row.target_id.clone(),
+                metadata: Some(metadata),
+            })
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{SourceKind, WriteStatus};
+    use crate::store::StripeWriteRow;
+
+    fn job(sent: Option<serde_json::Value>) -> StripeWriteJob {
+        StripeWriteJob {
+            row: StripeWriteRow {
+                id: 1,
+                account_key: String::new(),
+                target_kind: WriteTarget::PaymentIntent,
+                target_id: "pi_1".into(),
+                source_kind: SourceKind::CheckoutLine,
+                purchase: "cs_1".into(),
+                status: WriteStatus::Pending,
+                sent_metadata: sent,
+                attempts: 0,
+                last_error: None,
+                next_attempt_at: Utc::now(),
+                sent_at: None,
+            },
+            licenses: vec![(7, "AAAAA-BBBBB-CCCCC-DDDDD-EEEEE".into())],
+        }
+    }
+
+    #[test]
+    fn a_write_stripe_confirmed_is_not_sent_again() {
+        let fresh = job(None);
+        let metadata = wanted(&fresh).expect("never written: sent");
+        let confirmed = job(Some(serde_json::to_value(&metadata).unwrap()));
+        assert_eq!(wanted(&confirmed), None);
+        let mut reissued = confirmed.clone();
+        reissued.licenses[0].1 = "NEWKY-BBBBB-CCCCC-DDDDD-EEEEE".into();
+        assert!(wanted(&reissued).is_some(), "a new key is written");
+    }
+
+    #[test]
+    fn the_idempotency_key_follows_the_write_not_the_attempt() {
+        let one = job(None);
+        let metadata = wanted(&one).unwrap();
+        assert_eq!(
+            idempotency_key("", &one, &metadata),
+            idempotency_key("", &one, &metadata)
+        );
+        assert_ne!(
+            idempotency_key("", &one, &metadata),
+            idempotency_key("acct_1", &one, &metadata)
+        );
+        let mut other = metadata.clone();
+        other.insert("licensync_keys".into(), "NEWKY".into());
+        assert_ne!(idempotency_key("", &one, &metadata), idempotency_key("", &one, &other));
+        assert!(idempotency_key("", &one, &metadata).len() <= 255, "Stripe's limit");
+    }
+
+    #[test]
+    fn refusals_never_quote_a_key() {
+        let one = job(None);
+        let message = "Invalid value: AAAAA-BBBBB-CCCCC-DDDDD-EEEEE is too long";
+        assert_eq!(without_keys(message, &one), "Invalid value: [key] is too long");
+    }
+}
