@@ -9,6 +9,9 @@ mod common;
 mod daemon_database;
 #[path = "incremental/webhooks.rs"]
 mod webhooks;
+// `daemon --listen --stripe-write-back`: our own writes' webhooks do not loop.
+#[path = "incremental/write_back_wakeups.rs"]
+mod write_back_wakeups;
 
 use std::time::Duration;
 

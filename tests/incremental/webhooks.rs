@@ -21,7 +21,7 @@ use super::{N, World, world};
 pub(super) const NEW_SECRET: &str = "whsec_test_new_4f9a1c";
 const OLD_SECRET: &str = "whsec_test_old_77b2e0";
 /// Once a year: no scheduled run happens while a test looks.
-const YEARLY: &str = "0 0 0 1 1 *";
+pub(super) const YEARLY: &str = "0 0 0 1 1 *";
 
 /// A daemon binary listening on a free port, its log read as it comes.
 pub(super) struct Daemon {
@@ -64,7 +64,7 @@ pub(super) fn start(
 }
 
 impl Daemon {
-    fn url(&self) -> String {
+    pub(super) fn url(&self) -> String {
         format!("http://{}/v1/stripe/webhook", self.addr)
     }
 
@@ -133,7 +133,7 @@ fn runs(db: &TestDb, outcome: &str, account: Option<&str>) -> i64 {
     .unwrap_or(0)
 }
 
-fn all_runs(db: &TestDb) -> i64 {
+pub(super) fn all_runs(db: &TestDb) -> i64 {
     diesel::sql_query("SELECT count(*) AS n FROM runs")
         .load::<N>(&mut db.conn())
         .map(|r| r[0].n)
@@ -156,7 +156,7 @@ pub(super) async fn until(what: &str, mut done: impl FnMut() -> bool) {
 }
 
 /// Waits until no run is going and none has started for a moment.
-async fn settled(db: &TestDb) {
+pub(super) async fn settled(db: &TestDb) {
     let mut last = (-1, -1);
     loop {
         let seen = (all_runs(db), runs(db, "running", None));
