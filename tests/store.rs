@@ -532,3 +532,67 @@ fn page_queries_read_the_pages_own_rows_with_and_without_statistics() {
         );
     }
 }
+
+/// A write-back pass reads its queue rows and their purchases' licenses
+/// through indexes, however many writes the queue has sent before and
+/// however many licenses the account has.
+#[test]
+fn write_back_queries_read_their_own_rows_with_and_without_statistics() {
+    use licensync::domain::SourceKind;
+    use licensync::store::PageQuery;
+    let db = TestDb::new();
+    // 60,000 subscription licenses and 20,000 session lines (two per
+    // session) of the key's own account, and the same of a connected one;
+    // 60,000 writes sent, 300 pending.
+    db.store
+        .batch_execute(
+            "ALTER TABLE licenses SET (autovacuum_enabled = false);
+             ALTER TABLE stripe_writes SET (autovacuum_enabled = false);
+             INSERT INTO licenses (key, status, product_ids, source_kind, source_id, livemode, stripe_account)
+             SELECT 'K-' || i || '-' || a, 'active', '{pro}',
+                    CASE WHEN i < 60000 THEN 'subscription_item' ELSE 'checkout_line' END,
+                    CASE WHEN i < 60000 THEN 'si_' || i ELSE 'cs_' || (i / 2) || '/li_' || i END,
+                    false, CASE WHEN a = 1 THEN 'acct_B' END
+             FROM generate_series(0, 79999) AS i, generate_series(0, 1) AS a;
+             INSERT INTO stripe_writes (account_key, target_kind, target_id, source_kind, purchase, status)
+             SELECT '', 'subscription_item', 'si_' || i, 'subscription_item', 'si_' || i,
+                    CASE WHEN i >= 59700 THEN 'pending' ELSE 'sent' END
+             FROM generate_series(0, 59999) AS i;",
+        )
+        .unwrap();
+    let purchases: Vec<(SourceKind, String)> = (0..50)
+        .map(|i| (SourceKind::SubscriptionItem, format!("si_{}", 1000 + i)))
+        .chain((0..50).map(|i| (SourceKind::CheckoutLine, format!("cs_{}", 30_000 + i))))
+        .collect();
+    for statistics in ["none yet", "analyzed"] {
+        if statistics == "analyzed" {
+            db.store
+                .batch_execute("ANALYZE licenses; ANALYZE stripe_writes;")
+                .unwrap();
+        }
+        let store = db.store.for_account(None);
+        let jobs = store.due_stripe_writes(0, Utc::now(), 100).unwrap();
+        assert_eq!(jobs.len(), 100);
+        assert!(jobs.iter().all(|j| j.licenses.len() == 1), "each item's own license");
+        let plan = store
+            .explain(PageQuery::DueWrites {
+                after_id: 0,
+                now: Utc::now(),
+                limit: 100,
+            })
+            .unwrap();
+        let (read, scans) = rows_read(&plan, "stripe_writes");
+        assert!(
+            read <= 110.0 && !scans.iter().any(|s| s == "Seq Scan"),
+            "100 due writes (statistics {statistics}) read {read} rows through {scans:?}: {plan:#}"
+        );
+        let plan = store
+            .explain(PageQuery::PurchaseLicenses { purchases: &purchases })
+            .unwrap();
+        let (read, scans) = rows_read(&plan, "licenses");
+        assert!(
+            read <= 2.0 * 150.0 && !scans.iter().any(|s| s == "Seq Scan"),
+            "the licenses of 100 purchases (statistics {statistics}) read {read} rows through {scans:?}: {plan:#}"
+        );
+    }
+}

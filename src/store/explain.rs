@@ -1,4 +1,4 @@
-//! `EXPLAIN ANALYZE` of the queries a page runs, with the binds production
+//! `EXPLAIN ANALYZE` of the queries a page (and a write-back pass) runs, with the binds production
 //! gives them, so that the store tests can hold each to reading the page's
 //! own rows.
 
@@ -8,7 +8,7 @@ use diesel::pg::PgConnection;
 use diesel::prelude::*;
 
 use super::Store;
-use crate::domain::GrantKey;
+use crate::domain::{GrantKey, SourceKind};
 
 /// A query a page runs, for [`Store::explain`].
 #[doc(hidden)]
@@ -25,6 +25,14 @@ pub enum PageQuery<'a> {
         now: DateTime<Utc>,
         limit: i64,
     },
+    /// The queue rows of [`Store::due_stripe_writes`].
+    DueWrites {
+        after_id: i64,
+        now: DateTime<Utc>,
+        limit: i64,
+    },
+    /// The licenses of those rows' purchases.
+    PurchaseLicenses { purchases: &'a [(SourceKind, String)] },
 }
 
 /// `EXPLAIN (ANALYZE, FORMAT JSON)` in front of a query, keeping its binds.
@@ -65,6 +73,12 @@ impl Store {
             } => Explain(self.page_licenses_query(grants, subscription_ids, payment_intents)).get_result(&mut conn),
             PageQuery::DueEmails { after_id, now, limit } => {
                 Explain(self.due_emails_query(after_id, now, limit)).get_result(&mut conn)
+            }
+            PageQuery::DueWrites { after_id, now, limit } => {
+                Explain(self.due_writes_query(after_id, now, limit)).get_result(&mut conn)
+            }
+            PageQuery::PurchaseLicenses { purchases } => {
+                Explain(self.purchase_licenses_query(purchases)).get_result(&mut conn)
             }
         };
         plan.context("explaining a page query")

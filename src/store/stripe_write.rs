@@ -129,7 +129,7 @@ const PURCHASE_LICENSES: &str = "\
     ORDER BY l.id";
 
 #[derive(QueryableByName)]
-struct PurchaseLicense {
+pub(super) struct PurchaseLicense {
     #[diesel(sql_type = BigInt)]
     id: i64,
     #[diesel(sql_type = Text)]
@@ -145,25 +145,16 @@ impl Store {
     /// `after_id`, oldest first, at most `limit`, each with its licenses.
     pub fn due_stripe_writes(&self, after_id: i64, now: DateTime<Utc>, limit: i64) -> Result<Vec<StripeWriteJob>> {
         let mut conn = self.conn()?;
-        let rows: Vec<StripeWriteRow> = stripe_writes::table
-            .filter(stripe_writes::account_key.eq(self.account_key()))
-            .filter(stripe_writes::status.eq(WriteStatus::Pending))
-            .filter(stripe_writes::id.gt(after_id))
-            .filter(stripe_writes::next_attempt_at.le(now))
-            .order(stripe_writes::id.asc())
-            .limit(limit)
-            .select(StripeWriteRow::as_select())
+        let rows: Vec<StripeWriteRow> = self
+            .due_writes_query(after_id, now, limit)
             .load(&mut conn)
             .context("reading the write-back queue")?;
         if rows.is_empty() {
             return Ok(Vec::new());
         }
-        let kinds: Vec<&str> = rows.iter().map(|r| r.source_kind.as_str()).collect();
-        let purchases: Vec<&str> = rows.iter().map(|r| r.purchase.as_str()).collect();
-        let found: Vec<PurchaseLicense> = diesel::sql_query(PURCHASE_LICENSES)
-            .bind::<Text, _>(self.account_key())
-            .bind::<Array<Text>, _>(&kinds)
-            .bind::<Array<Text>, _>(&purchases)
+        let purchases: Vec<(SourceKind, String)> = rows.iter().map(|r| (r.source_kind, r.purchase.clone())).collect();
+        let found: Vec<PurchaseLicense> = self
+            .purchase_licenses_query(&purchases)
             .load(&mut conn)
             .context("reading the licenses of queued writes")?;
         let mut by_purchase: BTreeMap<(String, String), Vec<(i64, String)>> = BTreeMap::new();
@@ -183,6 +174,44 @@ impl Store {
                 StripeWriteJob { row, licenses }
             })
             .collect())
+    }
+
+    /// The rows [`Store::due_stripe_writes`] reads: this account's pending
+    /// writes due at `now` after `after_id`, oldest first, through
+    /// `stripe_writes_pending_idx`.
+    pub(super) fn due_writes_query(
+        &self,
+        after_id: i64,
+        now: DateTime<Utc>,
+        limit: i64,
+    ) -> stripe_writes::BoxedQuery<
+        'static,
+        diesel::pg::Pg,
+        diesel::dsl::SqlTypeOf<diesel::dsl::AsSelect<StripeWriteRow, diesel::pg::Pg>>,
+    > {
+        stripe_writes::table
+            .filter(stripe_writes::account_key.eq(self.account_key().to_owned()))
+            .filter(stripe_writes::status.eq(WriteStatus::Pending))
+            .filter(stripe_writes::id.gt(after_id))
+            .filter(stripe_writes::next_attempt_at.le(now))
+            .order(stripe_writes::id.asc())
+            .limit(limit)
+            .select(StripeWriteRow::as_select())
+            .into_boxed()
+    }
+
+    /// The licenses of `purchases` in this account ([`PURCHASE_LICENSES`]).
+    pub(super) fn purchase_licenses_query(
+        &self,
+        purchases: &[(SourceKind, String)],
+    ) -> diesel::query_builder::BoxedSqlQuery<'static, diesel::pg::Pg, diesel::query_builder::SqlQuery> {
+        let kinds: Vec<String> = purchases.iter().map(|(k, _)| k.as_str().to_owned()).collect();
+        let ids: Vec<String> = purchases.iter().map(|(_, p)| p.clone()).collect();
+        diesel::sql_query(PURCHASE_LICENSES)
+            .into_boxed()
+            .bind::<Text, _>(self.account_key().to_owned())
+            .bind::<Array<Text>, _>(kinds)
+            .bind::<Array<Text>, _>(ids)
     }
 
     /// Records what became of the write `id`; `attempted`: a request was
