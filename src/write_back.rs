@@ -177,12 +177,12 @@ pub async fn write_back_due(store: &Store, source: &StripeSource, now: DateTime<
     let account_key = store.account().unwrap_or("").to_owned();
     let mut counts = WriteBackCounts::default();
     let mut after_id = 0;
-    // The first write goes alone: an outage or a missing permission then
-    // costs one request.
-    let mut in_flight = 1;
+    // The first write goes alone (a batch of one): an outage or a missing
+    // permission then costs one request.
+    let mut batch = 1;
     while started.elapsed() < PASS_BUDGET {
         let batch_store = store.clone();
-        let jobs = blocking(move || batch_store.due_stripe_writes(after_id, now, BATCH)).await?;
+        let jobs = blocking(move || batch_store.due_stripe_writes(after_id, now, batch)).await?;
         let Some(last) = jobs.last() else { break };
         after_id = last.row.id;
         let stop = AtomicBool::new(false);
@@ -194,7 +194,7 @@ pub async fn write_back_due(store: &Store, source: &StripeSource, now: DateTime<
                     (job, sent)
                 }
             })
-            .buffered(in_flight)
+            .buffered(IN_FLIGHT)
             .collect()
             .await;
         for (job, sent) in done {
@@ -241,7 +241,7 @@ pub async fn write_back_due(store: &Store, source: &StripeSource, now: DateTime<
         if stop.load(Ordering::Relaxed) {
             break;
         }
-        in_flight = IN_FLIGHT;
+        batch = BATCH;
     }
     Ok(counts)
 }
