@@ -48,6 +48,11 @@ struct Args {
     /// own cost at small N (it takes memory per object).
     #[arg(long)]
     stored: bool,
+    /// `--stripe-write-back` on: every issued key is written onto its Stripe
+    /// object after the pages (needs --stored: the fake updates stored
+    /// objects only). The report's `stripe_writes` is printed.
+    #[arg(long, requires = "stored")]
+    write_back: bool,
     /// Stripe's latency per request, uniform in MIN..MAX milliseconds (e.g. 50..300).
     #[arg(long, value_name = "MIN..MAX", value_parser = parse_latency)]
     latency_ms: Option<Latency>,
@@ -215,6 +220,7 @@ fn main() -> Result<()> {
         rps: client_rps,
         limits,
         account_concurrency: args.account_concurrency,
+        write_back: args.write_back,
     };
     let first = run_once(&runtime, &handles, &db, &licensync, "first (cold)", &client)?;
     let issued = first.count("issued");
@@ -662,6 +668,9 @@ impl RunFigures {
             .map(|(k, v)| format!("{v} {k}"))
             .collect();
         println!("counts:                    {}", counts.join(", "));
+        if let Some(writes) = self.report.get("stripe_writes") {
+            println!("write-back:                {writes}");
+        }
     }
 }
 
@@ -721,6 +730,7 @@ struct Client {
     rps: Option<u32>,
     limits: RateLimits,
     account_concurrency: Option<usize>,
+    write_back: bool,
 }
 
 fn run_once(
@@ -735,6 +745,7 @@ fn run_once(
         rps: client_rps,
         limits,
         account_concurrency,
+        write_back,
     } = *client;
     let fake = &handles[0];
     db.reset_counts()?;
@@ -788,6 +799,9 @@ fn run_once(
         .stderr(stderr);
     if let Some(rps) = client_rps {
         cmd.env("LICENSYNC_STRIPE_RPS", rps.to_string());
+    }
+    if write_back {
+        cmd.env("LICENSYNC_STRIPE_WRITE_BACK", "true");
     }
     if handles.len() > 1 {
         let accounts: Vec<String> = std::iter::once("self".to_owned())

@@ -197,6 +197,7 @@ pub async fn write_back_due(store: &Store, source: &StripeSource, now: DateTime<
             .buffered(IN_FLIGHT)
             .collect()
             .await;
+        let mut outcomes = Vec::with_capacity(done.len());
         for (job, sent) in done {
             let (target, object) = (job.row.target_kind, job.row.target_id.clone());
             let outcome = match sent {
@@ -235,9 +236,10 @@ pub async fn write_back_due(store: &Store, source: &StripeSource, now: DateTime<
                     (outcome, attempted)
                 }
             };
-            let (record_store, id) = (store.clone(), job.row.id);
-            blocking(move || record_store.record_stripe_write(id, &outcome.0, outcome.1)).await?;
+            outcomes.push((job.row.id, outcome.0, outcome.1));
         }
+        let record_store = store.clone();
+        blocking(move || record_store.record_stripe_writes(&outcomes)).await?;
         if stop.load(Ordering::Relaxed) {
             break;
         }

@@ -214,42 +214,21 @@ impl Store {
             .bind::<Array<Text>, _>(ids)
     }
 
-    /// Records what became of the write `id`; `attempted`: a request was
-    /// made (a skipped write counts no attempt).
-    pub fn record_stripe_write(&self, id: i64, outcome: &WriteOutcome, attempted: bool) -> Result<()> {
+    /// Records what became of writes `(id, outcome, attempted)`, in one
+    /// transaction; `attempted`: a request was made (a skipped write counts
+    /// no attempt).
+    pub fn record_stripe_writes(&self, outcomes: &[(i64, WriteOutcome, bool)]) -> Result<()> {
+        if outcomes.is_empty() {
+            return Ok(());
+        }
         let mut conn = self.conn()?;
-        let attempts = stripe_writes::attempts + i32::from(attempted);
-        let target = stripe_writes::table.find(id);
-        let query = match outcome {
-            WriteOutcome::Sent(metadata) => diesel::update(target)
-                .set((
-                    stripe_writes::status.eq(WriteStatus::Sent),
-                    stripe_writes::sent_metadata.eq(Some(metadata)),
-                    stripe_writes::attempts.eq(attempts),
-                    stripe_writes::last_error.eq(None::<String>),
-                    stripe_writes::sent_at.eq(Some(Utc::now())),
-                    stripe_writes::updated_at.eq(diesel::dsl::now),
-                ))
-                .execute(&mut conn),
-            WriteOutcome::Retry { error, retry_at } => diesel::update(target)
-                .set((
-                    stripe_writes::attempts.eq(attempts),
-                    stripe_writes::last_error.eq(Some(error)),
-                    stripe_writes::next_attempt_at.eq(retry_at),
-                    stripe_writes::updated_at.eq(diesel::dsl::now),
-                ))
-                .execute(&mut conn),
-            WriteOutcome::Refused(error) => diesel::update(target)
-                .set((
-                    stripe_writes::status.eq(WriteStatus::Refused),
-                    stripe_writes::attempts.eq(attempts),
-                    stripe_writes::last_error.eq(Some(error)),
-                    stripe_writes::updated_at.eq(diesel::dsl::now),
-                ))
-                .execute(&mut conn),
-        };
-        query.context("recording a write-back")?;
-        Ok(())
+        conn.transaction(|conn| {
+            for (id, outcome, attempted) in outcomes {
+                record_one(conn, *id, outcome, *attempted)?;
+            }
+            Ok::<_, diesel::result::Error>(())
+        })
+        .context("recording write-backs")
     }
 
     /// The queue's rows by status (this account's, when scoped).
@@ -301,5 +280,39 @@ impl Store {
             .first(&mut conn)
             .optional()
             .context("reading a write-back")
+    }
+}
+
+/// One write's outcome (see [`Store::record_stripe_writes`]).
+fn record_one(conn: &mut PgConnection, id: i64, outcome: &WriteOutcome, attempted: bool) -> QueryResult<usize> {
+    let attempts = stripe_writes::attempts + i32::from(attempted);
+    let target = stripe_writes::table.find(id);
+    match outcome {
+        WriteOutcome::Sent(metadata) => diesel::update(target)
+            .set((
+                stripe_writes::status.eq(WriteStatus::Sent),
+                stripe_writes::sent_metadata.eq(Some(metadata)),
+                stripe_writes::attempts.eq(attempts),
+                stripe_writes::last_error.eq(None::<String>),
+                stripe_writes::sent_at.eq(Some(Utc::now())),
+                stripe_writes::updated_at.eq(diesel::dsl::now),
+            ))
+            .execute(conn),
+        WriteOutcome::Retry { error, retry_at } => diesel::update(target)
+            .set((
+                stripe_writes::attempts.eq(attempts),
+                stripe_writes::last_error.eq(Some(error)),
+                stripe_writes::next_attempt_at.eq(retry_at),
+                stripe_writes::updated_at.eq(diesel::dsl::now),
+            ))
+            .execute(conn),
+        WriteOutcome::Refused(error) => diesel::update(target)
+            .set((
+                stripe_writes::status.eq(WriteStatus::Refused),
+                stripe_writes::attempts.eq(attempts),
+                stripe_writes::last_error.eq(Some(error)),
+                stripe_writes::updated_at.eq(diesel::dsl::now),
+            ))
+            .execute(conn),
     }
 }
