@@ -18,6 +18,21 @@ pub struct Reply {
     pub body: Value,
 }
 
+/// An answer read whole: status, headers, text and its JSON (`Null` when not JSON).
+async fn read_reply(resp: hyper::Response<hyper::body::Incoming>) -> Reply {
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    let text = String::from_utf8(bytes.to_vec()).unwrap();
+    let body = serde_json::from_str(&text).unwrap_or(Value::Null);
+    Reply {
+        status,
+        headers,
+        text,
+        body,
+    }
+}
+
 /// GET with an explicit `Authorization` header value (or none).
 pub async fn get_with_auth(
     base: &str,
@@ -40,17 +55,7 @@ pub async fn get_with_headers(
         req = req.header(*name, *value);
     }
     let resp = client.request(req.body(Empty::new()).unwrap()).await?;
-    let status = resp.status().as_u16();
-    let headers = resp.headers().clone();
-    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-    let text = String::from_utf8(bytes.to_vec()).unwrap();
-    let body = serde_json::from_str(&text).unwrap_or(Value::Null);
-    Ok(Reply {
-        status,
-        headers,
-        text,
-        body,
-    })
+    Ok(read_reply(resp).await)
 }
 
 /// GET as licensync's client reaches the fake's account: its key and, for
@@ -100,17 +105,7 @@ pub async fn post_with_headers(
     let resp = client
         .request(req.body(Full::new(Bytes::from(body.to_owned()))).unwrap())
         .await?;
-    let status = resp.status().as_u16();
-    let headers = resp.headers().clone();
-    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-    let text = String::from_utf8(bytes.to_vec()).unwrap();
-    let body = serde_json::from_str(&text).unwrap_or(Value::Null);
-    Ok(Reply {
-        status,
-        headers,
-        text,
-        body,
-    })
+    Ok(read_reply(resp).await)
 }
 
 /// POST a form body as licensync's client reaches the fake's account (its
