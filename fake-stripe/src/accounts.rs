@@ -16,7 +16,7 @@ use axum::http::{HeaderMap, header};
 use crate::LoggedRequest;
 use crate::conditions::{Conditions, Limits};
 use crate::state::{DEFAULT_NOW, State};
-use crate::wire::ApiError;
+use crate::wire::{ApiError, mask_key};
 use crate::writes::Writes;
 
 /// The request header of Stripe Connect that names the connected account a
@@ -306,19 +306,6 @@ fn no_access(status: u16, code: Option<&str>, key: &str, account: &str) -> ApiEr
         ),
         None,
     )
-}
-
-/// Stripe's masking: the key's kind prefix and its last four characters, stars between.
-pub(crate) fn mask_key(key: &str) -> String {
-    let prefix_len = ["sk_test_", "sk_live_", "rk_test_", "rk_live_", "pk_test_", "pk_live_"]
-        .iter()
-        .find(|p| key.starts_with(*p))
-        .map_or(0, |p| p.len());
-    let rest: Vec<char> = key[prefix_len..].chars().collect();
-    let shown = if rest.len() >= 8 { 4 } else { 0 };
-    let stars = "*".repeat(rest.len() - shown);
-    let tail: String = rest[rest.len() - shown..].iter().collect();
-    format!("{}{stars}{tail}", &key[..prefix_len])
 }
 
 #[cfg(test)]

@@ -298,7 +298,12 @@ fn post_write(
         idempotency_key,
         request_id: &request_id.0,
     };
-    write_reply(writes::write(account, &req), idempotency_key)
+    let to = writes::To {
+        writes: &account.writes,
+        api_key: &account.api_key,
+        account_id: &account.id,
+    };
+    write_reply(writes::write(to, || account.lock(), &req), idempotency_key)
 }
 
 /// Collections served at `/v1/<path>` and `/v1/<path>/{id}`, with their object type.

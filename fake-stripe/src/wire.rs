@@ -80,3 +80,16 @@ pub(crate) fn list_key(v: &Value) -> ListKey {
 /// Object type -> id -> object: a read-only catalog (products and prices)
 /// shared by the scratch builds of a generated account.
 pub(crate) type Catalog = HashMap<String, BTreeMap<String, Value>>;
+
+/// Stripe's masking: the key's kind prefix and its last four characters, stars between.
+pub(crate) fn mask_key(key: &str) -> String {
+    let prefix_len = ["sk_test_", "sk_live_", "rk_test_", "rk_live_", "pk_test_", "pk_live_"]
+        .iter()
+        .find(|p| key.starts_with(*p))
+        .map_or(0, |p| p.len());
+    let rest: Vec<char> = key[prefix_len..].chars().collect();
+    let shown = if rest.len() >= 8 { 4 } else { 0 };
+    let stars = "*".repeat(rest.len() - shown);
+    let tail: String = rest[rest.len() - shown..].iter().collect();
+    format!("{}{stars}{tail}", &key[..prefix_len])
+}

@@ -7,7 +7,9 @@
 //!
 //! Layering: uses `state` (the change, through [`State::update`], so the
 //! usual events are recorded), `api` (the answer is the object as a GET
-//! serves it), `wire` and the account the request addressed.
+//! serves it) and `wire`; the server hands over the account the request
+//! addressed ([`To`]), so `accounts` (which holds each account's
+//! [`Writes`]) is not imported here.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,10 +18,9 @@ use std::sync::{Mutex, MutexGuard};
 use serde_json::{Map, Value};
 
 use crate::MetadataWrite;
-use crate::accounts::{Account, mask_key};
 use crate::api;
 use crate::state::State;
-use crate::wire::ApiError;
+use crate::wire::{ApiError, mask_key};
 
 /// The request header that makes a write idempotent, and Stripe's answer
 /// header saying an answer is a replay.
@@ -46,6 +47,15 @@ pub(crate) fn writable(ty: &str) -> bool {
 
 fn permission(ty: &str) -> Option<&'static str> {
     WRITABLE.iter().find(|(t, _)| *t == ty).map(|(_, p)| *p)
+}
+
+/// The account a write addressed, as the server resolved it.
+pub(crate) struct To<'a> {
+    /// Its write permission, idempotency keys and record.
+    pub writes: &'a Writes,
+    /// The key that reached it, for a refusal's message (masked).
+    pub api_key: &'a str,
+    pub account_id: &'a str,
 }
 
 /// One write request, as the server hands it over.
@@ -126,12 +136,12 @@ impl Writes {
 /// Serves one write for the account it addressed: the key's permission
 /// first (a refusal is not remembered: Stripe checks it before the endpoint
 /// runs, as it checks the key), then the idempotency key, then the change.
-pub(crate) fn write(account: &Account, req: &WriteRequest<'_>) -> Answer {
-    if account.writes.denied.load(Ordering::Relaxed) {
-        return Answer::fresh(Err(no_permission(account, req.ty)));
+pub(crate) fn write<'a>(to: To<'a>, lock: impl FnOnce() -> MutexGuard<'a, State>, req: &WriteRequest<'_>) -> Answer {
+    if to.writes.denied.load(Ordering::Relaxed) {
+        return Answer::fresh(Err(no_permission(&to, req.ty)));
     }
-    let mut st = account.lock();
-    let mut ledger = account.writes.ledger();
+    let mut st = lock();
+    let mut ledger = to.writes.ledger();
     let request = format!("POST {}\n{}", req.path, String::from_utf8_lossy(req.body));
     if let Some(key) = req.idempotency_key
         && let Some(first) = ledger.remembered.get(key)
@@ -263,7 +273,7 @@ fn unknown_parameter(name: &str) -> ApiError {
 }
 
 /// Stripe's 403 to a restricted key without the endpoint's write permission.
-fn no_permission(account: &Account, ty: &str) -> ApiError {
+fn no_permission(to: &To<'_>, ty: &str) -> ApiError {
     let permission = permission(ty).unwrap_or("rak_write");
     ApiError::new(
         403,
@@ -272,8 +282,8 @@ fn no_permission(account: &Account, ty: &str) -> ApiError {
         format!(
             "The provided key '{}' does not have the required permissions for this endpoint on account '{}'. \
              Having the '{permission}' permission would allow this request to continue.",
-            mask_key(&account.api_key),
-            account.id
+            mask_key(to.api_key),
+            to.account_id
         ),
         None,
     )
