@@ -27,7 +27,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use futures::stream::{self, StreamExt};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -169,10 +169,10 @@ async fn send_one(
     Some((sent, true))
 }
 
-/// Sends every write of the store's account due at `now`, within
+/// Sends every write of the store's account that is due, within
 /// [`PASS_BUDGET`] (see the module's notes). Only database errors are
 /// returned.
-pub async fn write_back_due(store: &Store, source: &StripeSource, now: DateTime<Utc>) -> Result<WriteBackCounts> {
+pub async fn write_back_due(store: &Store, source: &StripeSource) -> Result<WriteBackCounts> {
     let started = Instant::now();
     let account_key = store.account().unwrap_or("").to_owned();
     let mut counts = WriteBackCounts::default();
@@ -182,7 +182,7 @@ pub async fn write_back_due(store: &Store, source: &StripeSource, now: DateTime<
     let mut batch = 1;
     while started.elapsed() < PASS_BUDGET {
         let batch_store = store.clone();
-        let jobs = blocking(move || batch_store.due_stripe_writes(after_id, now, batch)).await?;
+        let jobs = blocking(move || batch_store.due_stripe_writes(after_id, batch)).await?;
         let Some(last) = jobs.last() else { break };
         after_id = last.row.id;
         let stop = AtomicBool::new(false);
@@ -249,8 +249,8 @@ pub async fn write_back_due(store: &Store, source: &StripeSource, now: DateTime<
 }
 
 /// What a pass would send now (a dry run's list), at most `limit`.
-pub fn planned_writes(store: &Store, now: DateTime<Utc>, limit: usize) -> Result<Vec<PlannedWrite>> {
-    let jobs = store.due_stripe_writes(0, now, i64::try_from(limit).unwrap_or(i64::MAX))?;
+pub fn planned_writes(store: &Store, limit: usize) -> Result<Vec<PlannedWrite>> {
+    let jobs = store.due_stripe_writes(0, i64::try_from(limit).unwrap_or(i64::MAX))?;
     Ok(jobs
         .iter()
         .filter_map(|job| {

@@ -571,13 +571,12 @@ fn write_back_queries_read_their_own_rows_with_and_without_statistics() {
                 .unwrap();
         }
         let store = db.store.for_account(None);
-        let jobs = store.due_stripe_writes(0, Utc::now(), 100).unwrap();
+        let jobs = store.due_stripe_writes(0, 100).unwrap();
         assert_eq!(jobs.len(), 100);
         assert!(jobs.iter().all(|j| j.licenses.len() == 1), "each item's own license");
         let plan = store
             .explain(PageQuery::DueWrites {
                 after_id: 0,
-                now: Utc::now(),
                 limit: 100,
             })
             .unwrap();

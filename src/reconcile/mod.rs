@@ -246,10 +246,9 @@ async fn run_account(
 /// what it would send). A failure is logged and left for the next run:
 /// write-back never fails a run. A run that lost its lock writes nothing.
 async fn write_back(store: &Store, source: &StripeSource, dry_run: bool, limit: usize, writes: &mut WriteBackReport) {
-    let now = Utc::now();
     let result = if dry_run {
         let list_store = store.clone();
-        blocking(move || crate::write_back::planned_writes(&list_store, now, limit))
+        blocking(move || crate::write_back::planned_writes(&list_store, limit))
             .await
             .map(|mut queued| {
                 queued.append(&mut writes.planned);
@@ -257,14 +256,15 @@ async fn write_back(store: &Store, source: &StripeSource, dry_run: bool, limit: 
                 writes.planned = queued;
             })
     } else if store.check_fence().is_ok() {
-        crate::write_back::write_back_due(store, source, now)
+        crate::write_back::write_back_due(store, source)
             .await
             .map(|pass| writes.pass = pass)
     } else {
         Ok(())
     };
     if let Err(e) = result {
-        tracing::warn!(error = %format!("{e:#}"), "could not write license keys back to Stripe; the next run retries");
+        let doing = if dry_run { "list" } else { "send" };
+        tracing::warn!(error = %format!("{e:#}"), "could not {doing} the write-back queue; the next run tries again");
     }
     let count_store = store.clone();
     match blocking(move || count_store.stripe_write_counts()).await {

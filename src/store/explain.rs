@@ -26,11 +26,7 @@ pub enum PageQuery<'a> {
         limit: i64,
     },
     /// The queue rows of [`Store::due_stripe_writes`].
-    DueWrites {
-        after_id: i64,
-        now: DateTime<Utc>,
-        limit: i64,
-    },
+    DueWrites { after_id: i64, limit: i64 },
     /// The licenses of those rows' purchases.
     PurchaseLicenses { purchases: &'a [(SourceKind, String)] },
 }
@@ -74,8 +70,8 @@ impl Store {
             PageQuery::DueEmails { after_id, now, limit } => {
                 Explain(self.due_emails_query(after_id, now, limit)).get_result(&mut conn)
             }
-            PageQuery::DueWrites { after_id, now, limit } => {
-                Explain(self.due_writes_query(after_id, now, limit)).get_result(&mut conn)
+            PageQuery::DueWrites { after_id, limit } => {
+                Explain(self.due_writes_query(after_id, limit)).get_result(&mut conn)
             }
             PageQuery::PurchaseLicenses { purchases } => {
                 Explain(self.purchase_licenses_query(purchases)).get_result(&mut conn)

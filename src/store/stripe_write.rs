@@ -141,12 +141,13 @@ pub(super) struct PurchaseLicense {
 }
 
 impl Store {
-    /// This account's pending writes due at `now` with an id above
+    /// This account's pending writes due now (by the database's clock, the
+    /// one that stamped them when they were queued) with an id above
     /// `after_id`, oldest first, at most `limit`, each with its licenses.
-    pub fn due_stripe_writes(&self, after_id: i64, now: DateTime<Utc>, limit: i64) -> Result<Vec<StripeWriteJob>> {
+    pub fn due_stripe_writes(&self, after_id: i64, limit: i64) -> Result<Vec<StripeWriteJob>> {
         let mut conn = self.conn()?;
         let rows: Vec<StripeWriteRow> = self
-            .due_writes_query(after_id, now, limit)
+            .due_writes_query(after_id, limit)
             .load(&mut conn)
             .context("reading the write-back queue")?;
         if rows.is_empty() {
@@ -177,12 +178,11 @@ impl Store {
     }
 
     /// The rows [`Store::due_stripe_writes`] reads: this account's pending
-    /// writes due at `now` after `after_id`, oldest first, through
+    /// writes due now after `after_id`, oldest first, through
     /// `stripe_writes_pending_idx`.
     pub(super) fn due_writes_query(
         &self,
         after_id: i64,
-        now: DateTime<Utc>,
         limit: i64,
     ) -> stripe_writes::BoxedQuery<
         'static,
@@ -193,7 +193,7 @@ impl Store {
             .filter(stripe_writes::account_key.eq(self.account_key().to_owned()))
             .filter(stripe_writes::status.eq(WriteStatus::Pending))
             .filter(stripe_writes::id.gt(after_id))
-            .filter(stripe_writes::next_attempt_at.le(now))
+            .filter(stripe_writes::next_attempt_at.le(diesel::dsl::now))
             .order(stripe_writes::id.asc())
             .limit(limit)
             .select(StripeWriteRow::as_select())
