@@ -17,7 +17,8 @@
 //! what comes next (one error policy). `run` holds the phases: read refunds
 //! and disputes, then every purchase list at once (or the events), then
 //! sweep what the clock expired. This file wraps them: take the run lock,
-//! check the mode, record the run, then send the emails.
+//! check the mode, record the run, then write the keys back to Stripe
+//! (`--stripe-write-back`) and send the emails.
 //!
 //! A run that fails part-way leaves every committed page consistent and
 //! the next run converges (pages are independent: each is planned against
@@ -207,7 +208,7 @@ async fn run_account(
     report.run_id = run_id.map(|id| id.to_string());
     if let Some(writes) = &mut report.stripe_writes {
         // Before the request count: the writes are this run's requests too.
-        write_back(store, &run.source, dry_run, options.report_actions, writes).await;
+        send_write_backs(store, &run.source, dry_run, options.report_actions, writes).await;
     }
     report.stripe_requests = run.source.requests();
     report.stripe_rate_limited = run.source.rate_limited();
@@ -245,7 +246,13 @@ async fn run_account(
 /// Sends the write-back queue after the pages committed (a dry run lists
 /// what it would send). A failure is logged and left for the next run:
 /// write-back never fails a run. A run that lost its lock writes nothing.
-async fn write_back(store: &Store, source: &StripeSource, dry_run: bool, limit: usize, writes: &mut WriteBackReport) {
+async fn send_write_backs(
+    store: &Store,
+    source: &StripeSource,
+    dry_run: bool,
+    limit: usize,
+    writes: &mut WriteBackReport,
+) {
     let result = if dry_run {
         let list_store = store.clone();
         blocking(move || crate::write_back::planned_writes(&list_store, limit))
