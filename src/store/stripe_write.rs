@@ -268,19 +268,6 @@ impl Store {
         }
         Ok(counts)
     }
-
-    /// The writes of a license's object (tests, `licenses show`).
-    pub fn stripe_writes_for(&self, to: &WriteTo) -> Result<Option<StripeWriteRow>> {
-        let mut conn = self.conn()?;
-        stripe_writes::table
-            .filter(stripe_writes::account_key.eq(self.account_key()))
-            .filter(stripe_writes::target_kind.eq(to.target))
-            .filter(stripe_writes::target_id.eq(&to.target_id))
-            .select(StripeWriteRow::as_select())
-            .first(&mut conn)
-            .optional()
-            .context("reading a write-back")
-    }
 }
 
 /// One write's outcome (see [`Store::record_stripe_writes`]).
