@@ -120,6 +120,13 @@ fn classify(job: &StripeWriteJob, metadata: &BTreeMap<String, String>, result: R
     };
     let (target, id) = (job.row.target_kind, &job.row.target_id);
     match &error {
+        StripeError::Auth {
+            status: 401, message, ..
+        } => Sent::Forbidden(format!(
+            "Stripe rejected the API key writing license keys onto {target} {id} (HTTP 401: {}); \
+             check STRIPE_API_KEY. The writes stay queued; licenses are not affected",
+            without_keys(message, job)
+        )),
         StripeError::Auth { status, message, .. } => {
             let (permission, dashboard) = target.permission();
             Sent::Forbidden(format!(
