@@ -72,11 +72,20 @@ pub struct PlannedWrite {
     pub metadata: Option<BTreeMap<String, String>>,
 }
 
-/// What a job asks Stripe for, or `None` when Stripe holds it already.
-fn wanted(job: &StripeWriteJob) -> Option<BTreeMap<String, String>> {
+/// What a job asks Stripe for: its metadata, that metadata as the queue
+/// stores it once Stripe holds it, and whether Stripe holds it already (or
+/// there is nothing to write: no license left).
+struct Wanted {
+    metadata: BTreeMap<String, String>,
+    value: serde_json::Value,
+    held: bool,
+}
+
+fn wanted(job: &StripeWriteJob) -> Wanted {
     let metadata = metadata_for(job.row.target_kind, &job.licenses);
     let value = serde_json::to_value(&metadata).expect("a string map serializes");
-    (!metadata.is_empty() && job.row.sent_metadata.as_ref() != Some(&value)).then_some(metadata)
+    let held = metadata.is_empty() || job.row.sent_metadata.as_ref() == Some(&value);
+    Wanted { metadata, value, held }
 }
 
 /// The same key for the same write of the same account; another for
@@ -101,35 +110,26 @@ fn without_keys(text: &str, job: &StripeWriteJob) -> String {
         .fold(text.to_owned(), |text, (_, key)| text.replace(key.as_str(), "[key]"))
 }
 
-/// How one write ended, as the pass acts on it.
-enum Sent {
-    Done(WriteOutcome),
-    /// Another attempt may get past it: retried with backoff, and the pass ends.
-    Transient(WriteOutcome),
-    /// The key may not write: due again at the next run, and the pass ends.
-    Forbidden(String),
-}
-
-fn classify(job: &StripeWriteJob, metadata: &BTreeMap<String, String>, result: Result<(), StripeError>) -> Sent {
+/// How one attempted write ended: its outcome (a `Retry` ends the pass),
+/// or `Err` with why the key may not write at all (the pass ends, and the
+/// write is due again at the next run).
+fn classify(job: &StripeWriteJob, wanted: Wanted, result: Result<(), StripeError>) -> Result<WriteOutcome, String> {
     let error = match result {
-        Ok(()) => {
-            let value = serde_json::to_value(metadata).expect("a string map serializes");
-            return Sent::Done(WriteOutcome::Sent(value));
-        }
+        Ok(()) => return Ok(WriteOutcome::Sent(wanted.value)),
         Err(e) => e,
     };
     let (target, id) = (job.row.target_kind, &job.row.target_id);
     match &error {
         StripeError::Auth {
             status: 401, message, ..
-        } => Sent::Forbidden(format!(
+        } => Err(format!(
             "Stripe rejected the API key writing license keys onto {target} {id} (HTTP 401: {}); \
              check STRIPE_API_KEY. The writes stay queued; licenses are not affected",
             without_keys(message, job)
         )),
         StripeError::Auth { status, message, .. } => {
             let (permission, dashboard) = target.permission();
-            Sent::Forbidden(format!(
+            Err(format!(
                 "Stripe refused to write license keys onto {target} {id} (HTTP {status}: {}). \
                  --stripe-write-back needs write permission: grant the restricted key \"{dashboard}\" \
                  ({permission}), and the same for the other objects written (Subscriptions, PaymentIntents, \
@@ -138,9 +138,9 @@ fn classify(job: &StripeWriteJob, metadata: &BTreeMap<String, String>, result: R
             ))
         }
         StripeError::Api { status, .. } if *status != 429 && (400..500).contains(status) && *status != 409 => {
-            Sent::Done(WriteOutcome::Refused(without_keys(&error.to_string(), job)))
+            Ok(WriteOutcome::Refused(without_keys(&error.to_string(), job)))
         }
-        _ => Sent::Transient(WriteOutcome::Retry {
+        _ => Ok(WriteOutcome::Retry {
             error: without_keys(&error.to_string(), job),
             retry_at: Utc::now()
                 + chrono::Duration::from_std(retry_delay(job.row.attempts + 1)).expect("the backoff fits"),
@@ -148,32 +148,39 @@ fn classify(job: &StripeWriteJob, metadata: &BTreeMap<String, String>, result: R
     }
 }
 
-/// Sends one job, unless Stripe holds its metadata already (`false`: no
-/// request made), or the pass has stopped (`None`: left pending).
+/// What became of one job in a pass.
+enum Done {
+    /// Stripe held its metadata already: recorded as sent, no request made.
+    Held(serde_json::Value),
+    /// A request was made: its outcome, or why the key may not write.
+    Attempted(Result<WriteOutcome, String>),
+}
+
+/// Sends one job, unless Stripe holds its metadata already, or the pass
+/// has stopped (`None`: left pending).
 async fn send_one(
     source: &StripeSource,
     account_key: &str,
     job: &StripeWriteJob,
     stop: &AtomicBool,
     started: Instant,
-) -> Option<(Sent, bool)> {
-    let Some(metadata) = wanted(job) else {
-        let held =
-            serde_json::to_value(metadata_for(job.row.target_kind, &job.licenses)).expect("a string map serializes");
-        return Some((Sent::Done(WriteOutcome::Sent(held)), false));
-    };
+) -> Option<Done> {
+    let wanted = wanted(job);
+    if wanted.held {
+        return Some(Done::Held(wanted.value));
+    }
     if stop.load(Ordering::Relaxed) || started.elapsed() >= PASS_BUDGET {
         return None;
     }
-    let key = idempotency_key(account_key, job, &metadata);
+    let key = idempotency_key(account_key, job, &wanted.metadata);
     let result = source
-        .set_metadata(job.row.target_kind, &job.row.target_id, &metadata, &key)
+        .set_metadata(job.row.target_kind, &job.row.target_id, &wanted.metadata, &key)
         .await;
-    let sent = classify(job, &metadata, result);
-    if !matches!(sent, Sent::Done(_)) {
+    let outcome = classify(job, wanted, result);
+    if matches!(outcome, Err(_) | Ok(WriteOutcome::Retry { .. })) {
         stop.store(true, Ordering::Relaxed);
     }
-    Some((sent, true))
+    Some(Done::Attempted(outcome))
 }
 
 /// Sends every write of the store's account that is due, within
@@ -193,23 +200,27 @@ pub async fn write_back_due(store: &Store, source: &StripeSource) -> Result<Writ
         let Some(last) = jobs.last() else { break };
         after_id = last.row.id;
         let stop = AtomicBool::new(false);
-        let done: Vec<(StripeWriteJob, Option<(Sent, bool)>)> = stream::iter(jobs)
+        let done: Vec<(StripeWriteJob, Option<Done>)> = stream::iter(jobs)
             .map(|job| {
                 let (stop, account_key) = (&stop, account_key.as_str());
                 async move {
-                    let sent = send_one(source, account_key, &job, stop, started).await;
-                    (job, sent)
+                    let done = send_one(source, account_key, &job, stop, started).await;
+                    (job, done)
                 }
             })
             .buffered(IN_FLIGHT)
             .collect()
             .await;
         let mut outcomes = Vec::with_capacity(done.len());
-        for (job, sent) in done {
-            let (target, object) = (job.row.target_kind, job.row.target_id.clone());
-            let outcome = match sent {
+        for (job, done) in done {
+            let (target, object) = (job.row.target_kind, &job.row.target_id);
+            let (outcome, attempted) = match done {
                 None => continue,
-                Some((Sent::Forbidden(message), attempted)) => {
+                Some(Done::Held(value)) => {
+                    counts.unchanged += 1;
+                    (WriteOutcome::Sent(value), false)
+                }
+                Some(Done::Attempted(Err(message))) => {
                     tracing::warn!("{message}");
                     counts.stopped = Some(message.clone());
                     // Due again at once: the next run tries once more, and
@@ -220,30 +231,25 @@ pub async fn write_back_due(store: &Store, source: &StripeSource) -> Result<Writ
                             error: message,
                             retry_at,
                         },
-                        attempted,
+                        true,
                     )
                 }
-                Some((Sent::Done(outcome), attempted)) => {
-                    match (&outcome, attempted) {
-                        (WriteOutcome::Sent(_), false) => counts.unchanged += 1,
-                        (WriteOutcome::Sent(_), true) => counts.sent += 1,
-                        (WriteOutcome::Refused(error), _) => {
+                Some(Done::Attempted(Ok(outcome))) => {
+                    match &outcome {
+                        WriteOutcome::Sent(_) => counts.sent += 1,
+                        WriteOutcome::Refused(error) => {
                             tracing::warn!(%target, %object, %error, "Stripe refused to write license keys onto this object; not retried");
                             counts.refused += 1;
                         }
-                        (WriteOutcome::Retry { .. }, _) => counts.retrying += 1,
+                        WriteOutcome::Retry { error, .. } => {
+                            tracing::warn!(%target, %object, %error, "could not write license keys onto this object; a later run retries");
+                            counts.retrying += 1;
+                        }
                     }
-                    (outcome, attempted)
-                }
-                Some((Sent::Transient(outcome), attempted)) => {
-                    if let WriteOutcome::Retry { error, .. } = &outcome {
-                        tracing::warn!(%target, %object, %error, "could not write license keys onto this object; a later run retries");
-                    }
-                    counts.retrying += 1;
-                    (outcome, attempted)
+                    (outcome, true)
                 }
             };
-            outcomes.push((job.row.id, outcome.0, outcome.1));
+            outcomes.push((job.row.id, outcome, attempted));
         }
         let record_store = store.clone();
         blocking(move || record_store.record_stripe_writes(&outcomes)).await?;
@@ -261,10 +267,11 @@ pub fn planned_writes(store: &Store, limit: usize) -> Result<Vec<PlannedWrite>> 
     Ok(jobs
         .iter()
         .filter_map(|job| {
-            wanted(job).map(|metadata| PlannedWrite {
+            let wanted = wanted(job);
+            (!wanted.held).then(|| PlannedWrite {
                 target: job.row.target_kind,
                 object: job.row.target_id.clone(),
-                metadata: Some(metadata),
+                metadata: Some(wanted.metadata),
             })
         })
         .collect())
@@ -298,19 +305,19 @@ mod tests {
 
     #[test]
     fn a_write_stripe_confirmed_is_not_sent_again() {
-        let fresh = job(None);
-        let metadata = wanted(&fresh).expect("never written: sent");
-        let confirmed = job(Some(serde_json::to_value(&metadata).unwrap()));
-        assert_eq!(wanted(&confirmed), None);
+        let fresh = wanted(&job(None));
+        assert!(!fresh.held, "never written: sent");
+        let confirmed = job(Some(serde_json::to_value(&fresh.metadata).unwrap()));
+        assert!(wanted(&confirmed).held);
         let mut reissued = confirmed.clone();
         reissued.licenses[0].1 = "NEWKY-BBBBB-CCCCC-DDDDD-EEEEE".into();
-        assert!(wanted(&reissued).is_some(), "a new key is written");
+        assert!(!wanted(&reissued).held, "a new key is written");
     }
 
     #[test]
     fn the_idempotency_key_follows_the_write_not_the_attempt() {
         let one = job(None);
-        let metadata = wanted(&one).unwrap();
+        let metadata = wanted(&one).metadata;
         assert_eq!(
             idempotency_key("", &one, &metadata),
             idempotency_key("", &one, &metadata)

@@ -135,7 +135,7 @@ pub(super) struct PurchaseLicense {
     #[diesel(sql_type = Text)]
     key: String,
     #[diesel(sql_type = Text)]
-    source_kind: String,
+    source_kind: SourceKind,
     #[diesel(sql_type = Text)]
     purchase: String,
 }
@@ -158,7 +158,7 @@ impl Store {
             .purchase_licenses_query(&purchases)
             .load(&mut conn)
             .context("reading the licenses of queued writes")?;
-        let mut by_purchase: BTreeMap<(String, String), Vec<(i64, String)>> = BTreeMap::new();
+        let mut by_purchase: BTreeMap<(SourceKind, String), Vec<(i64, String)>> = BTreeMap::new();
         for l in found {
             by_purchase
                 .entry((l.source_kind, l.purchase))
@@ -169,7 +169,7 @@ impl Store {
             .into_iter()
             .map(|row| {
                 let licenses = by_purchase
-                    .get(&(row.source_kind.as_str().to_owned(), row.purchase.clone()))
+                    .get(&(row.source_kind, row.purchase.clone()))
                     .cloned()
                     .unwrap_or_default();
                 StripeWriteJob { row, licenses }
