@@ -30,6 +30,10 @@ use fake_stripe::{FakeStripe, GeneratedAccount, GeneratedSummary, Latency, Optio
 use licensync::pg::{Binaries, Cluster, Tuning};
 use serde_json::Value;
 
+/// The fake Stripe serves from this process: see the note in Cargo.toml.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Parser)]
 #[command(about = "Benchmarks a full reconcile of the release binary against a real account's mix in the fake Stripe")]
 struct Args {
