@@ -23,10 +23,13 @@
 //! handed back uncharged.
 
 use std::collections::{HashSet, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use chrono::{DateTime, Utc};
+use tokio::sync::Notify;
 use tokio::task::{JoinHandle, JoinSet};
 
 use crate::domain::EmailKind;
@@ -114,6 +117,67 @@ pub async fn deliver_due(
     max_attempts: u32,
     now: DateTime<Utc>,
 ) -> Result<DeliveryCounts> {
+    deliver(store, mail, max_attempts, now, None).await
+}
+
+/// What a reconcile run tells the sender that works beside it
+/// ([`deliver_during`]): a page committed emails, or the run is over.
+#[derive(Debug, Clone, Default)]
+pub struct Queued(Arc<QueuedState>);
+
+#[derive(Debug, Default)]
+struct QueuedState {
+    wake: Notify,
+    over: AtomicBool,
+}
+
+impl Queued {
+    /// A page that queued emails has committed: they are due now.
+    pub fn committed(&self) {
+        self.0.wake.notify_one();
+    }
+
+    /// The run wrote its last page: the sender claims what is left and ends.
+    pub fn over(&self) {
+        self.0.over.store(true, Ordering::SeqCst);
+        self.0.wake.notify_one();
+    }
+
+    fn is_over(&self) -> bool {
+        self.0.over.load(Ordering::SeqCst)
+    }
+}
+
+/// [`deliver_due`] beside a reconcile run, so that a buyer's key goes out
+/// as its page commits and not after the whole account was read: whenever
+/// nothing is due, the pass waits for the run's next [`Queued::committed`]
+/// instead of ending. It is one pass all along, so a transient failure
+/// ends it for the rest of the run and an outage still costs one attempt
+/// per run. Once nothing is due after [`Queued::over`], it sweeps the
+/// outbox once more from its first row, as a pass after the run would, and
+/// ends: a row it could not take while the run went on is sent then (one
+/// still claimed by the sender of a run killed just before, whose session
+/// the database had not seen end yet, or one a page's transaction held).
+pub async fn deliver_during(
+    store: &Store,
+    mail: &MailService,
+    max_attempts: u32,
+    now: DateTime<Utc>,
+    queued: &Queued,
+) -> Result<DeliveryCounts> {
+    deliver(store, mail, max_attempts, now, Some(queued)).await
+}
+
+async fn deliver(
+    store: &Store,
+    mail: &MailService,
+    max_attempts: u32,
+    now: DateTime<Utc>,
+    queued: Option<&Queued>,
+) -> Result<DeliveryCounts> {
+    // `now` is this instant: the pass's clock runs from here, not from
+    // when the sender's session was open.
+    let started = Instant::now();
     let lease = chrono::Duration::from_std(CLAIM_LEASE).expect("the lease fits a chrono duration");
     // Alive until this call returns: were the process to die mid-pass, the
     // rows it claimed would be due again at once for the next sender.
@@ -127,13 +191,20 @@ pub async fn deliver_due(
         width: mail.concurrency().max(1),
         proven: false,
         now,
-        started: Instant::now(),
+        started,
         counts: DeliveryCounts::default(),
     };
     // Keyset over the ids: a row handed back as due (`none`) or retried
-    // within this call's clock is not taken again by the same call.
+    // within this call's clock is not taken again by the same call. Beside
+    // a run, the run's pages commit one after another, so the ids of the
+    // rows each queues are above those of every row committed before it.
     let mut after_id = 0;
+    // The sweep from the first row that ends every pass.
+    let mut sweeping = queued.is_none();
     loop {
+        // Read before the claim: a claim that finds nothing after the run
+        // was over has seen every row the run committed.
+        let last_call = queued.is_none_or(Queued::is_over);
         let claimed_at = pass.clock();
         let start_by = Instant::now() + CLAIM_LEASE / 2;
         // Until a message has gone through, claim only the one about to be
@@ -147,7 +218,18 @@ pub async fn deliver_due(
         })
         .await?;
         let Some(last) = jobs.last() else {
-            return Ok(pass.counts);
+            match queued {
+                Some(queued) if !last_call => {
+                    queued.0.wake.notified().await;
+                    continue;
+                }
+                _ if !sweeping => {
+                    sweeping = true;
+                    after_id = 0;
+                    continue;
+                }
+                _ => return Ok(pass.counts),
+            }
         };
         let last_id = last.outbox.id;
         match pass.batch(jobs, start_by).await? {

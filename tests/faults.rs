@@ -1657,8 +1657,9 @@ async fn a_statement_timeout_on_a_page_write_fails_the_run_which_the_next_run_re
 
 /// Every connection slot taken before a run: it cannot start and writes
 /// nothing. Taken once two pages of subscriptions committed: the run either
-/// lands everything with the connections its pool holds (the emails wait),
-/// or fails leaving only whole pages. Either way the next run converges.
+/// lands everything with the connections its pool and its sender hold (an
+/// email that needed a new connection waits), or fails leaving only whole
+/// pages. Either way the next run converges.
 #[tokio::test(flavor = "multi_thread")]
 async fn every_connection_slot_taken_before_or_during_a_run_loses_nothing() {
     let mut figures = Figures::new("postgres connection slots exhausted");
@@ -1720,16 +1721,20 @@ async fn every_connection_slot_taken_before_or_during_a_run_loses_nothing() {
     };
     drop(held);
     match ran.code {
-        // The pages landed; the emails could not be sent (the sender needs a
-        // session of its own) and wait for the next run.
+        // The pages landed. The sender opened its own session when the run
+        // began, so it sends with that and the pool's connections; what it
+        // could not send for want of a new connection waits for the next run.
         0 => {
             let report = ran.report();
-            assert_eq!(report["emails_sent"], 0, "{}", ran.all());
-            assert!(ran.stderr.contains("could not deliver license emails"), "{}", ran.all());
-            assert!(ran.stderr.contains("too many clients"), "{}", ran.all());
             assert_eq!(licenses(&url), reference.licenses);
+            let sent = count(&url, "SELECT id FROM email_outbox WHERE status = 'sent'");
             let pending = count(&url, "SELECT id FROM email_outbox WHERE status = 'pending'");
-            assert_eq!(pending, reference.licenses.len(), "every email still pending");
+            assert_eq!(report["emails_sent"], sent, "{}", ran.all());
+            assert_eq!(sent + pending, reference.licenses.len(), "every email sent or pending");
+            if pending > 0 {
+                assert!(ran.stderr.contains("could not deliver license emails"), "{}", ran.all());
+                assert!(ran.stderr.contains("too many clients"), "{}", ran.all());
+            }
             figures.add("runs that went on without a new connection", 1);
         }
         1 => assert_landed_whole_and_no_success(reference, &fake, &url).await,

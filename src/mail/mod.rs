@@ -230,6 +230,12 @@ impl MailService {
         }
     }
 
+    /// Whether messages leave at all: the `none` backend only renders them
+    /// and leaves them pending.
+    pub fn sends(&self) -> bool {
+        !matches!(self.inner.mailer, Mailer::None)
+    }
+
     /// The complete message for one outbox row: subject naming the
     /// products, a text and an HTML alternative, `Message-ID` from
     /// [`message_id`], `From` the configured sender, `Reply-To` the support

@@ -63,14 +63,14 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::{Result, anyhow};
+use anyhow::{Context as _, Result, anyhow};
 use chrono::Utc;
 
 pub use policy::{Action, Interrupted, Outcome, error_policy};
 pub use report::{Report, ReportAction, ReportSkip, TEXT_ACTIONS, WriteBackReport, render_json, render_text};
 pub use scope::{EVENT_RETENTION, EVENTS_CURSOR, EventCursor, OVERLAP, RunMode, Scope};
 
-use crate::delivery::deliver_due;
+use crate::delivery::{DeliveryCounts, Queued, deliver_due, deliver_during};
 use crate::domain::RunOutcome;
 use crate::error::{Failure, usage};
 use crate::mail::MailService;
@@ -184,10 +184,18 @@ async fn run_account(
         report: Report::new(planned_mode, dry_run, options.report_actions),
         taken_back: HashMap::new(),
         write_back: options.write_back,
+        mail: None,
     };
     if options.write_back {
         run.report.stripe_writes = Some(WriteBackReport::default());
     }
+    // Emails go out while the run goes on, each page's as it commits (the
+    // `none` backend sends nothing, so its pass waits for the run's end).
+    let mailing = match (mail, dry_run) {
+        (Some(mail), false) if mail.sends() => Some(Mailing::start(store, mail, options.mail_max_attempts)),
+        _ => None,
+    };
+    run.mail = mailing.as_ref().map(|m| m.queued.clone());
     let outcome = run.execute(scope::choose(options.scope, cursor, now)).await;
     run.progress.bar.finish_and_clear();
     let mut report = run.report;
@@ -217,10 +225,15 @@ async fn run_account(
         report.outcome = RunOutcome::Failed;
         report.error = Some(crate::secret::redact(&format!("{e:#}")));
     }
-    // Sending happens after the pages committed; an email that fails stays
-    // pending for the next run and never fails this one.
-    if let (Some(mail), false) = (mail, dry_run) {
-        match deliver_due(store, mail, options.mail_max_attempts, Utc::now()).await {
+    // The emails of the last pages; one that fails stays pending for the
+    // next run and never fails this one.
+    let sent = match (mailing, mail) {
+        (Some(mailing), _) => Some(mailing.finish().await),
+        (None, Some(mail)) if !dry_run => Some(deliver_due(store, mail, options.mail_max_attempts, Utc::now()).await),
+        _ => None,
+    };
+    if let Some(sent) = sent {
+        match sent {
             Ok(sent) => report.emails_sent = sent.sent,
             Err(e) => {
                 tracing::warn!(error = %format!("{e:#}"), "could not deliver license emails; the next run retries")
@@ -241,6 +254,36 @@ async fn run_account(
         )?;
     }
     Ok((report, outcome))
+}
+
+/// The sender beside a run (`delivery::deliver_during`), in its own task.
+struct Mailing {
+    queued: Queued,
+    task: tokio::task::JoinHandle<Result<DeliveryCounts>>,
+}
+
+impl Mailing {
+    fn start(store: &Store, mail: &MailService, max_attempts: u32) -> Mailing {
+        let queued = Queued::default();
+        let (store, mail, wake) = (store.clone(), mail.clone(), queued.clone());
+        let task = tokio::spawn(async move { deliver_during(&store, &mail, max_attempts, Utc::now(), &wake).await });
+        Mailing { queued, task }
+    }
+
+    /// Sends what the run's last pages queued and returns what the whole
+    /// run sent.
+    async fn finish(mut self) -> Result<DeliveryCounts> {
+        self.queued.over();
+        (&mut self.task).await.context("the email sender stopped")?
+    }
+}
+
+impl Drop for Mailing {
+    /// A run given up before its end (its future dropped) still lets its
+    /// sender finish instead of leaving it waiting for pages.
+    fn drop(&mut self) {
+        self.queued.over();
+    }
 }
 
 /// Sends the write-back queue after the pages committed (a dry run lists

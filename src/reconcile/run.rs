@@ -16,6 +16,7 @@ use super::segments::Segment;
 use super::stage::{PageContext, Slice, Staged, plan_and_apply};
 use super::{EventCursor, Interrupted, OVERLAP, Report, RunMode, read, routing, scope};
 use crate::catalog::Catalog;
+use crate::delivery::Queued;
 use crate::domain::{GrantFact, PaymentReversal, ReversalKind, Timestamp};
 use crate::plan::PlanConfig;
 use crate::shutdown::Shutdown;
@@ -43,6 +44,8 @@ pub(super) struct Run {
     pub(super) taken_back: HashMap<String, PaymentReversal>,
     /// `--stripe-write-back`.
     pub(super) write_back: bool,
+    /// The sender beside the run, told of each page that queued emails.
+    pub(super) mail: Option<Queued>,
 }
 
 impl Run {
@@ -93,6 +96,11 @@ impl Run {
             applied,
             looked_at,
         } = blocking(move || plan_and_apply(&ctx, slice)).await?;
+        if let Some(mail) = &self.mail
+            && applied.iter().flatten().any(|a| a.action.email.is_some())
+        {
+            mail.committed();
+        }
         self.report.record(&plan, applied.as_deref(), &looked_at);
         self.progress
             .advance(objects, plan.actions.len(), self.source.requests());

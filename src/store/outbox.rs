@@ -72,6 +72,22 @@ pub struct NewOutboxRow {
     pub stripe_account: Option<String>,
 }
 
+/// The time up to which a row is due: the sender's clock, or the
+/// database's when that is later. A row is queued at the database's
+/// `now()`, and a sender beside the run claims it as its page commits: a
+/// sender whose clock lags the database's must not take that row for one
+/// of the future, wait for the next page, and leave it to the end of the run.
+fn due_by(
+    now: DateTime<Utc>,
+) -> diesel::expression::SqlLiteral<
+    diesel::sql_types::Timestamptz,
+    impl diesel::query_builder::QueryFragment<diesel::pg::Pg>,
+> {
+    diesel::dsl::sql::<diesel::sql_types::Timestamptz>("GREATEST(")
+        .bind::<diesel::sql_types::Timestamptz, _>(now)
+        .sql(", now())")
+}
+
 /// SQL that is true for an outbox row claimed by a sender whose session has
 /// ended (crashed, killed): its advisory lock is gone with its connection.
 fn claimer_gone() -> String {
@@ -235,7 +251,7 @@ impl Store {
             .filter(email_outbox::status.eq(EmailStatus::Pending))
             .filter(
                 email_outbox::next_attempt_at
-                    .le(now)
+                    .le(due_by(now))
                     .or(diesel::dsl::sql::<diesel::sql_types::Bool>(&claimer_gone())),
             )
             .filter(email_outbox::id.gt(after_id))
