@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result};
 use futures::stream::{self, Stream, StreamExt};
+use tokio::sync::watch;
 
 use super::read::{Horizon, WIDTH};
 use super::segments::Segment;
@@ -25,7 +26,9 @@ pub(super) type Pages = Pin<Box<dyn Stream<Item = Result<GrantPage>> + Send>>;
 
 /// Every purchase list a scan reads, merged into one stream of pages:
 /// subscriptions (all of them) alongside the Checkout Sessions created in
-/// `window` and, once those are read, the one-off invoices.
+/// `window` and the one-off invoices. A full scan reads the invoice items
+/// beside the sessions and plans their invoices once the sessions are
+/// read; a window reads its invoices after its sessions.
 pub(super) fn purchase_pages(
     source: Arc<StripeSource>,
     window: CreatedRange,
@@ -34,9 +37,15 @@ pub(super) fn purchase_pages(
 ) -> Pages {
     let floor = catalog.oldest_price();
     let one_time = catalog.one_time_prices_that_grant();
-    // Subscriptions and Checkout Sessions start together; the one-off
-    // invoices follow the sessions and report when they start.
-    let horizon = Horizon::new(if one_time.is_empty() { 1 } else { 2 });
+    // A full scan reads subscriptions, Checkout Sessions and invoice items
+    // side by side; a window's one-off invoices follow its sessions and
+    // report when they start.
+    let side_by_side = window == CreatedRange::default();
+    let horizon = Horizon::new(match (one_time.is_empty(), side_by_side) {
+        (true, _) => 1,
+        (false, true) => 3,
+        (false, false) => 2,
+    });
     let subscriptions = {
         let source = source.clone();
         read::pages(
@@ -59,6 +68,9 @@ pub(super) fn purchase_pages(
         return subscriptions.boxed();
     }
     let session_invoices: Arc<Mutex<HashSet<String>>> = Arc::default();
+    // Set once every Checkout Session was read, and so every invoice a
+    // session created is known.
+    let (sessions_read, sessions_done) = watch::channel(false);
     let sessions = {
         let source = source.clone();
         let session_invoices = session_invoices.clone();
@@ -81,83 +93,130 @@ pub(super) fn purchase_pages(
                 .extend(page.session_invoices.iter().cloned());
             Ok(page)
         })
+        .chain(stream::once(async move { sessions_read.send_replace(true) }).filter_map(|_| async { None }))
     };
-    // Built once the sessions are read: it needs their invoices.
+    if side_by_side {
+        let items = one_off_invoices_from_items(
+            source,
+            floor,
+            one_time,
+            session_invoices,
+            sessions_done,
+            horizon,
+            estimate,
+        );
+        return stream::select(subscriptions, stream::select(sessions, items)).boxed();
+    }
+    let invoices = one_off_invoice_pages(source, window, floor, session_invoices, horizon, estimate);
+    // Started once the sessions are read: it needs their invoices.
     let invoices = stream::once(async move {
-        one_off_invoice_pages(source, window, floor, one_time, session_invoices, horizon, estimate)
+        let mut sessions_done = sessions_done;
+        let _ = sessions_done.wait_for(|read| *read).await;
+        invoices
     })
     .flatten();
-    stream::select(subscriptions, sessions.chain(invoices)).boxed()
+    stream::select(subscriptions, stream::select(sessions, invoices)).boxed()
 }
 
-/// The one-off invoices that can grant (see the module's "Read only what
-/// can grant"), without those Checkout Sessions created.
+/// The paid invoices created in `window` (a `--since` window), without
+/// those Checkout Sessions created; read once the sessions are.
 fn one_off_invoice_pages(
     source: Arc<StripeSource>,
     window: CreatedRange,
     floor: Option<i64>,
-    one_time: BTreeSet<String>,
     session_invoices: Arc<Mutex<HashSet<String>>>,
     horizon: Arc<Horizon>,
     estimate: Arc<AtomicU64>,
 ) -> Pages {
-    if window != CreatedRange::default() {
-        return read::pages(window, floor, WIDTH, horizon, Some(estimate), move |s: Segment| {
-            let source = source.clone();
-            async move { source.invoices_page(s.after.as_deref(), &s.range()).await }
-        })
-        .map(move |r| {
-            let mut page = r.context("reading invoices")?;
-            let skip = session_invoices.lock().expect("session invoices lock");
-            page.grants.retain(|g| !skip.contains(purchase_of(g)));
-            Ok(page)
-        })
-        .boxed();
-    }
+    read::pages(window, floor, WIDTH, horizon, Some(estimate), move |s: Segment| {
+        let source = source.clone();
+        async move { source.invoices_page(s.after.as_deref(), &s.range()).await }
+    })
+    .map(move |r| {
+        let mut page = r.context("reading invoices")?;
+        let skip = session_invoices.lock().expect("session invoices lock");
+        page.grants.retain(|g| !skip.contains(purchase_of(g)));
+        Ok(page)
+    })
+    .boxed()
+}
+
+/// The one-off invoices that can grant (see the module's "Read only what
+/// can grant"), found through their invoice items, without those Checkout
+/// Sessions created. The items are read beside the sessions; the invoices
+/// they name are held until every session was read, then those the
+/// sessions created are dropped and the rest are planned. What is held is
+/// the account's one-off invoices able to grant, a small share of its
+/// purchases.
+fn one_off_invoices_from_items(
+    source: Arc<StripeSource>,
+    floor: Option<i64>,
+    one_time: BTreeSet<String>,
+    session_invoices: Arc<Mutex<HashSet<String>>>,
+    mut sessions_done: watch::Receiver<bool>,
+    horizon: Arc<Horizon>,
+    estimate: Arc<AtomicU64>,
+) -> Pages {
     let one_time = Arc::new(one_time);
     let items = {
         let (source, one_time) = (source.clone(), one_time.clone());
-        read::pages(window, floor, WIDTH, horizon, Some(estimate), move |s: Segment| {
-            let (source, one_time) = (source.clone(), one_time.clone());
-            async move {
-                source
-                    .invoice_items_page(s.after.as_deref(), &s.range(), &one_time)
-                    .await
-            }
-        })
-    };
-    // Invoices already taken: an invoice of several items counts once, even
-    // when its items stand on different pages.
-    let mut wanted = HashSet::new();
-    items
-        .flat_map(move |r| {
-            // Each invoice that can grant: read already (expanded with its
-            // items), or its id when Stripe did not expand it.
-            let invoices: Vec<Result<Result<GrantPage, String>>> = match r {
-                Err(e) => vec![Err(anyhow::Error::new(e).context("reading invoice items"))],
-                Ok(mut page) => {
-                    let skip = session_invoices.lock().expect("session invoices lock");
-                    let ids: Vec<String> = page
-                        .items
-                        .items
-                        .into_iter()
-                        .filter(|i| i.can_grant(&one_time))
-                        .filter_map(|i| i.invoice)
-                        .filter(|id| !skip.contains(id) && wanted.insert(id.clone()))
-                        .collect();
-                    ids.into_iter()
-                        .map(|id| Ok(page.invoices.remove(&id).ok_or(id)))
-                        .collect()
+        read::pages(
+            CreatedRange::default(),
+            floor,
+            WIDTH,
+            horizon,
+            Some(estimate),
+            move |s: Segment| {
+                let (source, one_time) = (source.clone(), one_time.clone());
+                async move {
+                    source
+                        .invoice_items_page(s.after.as_deref(), &s.range(), &one_time)
+                        .await
                 }
-            };
-            stream::iter(invoices)
+            },
+        )
+    };
+    let held = async move {
+        // Each invoice that can grant, once (an invoice of several items
+        // counts once, even when its items stand on different pages): read
+        // already (expanded with its items), or its id alone when Stripe did
+        // not expand it.
+        let mut wanted = HashSet::new();
+        let mut invoices: Vec<(String, Option<GrantPage>)> = Vec::new();
+        let mut items = std::pin::pin!(items);
+        while let Some(page) = items.next().await {
+            let mut page = page.context("reading invoice items")?;
+            for id in page
+                .items
+                .items
+                .into_iter()
+                .filter(|i| i.can_grant(&one_time))
+                .filter_map(|i| i.invoice)
+            {
+                if wanted.insert(id.clone()) {
+                    let read = page.invoices.remove(&id);
+                    invoices.push((id, read));
+                }
+            }
+        }
+        if sessions_done.wait_for(|read| *read).await.is_err() {
+            anyhow::bail!("the Checkout Sessions were not read to their end");
+        }
+        let skip = session_invoices.lock().expect("session invoices lock");
+        invoices.retain(|(id, _)| !skip.contains(id));
+        Ok(invoices)
+    };
+    stream::once(held)
+        .flat_map(|held: Result<Vec<(String, Option<GrantPage>)>>| match held {
+            Ok(invoices) => stream::iter(invoices.into_iter().map(Ok)).left_stream(),
+            Err(e) => stream::iter([Err(e)]).right_stream(),
         })
         .map(move |invoice| {
             let source = source.clone();
             async move {
                 match invoice? {
-                    Ok(read) => Ok(Some(read)),
-                    Err(id) => {
+                    (_, Some(read)) => Ok(Some(read)),
+                    (id, None) => {
                         let page = source
                             .one_off_invoice(&id)
                             .await

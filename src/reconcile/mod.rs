@@ -42,8 +42,11 @@
 //!   cannot say "no subscription". A `--since` window older than the event
 //!   retention still pages the paid invoices created in the window (an
 //!   item can be created long before its invoice).
-//! - Sessions are read before invoices (the invoices they created are
-//!   theirs); subscriptions are read alongside both.
+//! - The invoices Checkout Sessions created are the sessions': a one-off
+//!   invoice is planned only once every session was read. A full scan
+//!   reads the invoice items beside the sessions and holds the invoices
+//!   they name until then; a `--since` window pages its invoices after its
+//!   sessions. Subscriptions are read alongside both.
 //! - A run stopped by a signal stops applying at once; pages read ahead but
 //!   not applied are read again by the next run.
 

@@ -1,0 +1,93 @@
+//! A full scan reads its Checkout Sessions and its invoice items side by
+//! side (issue 18), and still never licenses an invoice a session created:
+//! the invoices the items name wait until every session was read. The real
+//! binary against the fake Stripe.
+
+mod common;
+
+use std::time::Duration;
+
+use chrono::Utc;
+use common::{Ran, TestDb, licensync};
+use fake_stripe::{CheckoutSpec, FakeStripe, Fault, FaultKind, InvoiceSpec};
+
+/// How long the fake holds the first Checkout Session page.
+const HELD: Duration = Duration::from_secs(3);
+
+#[tokio::test]
+async fn invoice_items_are_read_while_the_sessions_are_and_a_sessions_invoice_still_grants_once() {
+    let fake = FakeStripe::start().await;
+    let now = Utc::now().timestamp();
+    fake.set_now(now - 3600);
+    let product = fake.create_product("Editor", &[("product_id", "editor")]);
+    let once = fake.create_price(&product, None, 4900, &[]);
+    let customer = fake.create_customer(Some("ada@example.test"), Some("Ada"));
+    // A Checkout Session that made an invoice of its own, paid by the same
+    // payment: its invoice item is listed like a one-off invoice's.
+    let session = fake.create_checkout_session(CheckoutSpec {
+        customer: Some(customer.clone()),
+        lines: vec![(once.clone(), 1)],
+        create_invoice: true,
+        ..CheckoutSpec::default()
+    });
+    let session_invoice = session.invoice.clone().expect("the session made an invoice");
+    let invoice = fake.create_invoice(InvoiceSpec {
+        customer,
+        lines: vec![(once, 1)],
+        ..InvoiceSpec::default()
+    });
+    fake.set_now(now);
+    fake.inject_fault(Fault {
+        path_prefix: "/v1/checkout/sessions".into(),
+        kind: FaultKind::Latency(HELD),
+        times: 1,
+    });
+
+    let db = TestDb::new();
+    let mail = tempfile::tempdir().unwrap();
+    let mut cmd = licensync();
+    cmd.args(["reconcile", "--output", "json"])
+        .env("DATABASE_URL", &db.url)
+        .env("LICENSYNC_MAIL_URL", format!("file://{}", mail.path().display()))
+        .env("STRIPE_API_BASE", fake.base_url())
+        .env("STRIPE_API_KEY", fake.api_key());
+    let ran = Ran::new(&tokio::process::Command::from(cmd).output().await.unwrap());
+    let report = ran.ok_json();
+    assert_eq!(report["outcome"], "succeeded", "{report:#}\n{}", ran.all());
+
+    // One license per purchase: the session's line and the invoice's line,
+    // none for the session's own invoice, though its item was read before
+    // the session was.
+    let sources: Vec<String> = report["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["source_id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(sources.len(), 2, "{report:#}");
+    assert!(
+        sources.iter().any(|s| s.starts_with(&format!("{}/", session.id))),
+        "{sources:?}"
+    );
+    assert!(
+        sources.iter().any(|s| s.starts_with(&format!("{}/", invoice.id))),
+        "{sources:?}"
+    );
+    assert!(!sources.iter().any(|s| s.starts_with(&session_invoice)), "{sources:?}");
+
+    // The invoice items were asked for while the sessions' page was held.
+    let requests = fake.requests();
+    let first = |path: &str| {
+        requests
+            .iter()
+            .find(|r| r.path == path)
+            .unwrap_or_else(|| panic!("no request to {path}: {requests:#?}"))
+            .at
+    };
+    let (sessions, items) = (first("/v1/checkout/sessions"), first("/v1/invoiceitems"));
+    assert!(
+        items < sessions + HELD,
+        "the invoice items were read only after the sessions: {:?} after the sessions' request",
+        items.saturating_duration_since(sessions)
+    );
+}
