@@ -25,6 +25,8 @@ pub enum PageQuery<'a> {
         now: DateTime<Utc>,
         limit: i64,
     },
+    /// The licenses of the rows [`Store::claim_due_emails_after`] claimed.
+    ClaimedLicenses { ids: &'a [i64] },
     /// The queue rows of [`Store::due_stripe_writes`].
     DueWrites { after_id: i64, limit: i64 },
     /// The licenses of those rows' purchases.
@@ -69,6 +71,9 @@ impl Store {
             } => Explain(self.page_licenses_query(grants, subscription_ids, payment_intents)).get_result(&mut conn),
             PageQuery::DueEmails { after_id, now, limit } => {
                 Explain(self.due_emails_query(after_id, now, limit)).get_result(&mut conn)
+            }
+            PageQuery::ClaimedLicenses { ids } => {
+                Explain(super::license::licenses_by_id_query(ids.to_vec())).get_result(&mut conn)
             }
             PageQuery::DueWrites { after_id, limit } => {
                 Explain(self.due_writes_query(after_id, limit)).get_result(&mut conn)

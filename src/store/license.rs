@@ -84,26 +84,57 @@ impl NewLicenseRow {
 /// natural key (`$1` kinds, `$2` ids), licenses of its subscriptions (`$3`)
 /// and of its reversed payments (`$4`), in one account (`$5`).
 ///
-/// The account is joined as part of each key list, never given as a
-/// condition of its own. A first import writes a table that has no
-/// statistics yet, and with a condition `account_key = $5` PostgreSQL then
-/// guesses the account to be rare and reads all of it through any index
-/// that mentions it, for every page: a first import turned quadratic
-/// (BENCHMARKS.md). Joined, the only cheap way in is one lookup per key on
-/// the index that holds the key and the account, with or without
-/// statistics; `tests/store.rs` checks both.
+/// Each key is looked up on its own, through the index that holds the key
+/// and the account, whatever PostgreSQL knows of the table:
+/// - The account is joined as part of each key list, never given as a
+///   condition of its own. A first import writes a table that has no
+///   statistics yet, and with a condition `account_key = $5` PostgreSQL
+///   then guesses the account to be rare and reads all of it through any
+///   index that mentions it, for every page: a first import turned
+///   quadratic (BENCHMARKS.md).
+/// - Each list's lookup is a `LATERAL` subquery behind `OFFSET 0`, which
+///   PostgreSQL cannot merge into a plain join. Merged, a table of a few
+///   thousand rows (the first minutes of a first import) was read whole
+///   and hashed for every page, 10-25 ms a page; as it is, the only plan
+///   is one index probe per key.
+///
+/// `tests/store.rs` checks every size and both states of the statistics.
 const PAGE_LICENSES: &str = "\
     SELECT DISTINCT ON (l.id) l.* FROM (\
         SELECT l.* FROM unnest($1::text[], $2::text[], array_fill($5::text, ARRAY[cardinality($1::text[])])) \
             AS g(kind, id, account) \
-            JOIN licenses l ON l.source_kind = g.kind AND l.source_id = g.id AND l.account_key = g.account \
+            CROSS JOIN LATERAL (SELECT * FROM licenses l \
+                WHERE l.source_kind = g.kind AND l.source_id = g.id AND l.account_key = g.account OFFSET 0) l \
         UNION ALL \
         SELECT l.* FROM unnest($3::text[], array_fill($5::text, ARRAY[cardinality($3::text[])])) AS s(id, account) \
-            JOIN licenses l ON l.stripe_subscription_id = s.id AND l.account_key = s.account \
+            CROSS JOIN LATERAL (SELECT * FROM licenses l \
+                WHERE l.stripe_subscription_id = s.id AND l.account_key = s.account OFFSET 0) l \
         UNION ALL \
         SELECT l.* FROM unnest($4::text[], array_fill($5::text, ARRAY[cardinality($4::text[])])) AS p(id, account) \
-            JOIN licenses l ON l.stripe_payment_intent = p.id AND l.account_key = p.account \
+            CROSS JOIN LATERAL (SELECT * FROM licenses l \
+                WHERE l.stripe_payment_intent = p.id AND l.account_key = p.account OFFSET 0) l \
     ) AS l ORDER BY l.id";
+
+/// Licenses by id, one index probe per id. As a plain `id = ANY($1)`, a
+/// young table (a first import's, while the sender beside the run claims
+/// each page's emails) was read whole for every claim: 5 ms a claim at
+/// 20,000 licenses. See [`PAGE_LICENSES`] for why `LATERAL ... OFFSET 0`.
+const LICENSES_BY_ID: &str = "\
+    SELECT l.* FROM unnest($1::bigint[]) AS c(id) \
+        CROSS JOIN LATERAL (SELECT * FROM licenses l WHERE l.id = c.id OFFSET 0) l";
+
+pub(super) fn licenses_by_id(conn: &mut PgConnection, ids: Vec<i64>) -> QueryResult<Vec<LicenseRow>> {
+    licenses_by_id_query(ids).load(conn)
+}
+
+/// [`LICENSES_BY_ID`] with its bind; [`Store::explain`] runs the same.
+pub(super) fn licenses_by_id_query<'a>(
+    ids: Vec<i64>,
+) -> diesel::query_builder::BoxedSqlQuery<'a, diesel::pg::Pg, diesel::query_builder::SqlQuery> {
+    diesel::sql_query(LICENSES_BY_ID)
+        .into_boxed()
+        .bind::<diesel::sql_types::Array<diesel::sql_types::BigInt>, _>(ids)
+}
 
 /// The licenses of `rows`, each with its activation clock when the key API
 /// started one (only licenses whose expiry starts at activation have one).

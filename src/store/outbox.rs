@@ -12,9 +12,9 @@ use diesel::prelude::*;
 use diesel::sql_types::Text;
 
 use super::Store;
-use super::license::LicenseRow;
+use super::license::licenses_by_id;
 use crate::domain::{EmailKind, EmailStatus, License, OutboxKind};
-use crate::schema::{email_outbox, licenses};
+use crate::schema::email_outbox;
 use crate::secret::ExposeSecret;
 use crate::secret::redact;
 use serde::Serialize;
@@ -206,10 +206,7 @@ impl Store {
                 .returning(OutboxRow::as_returning())
                 .get_results(conn)?;
             let license_ids: Vec<i64> = claimed.iter().map(|o| o.license_id).collect();
-            let rows: Vec<LicenseRow> = licenses::table
-                .filter(licenses::id.eq_any(&license_ids))
-                .select(LicenseRow::as_select())
-                .load(conn)?;
+            let rows = licenses_by_id(conn, license_ids)?;
             Ok::<_, diesel::result::Error>((claimed, rows))
         })
         .context("claiming due emails")
