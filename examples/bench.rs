@@ -82,6 +82,13 @@ struct Args {
     /// Skip the second (no-op) run.
     #[arg(long)]
     skip_noop: bool,
+    /// Where the file transport writes each run's `.eml` files (in a new
+    /// directory inside it, removed afterwards); default: beside the bench
+    /// cluster in /tmp. Creating tens of thousands of files shortly after a
+    /// previous run deleted as many makes ext4's inode allocator scan, and
+    /// that kernel time lands in licensync's CPU: `/dev/shm` keeps it out.
+    #[arg(long)]
+    mail_dir: Option<PathBuf>,
     /// Stripe accounts, each with --n purchases and Stripe's limits of its
     /// own: the platform's own account and accounts-1 connected ones (the
     /// Stripe-Account header), reconciled side by side in one run
@@ -225,6 +232,7 @@ fn main() -> Result<()> {
         limits,
         account_concurrency: args.account_concurrency,
         write_back: args.write_back,
+        mail_dir: args.mail_dir.clone(),
     };
     let first = run_once(&runtime, &handles, &db, &licensync, "first (cold)", &client)?;
     let issued = first.count("issued");
@@ -369,6 +377,8 @@ struct CopyFigures {
 struct TopStatement {
     #[diesel(sql_type = BigInt)]
     calls: i64,
+    #[diesel(sql_type = Double)]
+    ms: f64,
     #[diesel(sql_type = Text)]
     query: String,
 }
@@ -492,10 +502,11 @@ impl BenchDb {
         if let Counter::Transactions = self.counter {
             return Ok(Vec::new());
         }
-        let sql = "SELECT s.calls::bigint AS calls, left(regexp_replace(s.query, '\\s+', ' ', 'g'), 110) AS query \
+        let sql = "SELECT s.calls::bigint AS calls, s.total_exec_time::float8 AS ms, \
+                   left(regexp_replace(s.query, '\\s+', ' ', 'g'), 100) AS query \
                    FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid \
                    WHERE d.datname = 'bench' AND s.query NOT ILIKE '%pg_stat_statements%' \
-                   ORDER BY s.calls DESC LIMIT 8";
+                   ORDER BY s.total_exec_time DESC LIMIT 8";
         Ok(diesel::sql_query(sql).load(&mut self.conn()?)?)
     }
 
@@ -652,7 +663,7 @@ impl RunFigures {
             self.statements as f64 / self.pages.max(1) as f64
         );
         for t in &self.top {
-            println!("    {:>8} × {}", t.calls, t.query);
+            println!("    {:>8.0} ms {:>7} × {}", t.ms, t.calls, t.query);
         }
         println!(
             "peak RSS of licensync:     {:.1} MiB",
@@ -729,12 +740,13 @@ fn tv(t: libc::timeval) -> f64 {
 
 /// How licensync is run against the fake: its rate ceiling, Stripe's
 /// limits the bound is computed from, and how many accounts at once.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Client {
     rps: Option<u32>,
     limits: RateLimits,
     account_concurrency: Option<usize>,
     write_back: bool,
+    mail_dir: Option<PathBuf>,
 }
 
 fn run_once(
@@ -750,6 +762,7 @@ fn run_once(
         limits,
         account_concurrency,
         write_back,
+        ..
     } = *client;
     let fake = &handles[0];
     db.reset_counts()?;
@@ -767,11 +780,12 @@ fn run_once(
     let stderr = std::fs::File::create(&stderr_path)?;
     let usage_path = db.dir.path().join("rusage");
     // The file transport writes one .eml per email here.
-    let outbox = db
-        .dir
-        .path()
-        .join(format!("outbox-{}", label.split(' ').next().unwrap_or("run")));
-    std::fs::create_dir_all(&outbox).with_context(|| format!("creating {}", outbox.display()))?;
+    let outbox_in = client.mail_dir.clone().unwrap_or_else(|| db.dir.path().to_path_buf());
+    let outbox = tempfile::Builder::new()
+        .prefix(&format!("outbox-{}-", label.split(' ').next().unwrap_or("run")))
+        .tempdir_in(&outbox_in)
+        .with_context(|| format!("creating a directory in {}", outbox_in.display()))?;
+    let outbox = outbox.path();
     let limited_of = |handles: &[FakeStripe]| {
         let mut all: BTreeMap<String, u64> = BTreeMap::new();
         for h in handles {
@@ -923,7 +937,7 @@ fn run_once(
         })
         .filter(|(_, n)| *n > 0)
         .collect();
-    let emails = std::fs::read_dir(&outbox)
+    let emails = std::fs::read_dir(outbox)
         .with_context(|| format!("reading {}", outbox.display()))?
         .filter_map(|e| e.ok())
         .filter(|e| e.path().extension().is_some_and(|x| x == "eml"))
