@@ -91,3 +91,44 @@ async fn invoice_items_are_read_while_the_sessions_are_and_a_sessions_invoice_st
         items.saturating_duration_since(sessions)
     );
 }
+
+/// A run's first reads go side by side too: the catalog (products beside
+/// prices) beside the refunds and disputes, all after the event listing.
+#[tokio::test]
+async fn the_catalog_is_read_beside_the_refunds_and_disputes() {
+    let fake = FakeStripe::start().await;
+    let product = fake.create_product("Editor", &[("product_id", "editor")]);
+    fake.create_price(&product, None, 4900, &[]);
+    fake.inject_fault(Fault {
+        path_prefix: "/v1/refunds".into(),
+        kind: FaultKind::Latency(HELD),
+        times: 1,
+    });
+    let db = TestDb::new();
+    let mut cmd = licensync();
+    cmd.args(["reconcile", "--output", "json"])
+        .env("DATABASE_URL", &db.url)
+        .env("LICENSYNC_MAIL_URL", "none")
+        .env("STRIPE_API_BASE", fake.base_url())
+        .env("STRIPE_API_KEY", fake.api_key());
+    let ran = Ran::new(&tokio::process::Command::from(cmd).output().await.unwrap());
+    assert_eq!(ran.ok_json()["outcome"], "succeeded", "{}", ran.all());
+
+    let requests = fake.requests();
+    let first = |path: &str| {
+        requests
+            .iter()
+            .find(|r| r.path == path)
+            .unwrap_or_else(|| panic!("no request to {path}: {requests:#?}"))
+            .at
+    };
+    let (events, refunds) = (first("/v1/events"), first("/v1/refunds"));
+    for path in ["/v1/disputes", "/v1/products", "/v1/prices"] {
+        let at = first(path);
+        assert!(
+            at >= events && at < refunds + HELD,
+            "{path} was not read after the event listing and beside the refunds: {:?} after the refunds' request",
+            at.saturating_duration_since(refunds)
+        );
+    }
+}

@@ -158,9 +158,17 @@ impl Run {
     }
 
     /// Subscriptions in full; sessions and invoices created in `window`.
-    /// Refunds and disputes first (see `taken_back`).
+    /// Refunds and disputes first (see `taken_back`), read beside the
+    /// catalog.
     async fn scan(&mut self, window: CreatedRange) -> Result<()> {
-        self.reversals().await?;
+        if self.catalog.is_none() {
+            let source = self.source.clone();
+            let catalog = async move { source.catalog().await.context("reading the product catalog") };
+            let ((products, prices), ()) = tokio::try_join!(catalog, self.reversals())?;
+            self.catalog = Some(Arc::new(Catalog::new(products, prices)));
+        } else {
+            self.reversals().await?;
+        }
         let catalog = self.catalog().await?;
         let pages = purchase_pages(self.source.clone(), window, &catalog, self.progress.estimate.clone());
         self.apply_pages(pages).await

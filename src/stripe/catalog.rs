@@ -16,30 +16,37 @@ impl StripeSource {
     /// does not decode is left out (logged): its grants find no terms and
     /// leave their licenses as they are.
     pub async fn catalog(&self) -> Result<(Vec<ProductRecord>, Vec<PriceRecord>), StripeError> {
-        let mut products = Vec::new();
-        let request = ListProduct::new().limit(PAGE);
-        let mut pages = std::pin::pin!(self.pages(&request, None));
-        while let Some(page) = pages.try_next().await? {
-            products.extend(page.into_objects().map(|p| ProductRecord {
-                id: p.id.as_str().to_owned(),
-                name: p.name.replace('\0', ""),
-                active: p.active,
-                metadata: p.metadata.into_iter().collect::<BTreeMap<_, _>>(),
-            }));
-        }
-        let mut prices = Vec::new();
-        let request = ListPrice::new().limit(PAGE);
-        let mut pages = std::pin::pin!(self.pages(&request, None));
-        while let Some(page) = pages.try_next().await? {
-            prices.extend(page.into_objects().map(|p| PriceRecord {
-                id: p.id.as_str().to_owned(),
-                product: p.product.id().as_str().to_owned(),
-                active: p.active,
-                recurring: p.recurring.is_some(),
-                metadata: p.metadata.into_iter().collect::<BTreeMap<_, _>>(),
-                created: p.created,
-            }));
-        }
-        Ok((products, prices))
+        // Two lists, read side by side.
+        let products = async {
+            let mut products = Vec::new();
+            let request = ListProduct::new().limit(PAGE);
+            let mut pages = std::pin::pin!(self.pages(&request, None));
+            while let Some(page) = pages.try_next().await? {
+                products.extend(page.into_objects().map(|p| ProductRecord {
+                    id: p.id.as_str().to_owned(),
+                    name: p.name.replace('\0', ""),
+                    active: p.active,
+                    metadata: p.metadata.into_iter().collect::<BTreeMap<_, _>>(),
+                }));
+            }
+            Ok::<_, StripeError>(products)
+        };
+        let prices = async {
+            let mut prices = Vec::new();
+            let request = ListPrice::new().limit(PAGE);
+            let mut pages = std::pin::pin!(self.pages(&request, None));
+            while let Some(page) = pages.try_next().await? {
+                prices.extend(page.into_objects().map(|p| PriceRecord {
+                    id: p.id.as_str().to_owned(),
+                    product: p.product.id().as_str().to_owned(),
+                    active: p.active,
+                    recurring: p.recurring.is_some(),
+                    metadata: p.metadata.into_iter().collect::<BTreeMap<_, _>>(),
+                    created: p.created,
+                }));
+            }
+            Ok::<_, StripeError>(prices)
+        };
+        futures::try_join!(products, prices)
     }
 }
