@@ -22,19 +22,21 @@
 //! not started by then (or when a transient failure stops the pass) are
 //! handed back uncharged.
 
+mod pending;
+mod queued;
+
 use std::collections::{HashSet, VecDeque};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use chrono::{DateTime, Utc};
-use tokio::sync::Notify;
-use tokio::task::{JoinHandle, JoinSet};
+use tokio::task::JoinSet;
 
 use crate::domain::EmailKind;
 use crate::mail::{Delivery, LicenseEmail, MailService, SendError};
-use crate::store::{Mark, OutboxJob, Outcome, Store, blocking};
+use crate::store::{OutboxJob, Outcome, Store, blocking};
+use pending::{Marks, Pending, Recording, Tally};
+pub use queued::{GATHER, Queued};
 
 /// How long a claimed row is left alone before another sender may take it:
 /// longer than any SMTP exchange, short enough to retry after a crash.
@@ -54,13 +56,6 @@ pub const FLUSH_ROWS: usize = 32;
 /// the same Message-ID, while keeping the statements per email well under
 /// one for any transport fast enough for it to matter.
 pub const FLUSH_AFTER: Duration = Duration::from_millis(50);
-/// How long the sender beside a run lets pages commit after the first one
-/// that woke it, before it claims their emails: a first import commits a
-/// page every few tens of milliseconds, and one claim per page made claims
-/// of 70 rows, seven times the statements of the claims of 500 that a pass
-/// after the run made (1M purchases: 18,409 claims, 30 s of database
-/// time). A buyer's key waits this much longer, not a whole run.
-pub const GATHER: Duration = Duration::from_millis(250);
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct DeliveryCounts {
@@ -125,37 +120,6 @@ pub async fn deliver_due(
     now: DateTime<Utc>,
 ) -> Result<DeliveryCounts> {
     deliver(store, mail, max_attempts, now, None).await
-}
-
-/// What a reconcile run tells the sender that works beside it
-/// ([`deliver_during`]): a page committed emails, or the run is over.
-#[derive(Debug, Clone, Default)]
-pub struct Queued(Arc<QueuedState>);
-
-#[derive(Debug, Default)]
-struct QueuedState {
-    wake: Notify,
-    /// Ends a [`GATHER`] wait at once when the run ends.
-    ended: Notify,
-    over: AtomicBool,
-}
-
-impl Queued {
-    /// A page that queued emails has committed: they are due now.
-    pub fn committed(&self) {
-        self.0.wake.notify_one();
-    }
-
-    /// The run wrote its last page: the sender claims what is left and ends.
-    pub fn over(&self) {
-        self.0.over.store(true, Ordering::SeqCst);
-        self.0.wake.notify_one();
-        self.0.ended.notify_one();
-    }
-
-    fn is_over(&self) -> bool {
-        self.0.over.load(Ordering::SeqCst)
-    }
 }
 
 /// [`deliver_due`] beside a reconcile run, so that a buyer's key goes out
@@ -230,15 +194,7 @@ async fn deliver(
         let Some(last) = jobs.last() else {
             match queued {
                 Some(queued) if !last_call => {
-                    queued.0.wake.notified().await;
-                    // Let a few more pages commit, so that one claim takes
-                    // them all (unless the run is over already).
-                    if !queued.is_over() {
-                        tokio::select! {
-                            () = tokio::time::sleep(GATHER) => {}
-                            () = queued.0.ended.notified() => {}
-                        }
-                    }
+                    queued.next_pages().await;
                     continue;
                 }
                 _ if !sweeping => {
@@ -266,48 +222,6 @@ enum Next {
     ResumeBefore(i64),
     /// A transient failure: the server is likely down, try again next run.
     Stop,
-}
-
-/// What a counted outcome adds to [`DeliveryCounts`] once recorded.
-#[derive(Debug, Clone, Copy)]
-enum Tally {
-    Sent,
-    Queued,
-    Retrying,
-    Failed,
-    NoRecipient,
-    /// Handed back unstarted: not an outcome of this pass.
-    Nothing,
-}
-
-/// Outcomes waiting to be recorded.
-#[derive(Default)]
-struct Pending {
-    marks: Marks,
-    oldest: Option<Instant>,
-}
-
-impl Pending {
-    fn push(&mut self, outbox_id: i64, attempt: i32, outcome: Outcome, tally: Tally) {
-        self.oldest.get_or_insert_with(Instant::now);
-        self.marks.push((
-            Mark {
-                outbox_id,
-                attempt,
-                outcome,
-            },
-            tally,
-        ));
-    }
-
-    /// When the waiting outcomes must be recorded at the latest.
-    fn deadline(&self) -> Option<Instant> {
-        self.oldest.map(|t| t + FLUSH_AFTER)
-    }
-
-    fn due(&self) -> bool {
-        self.marks.len() >= FLUSH_ROWS || self.deadline().is_some_and(|d| Instant::now() >= d)
-    }
 }
 
 /// One message in flight.
@@ -502,45 +416,6 @@ impl Pass<'_> {
                 Tally::Nothing => {}
             }
         }
-    }
-}
-
-/// Outcomes with what each adds to the counts once recorded.
-type Marks = Vec<(Mark, Tally)>;
-
-/// The statement recording a set of outcomes, while one runs.
-#[derive(Default)]
-struct Recording {
-    running: Option<(JoinHandle<Result<Vec<i64>>>, Marks)>,
-}
-
-impl Recording {
-    fn busy(&self) -> bool {
-        self.running.is_some()
-    }
-
-    /// Records every waiting outcome in one statement, off the async workers.
-    fn start(&mut self, store: &Store, pending: &mut Pending) {
-        debug_assert!(!self.busy());
-        let waiting = std::mem::take(pending).marks;
-        if waiting.is_empty() {
-            return;
-        }
-        let marks: Vec<Mark> = waiting.iter().map(|(mark, _)| mark.clone()).collect();
-        let store = store.clone();
-        let statement = tokio::task::spawn_blocking(move || store.record_outcomes(&marks));
-        self.running = Some((statement, waiting));
-    }
-
-    /// The statement's end: the marks it recorded and the rows that held.
-    /// Waits forever when none runs (guard with [`Recording::busy`]).
-    async fn finished(&mut self) -> Result<(Marks, HashSet<i64>)> {
-        let Some((statement, _)) = &mut self.running else {
-            return std::future::pending().await;
-        };
-        let recorded = statement.await.context("a database task stopped");
-        let (_, marks) = self.running.take().expect("a statement was running");
-        Ok((marks, recorded??.into_iter().collect()))
     }
 }
 

@@ -8,7 +8,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use common::{Ran, TestDb, eml_files, issue_license, licensync};
+use common::{Ran, TestDb, eml_files, issue_license, reconcile_json};
 use diesel::prelude::*;
 use fake_stripe::{CheckoutSpec, FakeStripe, Fault, FaultKind, SubscriptionSpec};
 
@@ -45,16 +45,6 @@ async fn shop() -> FakeStripe {
     fake
 }
 
-fn reconcile(db: &TestDb, fake: &FakeStripe, mail_url: &str) -> std::process::Command {
-    let mut cmd = licensync();
-    cmd.args(["reconcile", "--output", "json"])
-        .env("DATABASE_URL", &db.url)
-        .env("LICENSYNC_MAIL_URL", mail_url)
-        .env("STRIPE_API_BASE", fake.base_url())
-        .env("STRIPE_API_KEY", fake.api_key());
-    cmd
-}
-
 #[tokio::test]
 async fn a_key_is_mailed_as_its_page_commits_while_the_run_still_reads() {
     let fake = shop().await;
@@ -65,11 +55,12 @@ async fn a_key_is_mailed_as_its_page_commits_while_the_run_still_reads() {
     });
     let db = TestDb::new();
     let mail = tempfile::tempdir().unwrap();
-    let mut child = tokio::process::Command::from(reconcile(&db, &fake, &format!("file://{}", mail.path().display())))
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child =
+        tokio::process::Command::from(reconcile_json(&db, &fake, &format!("file://{}", mail.path().display())))
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
 
     // The subscription's key arrives while the session page is held.
     let started = Instant::now();
@@ -118,10 +109,14 @@ async fn an_outage_met_during_the_run_costs_one_attempt_and_the_rest_wait_for_th
         listener.local_addr().unwrap().port()
     };
     let ran = Ran::new(
-        &tokio::process::Command::from(reconcile(&db, &fake, &format!("smtp://127.0.0.1:{closed}?tls=none")))
-            .output()
-            .await
-            .unwrap(),
+        &tokio::process::Command::from(reconcile_json(
+            &db,
+            &fake,
+            &format!("smtp://127.0.0.1:{closed}?tls=none"),
+        ))
+        .output()
+        .await
+        .unwrap(),
     );
     let report = ran.ok_json();
     assert_eq!(report["outcome"], "succeeded", "{report:#}\n{}", ran.all());

@@ -8,7 +8,7 @@ mod common;
 use std::time::Duration;
 
 use chrono::Utc;
-use common::{Ran, TestDb, licensync};
+use common::{Ran, TestDb, first_request_at, reconcile_json};
 use fake_stripe::{CheckoutSpec, FakeStripe, Fault, FaultKind, InvoiceSpec};
 
 /// How long the fake holds the first Checkout Session page.
@@ -45,12 +45,7 @@ async fn invoice_items_are_read_while_the_sessions_are_and_a_sessions_invoice_st
 
     let db = TestDb::new();
     let mail = tempfile::tempdir().unwrap();
-    let mut cmd = licensync();
-    cmd.args(["reconcile", "--output", "json"])
-        .env("DATABASE_URL", &db.url)
-        .env("LICENSYNC_MAIL_URL", format!("file://{}", mail.path().display()))
-        .env("STRIPE_API_BASE", fake.base_url())
-        .env("STRIPE_API_KEY", fake.api_key());
+    let cmd = reconcile_json(&db, &fake, &format!("file://{}", mail.path().display()));
     let ran = Ran::new(&tokio::process::Command::from(cmd).output().await.unwrap());
     let report = ran.ok_json();
     assert_eq!(report["outcome"], "succeeded", "{report:#}\n{}", ran.all());
@@ -76,14 +71,7 @@ async fn invoice_items_are_read_while_the_sessions_are_and_a_sessions_invoice_st
     assert!(!sources.iter().any(|s| s.starts_with(&session_invoice)), "{sources:?}");
 
     // The invoice items were asked for while the sessions' page was held.
-    let requests = fake.requests();
-    let first = |path: &str| {
-        requests
-            .iter()
-            .find(|r| r.path == path)
-            .unwrap_or_else(|| panic!("no request to {path}: {requests:#?}"))
-            .at
-    };
+    let first = |path: &str| first_request_at(&fake, path);
     let (sessions, items) = (first("/v1/checkout/sessions"), first("/v1/invoiceitems"));
     assert!(
         items < sessions + HELD,
@@ -105,23 +93,11 @@ async fn the_catalog_is_read_beside_the_refunds_and_disputes() {
         times: 1,
     });
     let db = TestDb::new();
-    let mut cmd = licensync();
-    cmd.args(["reconcile", "--output", "json"])
-        .env("DATABASE_URL", &db.url)
-        .env("LICENSYNC_MAIL_URL", "none")
-        .env("STRIPE_API_BASE", fake.base_url())
-        .env("STRIPE_API_KEY", fake.api_key());
+    let cmd = reconcile_json(&db, &fake, "none");
     let ran = Ran::new(&tokio::process::Command::from(cmd).output().await.unwrap());
     assert_eq!(ran.ok_json()["outcome"], "succeeded", "{}", ran.all());
 
-    let requests = fake.requests();
-    let first = |path: &str| {
-        requests
-            .iter()
-            .find(|r| r.path == path)
-            .unwrap_or_else(|| panic!("no request to {path}: {requests:#?}"))
-            .at
-    };
+    let first = |path: &str| first_request_at(&fake, path);
     let (events, refunds) = (first("/v1/events"), first("/v1/refunds"));
     for path in ["/v1/disputes", "/v1/products", "/v1/prices"] {
         let at = first(path);

@@ -136,6 +136,28 @@ pub fn licensync() -> std::process::Command {
     cmd
 }
 
+/// `licensync reconcile --output json` against `fake` and `db`, with its
+/// emails sent through `mail_url` (`file://...`, `smtp://...`, `none`).
+pub fn reconcile_json(db: &TestDb, fake: &fake_stripe::FakeStripe, mail_url: &str) -> std::process::Command {
+    let mut cmd = licensync();
+    cmd.args(["reconcile", "--output", "json"])
+        .env("DATABASE_URL", &db.url)
+        .env("LICENSYNC_MAIL_URL", mail_url)
+        .env("STRIPE_API_BASE", fake.base_url())
+        .env("STRIPE_API_KEY", fake.api_key());
+    cmd
+}
+
+/// When the fake first heard of a request to `path`.
+pub fn first_request_at(fake: &fake_stripe::FakeStripe, path: &str) -> std::time::Instant {
+    let requests = fake.requests();
+    requests
+        .iter()
+        .find(|r| r.path == path)
+        .unwrap_or_else(|| panic!("no request to {path}: {requests:#?}"))
+        .at
+}
+
 /// Issues one license the way the applier does: the license, its ledger
 /// entry and its `license_issued` outbox row in one `write_page`
 /// transaction. `n` makes the grant unique; `email` is the customer's
