@@ -17,8 +17,9 @@
 //! what comes next (one error policy). `run` holds the phases: read refunds
 //! and disputes, then every purchase list at once (or the events), then
 //! sweep what the clock expired. This file wraps them: take the run lock,
-//! check the mode, record the run, then write the keys back to Stripe
-//! (`--stripe-write-back`) and send the emails.
+//! check the mode, record the run, start the email sender beside it (each
+//! committed page wakes it), then write the keys back to Stripe
+//! (`--stripe-write-back`) and let the sender finish.
 //!
 //! A run that fails part-way leaves every committed page consistent and
 //! the next run converges (pages are independent: each is planned against
