@@ -131,7 +131,7 @@ pub async fn deliver_due(
 /// outbox once more from its first row, as a pass after the run would, and
 /// ends: a row it could not take while the run went on is sent then (one
 /// still claimed by the sender of a run killed just before, whose session
-/// the database had not seen end yet, or one a page's transaction held).
+/// the database had not seen end yet).
 pub async fn deliver_during(
     store: &Store,
     mail: &MailService,

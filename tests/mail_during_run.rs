@@ -8,9 +8,9 @@ mod common;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use common::{Ran, TestDb, eml_files, issue_license, reconcile_json};
+use common::{Ran, TestDb, eml_files, hold_next_request, issue_license, reconcile_json};
 use diesel::prelude::*;
-use fake_stripe::{CheckoutSpec, FakeStripe, Fault, FaultKind, SubscriptionSpec};
+use fake_stripe::{CheckoutSpec, FakeStripe, SubscriptionSpec};
 
 /// How long the fake holds the first Checkout Session page: the
 /// subscription's page commits, and its key is mailed, meanwhile.
@@ -48,11 +48,7 @@ async fn shop() -> FakeStripe {
 #[tokio::test]
 async fn a_key_is_mailed_as_its_page_commits_while_the_run_still_reads() {
     let fake = shop().await;
-    fake.inject_fault(Fault {
-        path_prefix: "/v1/checkout/sessions".into(),
-        kind: FaultKind::Latency(HELD),
-        times: 1,
-    });
+    hold_next_request(&fake, "/v1/checkout/sessions", HELD);
     let db = TestDb::new();
     let mail = tempfile::tempdir().unwrap();
     let mut child =
@@ -98,11 +94,7 @@ async fn a_key_is_mailed_as_its_page_commits_while_the_run_still_reads() {
 async fn an_outage_met_during_the_run_costs_one_attempt_and_the_rest_wait_for_the_next_run() {
     let fake = shop().await;
     // Pages commit apart: the session page only once the first email was tried.
-    fake.inject_fault(Fault {
-        path_prefix: "/v1/checkout/sessions".into(),
-        kind: FaultKind::Latency(Duration::from_secs(2)),
-        times: 1,
-    });
+    hold_next_request(&fake, "/v1/checkout/sessions", Duration::from_secs(2));
     let db = TestDb::new();
     let closed = {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

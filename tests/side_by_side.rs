@@ -8,8 +8,8 @@ mod common;
 use std::time::Duration;
 
 use chrono::Utc;
-use common::{Ran, TestDb, first_request_at, reconcile_json};
-use fake_stripe::{CheckoutSpec, FakeStripe, Fault, FaultKind, InvoiceSpec};
+use common::{Ran, TestDb, first_request_at, hold_next_request, reconcile_json};
+use fake_stripe::{CheckoutSpec, FakeStripe, InvoiceSpec};
 
 /// How long the fake holds the first Checkout Session page.
 const HELD: Duration = Duration::from_secs(3);
@@ -37,11 +37,7 @@ async fn invoice_items_are_read_while_the_sessions_are_and_a_sessions_invoice_st
         ..InvoiceSpec::default()
     });
     fake.set_now(now);
-    fake.inject_fault(Fault {
-        path_prefix: "/v1/checkout/sessions".into(),
-        kind: FaultKind::Latency(HELD),
-        times: 1,
-    });
+    hold_next_request(&fake, "/v1/checkout/sessions", HELD);
 
     let db = TestDb::new();
     let mail = tempfile::tempdir().unwrap();
@@ -87,11 +83,7 @@ async fn the_catalog_is_read_beside_the_refunds_and_disputes() {
     let fake = FakeStripe::start().await;
     let product = fake.create_product("Editor", &[("product_id", "editor")]);
     fake.create_price(&product, None, 4900, &[]);
-    fake.inject_fault(Fault {
-        path_prefix: "/v1/refunds".into(),
-        kind: FaultKind::Latency(HELD),
-        times: 1,
-    });
+    hold_next_request(&fake, "/v1/refunds", HELD);
     let db = TestDb::new();
     let cmd = reconcile_json(&db, &fake, "none");
     let ran = Ran::new(&tokio::process::Command::from(cmd).output().await.unwrap());

@@ -123,10 +123,6 @@ const LICENSES_BY_ID: &str = "\
     SELECT l.* FROM unnest($1::bigint[]) AS c(id) \
         CROSS JOIN LATERAL (SELECT * FROM licenses l WHERE l.id = c.id OFFSET 0) l";
 
-pub(super) fn licenses_by_id(conn: &mut PgConnection, ids: Vec<i64>) -> QueryResult<Vec<LicenseRow>> {
-    licenses_by_id_query(ids).load(conn)
-}
-
 /// [`LICENSES_BY_ID`] with its bind; [`Store::explain`] runs the same.
 pub(super) fn licenses_by_id_query<'a>(
     ids: Vec<i64>,

@@ -12,7 +12,7 @@ use diesel::prelude::*;
 use diesel::sql_types::Text;
 
 use super::Store;
-use super::license::licenses_by_id;
+use super::license::{LicenseRow, licenses_by_id_query};
 use crate::domain::{EmailKind, EmailStatus, License, OutboxKind};
 use crate::schema::email_outbox;
 use crate::secret::ExposeSecret;
@@ -206,7 +206,7 @@ impl Store {
                 .returning(OutboxRow::as_returning())
                 .get_results(conn)?;
             let license_ids: Vec<i64> = claimed.iter().map(|o| o.license_id).collect();
-            let rows = licenses_by_id(conn, license_ids)?;
+            let rows: Vec<LicenseRow> = licenses_by_id_query(license_ids).load(conn)?;
             Ok::<_, diesel::result::Error>((claimed, rows))
         })
         .context("claiming due emails")

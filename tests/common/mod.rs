@@ -148,6 +148,15 @@ pub fn reconcile_json(db: &TestDb, fake: &fake_stripe::FakeStripe, mail_url: &st
     cmd
 }
 
+/// Holds the fake's answer to the next request under `path` for `held`.
+pub fn hold_next_request(fake: &fake_stripe::FakeStripe, path: &str, held: std::time::Duration) {
+    fake.inject_fault(fake_stripe::Fault {
+        path_prefix: path.into(),
+        kind: fake_stripe::FaultKind::Latency(held),
+        times: 1,
+    });
+}
+
 /// When the fake first heard of a request to `path`.
 pub fn first_request_at(fake: &fake_stripe::FakeStripe, path: &str) -> std::time::Instant {
     let requests = fake.requests();

@@ -27,6 +27,16 @@ fn rows_read(plan: &serde_json::Value, table: &str) -> (f64, Vec<String>) {
     (rows, scans)
 }
 
+/// Holds a query to reading, through indexes alone, at most `most` rows of
+/// `table`; `what` names the query in the failure.
+fn assert_reads_at_most(plan: &serde_json::Value, table: &str, most: f64, what: &str) {
+    let (read, scans) = rows_read(plan, table);
+    assert!(
+        read <= most && !scans.iter().any(|s| s == "Seq Scan"),
+        "{what} read {read} rows through {scans:?}: {plan:#}"
+    );
+}
+
 /// A first import must stay linear: every query a page runs reads the
 /// page's own rows through an index, never the whole account, both before
 /// PostgreSQL has statistics of the table (a first import's pages) and after.
@@ -82,10 +92,11 @@ fn page_queries_read_the_pages_own_rows_with_and_without_statistics() {
                     payment_intents: &payment_intents,
                 })
                 .unwrap();
-            let (read, scans) = rows_read(&plan, "licenses");
-            assert!(
-                read <= 2.0 * page_keys && !scans.iter().any(|s| s == "Seq Scan"),
-                "the page's licenses ({account:?}, statistics {statistics}) read {read} rows through {scans:?}: {plan:#}"
+            assert_reads_at_most(
+                &plan,
+                "licenses",
+                2.0 * page_keys,
+                &format!("the page's licenses ({account:?}, statistics {statistics})"),
             );
         }
         let plan = db
@@ -97,10 +108,11 @@ fn page_queries_read_the_pages_own_rows_with_and_without_statistics() {
                 limit: 100,
             })
             .unwrap();
-        let (read, scans) = rows_read(&plan, "email_outbox");
-        assert!(
-            read <= 110.0 && !scans.iter().any(|s| s == "Seq Scan"),
-            "claiming 100 due emails (statistics {statistics}) read {read} rows through {scans:?}: {plan:#}"
+        assert_reads_at_most(
+            &plan,
+            "email_outbox",
+            110.0,
+            &format!("claiming 100 due emails (statistics {statistics})"),
         );
     }
 }
@@ -144,18 +156,20 @@ fn a_page_query_on_a_young_table_probes_its_keys_instead_of_reading_the_table() 
                 payment_intents: &[],
             })
             .unwrap();
-        let (read, scans) = rows_read(&plan, "licenses");
-        assert!(
-            read <= 2.0 * page_keys && !scans.iter().any(|s| s == "Seq Scan"),
-            "a page on {size} licenses (statistics {statistics}) read {read} rows through {scans:?}: {plan:#}"
+        assert_reads_at_most(
+            &plan,
+            "licenses",
+            2.0 * page_keys,
+            &format!("a page on {size} licenses (statistics {statistics})"),
         );
         // The licenses of 100 claimed emails, as the sender beside the run loads them.
         let ids: Vec<i64> = (1..=100).map(|i| i * 13).collect();
         let plan = db.store.explain(PageQuery::ClaimedLicenses { ids: &ids }).unwrap();
-        let (read, scans) = rows_read(&plan, "licenses");
-        assert!(
-            read <= 110.0 && !scans.iter().any(|s| s == "Seq Scan"),
-            "100 claimed licenses on {size} (statistics {statistics}) read {read} rows through {scans:?}: {plan:#}"
+        assert_reads_at_most(
+            &plan,
+            "licenses",
+            110.0,
+            &format!("100 claimed licenses on {size} (statistics {statistics})"),
         );
     }
 }
@@ -207,18 +221,20 @@ fn write_back_queries_read_their_own_rows_with_and_without_statistics() {
                 limit: 100,
             })
             .unwrap();
-        let (read, scans) = rows_read(&plan, "stripe_writes");
-        assert!(
-            read <= 110.0 && !scans.iter().any(|s| s == "Seq Scan"),
-            "100 due writes (statistics {statistics}) read {read} rows through {scans:?}: {plan:#}"
+        assert_reads_at_most(
+            &plan,
+            "stripe_writes",
+            110.0,
+            &format!("100 due writes (statistics {statistics})"),
         );
         let plan = store
             .explain(PageQuery::PurchaseLicenses { purchases: &purchases })
             .unwrap();
-        let (read, scans) = rows_read(&plan, "licenses");
-        assert!(
-            read <= 2.0 * 150.0 && !scans.iter().any(|s| s == "Seq Scan"),
-            "the licenses of 100 purchases (statistics {statistics}) read {read} rows through {scans:?}: {plan:#}"
+        assert_reads_at_most(
+            &plan,
+            "licenses",
+            2.0 * 150.0,
+            &format!("the licenses of 100 purchases (statistics {statistics})"),
         );
     }
 }
