@@ -502,11 +502,13 @@ impl BenchDb {
         if let Counter::Transactions = self.counter {
             return Ok(Vec::new());
         }
-        let sql = "SELECT s.calls::bigint AS calls, s.total_exec_time::float8 AS ms, \
-                   left(regexp_replace(s.query, '\\s+', ' ', 'g'), 100) AS query \
+        // Grouped by the statement's first 60 characters: a multi-row
+        // INSERT is a different statement for every row count.
+        let sql = "SELECT sum(s.calls)::bigint AS calls, sum(s.total_exec_time)::float8 AS ms, \
+                   left(regexp_replace(s.query, '\\s+', ' ', 'g'), 60) AS query \
                    FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid \
                    WHERE d.datname = 'bench' AND s.query NOT ILIKE '%pg_stat_statements%' \
-                   ORDER BY s.total_exec_time DESC LIMIT 8";
+                   GROUP BY 3 ORDER BY 2 DESC LIMIT 10";
         Ok(diesel::sql_query(sql).load(&mut self.conn()?)?)
     }
 
@@ -565,6 +567,9 @@ struct RunFigures {
     pages: usize,
     /// Requests per rate-limit endpoint (`/v1/<first segment>`), and the 429s among them.
     per_endpoint: BTreeMap<String, usize>,
+    /// Per endpoint, when its first and its last request arrived at the
+    /// fake, in seconds after licensync started: what the run waits for.
+    timeline: BTreeMap<String, (f64, f64)>,
     /// The wall time Stripe's limits allow at best, and why: the slowest
     /// account's (accounts are limited each on its own and read side by side).
     bound: f64,
@@ -629,6 +634,12 @@ impl RunFigures {
         );
         let per_endpoint: Vec<String> = self.per_endpoint.iter().map(|(e, n)| format!("{e} {n}")).collect();
         println!("  per endpoint:            {}", per_endpoint.join(", "));
+        let spans: Vec<String> = self
+            .timeline
+            .iter()
+            .map(|(e, (first, last))| format!("{e} {first:.2}-{last:.2}"))
+            .collect();
+        println!("  requests arrived (s):    {}", spans.join(", "));
         let limited: u64 = self.rate_limited.values().sum();
         let limited_each: Vec<String> = self.rate_limited.iter().map(|(e, n)| format!("{e} {n}")).collect();
         println!(
@@ -881,6 +892,21 @@ fn run_once(
         )
         .context("saving the log")?;
     }
+    if let Ok(dir) = std::env::var("BENCH_SAVE_REPORTS") {
+        // When each request arrived, in seconds after licensync started.
+        let mut log = String::new();
+        for h in handles {
+            for r in h.requests() {
+                let at = r.at.saturating_duration_since(started).as_secs_f64();
+                log.push_str(&format!(
+                    "{at:.3}\t{}\t{}\t{}?{}\n",
+                    r.status, r.method, r.path, r.query
+                ));
+            }
+        }
+        let name = format!("requests-{}.tsv", label.split(' ').next().unwrap_or("run"));
+        std::fs::write(Path::new(&dir).join(name), log).context("saving the request log")?;
+    }
     let report: Value = serde_json::from_str(output.trim()).context("parsing the JSON report")?;
     ensure!(
         report["outcome"] == "succeeded",
@@ -926,8 +952,12 @@ fn run_once(
         .filter(|r| r.method == "GET" && PAGED.contains(&r.path.as_str()) && r.status == 200)
         .count();
     let mut per_endpoint = BTreeMap::new();
+    let mut timeline: BTreeMap<String, (f64, f64)> = BTreeMap::new();
     for r in &requests {
         *per_endpoint.entry(endpoint_of(&r.path)).or_insert(0) += 1;
+        let at = r.at.saturating_duration_since(started).as_secs_f64();
+        let span = timeline.entry(endpoint_of(&r.path)).or_insert((at, at));
+        *span = (span.0.min(at), span.1.max(at));
     }
     let rate_limited = limited_of(handles)
         .into_iter()
@@ -952,6 +982,7 @@ fn run_once(
         fake_requests: requests.len(),
         pages,
         per_endpoint,
+        timeline,
         bound,
         bound_why,
         rate_limited,
