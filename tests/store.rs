@@ -7,6 +7,10 @@ mod common;
 #[path = "store/explain.rs"]
 mod explain;
 
+// The outbox claim's cost: its rows rewritten in place.
+#[path = "store/claims.rs"]
+mod claims;
+
 use chrono::{TimeZone, Utc};
 use common::TestDb;
 use diesel::prelude::*;

@@ -196,15 +196,7 @@ impl Store {
     ) -> Result<Vec<OutboxJob>> {
         let mut conn = self.conn()?;
         conn.transaction(|conn| {
-            let ids: Vec<i64> = self.due_emails_query(after_id, now, limit).load(conn)?;
-            let claimed: Vec<OutboxRow> = diesel::update(email_outbox::table.filter(email_outbox::id.eq_any(&ids)))
-                .set((
-                    email_outbox::attempts.eq(email_outbox::attempts + 1),
-                    email_outbox::next_attempt_at.eq(lease_until),
-                    email_outbox::claimed_by.eq(Some(sender)),
-                ))
-                .returning(OutboxRow::as_returning())
-                .get_results(conn)?;
+            let claimed = self.claim(conn, sender, after_id, now, lease_until, limit)?;
             let license_ids: Vec<i64> = claimed.iter().map(|o| o.license_id).collect();
             let rows: Vec<LicenseRow> = licenses_by_id_query(license_ids).load(conn)?;
             Ok::<_, diesel::result::Error>((claimed, rows))
@@ -228,6 +220,61 @@ impl Store {
             jobs.sort_by_key(|j| j.outbox.id);
             Ok(jobs)
         })
+    }
+
+    /// The claim itself: takes the due rows and charges each an attempt
+    /// under `sender`'s lease. It writes no indexed column, so PostgreSQL
+    /// rewrites each row in place on its page (a HOT update) and touches no
+    /// index: see the migration `outbox_claims_in_place`.
+    fn claim(
+        &self,
+        conn: &mut PgConnection,
+        sender: i32,
+        after_id: i64,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+        limit: i64,
+    ) -> QueryResult<Vec<OutboxRow>> {
+        let ids: Vec<i64> = self.due_emails_query(after_id, now, limit).load(conn)?;
+        diesel::update(email_outbox::table.filter(email_outbox::id.eq_any(&ids)))
+            .set((
+                email_outbox::attempts.eq(email_outbox::attempts + 1),
+                email_outbox::next_attempt_at.eq(lease_until),
+                email_outbox::claimed_by.eq(Some(sender)),
+            ))
+            .returning(OutboxRow::as_returning())
+            .get_results(conn)
+    }
+
+    /// For the store tests: claims like [`Store::claim_due_emails`] in a
+    /// transaction that is rolled back, and returns how many rows it
+    /// claimed and how many of those PostgreSQL updated in place (HOT).
+    #[doc(hidden)]
+    pub fn claim_in_place(&self, now: DateTime<Utc>, limit: i64) -> Result<(usize, i64)> {
+        #[derive(QueryableByName)]
+        struct Hot {
+            #[diesel(sql_type = diesel::sql_types::BigInt)]
+            n: i64,
+        }
+        let mut conn = self.conn()?;
+        let mut counts = (0, 0);
+        let outcome = conn.transaction::<(), _, _>(|conn| {
+            let claimed = self.claim(conn, 1, 0, now, now + chrono::Duration::minutes(10), limit)?;
+            // This transaction's own counts, not yet in `pg_stat_user_tables`.
+            let hot: Hot = diesel::sql_query(
+                "SELECT coalesce(sum(n_tup_hot_upd), 0)::bigint AS n FROM pg_stat_xact_user_tables \
+                 WHERE relname = 'email_outbox'",
+            )
+            .get_result(conn)?;
+            counts = (claimed.len(), hot.n);
+            Err(diesel::result::Error::RollbackTransaction)
+        });
+        match outcome {
+            Err(diesel::result::Error::RollbackTransaction) => Ok(counts),
+            other => other
+                .map(|()| counts)
+                .context("claiming emails in a rolled-back transaction"),
+        }
     }
 
     /// The ids [`Store::claim_due_emails_after`] claims: this account's due
