@@ -52,7 +52,14 @@ impl ApiError {
 
 /// Stripe's list envelope.
 pub(crate) fn list_value(data: Vec<Value>, has_more: bool, url: &str) -> Value {
-    json!({"object": "list", "data": data, "has_more": has_more, "url": url})
+    // Built by hand: `json!` would serialize `data` into a copy of itself,
+    // a fifth of the fake's CPU for a page of generated purchases.
+    let mut list = serde_json::Map::new();
+    list.insert("object".into(), Value::from("list"));
+    list.insert("data".into(), Value::Array(data));
+    list.insert("has_more".into(), Value::from(has_more));
+    list.insert("url".into(), Value::from(url));
+    Value::Object(list)
 }
 
 pub(crate) fn str_of<'a>(v: &'a Value, key: &str) -> &'a str {
