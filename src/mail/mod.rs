@@ -23,7 +23,7 @@ use lettre::message::Mailbox;
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
 use lettre::transport::smtp::{AsyncSmtpTransportBuilder, PoolConfig};
-use lettre::{AsyncFileTransport, AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use lettre::{AsyncSmtpTransport, AsyncTransport, FileTransport, Message, Tokio1Executor, Transport};
 
 pub use self::render::{HTML_TEMPLATE, LicenseEmail, SUBJECT_TEMPLATE, TEXT_TEMPLATE, message_id};
 pub use self::url::{DEFAULT_SMTP_CONCURRENCY, MAX_SMTP_CONCURRENCY, MailUrl, MailUrlError, SmtpTls};
@@ -85,7 +85,7 @@ pub fn parse_from(value: &str) -> anyhow::Result<Mailbox> {
 /// The delivery backend, one per [`MailUrl`] form plus an in-memory one for tests.
 pub enum Mailer {
     Smtp(Box<SmtpMailer>),
-    File(AsyncFileTransport<Tokio1Executor>),
+    File(FileTransport),
     Memory(Arc<Mutex<Vec<Message>>>),
     None,
 }
@@ -183,7 +183,7 @@ impl MailService {
             MailUrl::File(dir) => {
                 std::fs::create_dir_all(dir)
                     .with_context(|| format!("creating the mail outbox directory {}", dir.display()))?;
-                Mailer::File(AsyncFileTransport::new(dir))
+                Mailer::File(FileTransport::new(dir))
             }
             MailUrl::None => Mailer::None,
         };
@@ -286,7 +286,11 @@ impl MailService {
                 Ok(Delivery::Sent)
             }
             Mailer::File(transport) => {
-                transport.send(message).await.map_err(|e| {
+                // Written on this thread: a small file into a local directory
+                // takes a few microseconds, and handing each one to a blocking
+                // thread (as the async transport does) cost the run a third of
+                // its CPU in thread wake-ups (BENCHMARKS.md).
+                transport.send(&message).map_err(|e| {
                     SendError::transient(format!(
                         "outbox row {}: writing the .eml file to {} failed: {e}",
                         email.outbox_id,
