@@ -288,8 +288,8 @@ impl MailService {
             Mailer::File(transport) => {
                 // Written on this thread: a small file into a local directory
                 // takes a few microseconds, and handing each one to a blocking
-                // thread (as the async transport does) cost the run a third of
-                // its CPU in thread wake-ups (BENCHMARKS.md).
+                // thread (as the async transport does) cost the run about a
+                // quarter of its CPU in thread wake-ups (BENCHMARKS.md).
                 transport.send(&message).map_err(|e| {
                     SendError::transient(format!(
                         "outbox row {}: writing the .eml file to {} failed: {e}",
