@@ -66,7 +66,7 @@ struct Args {
     #[arg(long, requires = "stored")]
     write_back: bool,
     /// Stripe's latency per request, uniform in MIN..MAX milliseconds (e.g. 50..300).
-    #[arg(long, value_name = "MIN..MAX", value_parser = parse_latency)]
+    #[arg(long, value_name = "MIN..MAX")]
     latency_ms: Option<Latency>,
     /// Enforce Stripe's rate limits in the fake (25/s per endpoint; 100/s
     /// overall live, 25/s test): over them it answers 429. licensync then
@@ -106,23 +106,6 @@ struct Args {
     /// LICENSYNC_ACCOUNT_CONCURRENCY with --accounts; default: every account at once.
     #[arg(long)]
     account_concurrency: Option<usize>,
-}
-
-/// `50..300` or `120` (milliseconds).
-fn parse_latency(raw: &str) -> Result<Latency, String> {
-    let number = |s: &str| {
-        s.trim()
-            .parse::<u64>()
-            .map_err(|_| format!("`{s}` is not a number of milliseconds"))
-    };
-    let (min, max) = match raw.split_once("..") {
-        Some((min, max)) => (number(min)?, number(max)?),
-        None => (number(raw)?, number(raw)?),
-    };
-    if min > max {
-        return Err(format!("the minimum {min} is above the maximum {max}"));
-    }
-    Ok(Latency::ms(min, max))
 }
 
 /// The list endpoints whose pages the full scan plans and applies one by one.

@@ -47,7 +47,7 @@ struct Args {
     /// Answer each request after a latency drawn uniformly from MIN..MAX
     /// milliseconds (e.g. 50..300, a client far from Stripe; or one number).
     /// Concurrent requests overlap their latencies. Default: none.
-    #[arg(long, value_name = "MIN..MAX", value_parser = parse_latency)]
+    #[arg(long, value_name = "MIN..MAX")]
     latency_ms: Option<Latency>,
     /// Enforce Stripe's rate limits: 25 requests/s per endpoint
     /// (/v1/<first path segment>) and 100/s overall in live mode, 25/s in
@@ -90,23 +90,6 @@ struct Args {
     /// empty without them).
     #[arg(long, num_args = 1.., allow_hyphen_values = true, trailing_var_arg = true, value_name = "CMD")]
     exec: Vec<String>,
-}
-
-/// `50..300`, `50..=300` or `120` (milliseconds).
-fn parse_latency(raw: &str) -> Result<Latency, String> {
-    let number = |s: &str| {
-        s.trim()
-            .parse::<u64>()
-            .map_err(|_| format!("`{s}` is not a number of milliseconds; write MIN..MAX, e.g. 50..300"))
-    };
-    let (min, max) = match raw.split_once("..") {
-        Some((min, max)) => (number(min)?, number(max.trim_start_matches('='))?),
-        None => (number(raw)?, number(raw)?),
-    };
-    if min > max {
-        return Err(format!("the minimum {min} is above the maximum {max}"));
-    }
-    Ok(Latency::ms(min, max))
 }
 
 /// A sale every `every`: a new customer pays a one-time Checkout Session.
