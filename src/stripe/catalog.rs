@@ -2,7 +2,6 @@
 
 use std::collections::BTreeMap;
 
-use futures::TryStreamExt;
 use stripe_product::price::ListPrice;
 use stripe_product::product::ListProduct;
 
@@ -18,35 +17,26 @@ impl StripeSource {
     pub async fn catalog(&self) -> Result<(Vec<ProductRecord>, Vec<PriceRecord>), StripeError> {
         // Two lists, read side by side.
         let products = async {
-            let mut products = Vec::new();
-            let request = ListProduct::new().limit(PAGE);
-            let mut pages = std::pin::pin!(self.pages(&request, None));
-            while let Some(page) = pages.try_next().await? {
-                products.extend(page.into_objects().map(|p| ProductRecord {
-                    id: p.id.as_str().to_owned(),
-                    name: p.name.replace('\0', ""),
-                    active: p.active,
-                    metadata: p.metadata.into_iter().collect::<BTreeMap<_, _>>(),
-                }));
-            }
-            Ok::<_, StripeError>(products)
+            let (products, _) = self.rest_of_list(&ListProduct::new().limit(PAGE), None).await?;
+            Ok::<_, StripeError>(products.into_iter().map(|p| ProductRecord {
+                id: p.id.as_str().to_owned(),
+                name: p.name.replace('\0', ""),
+                active: p.active,
+                metadata: p.metadata.into_iter().collect::<BTreeMap<_, _>>(),
+            }))
         };
         let prices = async {
-            let mut prices = Vec::new();
-            let request = ListPrice::new().limit(PAGE);
-            let mut pages = std::pin::pin!(self.pages(&request, None));
-            while let Some(page) = pages.try_next().await? {
-                prices.extend(page.into_objects().map(|p| PriceRecord {
-                    id: p.id.as_str().to_owned(),
-                    product: p.product.id().as_str().to_owned(),
-                    active: p.active,
-                    recurring: p.recurring.is_some(),
-                    metadata: p.metadata.into_iter().collect::<BTreeMap<_, _>>(),
-                    created: p.created,
-                }));
-            }
-            Ok::<_, StripeError>(prices)
+            let (prices, _) = self.rest_of_list(&ListPrice::new().limit(PAGE), None).await?;
+            Ok::<_, StripeError>(prices.into_iter().map(|p| PriceRecord {
+                id: p.id.as_str().to_owned(),
+                product: p.product.id().as_str().to_owned(),
+                active: p.active,
+                recurring: p.recurring.is_some(),
+                metadata: p.metadata.into_iter().collect::<BTreeMap<_, _>>(),
+                created: p.created,
+            }))
         };
-        futures::try_join!(products, prices)
+        let (products, prices) = futures::try_join!(products, prices)?;
+        Ok((products.collect(), prices.collect()))
     }
 }

@@ -1,6 +1,5 @@
 //! Checkout Sessions in `payment` mode: one grant per line.
 
-use futures::TryStreamExt;
 use stripe_checkout::checkout_session::{ListCheckoutSession, ListLineItemsCheckoutSession, RetrieveCheckoutSession};
 use stripe_shared::{
     CheckoutSession, CheckoutSessionItem, CheckoutSessionMode, CheckoutSessionPaymentStatus, CheckoutSessionStatus,
@@ -133,11 +132,9 @@ impl StripeSource {
             None => (Vec::new(), None),
         };
         let request = ListLineItemsCheckoutSession::new(session_id).limit(PAGE);
-        let mut pages = std::pin::pin!(self.pages(&request, after));
-        while let Some(list) = pages.try_next().await? {
-            page.objects += list.len();
-            lines.extend(list.into_objects());
-        }
+        let (more, held) = self.rest_of_list(&request, after).await?;
+        page.objects += held;
+        lines.extend(more);
         Ok(lines)
     }
 }

@@ -2,7 +2,6 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use futures::TryStreamExt;
 use stripe_billing::InvoiceItem;
 use stripe_billing::invoice::{ListInvoice, RetrieveInvoice};
 use stripe_billing::invoice_item::ListInvoiceItem;
@@ -231,11 +230,9 @@ impl StripeSource {
         if invoice.lines.has_more {
             let request = ListInvoiceInvoiceLineItem::new(invoice_id.as_str()).limit(PAGE);
             let after = lines.last().map(|l| l.id.as_str().to_owned());
-            let mut pages = std::pin::pin!(self.pages(&request, after));
-            while let Some(list) = pages.try_next().await? {
-                page.objects += list.len();
-                lines.extend(list.into_objects());
-            }
+            let (more, held) = self.rest_of_list(&request, after).await?;
+            page.objects += held;
+            lines.extend(more);
         }
         for line in lines {
             let Some(details) = line.pricing.as_ref().and_then(|p| p.price_details.as_ref()) else {

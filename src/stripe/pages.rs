@@ -10,7 +10,7 @@
 //! ([`ListPage::skipped`]) and decides what that means for the facts it
 //! reports (a subscription with a skipped item is not complete).
 
-use futures::Stream;
+use futures::{Stream, TryStreamExt};
 use stripe_client_core::StripeRequest;
 use stripe_types::{AsCursorOpt, List, Object};
 
@@ -217,6 +217,28 @@ impl StripeSource {
             let next = page.next().map(Some);
             Ok(Some((page, next)))
         })
+    }
+
+    /// Every object of the list `request` names after `after` (from its
+    /// start with `None`), page after page, and how many objects those
+    /// pages held, the ones that did not decode (left out, logged) included.
+    pub(super) async fn rest_of_list<R, T>(
+        &self,
+        request: &R,
+        after: Option<String>,
+    ) -> Result<(Vec<T>, usize), StripeError>
+    where
+        R: StripeRequest<Output = List<T>>,
+        T: Object + miniserde::Deserialize,
+        List<T>: miniserde::Deserialize,
+    {
+        let (mut objects, mut held) = (Vec::new(), 0);
+        let mut pages = std::pin::pin!(self.pages(request, after));
+        while let Some(page) = pages.try_next().await? {
+            held += page.len();
+            objects.extend(page.into_objects());
+        }
+        Ok((objects, held))
     }
 }
 
