@@ -21,6 +21,27 @@ use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLim
 
 use crate::{Latency, RateLimits};
 
+/// `50..300`, `50..=300` or `120` (milliseconds), as `--latency-ms` takes it.
+impl std::str::FromStr for Latency {
+    type Err = String;
+
+    fn from_str(raw: &str) -> Result<Latency, String> {
+        let number = |s: &str| {
+            s.trim()
+                .parse::<u64>()
+                .map_err(|_| format!("`{s}` is not a number of milliseconds; write MIN..MAX, e.g. 50..300"))
+        };
+        let (min, max) = match raw.split_once("..") {
+            Some((min, max)) => (number(min)?, number(max.trim_start_matches('='))?),
+            None => (number(raw)?, number(raw)?),
+        };
+        if min > max {
+            return Err(format!("the minimum {min} is above the maximum {max}"));
+        }
+        Ok(Latency::ms(min, max))
+    }
+}
+
 /// The rate limiters of one [`RateLimits`] setting (replaced whole when it changes).
 struct Limiter {
     global: DefaultDirectRateLimiter,
