@@ -11,6 +11,10 @@ mod explain;
 #[path = "store/claims.rs"]
 mod claims;
 
+// A page's columns as arrays: every value as written, at any size.
+#[path = "store/page_writes.rs"]
+mod page_writes;
+
 use chrono::{TimeZone, Utc};
 use common::TestDb;
 use diesel::prelude::*;
