@@ -69,3 +69,48 @@ fn a_large_page_lands_whole_and_lands_again_as_an_update() {
         .unwrap();
     assert_eq!(ledger_rows.n, 2 * n as i64);
 }
+
+/// Each index of `licenses` is another entry for every license a page
+/// writes, and the license upsert is a first import's largest statement.
+/// Each one here is read by a query; an index added without one fails.
+#[test]
+fn every_index_of_licenses_serves_a_query() {
+    #[derive(QueryableByName)]
+    struct Index {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        indexname: String,
+    }
+    let db = TestDb::new();
+    let mut conn = db.conn();
+    let mut found: Vec<String> =
+        diesel::sql_query("SELECT indexname::text FROM pg_indexes WHERE tablename = 'licenses'")
+            .load::<Index>(&mut conn)
+            .unwrap()
+            .into_iter()
+            .map(|i| i.indexname)
+            .collect();
+    found.sort();
+    let mut expected = [
+        // A license by id: the ledger, the outbox, the key API's tables.
+        "licenses_pkey",
+        // A license by key (the key API, `licenses show`); one key, one license.
+        "licenses_key_key",
+        // A page's grants by natural key, and the upsert's conflict target.
+        "licenses_grant_key",
+        // A page's licenses by subscription and by reversed payment.
+        "licenses_subscription_account_idx",
+        "licenses_payment_intent_account_idx",
+        // The licenses of one purchase, for the write-back.
+        "licenses_purchase_idx",
+        // `licenses list --email`.
+        "licenses_customer_email_idx",
+        // The clock sweep: active licenses whose time ran out.
+        "licenses_active_expiry_idx",
+        // `status` and the metrics: licenses per account and status.
+        "licenses_account_status_idx",
+        // `status`: the licenses under an operator override.
+        "licenses_operator_override_idx",
+    ];
+    expected.sort();
+    assert_eq!(found, expected);
+}
