@@ -60,3 +60,19 @@ fn the_error_envelope_is_read_and_any_key_in_it_masked() {
     let message = env.message.unwrap();
     assert!(!message.contains("0123456789abcdef"), "{message}");
 }
+
+#[test]
+fn a_2xx_body_is_used_only_when_it_is_one_json_object() {
+    assert!(is_json_object(br#"{"object":"list","data":[]}"#));
+    assert!(is_json_object(b" \n{\"id\":\"sub_1\"}\r\n"));
+    for not in [
+        &b"<!DOCTYPE html><html><body>Sign in to the network</body></html>"[..],
+        b"",
+        b"   ",
+        b"OK",
+        br#"{"object":"list","data":[{"id":"sub_1","#,
+        br#"[{"id":"sub_1"}]"#,
+    ] {
+        assert!(!is_json_object(not), "{}", String::from_utf8_lossy(not));
+    }
+}
