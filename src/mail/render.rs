@@ -9,6 +9,7 @@ use anyhow::Context;
 use chrono::{DateTime, Utc};
 use lettre::Address;
 use lettre::Message;
+use lettre::address::Envelope;
 use lettre::message::{Mailbox, MultiPart};
 use minijinja::{AutoEscape, Environment, UndefinedBehavior};
 use serde::Serialize;
@@ -124,7 +125,7 @@ impl Templates {
         Ok(Templates { env, origins })
     }
 
-    fn render(&self, name: &str, ctx: &Values) -> Result<String, SendError> {
+    fn render(&self, name: &str, ctx: &minijinja::Value) -> Result<String, SendError> {
         let origin = self
             .origins
             .iter()
@@ -329,16 +330,26 @@ impl Composer<'_> {
             support_name: self.support.and_then(|s| s.name.clone()),
         };
 
+        // Turned into the templates' values once, for the three of them.
+        let ctx = minijinja::Value::from_serialize(&ctx);
         let subject = self.templates.render(SUBJECT_TEMPLATE, &ctx)?;
         // A subject is one line whatever a template or a product name holds.
         let subject = subject.split_whitespace().collect::<Vec<_>>().join(" ");
         let text = self.templates.render(TEXT_TEMPLATE, &ctx)?;
         let html = self.templates.render(HTML_TEMPLATE, &ctx)?;
 
+        // Given, so that lettre does not parse it back out of the headers.
+        let envelope = Envelope::new(Some(self.from.email.clone()), vec![to.email.clone()]).map_err(|e| {
+            SendError::permanent(format!(
+                "outbox row {}: cannot address the message: {e}",
+                email.outbox_id
+            ))
+        })?;
         let mut builder = Message::builder()
             .message_id(Some(message_id(email.outbox_id, self.from.email.domain())))
             .from(self.from.clone())
             .to(to)
+            .envelope(envelope)
             .subject(subject);
         if let Some(support) = self.support {
             builder = builder.reply_to(support.clone());
