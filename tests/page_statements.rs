@@ -1,7 +1,7 @@
 //! The statements a page's write sends: one per table, the same text
 //! whatever the page holds, so that PostgreSQL prepares each once per
-//! connection instead of parsing and planning a new statement for every
-//! row count (BENCHMARKS.md, issue 18). Its own test binary: it watches
+//! connection instead of parsing and planning a new statement for nearly
+//! every page (BENCHMARKS.md, issue 18). Its own test binary: it watches
 //! every statement diesel sends in this process.
 
 mod common;

@@ -4,9 +4,9 @@
 //! Each table is written by one statement of a fixed shape, whatever the
 //! page holds: the rows travel as one array per column and the statement
 //! reads them back with `unnest`. diesel prepares each statement once per
-//! connection, where a `VALUES` list with a parameter per column and row
-//! was a new statement, parsed and planned, for every row count
-//! (`tests/page_statements.rs`).
+//! connection. A diesel `VALUES` list is never kept prepared and writes
+//! `DEFAULT` for each empty value: nearly every page was a statement of its
+//! own, parsed and planned each time (`tests/page_statements.rs`).
 
 use std::collections::BTreeMap;
 

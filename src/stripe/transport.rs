@@ -134,7 +134,7 @@ fn retry_after(headers: &HeaderMap) -> Option<Duration> {
 /// what a proxy or a captive portal sends instead (an HTML page, plain
 /// text) or a body cut off where the connection closed is not. The decoder
 /// reads the object itself; parsing every page a second time here, only to
-/// tell, cost a run about a twentieth of its CPU (BENCHMARKS.md, issue 18).
+/// tell, cost a first import about 4% of its CPU (BENCHMARKS.md, issue 18).
 fn is_json_object(body: &[u8]) -> bool {
     let body = body.trim_ascii();
     body.first() == Some(&b'{') && body.last() == Some(&b'}')
