@@ -9,11 +9,9 @@ mod common;
 use std::collections::BTreeSet;
 use std::sync::Mutex;
 
-use common::TestDb;
+use common::{TestDb, license_write};
 use diesel::connection::{Instrumentation, InstrumentationEvent, set_default_instrumentation};
-use licensync::domain::{ActionKind, EmailStatus, GrantKey, LicenseState, LicenseStatus};
 use licensync::store::LicenseWrite;
-use licensync::store::models::NewLicenseRow;
 
 /// The text of every statement sent so far, without its binds.
 static SENT: Mutex<Vec<String>> = Mutex::new(Vec::new());
@@ -28,43 +26,15 @@ fn recorder() -> Option<Box<dyn Instrumentation>> {
     }))
 }
 
-fn write(n: usize) -> LicenseWrite {
-    let grant = GrantKey::subscription_item(&format!("si_{n}"));
-    let state = LicenseState {
-        status: LicenseStatus::Active,
-        product_ids: vec!["prod_pro".into()],
-        product_name: Some("Pro".into()),
-        stripe_customer_id: Some(format!("cus_{n}")),
-        stripe_subscription_id: Some(format!("sub_{n}")),
-        stripe_payment_intent: None,
-        customer_email: Some(format!("buyer{n}@example.com")),
-        customer_name: None,
-        quantity: 1,
-        ip_limit: None,
-        hwid_limit: Some(10),
-        expiration_days: None,
-        expiration_start: None,
-        expires_at: None,
-        livemode: false,
-    };
-    LicenseWrite {
-        license: NewLicenseRow::new(format!("KEY-{n:05}"), &grant, &state),
-        action: ActionKind::Issue,
-        before: None,
-        after: serde_json::to_value(&state).unwrap(),
-        stripe_object: format!("sub_{n}"),
-        email: Some(EmailStatus::Pending),
-        write_back: None,
-    }
-}
-
 #[test]
 fn a_page_write_sends_the_same_three_statements_whatever_its_size() {
     set_default_instrumentation(recorder).unwrap();
     let db = TestDb::new();
     let mut n = 0;
     for size in [1, 2, 3, 17, 100] {
-        let page: Vec<LicenseWrite> = (n..n + size).map(write).collect();
+        let page: Vec<LicenseWrite> = (n..n + size)
+            .map(|i| license_write(i, Some(&format!("buyer{i}@example.com"))))
+            .collect();
         n += size;
         assert_eq!(db.store.write_page(None, &page).unwrap().len(), size);
     }

@@ -172,6 +172,12 @@ pub fn first_request_at(fake: &fake_stripe::FakeStripe, path: &str) -> std::time
 /// transaction. `n` makes the grant unique; `email` is the customer's
 /// address as Stripe had it (`None`: no recipient).
 pub fn issue_license(store: &Store, n: usize, email: Option<&str>) -> licensync::store::Written {
+    store.write_page(None, &[license_write(n, email)]).unwrap().remove(0)
+}
+
+/// The write [`issue_license`] makes: a new subscription license `n` with
+/// its `license_issued` email, as the applier hands it to `write_page`.
+pub fn license_write(n: usize, email: Option<&str>) -> licensync::store::LicenseWrite {
     use licensync::domain::{ActionKind, EmailStatus, GrantKey, LicenseState, LicenseStatus};
     use licensync::store::LicenseWrite;
     use licensync::store::models::NewLicenseRow;
@@ -194,7 +200,7 @@ pub fn issue_license(store: &Store, n: usize, email: Option<&str>) -> licensync:
         expires_at: Some(chrono::Utc::now() + chrono::Duration::days(30)),
         livemode: false,
     };
-    let write = LicenseWrite {
+    LicenseWrite {
         license: NewLicenseRow::new(licensync::keys::new_license_key(), &grant, &state),
         action: ActionKind::Issue,
         before: None,
@@ -206,8 +212,7 @@ pub fn issue_license(store: &Store, n: usize, email: Option<&str>) -> licensync:
             EmailStatus::NoRecipient
         }),
         write_back: None,
-    };
-    store.write_page(None, &[write]).unwrap().remove(0)
+    }
 }
 
 /// `licensync status --output json` against `db`: its `emails` counts.
