@@ -11,7 +11,7 @@ mod explain;
 #[path = "store/claims.rs"]
 mod claims;
 
-// A page's columns as arrays: every value as written, at any size.
+// A page's write: every value as written at any size, and the indexes it pays for.
 #[path = "store/page_writes.rs"]
 mod page_writes;
 

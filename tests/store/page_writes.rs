@@ -1,6 +1,7 @@
-//! A page's rows travel to the server as one array per column
-//! (`store::page`): every column arrives as it was written, at any page
-//! size. A module of `tests/store.rs`.
+//! A page's write: its rows travel to the server as one array per column
+//! (`store::page`) and every column arrives as it was written, at any page
+//! size; and each index it pays for on `licenses` serves a query. A module
+//! of `tests/store.rs`.
 
 use diesel::prelude::*;
 
