@@ -220,12 +220,59 @@ struct LedgerColumns {
     stripe_object: Vec<String>,
 }
 
+impl LedgerColumns {
+    fn push(&mut self, license_id: i64, w: &LicenseWrite, after: serde_json::Value) {
+        self.license_id.push(license_id);
+        self.action.push(LedgerAction::Run(w.action));
+        self.before.push(w.before.clone());
+        self.after.push(after);
+        self.stripe_object.push(w.stripe_object.clone());
+    }
+
+    fn insert(self, conn: &mut PgConnection, run_id: Option<i64>) -> QueryResult<()> {
+        if self.license_id.is_empty() {
+            return Ok(());
+        }
+        diesel::sql_query(INSERT_LEDGER)
+            .bind::<Array<BigInt>, _>(self.license_id)
+            .bind::<Nullable<BigInt>, _>(run_id)
+            .bind::<Array<Text>, _>(self.action)
+            .bind::<Array<Nullable<Jsonb>>, _>(self.before)
+            .bind::<Array<Jsonb>, _>(self.after)
+            .bind::<Array<Text>, _>(self.stripe_object)
+            .execute(conn)?;
+        Ok(())
+    }
+}
+
 /// The page's outbox rows as [`INSERT_OUTBOX`] takes them.
 #[derive(Default)]
 struct OutboxColumns {
     license_id: Vec<i64>,
     recipient: Vec<Option<String>>,
     status: Vec<EmailStatus>,
+}
+
+impl OutboxColumns {
+    fn push(&mut self, license_id: i64, recipient: Option<String>, status: EmailStatus) {
+        self.license_id.push(license_id);
+        self.recipient.push(recipient);
+        self.status.push(status);
+    }
+
+    fn insert(self, conn: &mut PgConnection, account: Option<&str>) -> QueryResult<()> {
+        if self.license_id.is_empty() {
+            return Ok(());
+        }
+        diesel::sql_query(INSERT_OUTBOX)
+            .bind::<Array<BigInt>, _>(self.license_id)
+            .bind::<Array<Nullable<Text>>, _>(self.recipient)
+            .bind::<Array<Text>, _>(self.status)
+            .bind::<Text, _>(OutboxKind::new(EmailKind::LicenseIssued, 1))
+            .bind::<Nullable<Text>, _>(account)
+            .execute(conn)?;
+        Ok(())
+    }
 }
 
 impl Store {
@@ -267,15 +314,9 @@ impl Store {
                 if let Some(obj) = after.as_object_mut() {
                     obj.insert("key".into(), serde_json::Value::String(key.clone()));
                 }
-                ledger.license_id.push(license_id);
-                ledger.action.push(LedgerAction::Run(w.action));
-                ledger.before.push(w.before.clone());
-                ledger.after.push(after);
-                ledger.stripe_object.push(w.stripe_object.clone());
+                ledger.push(license_id, w, after);
                 if let Some(status) = w.email {
-                    outbox.license_id.push(license_id);
-                    outbox.recipient.push(w.license.state.customer_email.clone());
-                    outbox.status.push(status);
+                    outbox.push(license_id, w.license.state.customer_email.clone(), status);
                 }
                 write_back.extend(w.write_back.clone());
                 let source_kind = grant.0;
@@ -288,25 +329,8 @@ impl Store {
                     },
                 });
             }
-            if !ledger.license_id.is_empty() {
-                diesel::sql_query(INSERT_LEDGER)
-                    .bind::<Array<BigInt>, _>(ledger.license_id)
-                    .bind::<Nullable<BigInt>, _>(run_id)
-                    .bind::<Array<Text>, _>(ledger.action)
-                    .bind::<Array<Nullable<Jsonb>>, _>(ledger.before)
-                    .bind::<Array<Jsonb>, _>(ledger.after)
-                    .bind::<Array<Text>, _>(ledger.stripe_object)
-                    .execute(conn)?;
-            }
-            if !outbox.license_id.is_empty() {
-                diesel::sql_query(INSERT_OUTBOX)
-                    .bind::<Array<BigInt>, _>(outbox.license_id)
-                    .bind::<Array<Nullable<Text>>, _>(outbox.recipient)
-                    .bind::<Array<Text>, _>(outbox.status)
-                    .bind::<Text, _>(OutboxKind::new(EmailKind::LicenseIssued, 1))
-                    .bind::<Nullable<Text>, _>(self.account.as_deref())
-                    .execute(conn)?;
-            }
+            ledger.insert(conn, run_id)?;
+            outbox.insert(conn, self.account.as_deref())?;
             enqueue_writes(conn, self.account_key(), &write_back)?;
             Ok::<_, diesel::result::Error>(written)
         })
