@@ -60,23 +60,30 @@ fn write(key: &str, item: &str, email: Option<&str>) -> LicenseWrite {
     }
 }
 
-fn table_names(db: &TestDb) -> Vec<String> {
+/// The names a catalog query returns (its one column `name`), sorted.
+fn catalog_names(db: &TestDb, sql: &str) -> Vec<String> {
     #[derive(QueryableByName)]
     struct Name {
         #[diesel(sql_type = diesel::sql_types::Text)]
-        tablename: String,
+        name: String,
     }
     let mut conn = db.conn();
-    let mut names: Vec<String> = diesel::sql_query(
-        "SELECT tablename FROM pg_tables WHERE schemaname = 'public' AND tablename <> '__diesel_schema_migrations'",
-    )
-    .load::<Name>(&mut conn)
-    .unwrap()
-    .into_iter()
-    .map(|n| n.tablename)
-    .collect();
+    let mut names: Vec<String> = diesel::sql_query(sql)
+        .load::<Name>(&mut conn)
+        .unwrap()
+        .into_iter()
+        .map(|n| n.name)
+        .collect();
     names.sort();
     names
+}
+
+fn table_names(db: &TestDb) -> Vec<String> {
+    catalog_names(
+        db,
+        "SELECT tablename::text AS name FROM pg_tables \
+         WHERE schemaname = 'public' AND tablename <> '__diesel_schema_migrations'",
+    )
 }
 
 #[test]

@@ -6,7 +6,7 @@
 use diesel::prelude::*;
 
 use super::common::TestDb;
-use super::write;
+use super::{catalog_names, write};
 use licensync::store::LicenseFilter;
 
 /// A large page, product ids that need quoting in an array's text, and the
@@ -64,7 +64,7 @@ fn a_large_page_lands_whole_and_lands_again_as_an_update() {
         #[diesel(sql_type = diesel::sql_types::BigInt)]
         n: i64,
     }
-    let mut conn = diesel::PgConnection::establish(&db.url).unwrap();
+    let mut conn = db.conn();
     let ledger_rows: Count = diesel::sql_query("SELECT count(*) AS n FROM license_ledger")
         .get_result(&mut conn)
         .unwrap();
@@ -76,21 +76,11 @@ fn a_large_page_lands_whole_and_lands_again_as_an_update() {
 /// Each one here is read by a query; an index added without one fails.
 #[test]
 fn every_index_of_licenses_serves_a_query() {
-    #[derive(QueryableByName)]
-    struct Index {
-        #[diesel(sql_type = diesel::sql_types::Text)]
-        indexname: String,
-    }
     let db = TestDb::new();
-    let mut conn = db.conn();
-    let mut found: Vec<String> =
-        diesel::sql_query("SELECT indexname::text FROM pg_indexes WHERE tablename = 'licenses'")
-            .load::<Index>(&mut conn)
-            .unwrap()
-            .into_iter()
-            .map(|i| i.indexname)
-            .collect();
-    found.sort();
+    let found = catalog_names(
+        &db,
+        "SELECT indexname::text AS name FROM pg_indexes WHERE tablename = 'licenses'",
+    );
     let mut expected = [
         // A license by id: the ledger, the outbox, the key API's tables.
         "licenses_pkey",
