@@ -143,12 +143,9 @@ diesel::table! {
     }
 }
 
-diesel::joinable!(email_outbox -> licenses (license_id));
 diesel::joinable!(license_addresses -> licenses (license_id));
 diesel::joinable!(license_clocks -> licenses (license_id));
 diesel::joinable!(license_key_history -> licenses (license_id));
-diesel::joinable!(license_ledger -> licenses (license_id));
-diesel::joinable!(license_ledger -> runs (run_id));
 diesel::joinable!(machine_activations -> licenses (license_id));
 
 diesel::allow_tables_to_appear_in_same_query!(

@@ -15,6 +15,10 @@ mod claims;
 #[path = "store/page_writes.rs"]
 mod page_writes;
 
+// What ledger and outbox rows name: checked once a statement, and kept.
+#[path = "store/references.rs"]
+mod references;
+
 use chrono::{TimeZone, Utc};
 use common::TestDb;
 use diesel::prelude::*;
