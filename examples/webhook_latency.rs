@@ -13,8 +13,11 @@
 //! target/release/examples/webhook_latency --schedule "*/30 * * * * *" --purchases 200 --seconds 300
 //! ```
 //!
-//! The fake answers at once (no latency, no rate limits): what is measured
-//! is licensync's own path from the event to the email.
+//! By default the fake answers at once (no latency, no rate limits): what
+//! is measured is licensync's own path from the event to the email.
+//! `--latency-ms 50..300` gives every request Stripe's latency (from the
+//! sale on: the first import runs without it), so the figures also count
+//! the round trips a run makes one after another.
 
 use std::collections::{HashMap, HashSet};
 use std::net::TcpListener;
@@ -24,7 +27,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 use diesel::prelude::*;
-use fake_stripe::{CheckoutSpec, FakeStripe};
+use fake_stripe::{CheckoutSpec, FakeStripe, Latency};
 use licensync::pg::{Binaries, Cluster, Tuning};
 use rand::Rng;
 
@@ -44,6 +47,10 @@ struct Args {
     /// The licensync binary.
     #[arg(long, default_value = "target/release/licensync")]
     licensync: PathBuf,
+    /// Stripe's latency per request once the daemon runs, uniform in
+    /// MIN..MAX milliseconds (e.g. 50..300).
+    #[arg(long, value_name = "MIN..MAX")]
+    latency_ms: Option<Latency>,
 }
 
 const SECRET: &str = "whsec_latency_benchmark";
@@ -126,6 +133,7 @@ async fn run(args: &Args, cluster: &Cluster, dir: &std::path::Path) -> Result<se
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    fake.set_latency(args.latency_ms);
     if args.webhooks {
         fake.send_webhooks(&format!("http://{listen}/v1/stripe/webhook"), SECRET);
     }
@@ -201,6 +209,7 @@ async fn run(args: &Args, cluster: &Cluster, dir: &std::path::Path) -> Result<se
         "setup": if args.webhooks { "webhooks + schedule" } else { "schedule only" },
         "schedule": args.schedule,
         "purchases": args.purchases,
+        "stripe_latency": args.latency_ms.map(|l| format!("{}..{} ms", l.min.as_millis(), l.max.as_millis())),
         "seconds": took.as_secs_f64(),
         "latency_s": {"p50": at(0.50), "p90": at(0.90), "p99": at(0.99), "max": at(1.0)},
         "runs": runs,
