@@ -12,6 +12,9 @@ mod webhooks;
 // `daemon --listen --stripe-write-back`: our own writes' webhooks do not loop.
 #[path = "incremental/write_back_wakeups.rs"]
 mod write_back_wakeups;
+// The catalog read beside the objects events name.
+#[path = "incremental/catalog_read.rs"]
+mod catalog_read;
 
 use std::time::Duration;
 

@@ -183,6 +183,7 @@ async fn run_account(
         now,
         run_id,
         catalog: None,
+        catalog_read: None,
         stop: options.stop.clone(),
         progress: Progress::new(options.progress),
         report: Report::new(planned_mode, dry_run, options.report_actions),

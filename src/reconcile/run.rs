@@ -33,6 +33,9 @@ pub(super) struct Run {
     pub(super) run_id: Option<i64>,
     /// Read on first use: a run with nothing to re-plan never pays for it.
     pub(super) catalog: Option<Arc<Catalog>>,
+    /// The catalog's read when it was started ahead of its first use,
+    /// beside the objects events name (see [`Run::replay`]).
+    pub(super) catalog_read: Option<CatalogRead>,
     pub(super) stop: Option<Shutdown>,
     pub(super) progress: Progress,
     pub(super) report: Report,
@@ -60,8 +63,11 @@ impl Run {
         if let Some(catalog) = &self.catalog {
             return Ok(catalog.clone());
         }
-        let (products, prices) = self.source.catalog().await.context("reading the product catalog")?;
-        let catalog = Arc::new(Catalog::new(products, prices));
+        let catalog = match self.catalog_read.take() {
+            Some(read) => read.finish().await?,
+            None => read_catalog(self.source.clone()).await?,
+        };
+        let catalog = Arc::new(catalog);
         self.catalog = Some(catalog.clone());
         Ok(catalog)
     }
@@ -216,6 +222,13 @@ impl Run {
         if triggers.full_scan {
             return Ok(false);
         }
+        // The objects' pages are planned with the catalog: read it beside
+        // them rather than one round trip after the first of them.
+        let names_purchases =
+            !(triggers.subscriptions.is_empty() && triggers.sessions.is_empty() && triggers.invoices.is_empty());
+        if names_purchases && self.catalog.is_none() && self.catalog_read.is_none() {
+            self.catalog_read = Some(CatalogRead::start(self.source.clone()));
+        }
         // Before the purchases: a purchase refunded since the last run must
         // not be issued (and mailed) only to be revoked.
         if triggers.reversals {
@@ -313,5 +326,29 @@ impl Run {
                 Ok((RunMode::Since, None))
             }
         }
+    }
+}
+
+async fn read_catalog(source: Arc<StripeSource>) -> Result<Catalog> {
+    let (products, prices) = source.catalog().await.context("reading the product catalog")?;
+    Ok(Catalog::new(products, prices))
+}
+
+/// A catalog read going on in its own task; dropped unfinished, it stops.
+pub(super) struct CatalogRead(tokio::task::JoinHandle<Result<Catalog>>);
+
+impl CatalogRead {
+    fn start(source: Arc<StripeSource>) -> CatalogRead {
+        CatalogRead(tokio::spawn(read_catalog(source)))
+    }
+
+    async fn finish(mut self) -> Result<Catalog> {
+        (&mut self.0).await.context("reading the product catalog")?
+    }
+}
+
+impl Drop for CatalogRead {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
