@@ -29,6 +29,13 @@ pub struct Triggers {
     pub invoices: BTreeSet<String>,
 }
 
+impl Triggers {
+    /// Whether the events name a purchase to re-read (and plan).
+    pub fn names_purchases(&self) -> bool {
+        !(self.subscriptions.is_empty() && self.sessions.is_empty() && self.invoices.is_empty())
+    }
+}
+
 /// Routes each event to the object it asks to re-read.
 pub fn route(events: &[EventFact]) -> Triggers {
     let mut t = Triggers::default();

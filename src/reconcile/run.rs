@@ -168,10 +168,8 @@ impl Run {
     /// catalog.
     async fn scan(&mut self, window: CreatedRange) -> Result<()> {
         if self.catalog.is_none() {
-            let source = self.source.clone();
-            let catalog = async move { source.catalog().await.context("reading the product catalog") };
-            let ((products, prices), ()) = tokio::try_join!(catalog, self.reversals())?;
-            self.catalog = Some(Arc::new(Catalog::new(products, prices)));
+            let (catalog, ()) = tokio::try_join!(read_catalog(self.source.clone()), self.reversals())?;
+            self.catalog = Some(Arc::new(catalog));
         } else {
             self.reversals().await?;
         }
@@ -224,9 +222,7 @@ impl Run {
         }
         // The objects' pages are planned with the catalog: read it beside
         // them rather than one round trip after the first of them.
-        let names_purchases =
-            !(triggers.subscriptions.is_empty() && triggers.sessions.is_empty() && triggers.invoices.is_empty());
-        if names_purchases && self.catalog.is_none() && self.catalog_read.is_none() {
+        if triggers.names_purchases() && self.catalog.is_none() && self.catalog_read.is_none() {
             self.catalog_read = Some(CatalogRead::start(self.source.clone()));
         }
         // Before the purchases: a purchase refunded since the last run must
